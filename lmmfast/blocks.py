@@ -1,0 +1,173 @@
+"""Block layout of A = [Z X y]^T W [Z X y] and of its factor L, and A's accumulation.
+
+Terms are ordered internally by number of random effects, largest first, so
+that the first diagonal block stays block-diagonal and only its off-diagonal
+neighbours need a sparse format (theory.md, section "The blocked system").
+The layout is pure structure (sizes, kinds, offsets into one flat array per
+matrix, sparsity patterns); ``crossproducts`` fills A by summing over row
+chunks, so partial cross-products of separate pieces of the data add up to
+the same A.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _crossprod
+from ._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
+
+__all__ = ["BlockLayout", "sparsity_pattern", "crossproducts", "CHUNK_ROWS"]
+
+CHUNK_ROWS = 65536        # rows per chunk when accumulating A
+SPARSE_MIN_SIZE = 10000   # level pairs below which an off-diagonal block stays dense
+SPARSE_MAX_DENSITY = 0.25
+
+
+def sparsity_pattern(refs_s: np.ndarray, nl_s: int, refs_t: np.ndarray,
+                     nl_t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Compressed-column pattern of the level pairs (refs_s[i], refs_t[i]) present.
+
+    Returns ``colptr`` (nl_t + 1) and ``rowidx`` (sorted within each column).
+    """
+    keys = np.unique(refs_t.astype(np.int64) * nl_s + refs_s)
+    cols, rows = np.divmod(keys, nl_s)
+    colptr = np.zeros(nl_t + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cols, minlength=nl_t), out=colptr[1:])
+    return colptr, rows.astype(np.int64)
+
+
+def _bidx(s: int, t: int) -> int:
+    return s * (s + 1) // 2 + t
+
+
+@dataclass
+class BlockLayout:
+    """Sizes, kinds and flat offsets of every block of A and L (internal term order)."""
+
+    nlev: np.ndarray
+    k: np.ndarray
+    p1: int
+    kind_a: np.ndarray
+    kind_l: np.ndarray
+    off_a: np.ndarray
+    off_l: np.ndarray
+    sp_colptr_off: np.ndarray
+    sp_rowidx_off: np.ndarray
+    colptr: np.ndarray
+    rowidx: np.ndarray
+    n_a: int
+    n_l: int
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.nlev)
+
+    @classmethod
+    def build(cls, refs: list[np.ndarray], nlev: list[int], k: list[int],
+              p1: int) -> "BlockLayout":
+        """Layout for terms (already in internal order) with level codes ``refs``."""
+        T = len(refs)
+        q = [nl * kk for nl, kk in zip(nlev, k)]
+        nb = (T + 1) * (T + 2) // 2
+        kind_a = np.full(nb, BLOCK_DENSE, dtype=np.int64)
+        kind_l = np.full(nb, BLOCK_DENSE, dtype=np.int64)
+        off_a = np.zeros(nb, dtype=np.int64)
+        off_l = np.zeros(nb, dtype=np.int64)
+        cp_off = np.zeros(nb, dtype=np.int64)
+        ri_off = np.zeros(nb, dtype=np.int64)
+        colptrs, rowidxs = [], []
+        n_cp = n_ri = 0
+        pos_a = pos_l = 0
+        rows = q + [p1]
+        for s in range(T + 1):
+            for t in range(s + 1):
+                b = _bidx(s, t)
+                size_a = size_l = rows[s] * rows[t]
+                if s == t and s < T:
+                    kind_a[b] = BLOCK_BLOCKDIAG
+                    size_a = nlev[t] * k[t] * k[t]
+                    if t == 0:
+                        kind_l[b] = BLOCK_BLOCKDIAG
+                        size_l = size_a
+                elif t == 0 and s < T and nlev[s] * nlev[0] > SPARSE_MIN_SIZE:
+                    colptr, rowidx = sparsity_pattern(refs[s], nlev[s], refs[0], nlev[0])
+                    if len(rowidx) < SPARSE_MAX_DENSITY * nlev[s] * nlev[0]:
+                        kind_a[b] = kind_l[b] = BLOCK_SPARSE
+                        size_a = size_l = len(rowidx) * k[s] * k[0]
+                        cp_off[b], ri_off[b] = n_cp, n_ri
+                        colptrs.append(colptr)
+                        rowidxs.append(rowidx)
+                        n_cp += len(colptr)
+                        n_ri += len(rowidx)
+                off_a[b], off_l[b] = pos_a, pos_l
+                pos_a += size_a
+                pos_l += size_l
+        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(1, dtype=np.int64))
+        return cls(np.asarray(nlev, dtype=np.int64), np.asarray(k, dtype=np.int64), p1,
+                   kind_a, kind_l, off_a, off_l, cp_off, ri_off,
+                   cat(colptrs), cat(rowidxs), pos_a, pos_l)
+
+    def block_a(self, a: np.ndarray, s: int, t: int) -> np.ndarray:
+        """The flat slice of ``a`` holding block (s, t)."""
+        b = _bidx(s, t)
+        end = self.off_a[b + 1] if b + 1 < len(self.off_a) else self.n_a
+        return a[self.off_a[b]:end]
+
+    def pattern(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """colptr and rowidx of the sparse block (s, 0)."""
+        b = _bidx(s, 0)
+        cp0, ri0 = self.sp_colptr_off[b], self.sp_rowidx_off[b]
+        colptr = self.colptr[cp0:cp0 + self.nlev[0] + 1]
+        return colptr, self.rowidx[ri0:ri0 + colptr[-1]]
+
+
+def accumulate(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
+               z: list[np.ndarray], xy: np.ndarray) -> None:
+    """Add one chunk's contribution to A in place (eq. 12).
+
+    ``refs``/``z`` are the chunk's rows of each term (internal order), ``xy`` its
+    rows of [X y] (C-contiguous), all already scaled by sqrt(prior weights).
+    """
+    T = layout.n_terms
+    for s in range(T + 1):
+        for t in range(s + 1):
+            blk = layout.block_a(a, s, t)
+            kind = layout.kind_a[_bidx(s, t)]
+            if s == T and t == T:
+                _crossprod.add_xy_xy(xy, blk)
+            elif s == T:
+                _crossprod.add_xy_z(refs[t], z[t], xy, blk)
+            elif s == t:
+                _crossprod.add_diag(refs[t], z[t], blk)
+            elif kind == BLOCK_SPARSE:
+                colptr, rowidx = layout.pattern(s)
+                missing = _crossprod.add_offdiag_sparse(refs[s], z[s], refs[t], z[t],
+                                                        colptr, rowidx, blk)
+                if missing:
+                    raise ValueError(f"{missing} rows have level pairs outside the "
+                                     f"sparsity pattern of block ({s}, {t})")
+            else:
+                _crossprod.add_offdiag_dense(refs[s], z[s], refs[t], z[t],
+                                             int(layout.nlev[s] * layout.k[s]), blk)
+
+
+def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarray],
+                  x: np.ndarray, y: np.ndarray, sqrt_w: np.ndarray | None = None,
+                  chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """A = [Z X y]^T W [Z X y] as a flat array, summed over chunks of rows (eq. 12)."""
+    a = np.zeros(max(layout.n_a, 1))
+    n = len(y)
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        xy = np.empty((stop - start, layout.p1))
+        xy[:, :-1] = x[start:stop]
+        xy[:, -1] = y[start:stop]
+        zc = [zz[start:stop] for zz in z]
+        if sqrt_w is not None:
+            sw = sqrt_w[start:stop, None]
+            xy *= sw
+            zc = [np.ascontiguousarray(zz * sw) for zz in zc]
+        accumulate(layout, a, [r[start:stop] for r in refs], zc, xy)
+    return a

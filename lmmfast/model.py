@@ -1,0 +1,388 @@
+"""The linear mixed-effects model: build, fit, and the results of the fit.
+
+``LinearMixedModel(formula, data)`` builds the model frame, X, y and the
+random-effects terms, orders the terms, computes the cross-products A once and
+sets up the blocked Cholesky factor; ``fit()`` minimises the profiled
+criterion over theta (eq. 24) and reads every result off the factor at the
+optimum.  ``lmer`` does both, with lme4's signature.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from . import blocks
+from ._cholesky import BlockedCholesky
+from .errors import DataError, FitError, ConvergenceWarning
+from .formula import parse_formula
+from .modelframe import model_frame
+from .optimize import OptSummary, bobyqa
+from .remat import ReMat, build_remat
+from .varcorr import varcorr_table
+from .xymat import build_xymat
+
+__all__ = ["LinearMixedModel", "lmer"]
+
+SINGULAR_TOL = 1e-4   # lme4's isSingular() tolerance on the diagonal of lambda
+BOUNDARY_TOL = 1e-5   # diagonal theta below this is also tried at exactly 0
+
+
+class LinearMixedModel:
+    """A linear mixed-effects model ``y = X beta + Z b + e`` (eq. 1).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 formula, e.g. ``"Reaction ~ 1 + Days + (1 + Days | Subject)"``.
+    data : pandas.DataFrame
+        The data; never modified.
+    reml : bool
+        Fit by REML (default) or maximum likelihood.
+    weights, offset : str or array-like, optional
+        Prior weights and an offset: a column name or one value per row.
+    """
+
+    def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None):
+        self.formula = formula
+        self.reml = bool(reml)
+        parsed = parse_formula(formula)
+        frame = model_frame(parsed, data, weights, offset)
+        xy = build_xymat(parsed, frame.data)
+        remats = [build_remat(frame.data, term) for term in parsed.random]
+        # lme4's order: by decreasing number of levels, ties in formula order
+        order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
+        self.remats: list[ReMat] = [remats[i] for i in order]
+        self.response = xy.response
+        self.x = xy.x
+        self.y = xy.y
+        self.fixef_names = xy.names
+        self.dropped_columns = xy.dropped
+        self.weights = frame.weights
+        self.offset = frame.offset
+        self.n_dropped = frame.n_dropped
+        self.row_index = frame.row_index
+        self.nobs = len(self.y)
+        self._check_identifiable()
+
+        # internal order: by number of random effects, largest first (stable)
+        self._internal = sorted(range(len(self.remats)), key=lambda i: -self.remats[i].q)
+        starts = np.cumsum([0] + [r.n_theta for r in self.remats])
+        self._theta_perm = np.concatenate(
+            [np.arange(starts[i], starts[i + 1]) for i in self._internal]).astype(np.intp)
+        self._setup_core()
+        self.optsum: OptSummary | None = None
+        self._theta = None
+        self._solution: dict = {}
+
+    # ------------------------------------------------------------- building
+    def _check_identifiable(self) -> None:
+        n = self.nobs
+        p = self.x.shape[1]
+        if n <= p:
+            raise DataError(f"{n} observations cannot identify {p} fixed effects "
+                            "and a residual variance")
+        for r in self.remats:
+            if r.nlevels >= n:
+                raise DataError(
+                    f"grouping factor {r.group!r} of random term {r.source} has "
+                    f"{r.nlevels} levels for {n} observations: the number of levels "
+                    "of each grouping factor must be < number of observations")
+            if r.q >= n:
+                raise DataError(
+                    f"random term {r.source} has {r.q} random effects for {n} "
+                    "observations: the random-effects parameters and the residual "
+                    "variance are probably unidentifiable")
+        y = self.y - (self.offset if self.offset is not None else 0.0)
+        sw = np.sqrt(self.weights) if self.weights is not None else 1.0
+        xw = self.x * (sw[:, None] if np.ndim(sw) else sw)
+        yw = y * sw
+        if xw.shape[1]:
+            coef, *_ = np.linalg.lstsq(xw, yw, rcond=None)
+            resid = yw - xw @ coef
+        else:
+            resid = yw
+        if np.linalg.norm(resid) <= 1e-10 * max(np.linalg.norm(yw), 1e-300):
+            raise DataError(
+                f"the response {self.response!r} is fitted exactly by the fixed effects "
+                "(e.g. it is constant): the residual variance would be zero")
+
+    def _setup_core(self) -> None:
+        inner = [self.remats[i] for i in self._internal]
+        p1 = self.x.shape[1] + 1
+        self._layout = blocks.BlockLayout.build(
+            [r.refs for r in inner], [r.nlevels for r in inner], [r.k for r in inner], p1)
+        sqrt_w = np.sqrt(self.weights) if self.weights is not None else None
+        self._y_eff = self.y - self.offset if self.offset is not None else self.y
+        self._a = blocks.crossproducts(self._layout, [r.refs for r in inner],
+                                       [r.z for r in inner], self.x, self._y_eff, sqrt_w)
+        log_det_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
+        lay = self._layout
+        self._core = BlockedCholesky(
+            lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
+            lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self._a,
+            lay.n_l, float(self.nobs), log_det_w)
+
+    # ---------------------------------------------------------- theta spaces
+    @cached_property
+    def theta_names(self) -> list[str]:
+        """lme4's names of theta, in lme4's order."""
+        return [name for r in self.remats for name in r.theta_names()]
+
+    @cached_property
+    def lower_bounds(self) -> np.ndarray:
+        """Lower bounds of theta in lme4's order (0 on lambda's diagonal, -inf below)."""
+        return np.concatenate([r.theta_lower() for r in self.remats])
+
+    def _to_internal(self, theta: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(theta, dtype=np.float64)[self._theta_perm])
+
+    def criterion(self, theta) -> float:
+        """The profiled criterion at ``theta`` (lme4 order): REML (eq. 20) or deviance (eq. 18).
+
+        Evaluating it does not change the fitted results.
+        """
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (len(self.theta_names),):
+            raise ValueError(f"theta must have length {len(self.theta_names)}")
+        return self._core.objective(self._to_internal(theta), self.reml)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, *, start=None, ftol_rel: float = 1e-12, xtol_abs: float = 1e-10,
+            maxeval: int = 100_000) -> "LinearMixedModel":
+        """Minimise the profiled criterion over theta with BOBYQA; returns ``self``."""
+        init = np.concatenate([r.theta_init() for r in self.remats]) if start is None \
+            else np.asarray(start, dtype=np.float64)
+        summary = OptSummary(init, self.lower_bounds, ftol_rel=ftol_rel,
+                             xtol_abs=xtol_abs, maxeval=maxeval)
+        core = self._core
+        perm = self._theta_perm
+        reml = self.reml
+        buf = np.empty(len(init))
+
+        def objective(theta):
+            buf[:] = theta[perm]
+            return core.objective(buf, reml)
+
+        bobyqa(objective, summary)
+        theta, fmin = summary.final.copy(), summary.fmin
+        # a diagonal element that ends near its bound: take the bound if no worse
+        for i in np.flatnonzero((self.lower_bounds == 0) & (theta > 0) & (theta < BOUNDARY_TOL)):
+            trial = theta.copy()
+            trial[i] = 0.0
+            val = objective(trial)
+            summary.n_evals += 1
+            if val <= fmin:
+                theta, fmin = trial, val
+        summary.final, summary.fmin = theta, fmin
+        if not np.isfinite(fmin):
+            raise FitError(f"the criterion is not finite at the optimum (theta = {theta})")
+        if not summary.converged:
+            warnings.warn(f"the optimiser stopped with {summary.return_code} after "
+                          f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
+        self.optsum = summary
+        self._set_theta(theta)
+        return self
+
+    def _set_theta(self, theta: np.ndarray) -> None:
+        """Update the factor at theta and clear every result derived from it."""
+        info = self._core.update(self._to_internal(theta))
+        if info != 0:
+            raise FitError(f"the Cholesky factor failed at theta = {theta} (info {info})")
+        self._theta = theta
+        for name in ("vcov", "varcorr", "fitted", "residuals"):
+            self.__dict__.pop(name, None)
+        self._solution = self._solve()
+
+    def _require_fit(self) -> None:
+        if self._theta is None:
+            raise FitError("the model has not been fitted: call fit() first")
+
+    # -------------------------------------------------------------- results
+    def _solve(self) -> dict:
+        """beta-hat, u, b and the criterion's pieces from the current factor (eqs. 16-22)."""
+        lxx = self._core.lxx()
+        p = lxx.shape[0] - 1
+        rx = lxx[:p, :p]
+        beta = np.linalg.solve(rx.T, lxx[p, :p]) if p else np.zeros(0)
+        u = self._core.solve_u(np.ascontiguousarray(beta))
+        ld_l2, ld_rx2, pwrss = self._core.components()
+        # u in internal order -> per term, lme4 order; b = lambda u per level
+        inner = [self.remats[i] for i in self._internal]
+        sizes = np.cumsum([0] + [r.q for r in inner])
+        u_terms = {i: u[sizes[j]:sizes[j + 1]] for j, i in enumerate(self._internal)}
+        theta_split = np.split(self._theta, np.cumsum([r.n_theta for r in self.remats])[:-1])
+        b_terms = []
+        for i, r in enumerate(self.remats):
+            lam = r.lambda_(theta_split[i])
+            b_terms.append(u_terms[i].reshape(r.nlevels, r.k) @ lam.T)
+        return dict(beta=beta, rx=rx, u=u_terms, b=b_terms, ld_l2=ld_l2,
+                    ld_rx2=ld_rx2, pwrss=pwrss)
+
+    @property
+    def theta(self) -> pd.Series:
+        """Relative covariance parameters, lme4's order and names."""
+        self._require_fit()
+        return pd.Series(self._theta, index=self.theta_names, name="theta")
+
+    @property
+    def n_evals(self) -> int:
+        """Objective evaluations used by the optimiser."""
+        self._require_fit()
+        return self.optsum.n_evals
+
+    @property
+    def converged(self) -> bool:
+        self._require_fit()
+        return self.optsum.converged
+
+    @property
+    def optimizer_message(self) -> str:
+        self._require_fit()
+        return self.optsum.return_code
+
+    @property
+    def objective(self) -> float:
+        """REML criterion (REML fits, eq. 20) or deviance (ML fits, eq. 18) at the fit."""
+        self._require_fit()
+        sol = self._solution
+        n = self.nobs
+        ld_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
+        if self.reml:
+            dof = n - self.p
+            return float(sol["ld_l2"] - ld_w + sol["ld_rx2"]
+                         + dof * (1 + np.log(2 * np.pi * sol["pwrss"] / dof)))
+        return float(sol["ld_l2"] - ld_w + n * (1 + np.log(2 * np.pi * sol["pwrss"] / n)))
+
+    @property
+    def p(self) -> int:
+        """Number of fixed effects (after dropping rank-deficient columns)."""
+        return self.x.shape[1]
+
+    @property
+    def sigma(self) -> float:
+        """Residual standard deviation: sqrt(pwrss / (n - p)) for REML, sqrt(pwrss / n) for ML (eq. 19)."""
+        dof = self.nobs - (self.p if self.reml else 0)
+        return float(np.sqrt(self._solution["pwrss"] / dof))
+
+    @property
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates beta-hat (eq. 21)."""
+        return pd.Series(self._solution["beta"], index=self.fixef_names, name="fixef")
+
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        """Covariance of beta-hat: sigma^2 (R_X R_X^T)^{-1} (eq. 23)."""
+        rx = self._solution["rx"]
+        inv = np.linalg.inv(rx) if self.p else np.zeros((0, 0))
+        v = self.sigma ** 2 * inv.T @ inv
+        return pd.DataFrame(v, index=self.fixef_names, columns=self.fixef_names)
+
+    @property
+    def stderr(self) -> pd.Series:
+        """Standard errors of the fixed effects."""
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.fixef_names,
+                         name="stderr")
+
+    @property
+    def df_params(self) -> int:
+        """Number of parameters: fixed effects, theta and sigma."""
+        return self.p + len(self.theta_names) + 1
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood (REML fits: the restricted log-likelihood), -objective / 2."""
+        return -self.objective / 2.0
+
+    @property
+    def deviance(self) -> float:
+        """-2 log-likelihood (for REML fits, -2 times the restricted one, as lme4's logLik)."""
+        return -2.0 * self.loglik
+
+    @property
+    def aic(self) -> float:
+        return self.deviance + 2.0 * self.df_params
+
+    @property
+    def bic(self) -> float:
+        return self.deviance + np.log(self.nobs) * self.df_params
+
+    @cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """lme4's ``as.data.frame(VarCorr(fit))``: grp, var1, var2, vcov, sdcor."""
+        theta_split = np.split(self._theta, np.cumsum([r.n_theta for r in self.remats])[:-1])
+        lambdas = [r.lambda_(t) for r, t in zip(self.remats, theta_split)]
+        return varcorr_table([r.group for r in self.remats], [r.cnames for r in self.remats],
+                             lambdas, self.sigma)
+
+    @property
+    def ngrps(self) -> dict[str, int]:
+        """Number of levels of each grouping factor (lme4's ``ngrps``)."""
+        out: dict[str, int] = {}
+        for r in self.remats:
+            out.setdefault(r.group, r.nlevels)
+        return out
+
+    @property
+    def is_singular(self) -> bool:
+        """lme4's ``isSingular``: a diagonal element of some lambda below 1e-4."""
+        self._require_fit()
+        diag = self._theta[self.lower_bounds == 0]
+        return bool((diag < SINGULAR_TOL).any())
+
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes b of the random effects, per grouping factor (eq. 22).
+
+        Terms that share a grouping factor (e.g. from ``||``) are shown together.
+        """
+        sol = self._solution
+        out: dict[str, pd.DataFrame] = {}
+        for r, b in zip(self.remats, sol["b"]):
+            df = pd.DataFrame(b, index=pd.Index(r.levels, name=r.group), columns=r.cnames)
+            out[r.group] = pd.concat([out[r.group], df], axis=1) if r.group in out else df
+        return out
+
+    @cached_property
+    def fitted(self) -> np.ndarray:
+        """Conditional fitted values X beta + Z b (+ offset)."""
+        sol = self._solution
+        mu = self.x @ sol["beta"]
+        for r, b in zip(self.remats, sol["b"]):
+            mu += np.einsum("ij,ij->i", r.z, b[r.refs])
+        if self.offset is not None:
+            mu += self.offset
+        return mu
+
+    @cached_property
+    def residuals(self) -> np.ndarray:
+        """Response residuals y - fitted."""
+        return self.y - self.fitted
+
+    # ---------------------------------------------------------- presentation
+    def summary(self) -> str:
+        """lme4-style summary text."""
+        from .summary import format_summary
+        return format_summary(self)
+
+    def __str__(self) -> str:
+        if self._theta is None:
+            return f"LinearMixedModel({self.formula!r}, not fitted)"
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+
+def lmer(formula: str, data, reml: bool = True, weights=None, offset=None) -> LinearMixedModel:
+    """Fit a linear mixed-effects model, as lme4's ``lmer``.
+
+    >>> import lmmfast
+    >>> fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)",
+    ...                    lmmfast.datasets.load("sleepstudy"))
+    >>> round(fit.objective, 4)
+    1743.6283
+    """
+    return LinearMixedModel(formula, data, reml=reml, weights=weights, offset=offset).fit()

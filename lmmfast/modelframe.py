@@ -1,0 +1,166 @@
+"""The model frame: the columns a formula uses, validated, with missing rows dropped.
+
+As R's ``model.frame`` does for lme4: every variable the formula, the
+weights and the offset refer to is looked up, rows with a missing value in
+any of them are dropped (``na.omit``) and counted, and every categorical
+column becomes a pandas Categorical with R's level order (the category
+order of a Categorical; sorted unique values otherwise; unused levels
+dropped).  The caller's DataFrame is never modified.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula
+
+from .errors import DataError, FormulaError, MissingValuesWarning
+from .formula import ParsedFormula
+
+__all__ = ["ModelFrame", "model_frame", "as_factor"]
+
+
+@dataclass
+class ModelFrame:
+    """The rows and columns a model uses, after missing values are dropped."""
+
+    data: pd.DataFrame          # only the used columns, complete rows, factors coded
+    weights: np.ndarray | None  # prior weights of the kept rows
+    offset: np.ndarray | None   # offset of the kept rows
+    n_dropped: int              # rows dropped for missing values
+    row_index: pd.Index         # the kept rows' labels in the caller's frame
+    na_columns: tuple[str, ...]  # columns in which missing values were found
+
+
+def _variables(expr: str, what: str) -> set[str]:
+    try:
+        return {str(v) for v in Formula(expr).required_variables}
+    except Exception as exc:  # formulaic's parse errors carry no common base
+        raise FormulaError(f"cannot parse {what} {expr!r}: {exc}") from None
+
+
+def as_factor(col: pd.Series) -> pd.Categorical:
+    """A column as an R-style factor: category order kept, else sorted unique values.
+
+    Unused categories are dropped, as ``factor()`` does.  Integer-valued
+    columns sort numerically; labels are strings.
+    """
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat = col.cat.remove_unused_categories()
+        return pd.Categorical(cat.astype(object).map(str), categories=[str(c) for c in cat.cat.categories])
+    values = col.to_numpy()
+    if col.dtype.kind == "b":
+        return pd.Categorical.from_codes(values.astype(np.int8), categories=["FALSE", "TRUE"])
+    uniq = pd.unique(values)
+    try:
+        uniq = np.sort(uniq)
+    except TypeError:
+        uniq = np.array(sorted(uniq, key=str), dtype=object)
+    if col.dtype.kind == "f" and np.all(np.mod(uniq, 1) == 0):
+        labels = [str(int(u)) for u in uniq]
+        mapping = dict(zip(uniq.tolist(), labels))
+        return pd.Categorical([mapping[v] for v in values.tolist()], categories=labels)
+    labels = [str(u) for u in uniq]
+    if len(set(labels)) != len(labels):
+        raise DataError(f"column {col.name!r} has distinct values with the same label")
+    if col.dtype.kind in "biu" or col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
+        codes = pd.Index(uniq).get_indexer(values)
+        return pd.Categorical.from_codes(codes, categories=labels)
+    return pd.Categorical([str(v) for v in values.tolist()], categories=labels)
+
+
+def _is_categorical(col: pd.Series) -> bool:
+    return (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object
+            or pd.api.types.is_string_dtype(col.dtype) or col.dtype.kind == "b")
+
+
+def _column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in data.columns:
+            raise DataError(f"{what} column {value!r} is not in the data")
+        col = data[value]
+    else:
+        col = pd.Series(np.asarray(value).ravel() if not isinstance(value, pd.Series) else value)
+        if len(col) != len(data):
+            raise DataError(f"{what} has length {len(col)}, the data has {len(data)} rows")
+    if not pd.api.types.is_numeric_dtype(col.dtype) or col.dtype.kind == "b":
+        raise DataError(f"{what} must be numeric, got dtype {col.dtype}")
+    arr = np.asarray(col, dtype=np.float64)
+    if np.isinf(arr).any():
+        raise DataError(f"{what} has infinite values (first at row {int(np.flatnonzero(np.isinf(arr))[0])})")
+    return arr
+
+
+def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> ModelFrame:
+    """Validate and subset ``data`` for ``parsed``; drop rows with missing values."""
+    if not isinstance(data, pd.DataFrame):
+        if isinstance(data, dict):
+            data = pd.DataFrame(data)
+        else:
+            raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if len(data) == 0:
+        raise DataError("the data frame has no rows")
+    if data.columns.duplicated().any():
+        dup = data.columns[data.columns.duplicated()][0]
+        raise DataError(f"column {dup!r} appears more than once in the data")
+
+    needed: dict[str, str] = {}
+    for v in _variables(parsed.response, "the response"):
+        needed.setdefault(v, "the response")
+    for v in _variables(parsed.fixed, "the fixed-effects part"):
+        needed.setdefault(v, f"the fixed-effects term {parsed.fixed!r}")
+    for term in parsed.random:
+        for v in _variables(term.expr, f"the random term {term.source}"):
+            needed.setdefault(v, f"the random term {term.source}")
+        for f in term.factors:
+            needed.setdefault(f.strip("`"), f"the grouping of random term {term.source}")
+    missing = [v for v in needed if v not in data.columns]
+    if missing:
+        v = missing[0]
+        raise FormulaError(f"column {v!r} used in {needed[v]} is not in the data "
+                           f"(columns: {', '.join(map(str, data.columns[:20]))})")
+
+    w = _column_or_array(weights, data, "weights")
+    off = _column_or_array(offset, data, "offset")
+    frame = data[list(needed)].copy()
+
+    bad = frame.isna().to_numpy()
+    rows_bad = bad.any(axis=1)
+    na_cols = [c for c, b in zip(frame.columns, bad.any(axis=0)) if b]
+    for arr, name in ((w, "weights"), (off, "offset")):
+        if arr is not None and np.isnan(arr).any():
+            rows_bad |= np.isnan(arr)
+            na_cols.append(name)
+    n_dropped = int(rows_bad.sum())
+    if n_dropped:
+        keep = ~rows_bad
+        if not keep.any():
+            raise DataError(
+                f"every row has a missing value (in {', '.join(map(repr, na_cols))})")
+        frame = frame.loc[keep]
+        w = None if w is None else w[keep]
+        off = None if off is None else off[keep]
+        warnings.warn(
+            f"{n_dropped} row{'s' if n_dropped > 1 else ''} with missing values "
+            f"dropped (in {', '.join(map(repr, na_cols))}); {len(frame)} rows remain",
+            MissingValuesWarning, stacklevel=3)
+    if w is not None:
+        if (w < 0).any():
+            i = int(np.flatnonzero(w < 0)[0])
+            raise DataError(f"weights must be positive; row {i} has weight {w[i]}")
+        if (w == 0).any():
+            raise DataError(
+                f"weights must be positive; {int((w == 0).sum())} rows have weight 0 "
+                "(lme4's criterion is infinite for them): drop those rows instead")
+
+    row_index = frame.index
+    frame = frame.reset_index(drop=True)
+    for name in frame.columns:
+        if _is_categorical(frame[name]):
+            frame[name] = as_factor(frame[name])
+    return ModelFrame(frame, w, off, n_dropped, row_index, tuple(na_cols))

@@ -1,0 +1,143 @@
+"""A random-effects term: level codes, the small per-row matrix z, and its lambda.
+
+For a term ``(expr | g)`` with k columns and a grouping factor of nl levels,
+the term's part of Z (n x nl*k) has row i equal to z[i] placed in the columns
+of level refs[i] (theory.md, eq. 2).  Z is never formed: ``refs`` and ``z``
+are all the compiled core needs.  The relative covariance factor of the term
+is block-diagonal with nl copies of one k x k lower-triangular ``lambda_``
+filled column by column from the term's theta (eq. 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+
+from .errors import DataError, FormulaError
+from .formula import RandomTerm
+from .modelframe import as_factor
+
+__all__ = ["ReMat", "build_remat", "lme4_column_name"]
+
+
+@dataclass
+class ReMat:
+    """One random-effects term of a model (lme4's ``cnms`` entry with its data)."""
+
+    group: str                  # grouping factor name, e.g. "Subject", "cask:batch"
+    cnames: list[str]           # column names, e.g. ["(Intercept)", "Days"]
+    refs: np.ndarray            # int64 level code per row
+    levels: list[str]           # level labels, in order
+    z: np.ndarray               # n x k float64, C-contiguous
+    source: str                 # the formula term it came from
+
+    @property
+    def k(self) -> int:
+        """Random effects per level."""
+        return self.z.shape[1]
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def q(self) -> int:
+        """Number of random effects of the term, nl * k."""
+        return self.nlevels * self.k
+
+    @property
+    def n_theta(self) -> int:
+        """Entries of theta for this term: the lower triangle of lambda (k(k+1)/2)."""
+        return self.k * (self.k + 1) // 2
+
+    def theta_names(self) -> list[str]:
+        """lme4's names of the term's theta: ``g.a`` on the diagonal, ``g.b.a`` below."""
+        out = []
+        for j in range(self.k):
+            for i in range(j, self.k):
+                if i == j:
+                    out.append(f"{self.group}.{self.cnames[i]}")
+                else:
+                    out.append(f"{self.group}.{self.cnames[i]}.{self.cnames[j]}")
+        return out
+
+    def theta_lower(self) -> np.ndarray:
+        """Lower bounds of theta: 0 on lambda's diagonal, -inf below it (eq. 24)."""
+        return np.array([0.0 if i == j else -np.inf
+                         for j in range(self.k) for i in range(j, self.k)])
+
+    def theta_init(self) -> np.ndarray:
+        """lme4's starting value: lambda = I."""
+        return np.array([1.0 if i == j else 0.0
+                         for j in range(self.k) for i in range(j, self.k)])
+
+    def lambda_(self, theta: np.ndarray) -> np.ndarray:
+        """The k x k lower-triangular relative covariance factor for this term's theta."""
+        lam = np.zeros((self.k, self.k))
+        lam[np.tril_indices(self.k)[::-1]] = 0.0
+        pos = 0
+        for j in range(self.k):
+            for i in range(j, self.k):
+                lam[i, j] = theta[pos]
+                pos += 1
+        return lam
+
+
+def lme4_column_name(name: str) -> str:
+    """formulaic's column names in R's spelling: ``recipe[T.B]:temp`` -> ``recipeB:temp``."""
+    if name == "Intercept":
+        return "(Intercept)"
+    parts = []
+    for part in name.split(":"):
+        if part.endswith("]") and "[" in part:
+            var, level = part[:-1].split("[", 1)
+            if level.startswith("T."):
+                level = level[2:]
+            if var.startswith("C(") and var.endswith(")"):
+                var = var[2:-1]
+            part = var + level
+        parts.append(part.replace(" ** ", "^").replace(" / ", "/").replace(" * ", "*"))
+    return ":".join(parts)
+
+
+def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
+    """Level codes and labels of the (interaction of the) term's grouping factors.
+
+    An interaction's levels are the combinations present, ordered with the first
+    factor varying slowest, labelled ``a:b`` (R's ``factor(a:b)``).
+    """
+    facs = [as_factor(frame[f.strip("`")]) for f in term.factors]
+    if len(facs) == 1:
+        cat = facs[0]
+        return cat.codes.astype(np.int64), [str(c) for c in cat.categories]
+    codes = np.zeros(len(frame), dtype=np.int64)
+    for cat in facs:
+        codes = codes * len(cat.categories) + cat.codes.astype(np.int64)
+    present, refs = np.unique(codes, return_inverse=True)
+    labels = []
+    for c in present.tolist():
+        parts = []
+        for cat in reversed(facs):
+            c, r = divmod(c, len(cat.categories))
+            parts.append(str(cat.categories[r]))
+        labels.append(":".join(reversed(parts)))
+    return refs.astype(np.int64), labels
+
+
+def build_remat(frame: pd.DataFrame, term: RandomTerm) -> ReMat:
+    """The random-effects term ``term`` evaluated on the model frame."""
+    refs, levels = _group_codes(frame, term)
+    try:
+        mm = model_matrix(term.expr, frame, na_action="ignore")
+    except Exception as exc:
+        raise FormulaError(f"cannot build the columns of random term {term.source}: {exc}") from None
+    z = np.ascontiguousarray(np.asarray(mm, dtype=np.float64))
+    if z.shape[1] == 0:
+        raise FormulaError(f"random term {term.source} has no columns")
+    if not np.isfinite(z).all():
+        raise DataError(f"random term {term.source} has non-finite values in its columns")
+    cnames = [lme4_column_name(c) for c in mm.columns]
+    return ReMat(term.group, cnames, refs, levels, z, term.source)

@@ -1,0 +1,105 @@
+"""The fixed-effects model matrix X with the response y, and X's rank check.
+
+X is built by formulaic from the fixed part of the formula on the model
+frame, with R's treatment contrasts and column names in lme4's spelling.  A
+rank-deficient X loses the columns that are (numerically) linear
+combinations of earlier ones, with a warning naming them, as lme4 does
+(``chkRank.drop.cols``: a QR decomposition with R's limited pivoting keeps
+the earlier of two collinear columns).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+
+from .errors import DataError, FormulaError, RankDeficiencyWarning
+from .formula import ParsedFormula
+from .remat import lme4_column_name
+
+__all__ = ["XyMat", "build_xymat", "independent_columns"]
+
+RANK_TOL = 1e-7  # lme4's default tolerance for the rank of X
+
+
+@dataclass
+class XyMat:
+    """Fixed-effects matrix (full column rank) and the response."""
+
+    x: np.ndarray          # n x p, float64
+    y: np.ndarray          # n, float64 (offset not subtracted)
+    names: list[str]       # lme4 names of X's columns, e.g. ["(Intercept)", "Days"]
+    dropped: list[str]     # columns removed for rank deficiency
+    response: str          # the response as written
+
+
+def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
+    """Indices of the columns kept by a left-to-right QR with R's limited pivoting.
+
+    A column is dropped when its norm after projection on the kept columns is
+    below ``tol`` times its original norm (LINPACK ``dqrdc2``, used by R's ``qr``).
+    """
+    n, p = x.shape
+    keep: list[int] = []
+    q = np.zeros((n, 0))
+    for j in range(p):
+        col = x[:, j].astype(np.float64)
+        norm0 = np.linalg.norm(col)
+        if norm0 == 0.0:
+            continue
+        r = col - q @ (q.T @ col)
+        r -= q @ (q.T @ r)  # second pass keeps the projection orthogonal
+        rn = np.linalg.norm(r)
+        if rn > tol * norm0:
+            keep.append(j)
+            q = np.column_stack([q, r / rn])
+    return np.array(keep, dtype=np.intp)
+
+
+def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
+    """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
+    resp = parsed.response
+    if resp in frame.columns:
+        col = frame[resp]
+        if isinstance(col.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(col.dtype) \
+                or col.dtype.kind == "b":
+            raise DataError(f"response {resp!r} must be numeric, got dtype {col.dtype}")
+        y = col.to_numpy(dtype=np.float64)
+    else:
+        try:
+            ym = model_matrix(f"0 + {resp}", frame, na_action="ignore")
+        except Exception as exc:
+            raise FormulaError(f"cannot evaluate the response {resp!r}: {exc}") from None
+        if ym.shape[1] != 1:
+            raise DataError(f"response {resp!r} must be one numeric column, "
+                            f"it gives {ym.shape[1]}")
+        y = np.asarray(ym, dtype=np.float64).ravel()
+    if not np.isfinite(y).all():
+        i = int(np.flatnonzero(~np.isfinite(y))[0])
+        raise DataError(f"response {resp!r} has a non-finite value ({y[i]}) at row {i}")
+    try:
+        mm = model_matrix(parsed.fixed, frame, na_action="ignore")
+    except Exception as exc:
+        raise FormulaError(f"cannot build the fixed-effects columns of {parsed.fixed!r}: "
+                           f"{exc}") from None
+    x = np.asarray(mm, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(y):
+        x = np.broadcast_to(x, (len(y), x.shape[-1])).copy() if x.ndim == 2 else x
+    names = [lme4_column_name(c) for c in mm.columns]
+    if not np.isfinite(x).all():
+        j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
+        raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
+    keep = independent_columns(x)
+    dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
+    if dropped:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}",
+            RankDeficiencyWarning, stacklevel=3)
+        x = x[:, keep]
+        names = [names[j] for j in keep]
+    return XyMat(np.ascontiguousarray(x), y, names, dropped, resp)

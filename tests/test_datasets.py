@@ -1,0 +1,169 @@
+"""Tests for lmmfast.datasets, the bundled lme4 datasets."""
+
+import doctest
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lmmfast import datasets
+from lmmfast.errors import DataError
+
+REFERENCE = Path("/work/shared/reference")
+SCHEMA = json.loads(
+    (resources.files("lmmfast.datasets") / "data" / "schema.json").read_text(encoding="utf-8")
+)
+NAMES = sorted(SCHEMA)
+NUMERIC_DTYPES = {"numeric": np.float64, "integer": np.int64}
+
+needs_reference = pytest.mark.skipif(
+    not (REFERENCE / "data").is_dir() or not (REFERENCE / "lme4_results.json").is_file(),
+    reason="lme4 reference data not available",
+)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Load every dataset once for the read-only tests."""
+    return {name: datasets.load(name) for name in NAMES}
+
+
+def test_names():
+    assert datasets.names() == [
+        "Dyestuff", "Dyestuff2", "InstEval", "Pastes",
+        "Penicillin", "cake", "cbpp", "sleepstudy",
+    ]
+    assert NAMES == datasets.names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_and_columns(frames, name):
+    spec = SCHEMA[name]
+    frame = frames[name]
+    assert frame.shape == (spec["nrow"], len(spec["columns"]))
+    assert list(frame.columns) == [column["name"] for column in spec["columns"]]
+    assert isinstance(frame.index, pd.RangeIndex)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_column_types(frames, name):
+    frame = frames[name]
+    for column in SCHEMA[name]["columns"]:
+        values = frame[column["name"]]
+        assert values.notna().all(), column["name"]
+        if column["type"] == "factor":
+            assert isinstance(values.dtype, pd.CategoricalDtype), column["name"]
+            assert not values.cat.ordered
+            assert all(type(label) is str for label in values.cat.categories)
+        else:
+            assert values.dtype == NUMERIC_DTYPES[column["type"]], column["name"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_factor_levels(frames, name):
+    frame = frames[name]
+    for column in SCHEMA[name]["columns"]:
+        if column["type"] != "factor":
+            continue
+        categories = list(frame[column["name"]].cat.categories)
+        assert len(categories) == column["nlevels"], column["name"]
+        if "levels" in column:
+            assert categories == column["levels"], column["name"]
+
+
+def test_insteval_level_orders(frames):
+    frame = frames["InstEval"]
+    assert list(frame["dept"].cat.categories) == [
+        "15", "5", "10", "12", "6", "7", "4", "8", "9", "14", "1", "3", "11", "2",
+    ]
+    for column in ("s", "d"):
+        categories = list(frame[column].cat.categories)
+        assert categories == sorted(categories, key=int)
+        assert set(categories) == set(frame[column].astype(str))
+    assert list(frame["d"].cat.categories[:5]) == ["1", "6", "7", "8", "12"]
+    assert frame["s"].cat.categories[-1] == "2972"
+
+
+def test_numeric_looking_labels_stay_strings(frames):
+    subject = frames["sleepstudy"]["Subject"]
+    assert subject.iloc[0] == "308"
+    assert (subject == "308").sum() == 10
+    assert frames["cake"]["temperature"].iloc[0] == "175"
+
+
+@needs_reference
+@pytest.mark.parametrize("name", NAMES)
+def test_values_match_reference_csv(frames, name):
+    reference = pd.read_csv(REFERENCE / "data" / f"{name}.csv", dtype=str)
+    frame = frames[name]
+    assert list(frame.columns) == list(reference.columns)
+    for column in SCHEMA[name]["columns"]:
+        label = column["name"]
+        if column["type"] == "factor":
+            assert frame[label].astype(str).tolist() == reference[label].tolist(), label
+        else:
+            parse = float if column["type"] == "numeric" else int
+            expected = np.array([parse(text) for text in reference[label]])
+            assert np.array_equal(frame[label].to_numpy(), expected), label
+            assert frame[label].to_numpy().tobytes() == expected.tobytes(), label
+
+
+@needs_reference
+def test_schema_matches_lme4_results():
+    results = json.loads((REFERENCE / "lme4_results.json").read_text(encoding="utf-8"))
+    assert set(SCHEMA) == set(results["datasets"])
+    for name, dataset in results["datasets"].items():
+        assert SCHEMA[name]["nrow"] == dataset["nrow"], name
+        assert SCHEMA[name]["columns"] == dataset["columns"], name
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("sleepstudy", "sleepstudy"),
+        ("SleepStudy", "sleepstudy"),
+        ("dyestuff", "Dyestuff"),
+        ("DYESTUFF2", "Dyestuff2"),
+        ("penicillin", "Penicillin"),
+        ("CBPP", "cbpp"),
+        ("InstEval", "InstEval"),
+        ("insteval", "InstEval"),
+        ("INSTEVAL", "InstEval"),
+    ],
+)
+def test_name_lookup_ignores_case(frames, alias, name):
+    frame = datasets.load(alias)
+    assert frame.dtypes.equals(frames[name].dtypes)
+    assert frame.equals(frames[name])
+
+
+def test_load_returns_fresh_copy():
+    first = datasets.load("sleepstudy")
+    original = first.copy(deep=True)
+    first.iloc[0, 0] = -1.0
+    first["Subject"] = first["Subject"].cat.rename_categories(lambda label: "S" + label)
+    first["extra"] = 1
+    first.loc[5, "Days"] = 100.0
+    second = datasets.load("sleepstudy")
+    assert second is not first
+    pd.testing.assert_frame_equal(second, original)
+
+
+@pytest.mark.parametrize("bad", ["sleepstudy2", "", "sleep study", "Dyestuff3", None])
+def test_unknown_name_raises(bad):
+    with pytest.raises(DataError) as info:
+        datasets.load(bad)
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert repr(bad) in message
+    for name in NAMES:
+        assert name in message
+
+
+def test_docstring_examples():
+    result = doctest.testmod(datasets)
+    assert result.attempted > 0
+    assert result.failed == 0

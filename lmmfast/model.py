@@ -151,13 +151,19 @@ class LinearMixedModel:
         return self._core.objective(self._to_internal(theta), self.reml)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, *, start=None, ftol_rel: float = 1e-12, xtol_abs: float = 1e-10,
-            maxeval: int = 100_000) -> "LinearMixedModel":
-        """Minimise the profiled criterion over theta with BOBYQA; returns ``self``."""
+    def fit(self, *, start=None, **options) -> "LinearMixedModel":
+        """Minimise the profiled criterion over theta with BOBYQA; returns ``self``.
+
+        ``start`` is theta's starting value (lme4 order, default lambda = I);
+        ``options`` set the optimiser's tolerances (fields of ``OptSummary``:
+        ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step``, ``maxeval``).
+        """
         init = np.concatenate([r.theta_init() for r in self.remats]) if start is None \
             else np.asarray(start, dtype=np.float64)
-        summary = OptSummary(init, self.lower_bounds, ftol_rel=ftol_rel,
-                             xtol_abs=xtol_abs, maxeval=maxeval)
+        if init.shape != self.lower_bounds.shape or (init < self.lower_bounds).any():
+            raise ValueError(f"start must have {len(self.lower_bounds)} values within "
+                             "the lower bounds")
+        summary = OptSummary(init, self.lower_bounds, **options)
         core = self._core
         perm = self._theta_perm
         reml = self.reml

@@ -32,7 +32,7 @@ class OptSummary:
     initial: np.ndarray
     lower: np.ndarray
     ftol_rel: float = 1e-12
-    ftol_abs: float = 1e-8
+    ftol_abs: float = 0.0
     xtol_abs: float = 1e-10
     initial_step: float = 0.75
     maxeval: int = 100_000

@@ -153,6 +153,28 @@ def accumulate(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
                                              int(layout.nlev[s] * layout.k[s]), blk)
 
 
+def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
+                 z: list[np.ndarray], x: np.ndarray, wy: np.ndarray,
+                 sqrt_w: np.ndarray | None = None) -> None:
+    """Overwrite the parts of A that involve y (Z^T W y, X^T W y, y^T W y) in place.
+
+    ``wy`` is the response with the offset removed, multiplied by the prior
+    weights (W y).  Everything else in A depends on the design only, so a
+    refit with a new response re-uses it (theory.md, eq. 25).
+    """
+    T = layout.n_terms
+    p1 = layout.p1
+    yv = np.ascontiguousarray(wy, dtype=np.float64).reshape(-1, 1)
+    for t in range(T):
+        ztwy = np.zeros(int(layout.nlev[t] * layout.k[t]))
+        _crossprod.add_xy_z(refs[t], z[t], yv, ztwy)
+        layout.block_a(a, T, t).reshape(-1, p1)[:, p1 - 1] = ztwy
+    xx = layout.block_a(a, T, T).reshape(p1, p1)   # row-major view of column-major storage
+    y_raw = wy if sqrt_w is None else wy / sqrt_w ** 2
+    xx[:p1 - 1, p1 - 1] = x.T @ wy                  # column-major element (p, j), j < p
+    xx[p1 - 1, p1 - 1] = float(y_raw @ wy)
+
+
 def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarray],
                   x: np.ndarray, y: np.ndarray, sqrt_w: np.ndarray | None = None,
                   chunk_rows: int = CHUNK_ROWS) -> np.ndarray:

@@ -9,6 +9,7 @@ optimum.  ``lmer`` does both, with lme4's signature.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from functools import cached_property
 
@@ -119,12 +120,52 @@ class LinearMixedModel:
         self._y_eff = self.y - self.offset if self.offset is not None else self.y
         self._a = blocks.crossproducts(self._layout, [r.refs for r in inner],
                                        [r.z for r in inner], self.x, self._y_eff, sqrt_w)
+        self._core = self._make_core(self._a)
+
+    def _make_core(self, a: np.ndarray) -> BlockedCholesky:
         log_det_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
         lay = self._layout
-        self._core = BlockedCholesky(
+        return BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
-            lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self._a,
+            lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, a,
             lay.n_l, float(self.nobs), log_det_w)
+
+    # ------------------------------------------------------ new responses
+    def copy(self) -> "LinearMixedModel":
+        """An independent model with the same design (its own A and factor), not refitted."""
+        new = copy.copy(self)
+        new._a = self._a.copy()
+        new._core = self._make_core(new._a)
+        new._solution = dict(self._solution)
+        new.__dict__.pop("fitted", None)
+        new.__dict__.pop("residuals", None)
+        new.optsum = copy.deepcopy(self.optsum)
+        if self._theta is not None:
+            new._core.update(new._to_internal(self._theta))
+        return new
+
+    def refit(self, y, *, start=None, **options) -> "LinearMixedModel":
+        """Refit in place to a new response with the same design; returns ``self``.
+
+        Only the y parts of A change (eq. 25); nothing is re-parsed or
+        re-allocated, which makes this the inner loop of a parametric bootstrap.
+        The optimiser starts from the current theta unless ``start`` is given.
+        """
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if y.shape != self.y.shape:
+            raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
+        if not np.isfinite(y).all():
+            raise DataError("the new response has non-finite values")
+        self.y = y
+        self._y_eff = y - self.offset if self.offset is not None else y
+        inner = [self.remats[i] for i in self._internal]
+        wy = self._y_eff * self.weights if self.weights is not None else self._y_eff
+        blocks.set_response(self._layout, self._a, [r.refs for r in inner],
+                            [r.z for r in inner], self.x, wy,
+                            np.sqrt(self.weights) if self.weights is not None else None)
+        if start is None and self._theta is not None:
+            start = self._theta
+        return self.fit(start=start, **options)
 
     # ---------------------------------------------------------- theta spaces
     @cached_property

@@ -49,8 +49,16 @@ def as_factor(col: pd.Series) -> pd.Categorical:
     columns sort numerically; labels are strings.
     """
     if isinstance(col.dtype, pd.CategoricalDtype):
-        cat = col.cat.remove_unused_categories()
-        return pd.Categorical(cat.astype(object).map(str), categories=[str(c) for c in cat.cat.categories])
+        codes = col.cat.codes.to_numpy()
+        cats = col.cat.categories
+        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
+        labels = [str(c) for c in cats]
+        if used.all():
+            return pd.Categorical.from_codes(codes, categories=labels, validate=False)
+        remap = np.cumsum(used) - 1
+        new_codes = np.where(codes >= 0, remap[codes], -1)
+        return pd.Categorical.from_codes(new_codes, validate=False,
+                                         categories=[lab for lab, u in zip(labels, used) if u])
     values = col.to_numpy()
     if col.dtype.kind == "b":
         return pd.Categorical.from_codes(values.astype(np.int8), categories=["FALSE", "TRUE"])

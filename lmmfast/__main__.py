@@ -1,0 +1,8 @@
+"""``python -m lmmfast``: the lmmfast command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The ``lmmfast`` command line: ``fit`` (summary and JSON) and ``datasets``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmmfast
+from lmmfast.cli import main
+
+REFERENCE = Path("/work/shared/reference/lme4_results.json")
+
+needs_reference = pytest.mark.skipif(not REFERENCE.is_file(),
+                                     reason="lme4 reference results not available")
+
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+
+
+@lru_cache(maxsize=None)
+def lme4(model: str, kind: str) -> dict:
+    return json.loads(REFERENCE.read_text())["models"][model]["fits"][kind]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_rel(actual, expected, rtol, what):
+    actual, expected = np.asarray(actual, dtype=float), np.asarray(expected, dtype=float)
+    assert np.all(np.abs(actual - expected) <= rtol * np.abs(expected)), \
+        f"{what}: {actual} vs lme4 {expected}"
+
+
+def assert_matches_lme4(result: dict, ref: dict) -> None:
+    """A JSON result against lme4's fit (the tolerances of lmmfast vs lme4's default fit)."""
+    assert result["nobs"] == ref["nobs"]
+    assert result["reml"] == ref["REML"]
+    assert_rel(result["objective"], ref["objective"], 1e-6, "objective")
+    for key, ref_key in (("loglik", "logLik"), ("aic", "AIC"), ("bic", "BIC")):
+        assert_rel(result[key], ref[ref_key], 1e-6, key)
+    assert list(result["theta"]) == ref["theta_names"]
+    np.testing.assert_allclose(list(result["theta"].values()), ref["theta"], atol=1e-4)
+    assert list(result["fixef"]) == ref["fixef"]["names"]
+    assert_rel([v["estimate"] for v in result["fixef"].values()], ref["fixef"]["estimate"],
+               1e-6, "fixef")
+    assert_rel([v["se"] for v in result["fixef"].values()], ref["fixef"]["se"], 1e-4, "se")
+    assert_rel(result["sigma"], ref["sigma"], 1e-4, "sigma")
+    assert [(r["grp"], r["var1"], r["var2"]) for r in result["varcorr"]] == \
+        [(r["grp"], r["var1"], r["var2"]) for r in ref["varcorr"]]
+    assert_rel([r["vcov"] for r in result["varcorr"]], [r["vcov"] for r in ref["varcorr"]],
+               1e-3, "varcorr")
+    assert result["is_singular"] == ref["is_singular"]
+    assert result["n_dropped"] == 0 and result["dropped_columns"] == []
+    assert result["n_evals"] > 0
+
+
+def sleepstudy_frame():
+    data = lmmfast.datasets.load("sleepstudy")
+    data["Subject"] = data["Subject"].astype(int)   # as a CSV reader sees it
+    return data
+
+
+# --------------------------------------------------------------------------
+# fit
+
+
+@needs_reference
+def test_json_subprocess_matches_lme4(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "lmmfast", "fit", "sleepstudy", SLEEP, "--json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    result = json.loads(done.stdout)
+    assert result["formula"] == SLEEP
+    assert_matches_lme4(result, lme4("sleep_slope", "REML"))
+
+
+def test_summary_is_the_default(capsys):
+    status, out, err = run(capsys, "fit", "sleepstudy", SLEEP)
+    assert status == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[:3] == ["Linear mixed model fit by REML ['lmerMod']", f"Formula: {SLEEP}",
+                         "   Data: sleepstudy"]
+    assert "REML criterion at convergence: 1743.6" in lines
+    assert "Number of obs: 180, groups:  Subject, 18" in lines
+
+
+@needs_reference
+def test_ml(capsys):
+    status, out, err = run(capsys, "fit", "sleepstudy", SLEEP, "--ml", "--json")
+    assert status == 0 and err == ""
+    assert_matches_lme4(json.loads(out), lme4("sleep_slope", "ML"))
+
+    status, out, _ = run(capsys, "fit", "sleepstudy", SLEEP, "--ml")
+    assert status == 0
+    assert out.startswith("Linear mixed model fit by maximum likelihood ['lmerMod']\n")
+    assert out.splitlines()[4:6] == ["     AIC      BIC   logLik deviance df.resid",
+                                     "  1763.9   1783.1   -876.0   1751.9      174"]
+
+
+@needs_reference
+def test_json_has_null_for_missing(capsys):
+    status, out, _ = run(capsys, "fit", "Dyestuff2", "Yield ~ 1 + (1 | Batch)", "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert result["varcorr"][-1] == {"grp": "Residual", "var1": None, "var2": None,
+                                     "vcov": pytest.approx(lme4("dyestuff2", "REML")["sigma"] ** 2),
+                                     "sdcor": pytest.approx(lme4("dyestuff2", "REML")["sigma"])}
+    assert result["is_singular"] is True
+
+
+@needs_reference
+def test_csv_path(tmp_path, capsys):
+    path = tmp_path / "sleep.csv"
+    sleepstudy_frame().to_csv(path, index=False)
+    status, out, err = run(capsys, "fit", str(path), SLEEP, "--json")
+    assert status == 0 and err == ""
+    assert_matches_lme4(json.loads(out), lme4("sleep_slope", "REML"))
+
+
+@needs_reference
+def test_parquet_path(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "sleep.parquet"
+    sleepstudy_frame().to_parquet(path)
+    status, out, err = run(capsys, "fit", str(path), SLEEP, "--json")
+    assert status == 0 and err == ""
+    assert_matches_lme4(json.loads(out), lme4("sleep_slope", "REML"))
+
+
+def test_parquet_without_pyarrow(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "sleep.parquet"
+    path.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    status, out, err = run(capsys, "fit", str(path), SLEEP)
+    assert status == 2 and out == ""
+    assert err.startswith("lmmfast: error: ") and "pip install pyarrow" in err
+
+
+def test_weights_offset_and_warnings(tmp_path, capsys):
+    data = sleepstudy_frame()
+    data["w"] = np.linspace(0.5, 2.0, len(data))
+    data["off"] = np.linspace(0.0, 3.0, len(data))
+    data["Days2"] = 2 * data["Days"]
+    data.loc[3, "Reaction"] = np.nan
+    path = tmp_path / "sleep.csv"
+    data.to_csv(path, index=False)
+    status, out, err = run(capsys, "fit", str(path), "Reaction ~ Days + Days2 + (Days | Subject)",
+                           "--weights", "w", "--offset", "off")
+    assert status == 0
+    warnings = err.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("lmmfast: warning: ") for w in warnings)
+    assert "missing" in warnings[0] and "Days2" in warnings[1]
+    assert "Weights: w\n Offset: off\n" in out
+    assert "Number of obs: 179, groups:  Subject, 18\n" \
+           "  (1 observation deleted due to missingness)\n" in out
+    assert "rank deficient so dropping 1 column / coefficient (Days2)" in out
+
+    status, out, _ = run(capsys, "fit", str(path), "Reaction ~ Days + (Days | Subject)",
+                         "--weights", "w", "--json")
+    result = json.loads(out)
+    assert result["n_dropped"] == 1 and result["nobs"] == 179
+
+
+# --------------------------------------------------------------------------
+# errors
+
+
+def assert_error(status: int, out: str, err: str, *fragments: str) -> None:
+    assert status == 2 and out == ""
+    assert err.startswith("lmmfast: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_missing_column(capsys):
+    assert_error(*run(capsys, "fit", "sleepstudy", "Reaction ~ Dayz + (1 | Subject)"), "'Dayz'")
+    assert_error(*run(capsys, "fit", "sleepstudy", SLEEP, "--weights", "wt"), "'wt'")
+
+
+def test_missing_file(tmp_path, capsys):
+    path = tmp_path / "nope.csv"
+    assert_error(*run(capsys, "fit", str(path), SLEEP), "not found", str(path))
+
+
+def test_unknown_dataset(capsys):
+    assert_error(*run(capsys, "fit", "sleepstudies", SLEEP), "unknown dataset 'sleepstudies'",
+                 "sleepstudy")
+
+
+def test_unreadable_file(tmp_path, capsys):
+    path = tmp_path / "data.txt"
+    path.write_text("a,b\n1,2\n")
+    assert_error(*run(capsys, "fit", str(path), SLEEP), ".csv or .parquet")
+
+
+def test_usage_errors(capsys):
+    assert main([]) == 2
+    assert main(["fit", "sleepstudy"]) == 2
+    assert "usage: lmmfast" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "fit" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# datasets
+
+
+def test_datasets_command(capsys):
+    status, out, err = run(capsys, "datasets")
+    assert status == 0 and err == ""
+    assert out.splitlines() == lmmfast.datasets.names()

@@ -160,7 +160,7 @@ def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
 
     ``wy`` is the response with the offset removed, multiplied by the prior
     weights (W y).  Everything else in A depends on the design only, so a
-    refit with a new response re-uses it (theory.md, eq. 25).
+    refit with a new response re-uses it (theory.md, eq. 26).
     """
     T = layout.n_terms
     p1 = layout.p1

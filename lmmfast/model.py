@@ -147,7 +147,7 @@ class LinearMixedModel:
     def refit(self, y, *, start=None, **options) -> "LinearMixedModel":
         """Refit in place to a new response with the same design; returns ``self``.
 
-        Only the y parts of A change (eq. 25); nothing is re-parsed or
+        Only the y parts of A change (eq. 26); nothing is re-parsed or
         re-allocated, which makes this the inner loop of a parametric bootstrap.
         The optimiser starts from the current theta unless ``start`` is given.
         """
@@ -380,11 +380,17 @@ class LinearMixedModel:
         diag = self._theta[self.lower_bounds == 0]
         return bool((diag < SINGULAR_TOL).any())
 
-    def ranef(self) -> dict[str, pd.DataFrame]:
+    def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
         """Conditional modes b of the random effects, per grouping factor (eq. 22).
 
         Terms that share a grouping factor (e.g. from ``||``) are shown together.
+        With ``condvar=True`` each frame carries, in ``.attrs["condvar"]``, the
+        conditional covariance matrices of its levels (lme4's ``condVar``, eq. 25)
+        and the columns' conditional standard deviations in ``.attrs["condsd"]``.
         """
+        if condvar:
+            from .condvar import ranef_with_condvar
+            return ranef_with_condvar(self)
         sol = self._solution
         out: dict[str, pd.DataFrame] = {}
         for r, b in zip(self.remats, sol["b"]):
@@ -408,11 +414,53 @@ class LinearMixedModel:
         """Response residuals y - fitted."""
         return self.y - self.fitted
 
+    # ------------------------------------------------------------- inference
+    def coef_table(self, ddf: str | None = None) -> pd.DataFrame:
+        """Fixed-effects table: Estimate, Std. Error, (df,) t value, Pr(>|t|).
+
+        ``ddf``: None (Wald, normal reference), ``"satterthwaite"`` (lmerTest) or
+        ``"kenward-roger"`` (pbkrtest).
+        """
+        from .fixed_tests import coef_table
+        return coef_table(self, ddf=ddf)
+
+    def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Type III F tests of each fixed-effects term (lmerTest's ``anova``)."""
+        from .fixed_tests import anova_table
+        return anova_table(self, ddf=ddf)
+
+    def confint(self, parm=None, level: float = 0.95, method: str = "profile",
+                **kwargs) -> pd.DataFrame:
+        """Confidence intervals (``"wald"``, ``"profile"`` or ``"bootstrap"``) as lme4's ``confint``."""
+        from .confint import confint
+        return confint(self, parm=parm, level=level, method=method, **kwargs)
+
+    def profile(self, **kwargs):
+        """Profile zeta traces of every parameter (lme4's ``profile``)."""
+        from .profile import profile
+        return profile(self, **kwargs)
+
+    def bootstrap(self, n: int, seed=None, n_jobs: int | None = None, **kwargs) -> pd.DataFrame:
+        """Parametric bootstrap: simulate from the fit and refit ``n`` times."""
+        from .bootstrap import bootstrap
+        return bootstrap(self, n, seed=seed, n_jobs=n_jobs, **kwargs)
+
+    def simulate(self, n: int = 1, seed=None, **kwargs) -> np.ndarray:
+        """Responses simulated from the fitted model (lme4's ``simulate``)."""
+        from .simulate import simulate
+        return simulate(self, n, seed=seed, **kwargs)
+
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False) -> np.ndarray:
+        """Predictions as lme4's ``predict``: conditional on the random effects unless ``re_form="~0"``."""
+        from .predict import predict
+        return predict(self, newdata=newdata, re_form=re_form,
+                       allow_new_levels=allow_new_levels)
+
     # ---------------------------------------------------------- presentation
-    def summary(self) -> str:
-        """lme4-style summary text."""
+    def summary(self, ddf: str | None = None) -> str:
+        """lme4-style summary text; ``ddf="satterthwaite"`` adds df and p-values as lmerTest."""
         from .summary import format_summary
-        return format_summary(self)
+        return format_summary(self) if ddf is None else format_summary(self, ddf=ddf)
 
     def __str__(self) -> str:
         if self._theta is None:

@@ -149,7 +149,7 @@ cdef class BlockedCholesky:
     nobs : float
         Number of observations (with prior weights: of those with w > 0).
     log_det_w : float
-        sum(log w) over the prior weights, 0 without weights (eq. 19).
+        sum(log w) over the prior weights, 0 without weights (eqs. 18, 20).
     """
 
     cdef readonly Py_ssize_t n_terms, p1, n_theta
@@ -501,7 +501,7 @@ cdef class BlockedCholesky:
 
     # ------------------------------------------------------- solutions from L
     def lxx(self):
-        """Copy of the dense lower-right block of L: [[R_X^T, 0], [r_y^T, r]]."""
+        """Copy of the dense lower-right block of L: [[R_X, 0], [l_yX, r]] (lower-triangular R_X)."""
         cdef Py_ssize_t n = self.p1
         b = bidx(self.n_terms, self.n_terms)
         arr = np.asarray(self.l[self.off_l[b]:self.off_l[b] + n * n])

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import lmmfast
 from lmmfast.errors import LmmWarning
 
-from dense_reference import dense_criterion
+from dense_reference import dense_criterion, dense_Z
 
 OBJECTIVE_RTOL = 1e-8
 BETA_RTOL = 1e-6
@@ -164,6 +164,19 @@ def _perturbations(fit, rng):
     return out
 
 
+def residual_identifiable(fit) -> bool:
+    """Whether y - offset is not in the column space of [X Z].
+
+    Otherwise X beta + Z b fits the response exactly and the criterion is unbounded
+    below as sigma -> 0 (see test_saturated_model_is_rejected).
+    """
+    z = dense_Z([(r.refs, r.z, r.nlevels) for r in fit.remats], fit.nobs)
+    xz = np.hstack([fit.x, z])
+    y = fit.y - (fit.offset if fit.offset is not None else 0.0)
+    coef, *_ = np.linalg.lstsq(xz, y, rcond=None)
+    return np.linalg.norm(y - xz @ coef) > 1e-8 * np.linalg.norm(y)
+
+
 def check_fit(fit, reml):
     assert fit.reml == reml
     obj = fit.objective
@@ -174,6 +187,9 @@ def check_fit(fit, reml):
     theta = fit.theta.to_numpy()
     assert np.isfinite(theta).all() and (theta >= fit.lower_bounds).all(), f"theta {theta}"
     assert fixef.shape == (fit.x.shape[1],)
+    if not residual_identifiable(fit):
+        event("saturated: y - offset in span([X Z])")
+        return
 
     dense = _dense(fit, theta)
     # The criterion is a sum of O(n) terms of order 1 (n log(2 pi sigma^2), log-determinants,

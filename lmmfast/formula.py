@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .errors import FormulaError
 
@@ -187,6 +188,11 @@ def _expand_random(inner: str, source: str) -> list[RandomTerm]:
     return terms
 
 
+@lru_cache(maxsize=256)
+def _parse_cached(formula: str) -> ParsedFormula:
+    return _parse(formula)
+
+
 def parse_formula(formula: str) -> ParsedFormula:
     """Split an lme4 formula into response, fixed part and random terms.
 
@@ -196,6 +202,10 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str):
         raise FormulaError(f"the formula must be a string, got {type(formula).__name__}")
+    return _parse_cached(formula)
+
+
+def _parse(formula: str) -> ParsedFormula:
     sides = _split_top(formula, "~")
     if len(sides) != 2:
         raise FormulaError(

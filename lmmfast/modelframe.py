@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula
 
 from .errors import DataError, FormulaError, MissingValuesWarning
 from .formula import ParsedFormula
+from .materialize import required_variables
 
 __all__ = ["ModelFrame", "model_frame", "as_factor"]
 
@@ -35,11 +35,11 @@ class ModelFrame:
     na_columns: tuple[str, ...]  # columns in which missing values were found
 
 
-def _variables(expr: str, what: str) -> set[str]:
+def _variables(expr: str, what: str) -> frozenset[str]:
     try:
-        return {str(v) for v in Formula(expr).required_variables}
-    except Exception as exc:  # formulaic's parse errors carry no common base
-        raise FormulaError(f"cannot parse {what} {expr!r}: {exc}") from None
+        return required_variables(expr)
+    except FormulaError as exc:
+        raise FormulaError(f"cannot parse {what}: {exc}") from None
 
 
 def as_factor(col: pd.Series) -> pd.Categorical:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
 
 from .errors import DataError, FormulaError
 from .formula import RandomTerm
+from .materialize import design_matrix
 from .modelframe import as_factor
 
-__all__ = ["ReMat", "build_remat", "lme4_column_name"]
+__all__ = ["ReMat", "build_remat"]
 
 
 @dataclass
@@ -86,23 +86,6 @@ class ReMat:
         return lam
 
 
-def lme4_column_name(name: str) -> str:
-    """formulaic's column names in R's spelling: ``recipe[T.B]:temp`` -> ``recipeB:temp``."""
-    if name == "Intercept":
-        return "(Intercept)"
-    parts = []
-    for part in name.split(":"):
-        if part.endswith("]") and "[" in part:
-            var, level = part[:-1].split("[", 1)
-            if level.startswith("T."):
-                level = level[2:]
-            if var.startswith("C(") and var.endswith(")"):
-                var = var[2:-1]
-            part = var + level
-        parts.append(part.replace(" ** ", "^").replace(" / ", "/").replace(" * ", "*"))
-    return ":".join(parts)
-
-
 def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
     """Level codes and labels of the (interaction of the) term's grouping factors.
 
@@ -130,14 +113,10 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, lis
 def build_remat(frame: pd.DataFrame, term: RandomTerm) -> ReMat:
     """The random-effects term ``term`` evaluated on the model frame."""
     refs, levels = _group_codes(frame, term)
-    try:
-        mm = model_matrix(term.expr, frame, na_action="ignore")
-    except Exception as exc:
-        raise FormulaError(f"cannot build the columns of random term {term.source}: {exc}") from None
-    z = np.ascontiguousarray(np.asarray(mm, dtype=np.float64))
+    z, cnames = design_matrix(term.expr, frame, f"random term {term.source}")
+    z = np.ascontiguousarray(z)
     if z.shape[1] == 0:
         raise FormulaError(f"random term {term.source} has no columns")
     if not np.isfinite(z).all():
         raise DataError(f"random term {term.source} has non-finite values in its columns")
-    cnames = [lme4_column_name(c) for c in mm.columns]
     return ReMat(term.group, cnames, refs, levels, z, term.source)

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
 
 from .errors import DataError, FormulaError, RankDeficiencyWarning
 from .formula import ParsedFormula
-from .remat import lme4_column_name
+from .materialize import design_matrix
 
 __all__ = ["XyMat", "build_xymat", "independent_columns"]
 
@@ -70,26 +69,16 @@ def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
             raise DataError(f"response {resp!r} must be numeric, got dtype {col.dtype}")
         y = col.to_numpy(dtype=np.float64)
     else:
-        try:
-            ym = model_matrix(f"0 + {resp}", frame, na_action="ignore")
-        except Exception as exc:
-            raise FormulaError(f"cannot evaluate the response {resp!r}: {exc}") from None
+        ym, _ = design_matrix(f"0 + {resp}", frame, f"the response {resp!r}")
         if ym.shape[1] != 1:
             raise DataError(f"response {resp!r} must be one numeric column, "
                             f"it gives {ym.shape[1]}")
-        y = np.asarray(ym, dtype=np.float64).ravel()
+        y = ym.ravel()
     if not np.isfinite(y).all():
         i = int(np.flatnonzero(~np.isfinite(y))[0])
         raise DataError(f"response {resp!r} has a non-finite value ({y[i]}) at row {i}")
-    try:
-        mm = model_matrix(parsed.fixed, frame, na_action="ignore")
-    except Exception as exc:
-        raise FormulaError(f"cannot build the fixed-effects columns of {parsed.fixed!r}: "
-                           f"{exc}") from None
-    x = np.asarray(mm, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] != len(y):
-        x = np.broadcast_to(x, (len(y), x.shape[-1])).copy() if x.ndim == 2 else x
-    names = [lme4_column_name(c) for c in mm.columns]
+    x, names = design_matrix(parsed.fixed, frame,
+                             f"the fixed-effects part {parsed.fixed!r}")
     if not np.isfinite(x).all():
         j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
         raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")

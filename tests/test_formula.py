@@ -10,7 +10,7 @@ import lmmfast
 from lmmfast.errors import FormulaError
 from lmmfast.formula import parse_formula
 from lmmfast.modelframe import as_factor
-from lmmfast.remat import lme4_column_name
+from lmmfast.materialize import lme4_column_name
 
 
 def _terms(formula):

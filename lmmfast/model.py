@@ -54,9 +54,6 @@ class LinearMixedModel:
         frame = model_frame(parsed, data, weights, offset)
         xy = build_xymat(parsed, frame.data)
         remats = [build_remat(frame.data, term) for term in parsed.random]
-        # lme4's order: by decreasing number of levels, ties in formula order
-        order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
-        self.remats: list[ReMat] = [remats[i] for i in order]
         self.response = xy.response
         self.x = xy.x
         self.y = xy.y
@@ -67,22 +64,67 @@ class LinearMixedModel:
         self.n_dropped = frame.n_dropped
         self.row_index = frame.row_index
         self.nobs = len(self.y)
-        self._check_identifiable()
+        self._order_terms(remats)
+        inner = [self.remats[i] for i in self._internal]
+        layout = blocks.BlockLayout.build(
+            [r.refs for r in inner], [r.nlevels for r in inner], [r.k for r in inner],
+            self.x.shape[1] + 1)
+        sqrt_w = np.sqrt(self.weights) if self.weights is not None else None
+        self._y_eff = self.y - self.offset if self.offset is not None else self.y
+        a = blocks.crossproducts(layout, [r.refs for r in inner], [r.z for r in inner],
+                                 self.x, self._y_eff, sqrt_w)
+        log_det_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
+        self._setup_core(layout, a, log_det_w)
 
-        # internal order: by number of random effects, largest first (stable)
-        self._internal = sorted(range(len(self.remats)), key=lambda i: -self.remats[i].q)
-        starts = np.cumsum([0] + [r.n_theta for r in self.remats])
-        self._theta_perm = np.concatenate(
-            [np.arange(starts[i], starts[i + 1]) for i in self._internal]).astype(np.intp)
-        self._setup_core()
-        self.optsum: OptSummary | None = None
-        self._theta = None
-        self._solution: dict = {}
+    @classmethod
+    def from_crossproducts(cls, formula: str, *, reml: bool, remats: list[ReMat],
+                           fixef_names: list[str], layout: "blocks.BlockLayout",
+                           a: np.ndarray, nobs: int, log_det_w: float = 0.0,
+                           response: str = "", n_dropped: int = 0,
+                           dropped_columns: list[str] | None = None) -> "LinearMixedModel":
+        """A model from its reduced form: A = [Z X y]^T W [Z X y] summed elsewhere (eq. 12).
+
+        Used when the rows never sit in one place (partitioned or streamed data):
+        ``remats`` carry the terms' names, columns and levels (their ``refs``/``z``
+        may be empty), ``layout`` the block structure A was accumulated in (terms
+        in internal order), ``remats`` in lme4 order.  Row-level results
+        (``fitted``, ``residuals``) are not available on such a model.
+        """
+        self = cls.__new__(cls)
+        self.formula = formula
+        self.reml = bool(reml)
+        self.response = response
+        self.x = None
+        self.y = None
+        self._y_eff = None
+        self.fixef_names = list(fixef_names)
+        self.dropped_columns = list(dropped_columns or [])
+        self.weights = None
+        self.offset = None
+        self.n_dropped = n_dropped
+        self.row_index = None
+        self.nobs = int(nobs)
+        self._order_terms(list(remats), sort=False)
+        self._setup_core(layout, np.ascontiguousarray(a, dtype=np.float64), log_det_w)
+        return self
 
     # ------------------------------------------------------------- building
+    def _order_terms(self, remats: list[ReMat], sort: bool = True) -> None:
+        """lme4's term order (decreasing levels, ties in formula order) and the
+        internal order of the core (decreasing number of random effects)."""
+        if sort:
+            order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
+            remats = [remats[i] for i in order]
+        self.remats: list[ReMat] = remats
+        self._internal = sorted(range(len(remats)), key=lambda i: -remats[i].q)
+        starts = np.cumsum([0] + [r.n_theta for r in remats])
+        self._theta_perm = np.concatenate(
+            [np.arange(starts[i], starts[i + 1]) for i in self._internal]).astype(np.intp)
+
     def _check_identifiable(self) -> None:
-        n = self.nobs
-        p = self.x.shape[1]
+        """lme4's checks of the numbers of levels and random effects against n, and
+        a response that the fixed effects fit exactly (pwrss = 0 at theta = 0)."""
+        n, p = self.nobs, self.p
         if n <= p:
             raise DataError(f"{n} observations cannot identify {p} fixed effects "
                             "and a residual variance")
@@ -97,38 +139,39 @@ class LinearMixedModel:
                     f"random term {r.source} has {r.q} random effects for {n} "
                     "observations: the random-effects parameters and the residual "
                     "variance are probably unidentifiable")
-        y = self.y - (self.offset if self.offset is not None else 0.0)
-        sw = np.sqrt(self.weights) if self.weights is not None else 1.0
-        xw = self.x * (sw[:, None] if np.ndim(sw) else sw)
-        yw = y * sw
-        if xw.shape[1]:
-            coef, *_ = np.linalg.lstsq(xw, yw, rcond=None)
-            resid = yw - xw @ coef
-        else:
-            resid = yw
-        if np.linalg.norm(resid) <= 1e-10 * max(np.linalg.norm(yw), 1e-300):
+        if self.x is not None:   # rows at hand: the OLS residual by QR
+            sw = np.sqrt(self.weights) if self.weights is not None else np.ones(n)
+            xw, yw = self.x * sw[:, None], self._y_eff * sw
+            resid = yw - xw @ np.linalg.lstsq(xw, yw, rcond=None)[0] if p else yw
+            exact = np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(yw)
+        else:                    # only A: the OLS residual from the factor at theta = 0
+            info = self._core.update(np.zeros(len(self.theta_names)))
+            pwrss = self._core.components()[2] if info == 0 else 0.0
+            ytwy = self._layout.block_a(self._a, self._layout.n_terms,
+                                        self._layout.n_terms)[-1]
+            exact = not pwrss > 1e-13 * ytwy
+        if exact:
             raise DataError(
                 f"the response {self.response!r} is fitted exactly by the fixed effects "
                 "(e.g. it is constant): the residual variance would be zero")
 
-    def _setup_core(self) -> None:
-        inner = [self.remats[i] for i in self._internal]
-        p1 = self.x.shape[1] + 1
-        self._layout = blocks.BlockLayout.build(
-            [r.refs for r in inner], [r.nlevels for r in inner], [r.k for r in inner], p1)
-        sqrt_w = np.sqrt(self.weights) if self.weights is not None else None
-        self._y_eff = self.y - self.offset if self.offset is not None else self.y
-        self._a = blocks.crossproducts(self._layout, [r.refs for r in inner],
-                                       [r.z for r in inner], self.x, self._y_eff, sqrt_w)
-        self._core = self._make_core(self._a)
+    def _setup_core(self, layout: "blocks.BlockLayout", a: np.ndarray,
+                    log_det_w: float) -> None:
+        self._layout = layout
+        self._a = a
+        self._log_det_w = log_det_w
+        self._core = self._make_core(a)
+        self.optsum: OptSummary | None = None
+        self._theta = None
+        self._solution: dict = {}
+        self._check_identifiable()
 
     def _make_core(self, a: np.ndarray) -> BlockedCholesky:
-        log_det_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
         lay = self._layout
         return BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, a,
-            lay.n_l, float(self.nobs), log_det_w)
+            lay.n_l, float(self.nobs), self._log_det_w)
 
     # ------------------------------------------------------ new responses
     def copy(self) -> "LinearMixedModel":
@@ -297,7 +340,7 @@ class LinearMixedModel:
         self._require_fit()
         sol = self._solution
         n = self.nobs
-        ld_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
+        ld_w = self._log_det_w
         if self.reml:
             dof = n - self.p
             return float(sol["ld_l2"] - ld_w + sol["ld_rx2"]
@@ -307,7 +350,7 @@ class LinearMixedModel:
     @property
     def p(self) -> int:
         """Number of fixed effects (after dropping rank-deficient columns)."""
-        return self.x.shape[1]
+        return len(self.fixef_names)
 
     @property
     def sigma(self) -> float:

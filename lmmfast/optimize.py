@@ -34,7 +34,7 @@ class OptSummary:
     ftol_rel: float = 1e-12
     ftol_abs: float = 0.0
     xtol_abs: float = 1e-10
-    initial_step: float = 0.75
+    initial_step: float | None = 0.75
     maxeval: int = 100_000
     final: np.ndarray | None = None
     fmin: float = np.inf
@@ -70,8 +70,8 @@ def bobyqa(objective, summary: OptSummary) -> OptSummary:
     opt.set_ftol_abs(summary.ftol_abs)
     opt.set_xtol_abs(summary.xtol_abs)
     opt.set_maxeval(summary.maxeval)
-    step = np.full(n, summary.initial_step)
-    opt.set_initial_step(step)
+    if summary.initial_step is not None:
+        opt.set_initial_step(np.full(n, summary.initial_step))
     try:
         opt.optimize(np.asarray(summary.initial, dtype=np.float64))
         code = _RETURN_CODES.get(opt.last_optimize_result(), str(opt.last_optimize_result()))

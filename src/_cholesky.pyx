@@ -234,6 +234,7 @@ cdef class BlockedCholesky:
         """L <- Lambda^T A Lambda (+ I on the random-effects diagonal), eq. 14."""
         cdef Py_ssize_t T = self.n_terms, s, t, b, lev, lev2, e, rs, ct, ks, kt
         cdef Py_ssize_t i, nl_s, nl_t, ld
+        cdef double acc
         cdef const double* lam_s
         cdef const double* lam_t
         cdef double* src
@@ -278,6 +279,10 @@ cdef class BlockedCholesky:
                                          work)
                             for i in range(kt):
                                 dst[(lev * kt + i) * (ld + 1)] += 1.0
+                elif self.kind_a[b] == SPARSE and ks == 1 and kt == 1:
+                    acc = lam_s[0] * lam_t[0]
+                    for e in range(self.colptr[self.sp_cp[b] + nl_t]):
+                        dst[e] = acc * src[e]
                 elif self.kind_a[b] == SPARSE:
                     for e in range(self.colptr[self.sp_cp[b] + nl_t]):
                         small_lt_a_l(lam_s, ks, src + e * ks * kt, ks, ks,
@@ -299,6 +304,8 @@ cdef class BlockedCholesky:
         cdef Py_ssize_t kt, kr, j, e1, e2, i1, i2, c0
         cdef double* src = &self.l[self.off_l[b]]
         cdef double* dst = &self.l[self.off_l[bt]]
+        cdef const cnp.int64_t* ri
+        cdef double v1
         if self.kind_l[b] == DENSE:
             syrk_n(<blas_int>rows, <blas_int>cols, -1.0, src, <blas_int>rows,
                    1.0, dst, <blas_int>rows)
@@ -307,6 +314,15 @@ cdef class BlockedCholesky:
         kt = self.k[t]
         kr = self.k[r]
         c0 = self.sp_cp[b]
+        ri = &self.rowidx[self.sp_ri[b]]
+        if kt == 1 and kr == 1:
+            for j in range(self.nlev[r]):
+                for e1 in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
+                    i1 = ri[e1]
+                    v1 = src[e1]
+                    for e2 in range(self.colptr[c0 + j], e1 + 1):
+                        dst[i1 + ri[e2] * rows] -= v1 * src[e2]
+            return
         for j in range(self.nlev[r]):
             for e1 in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
                 i1 = self.rowidx[self.sp_ri[b] + e1]
@@ -323,6 +339,7 @@ cdef class BlockedCholesky:
         cdef Py_ssize_t cols = self._rows(r)
         cdef Py_ssize_t ks = self._kk(s), kt = self._kk(t), kr = self.k[r]
         cdef Py_ssize_t j, ea, eb, ia, ib, ca, cb
+        cdef double va, vb
         cdef double* pa = &self.l[self.off_l[ba]]
         cdef double* pb = &self.l[self.off_l[bb]]
         cdef double* pc = &self.l[self.off_l[bc]]
@@ -335,6 +352,22 @@ cdef class BlockedCholesky:
             return
         ca = self.sp_cp[ba]
         cb = self.sp_cp[bb]
+        if ks == 1 and kt == 1 and kr == 1 and sa and sb:
+            for j in range(self.nlev[r]):
+                for ea in range(self.colptr[ca + j], self.colptr[ca + j + 1]):
+                    ia = self.rowidx[self.sp_ri[ba] + ea]
+                    va = pa[ea]
+                    for eb in range(self.colptr[cb + j], self.colptr[cb + j + 1]):
+                        pc[ia + self.rowidx[self.sp_ri[bb] + eb] * rows_s] -= va * pb[eb]
+            return
+        if kt == 1 and kr == 1 and sb and not sa:
+            for j in range(self.nlev[r]):
+                for eb in range(self.colptr[cb + j], self.colptr[cb + j + 1]):
+                    ib = self.rowidx[self.sp_ri[bb] + eb]
+                    vb = pb[eb]
+                    for ia in range(rows_s):
+                        pc[ia + ib * rows_s] -= pa[ia + j * rows_s] * vb
+            return
         for j in range(self.nlev[r]):
             if sa and sb:
                 for ea in range(self.colptr[ca + j], self.colptr[ca + j + 1]):

@@ -138,16 +138,19 @@ def _apply(recipe, frame: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def design_matrix(expr: str, frame: pd.DataFrame, what: str) -> tuple[np.ndarray, list[str]]:
+def design_matrix(expr: str, frame: pd.DataFrame, what: str, with_spec: bool = False):
     """The model matrix of ``expr`` on ``frame`` and its lme4 column names.
 
-    ``what`` names the formula part in error messages.
+    ``what`` names the formula part in error messages.  With ``with_spec`` also
+    formulaic's ModelSpec when formulaic built the matrix (None on the fast path,
+    whose columns are plain columns and level indicators).
     """
     key = _schema(expr, frame)
     hit = _RECIPES.get(key) if key is not None else None
     if hit is not None and hit[0] is not None:
         recipe, names = hit
-        return _apply(recipe, frame), names
+        x = _apply(recipe, frame)
+        return (x, names, None) if with_spec else (x, names)
     try:
         mm = model_matrix(_parsed(expr), frame, na_action="ignore")
     except FormulaError:
@@ -166,4 +169,4 @@ def design_matrix(expr: str, frame: pd.DataFrame, what: str) -> tuple[np.ndarray
         if len(_RECIPES) >= _MAX_RECIPES:
             _RECIPES.clear()
         _RECIPES[key] = (recipe, names)
-    return x, names
+    return (x, names, mm.model_spec) if with_spec else (x, names)

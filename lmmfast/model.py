@@ -20,7 +20,7 @@ from . import blocks
 from ._cholesky import BlockedCholesky
 from .errors import DataError, FitError, ConvergenceWarning
 from .formula import parse_formula
-from .modelframe import model_frame
+from .modelframe import as_factor, model_frame
 from .optimize import OptSummary, bobyqa
 from .remat import ReMat, build_remat
 from .varcorr import varcorr_table
@@ -30,6 +30,7 @@ __all__ = ["LinearMixedModel", "lmer"]
 
 SINGULAR_TOL = 1e-4   # lme4's isSingular() tolerance on the diagonal of lambda
 BOUNDARY_TOL = 1e-5   # diagonal theta below this is also tried at exactly 0
+STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks (streaming.py)
 
 
 class LinearMixedModel:
@@ -39,15 +40,26 @@ class LinearMixedModel:
     ----------
     formula : str
         lme4 formula, e.g. ``"Reaction ~ 1 + Days + (1 + Days | Subject)"``.
-    data : pandas.DataFrame
-        The data; never modified.
+    data : pandas.DataFrame, dask.dataframe.DataFrame or str
+        The data; never modified.  A Dask DataFrame, or a path or glob of
+        Parquet files, is reduced on its cluster (lmmfast.distributed).
     reml : bool
         Fit by REML (default) or maximum likelihood.
     weights, offset : str or array-like, optional
         Prior weights and an offset: a column name or one value per row.
+    streaming : bool, optional
+        Reduce a pandas frame to A in row chunks without holding X and Z for
+        all rows (lmmfast.streaming); by default above ``STREAM_MIN_ROWS`` rows.
     """
 
-    def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None):
+    def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None,
+                 streaming: bool | None = None):
+        if streaming or not isinstance(data, (pd.DataFrame, dict)) or (
+                streaming is None and isinstance(data, pd.DataFrame)
+                and len(data) > STREAM_MIN_ROWS):
+            from .streaming import build_elsewhere
+            if build_elsewhere(self, formula, data, reml, weights, offset, streaming):
+                return
         self.formula = formula
         self.reml = bool(reml)
         parsed = parse_formula(formula)
@@ -64,6 +76,12 @@ class LinearMixedModel:
         self.n_dropped = frame.n_dropped
         self.row_index = frame.row_index
         self.nobs = len(self.y)
+        self.offset_column = offset if isinstance(offset, str) else None
+        self.fixed_spec = xy.spec
+        self.factor_levels = {name: [str(c) for c in as_factor(frame.data[name]).categories]
+                              for name in frame.data.columns
+                              if isinstance(frame.data[name].dtype, pd.CategoricalDtype)
+                              or any(name in t.factors for t in parsed.random)}
         self._order_terms(remats)
         inner = [self.remats[i] for i in self._internal]
         layout = blocks.BlockLayout.build(
@@ -73,7 +91,7 @@ class LinearMixedModel:
         self._y_eff = self.y - self.offset if self.offset is not None else self.y
         a = blocks.crossproducts(layout, [r.refs for r in inner], [r.z for r in inner],
                                  self.x, self._y_eff, sqrt_w)
-        log_det_w = float(np.log(self.weights).sum()) if self.weights is not None else 0.0
+        log_det_w = blocks.dd_sum(np.log(self.weights)) if self.weights is not None else 0.0
         self._setup_core(layout, a, log_det_w)
 
     @classmethod
@@ -129,6 +147,10 @@ class LinearMixedModel:
             raise DataError(f"{n} observations cannot identify {p} fixed effects "
                             "and a residual variance")
         for r in self.remats:
+            if r.nlevels < 2:
+                raise DataError(
+                    f"grouping factor {r.group!r} of random term {r.source} has "
+                    f"{r.nlevels} level: grouping factors must have > 1 sampled level")
             if r.nlevels >= n:
                 raise DataError(
                     f"grouping factor {r.group!r} of random term {r.source} has "
@@ -142,8 +164,11 @@ class LinearMixedModel:
         if self.x is not None:   # rows at hand: the OLS residual by QR
             sw = np.sqrt(self.weights) if self.weights is not None else np.ones(n)
             xw, yw = self.x * sw[:, None], self._y_eff * sw
+            scale = np.max(np.abs(yw))
+            if scale > 0:   # scaled, so that huge or tiny responses neither overflow nor underflow
+                xw, yw = xw / scale, yw / scale
             resid = yw - xw @ np.linalg.lstsq(xw, yw, rcond=None)[0] if p else yw
-            exact = np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(yw)
+            exact = scale == 0 or np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(yw)
         else:                    # only A: the OLS residual from the factor at theta = 0
             info = self._core.update(np.zeros(len(self.theta_names)))
             pwrss = self._core.components()[2] if info == 0 else 0.0
@@ -232,7 +257,10 @@ class LinearMixedModel:
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (len(self.theta_names),):
             raise ValueError(f"theta must have length {len(self.theta_names)}")
-        return self._core.objective(self._to_internal(theta), self.reml)
+        value = self._core.objective(self._to_internal(theta), self.reml)
+        if self._theta is not None:   # leave the factor at the fitted theta
+            self._core.update(self._to_internal(self._theta))
+        return value
 
     # ------------------------------------------------------------------ fit
     def fit(self, *, start=None, **options) -> "LinearMixedModel":
@@ -275,7 +303,38 @@ class LinearMixedModel:
                           f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
         self.optsum = summary
         self._set_theta(theta)
+        if (not summary.converged or np.max(theta, initial=0.0) > 1e3) and self._exact_fit():
+            raise FitError(
+                f"the residual variance is estimated as zero: the response "
+                f"{self.response!r} is fitted exactly by the fixed and random effects "
+                "(e.g. it is constant within groups)")
         return self
+
+    def _exact_fit(self) -> bool:
+        """Whether W^(1/2)(y - offset) lies in the span of W^(1/2)[X Z] (sigma-hat -> 0).
+
+        Checked only when a fit shows the symptoms (theta running away, no
+        convergence); needs the rows, so models reduced elsewhere answer False.
+        """
+        if self.x is None:
+            return False
+        from scipy.sparse import csr_matrix, hstack
+        from scipy.sparse.linalg import lsqr
+        n = self.nobs
+        sw = np.sqrt(self.weights) if self.weights is not None else np.ones(n)
+        parts = [csr_matrix(self.x * sw[:, None])]
+        for r in self.remats:
+            cols = (r.refs[:, None] * r.k + np.arange(r.k)).ravel()
+            rows = np.repeat(np.arange(n), r.k)
+            parts.append(csr_matrix(((r.z * sw[:, None]).ravel(), (rows, cols)),
+                                    shape=(n, r.q)))
+        yw = self._y_eff * sw
+        scale = np.max(np.abs(yw))
+        if scale == 0:
+            return True
+        sol = lsqr(hstack(parts).tocsr(), yw / scale, atol=1e-14, btol=1e-14,
+                   iter_lim=10 * (n + 10))
+        return sol[3] <= 1e-8 * np.linalg.norm(yw / scale)
 
     def _set_theta(self, theta: np.ndarray) -> None:
         """Update the factor at theta and clear every result derived from it."""
@@ -493,11 +552,16 @@ class LinearMixedModel:
         from .simulate import simulate
         return simulate(self, n, seed=seed, **kwargs)
 
-    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False) -> np.ndarray:
-        """Predictions as lme4's ``predict``: conditional on the random effects unless ``re_form="~0"``."""
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                offset=None) -> np.ndarray:
+        """Predictions as lme4's ``predict``: conditional on the random effects unless ``re_form="~0"``.
+
+        ``offset``: the new rows' offset (a column name or values); by default the
+        fit's offset column, when the fit was given one by name.
+        """
         from .predict import predict
         return predict(self, newdata=newdata, re_form=re_form,
-                       allow_new_levels=allow_new_levels)
+                       allow_new_levels=allow_new_levels, offset=offset)
 
     # ---------------------------------------------------------- presentation
     def summary(self, ddf: str | None = None) -> str:

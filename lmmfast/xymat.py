@@ -34,6 +34,7 @@ class XyMat:
     names: list[str]       # lme4 names of X's columns, e.g. ["(Intercept)", "Days"]
     dropped: list[str]     # columns removed for rank deficiency
     response: str          # the response as written
+    spec: object = None    # formulaic's ModelSpec of X, when formulaic built it
 
 
 def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
@@ -77,8 +78,8 @@ def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
     if not np.isfinite(y).all():
         i = int(np.flatnonzero(~np.isfinite(y))[0])
         raise DataError(f"response {resp!r} has a non-finite value ({y[i]}) at row {i}")
-    x, names = design_matrix(parsed.fixed, frame,
-                             f"the fixed-effects part {parsed.fixed!r}")
+    x, names, spec = design_matrix(parsed.fixed, frame,
+                                   f"the fixed-effects part {parsed.fixed!r}", with_spec=True)
     if not np.isfinite(x).all():
         j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
         raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
@@ -91,4 +92,4 @@ def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
             RankDeficiencyWarning, stacklevel=3)
         x = x[:, keep]
         names = [names[j] for j in keep]
-    return XyMat(np.ascontiguousarray(x), y, names, dropped, resp)
+    return XyMat(np.ascontiguousarray(x), y, names, dropped, resp, spec)

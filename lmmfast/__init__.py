@@ -9,8 +9,9 @@
 
 from . import datasets, errors
 from .errors import DataError, FitError, FormulaError, LmmError
+from .anova import anova
 from .model import LinearMixedModel, lmer
 
-__all__ = ["lmer", "LinearMixedModel", "datasets", "errors", "LmmError", "FormulaError",
+__all__ = ["lmer", "LinearMixedModel", "anova", "datasets", "errors", "LmmError", "FormulaError",
            "DataError", "FitError"]
 __version__ = "0.1.0"

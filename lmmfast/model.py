@@ -78,10 +78,12 @@ class LinearMixedModel:
         self.nobs = len(self.y)
         self.offset_column = offset if isinstance(offset, str) else None
         self.fixed_spec = xy.spec
-        self.factor_levels = {name: [str(c) for c in as_factor(frame.data[name]).categories]
-                              for name in frame.data.columns
-                              if isinstance(frame.data[name].dtype, pd.CategoricalDtype)
-                              or any(name in t.factors for t in parsed.random)}
+        self.factor_levels = {}
+        for name, col in frame.data.items():
+            if isinstance(col.dtype, pd.CategoricalDtype):   # already R-style factors
+                self.factor_levels[name] = list(col.cat.categories)
+            elif any(name in t.factors for t in parsed.random):
+                self.factor_levels[name] = list(as_factor(col).categories)
         self._order_terms(remats)
         inner = [self.remats[i] for i in self._internal]
         layout = blocks.BlockLayout.build(

@@ -54,6 +54,8 @@ def as_factor(col: pd.Series) -> pd.Categorical:
         used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
         labels = [str(c) for c in cats]
         if used.all():
+            if not col.cat.ordered and list(cats) == labels:   # already an R-style factor
+                return col.array
             return pd.Categorical.from_codes(codes, categories=labels, validate=False)
         remap = np.cumsum(used) - 1
         new_codes = np.where(codes >= 0, remap[codes], -1)

@@ -2,7 +2,7 @@
 
 ::
 
-    lmmfast fit DATA FORMULA [--ml] [--json] [--weights COL] [--offset COL]
+    lmmfast fit DATA FORMULA [--ml] [--json] [--weights COL] [--offset COL] [--plot DIR]
     lmmfast datasets
 
 ``DATA`` is a bundled dataset (``lmmfast datasets`` lists them) or the path
@@ -10,7 +10,10 @@ of a ``.csv`` or ``.parquet`` file.  ``fit`` prints lme4's summary of the
 fit, or with ``--json`` its numbers as one JSON object.  Errors in the
 model or the data are reported as ``lmmfast: error: ...`` with exit
 status 2; warnings (rows dropped for missing values, rank-deficient fixed
-effects) go to standard error, one line each.
+effects) go to standard error, one line each.  ``--plot DIR`` also writes
+the standard diagnostic plots of the fit (residuals vs fitted and normal
+QQ, a caterpillar plot of each grouping factor's conditional modes) as PNG
+files in ``DIR``; it needs matplotlib (``pip install 'lmmfast[plot]'``).
 """
 
 from __future__ import annotations
@@ -132,12 +135,27 @@ def _cmd_fit(args) -> int:
                            weights=args.weights, offset=args.offset)
     for warning in caught:
         print(f"{PROG}: warning: {_one_line(warning.message)}", file=sys.stderr)
+    if args.plot is not None:
+        _write_plots(fit, args.plot)
     if args.json:
         print(json.dumps(fit_to_dict(fit), indent=2, allow_nan=False))
     else:
         call = {"data": args.data, "weights": args.weights, "offset": args.offset}
         print(format_summary(fit, call=call))
     return 0
+
+
+def _write_plots(fit, directory: str) -> None:
+    """The diagnostic plots of ``fit`` as PNG files in ``directory`` (paths to stderr)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise LmmError("--plot needs matplotlib, which is not installed: "
+                       "pip install 'lmmfast[plot]'") from None
+    matplotlib.use("Agg")
+    from .plot import save_diagnostics
+    for path in save_diagnostics(fit, directory):
+        print(f"{PROG}: wrote {path}", file=sys.stderr)
 
 
 def _cmd_datasets(args) -> int:
@@ -162,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", action="store_true", help="print the results as JSON")
     fit.add_argument("--weights", metavar="COL", help="column of prior weights")
     fit.add_argument("--offset", metavar="COL", help="column of the offset")
+    fit.add_argument("--plot", metavar="DIR",
+                     help="write diagnostic plots (PNG) of the fit to DIR (needs matplotlib)")
     fit.set_defaults(run=_cmd_fit)
 
     listing = commands.add_parser("datasets", help="list the bundled datasets",

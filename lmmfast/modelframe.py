@@ -94,11 +94,22 @@ def _column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
         if value not in data.columns:
             raise DataError(f"{what} column {value!r} is not in the data")
         col = data[value]
+    elif isinstance(value, pd.Series):
+        if not value.index.equals(data.index):
+            if len(value) != len(data) or not value.index.sort_values().equals(
+                    data.index.sort_values()):
+                raise DataError(f"{what} is a Series whose index does not match the "
+                                "data's rows")
+            value = value.reindex(data.index)   # matched by label, as pandas aligns
+        col = value
     else:
-        col = pd.Series(np.asarray(value).ravel() if not isinstance(value, pd.Series) else value)
-        if len(col) != len(data):
-            raise DataError(f"{what} has length {len(col)}, the data has {len(data)} rows")
-    if not pd.api.types.is_numeric_dtype(col.dtype) or col.dtype.kind == "b":
+        arr = np.asarray(value)
+        if arr.ndim != 1:
+            raise DataError(f"{what} must be one-dimensional, got shape {arr.shape}")
+        if len(arr) != len(data):
+            raise DataError(f"{what} has length {len(arr)}, the data has {len(data)} rows")
+        col = pd.Series(arr)
+    if not pd.api.types.is_numeric_dtype(col.dtype) or col.dtype.kind in "bc":
         raise DataError(f"{what} must be numeric, got dtype {col.dtype}")
     arr = np.asarray(col, dtype=np.float64)
     if np.isinf(arr).any():
@@ -135,6 +146,10 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
         raise FormulaError(f"column {v!r} used in {needed[v]} is not in the data "
                            f"(columns: {', '.join(map(str, data.columns[:20]))})")
 
+    resp = data.get(parsed.response) if parsed.response in data.columns else None
+    if resp is not None and (not pd.api.types.is_numeric_dtype(resp.dtype)
+                             or resp.dtype.kind in "bc"):
+        raise DataError(f"response {parsed.response!r} must be numeric, got dtype {resp.dtype}")
     w = _column_or_array(weights, data, "weights")
     off = _column_or_array(offset, data, "offset")
     frame = data[list(needed)].copy()

@@ -47,36 +47,65 @@ class OptSummary:
         return self.return_code in ("SUCCESS", "FTOL_REACHED", "XTOL_REACHED")
 
 
-def bobyqa(objective, summary: OptSummary) -> OptSummary:
-    """Minimise ``objective(theta)`` from ``summary.initial`` under ``summary.lower``.
-
-    Every evaluation is counted; the best point seen is kept (NLopt returns it).
-    """
-    n = len(summary.initial)
-    count = [0]
-    best = [np.inf, np.asarray(summary.initial, dtype=np.float64)]
+def _run(objective, x0, lower, step, summary: OptSummary, count: list, best: list) -> str:
+    """One BOBYQA run from x0 in coordinates scaled by ``step`` (theta = x * scale)."""
+    n = len(x0)
 
     def f(x, grad):
         count[0] += 1
-        val = objective(x)
+        val = objective(x * best[2])
         if val < best[0]:
-            best[0], best[1] = val, x.copy()
+            best[0], best[1] = val, x * best[2]
         return val if np.isfinite(val) else 1e300
 
     opt = nlopt.opt(nlopt.LN_BOBYQA, n)
-    opt.set_lower_bounds(summary.lower)
+    opt.set_lower_bounds(lower)
     opt.set_min_objective(f)
     opt.set_ftol_rel(summary.ftol_rel)
     opt.set_ftol_abs(summary.ftol_abs)
     opt.set_xtol_abs(summary.xtol_abs)
-    opt.set_maxeval(summary.maxeval)
-    if summary.initial_step is not None:
-        opt.set_initial_step(np.full(n, summary.initial_step))
+    opt.set_maxeval(max(summary.maxeval - count[0], 1))
+    if step is not None:
+        opt.set_initial_step(np.full(n, step))
     try:
-        opt.optimize(np.asarray(summary.initial, dtype=np.float64))
-        code = _RETURN_CODES.get(opt.last_optimize_result(), str(opt.last_optimize_result()))
+        opt.optimize(np.asarray(x0, dtype=np.float64))
+        return _RETURN_CODES.get(opt.last_optimize_result(), str(opt.last_optimize_result()))
     except nlopt.RoundoffLimited:
-        code = "ROUNDOFF_LIMITED"
+        return "ROUNDOFF_LIMITED"
+
+
+def bobyqa(objective, summary: OptSummary, max_restarts: int = 3,
+           scale: np.ndarray | None = None) -> OptSummary:
+    """Minimise ``objective(theta)`` from ``summary.initial`` under ``summary.lower`` (eq. 24).
+
+    BOBYQA works on theta / ``scale`` (the natural scale of each element, so
+    that the first step and the tolerances are relative to it).  The start is
+    evaluated first, so the result is never worse than it.  A first run that
+    stops suspiciously early (a step along a flat direction changed nothing) is
+    followed by restarts from the best point in coordinates scaled by that
+    point's magnitudes, until a restart no longer improves the criterion.
+    Every evaluation is counted.
+    """
+    n = len(summary.initial)
+    count = [1]
+    x0 = np.asarray(summary.initial, dtype=np.float64)
+    s0 = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+    best = [objective(x0), x0.copy(), s0]
+    code = _run(objective, x0 / s0, summary.lower / s0, summary.initial_step, summary,
+                count, best)
+    # restart only after a suspiciously short first run (a flat direction)
+    for _ in range(max_restarts if count[0] < 5 * n + 6 else 0):
+        if count[0] >= summary.maxeval:
+            break
+        before = best[0]
+        theta = best[1].copy()
+        ref = max(np.max(np.abs(theta)), 1e-8)
+        scale = np.maximum(np.abs(theta), 1e-3 * ref)
+        best[2] = scale
+        code = _run(objective, theta / scale, summary.lower / scale, 0.2, summary, count, best)
+        best[2] = np.ones(n)
+        if not best[0] < before - 1e-10 * abs(before):
+            break
     summary.final = np.asarray(best[1], dtype=np.float64)
     summary.fmin = float(best[0])
     summary.n_evals = count[0]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["format_summary", "CORRELATION_MAX"]
+__all__ = ["format_summary", "format_pvalues", "CORRELATION_MAX"]
 
 CORRELATION_MAX = 12
 """Largest number of fixed effects whose correlation matrix is printed (lme4.summary.cor.max)."""
@@ -213,9 +213,35 @@ def _named_values(names: list[str], texts: list[str]) -> list[str]:
 # Sections
 
 
-def _header(fit, call: dict) -> list[str]:
+_DDF_TITLES = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's"}
+
+
+def _title_lines(title: str, cls: str, width: int = 80) -> list[str]:
+    """R's ``cat(strwrap(title, width - 2, exdent = 2), " [", cls, "]", sep = "", fill = TRUE)``."""
+    if len(title) + 5 + len(cls) <= width:
+        return [f"{title} ['{cls}']"]
+    pieces: list[str] = []
+    for word in title.split(" "):
+        if pieces and len(pieces[-1]) + 1 + len(word) < width - 2:
+            pieces[-1] += " " + word
+        else:
+            pieces.append(("  " if pieces else "") + word)
+    lines = [""]
+    for piece in pieces + [" [", cls, "]"]:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return lines
+
+
+def _header(fit, call: dict, ddf: str | None = None) -> list[str]:
     method = "REML" if fit.reml else "maximum likelihood"
-    lines = [f"Linear mixed model fit by {method} ['lmerMod']", f"Formula: {fit.formula}"]
+    if ddf is None:
+        lines = [f"Linear mixed model fit by {method} ['lmerMod']"]
+    else:
+        title = f"Linear mixed model fit by {method}. t-tests use {_DDF_TITLES[ddf]} method"
+        lines = _title_lines(title, "lmerModLmerTest")
+    lines.append(f"Formula: {fit.formula}")
     if call.get("data"):
         lines.append(f"   Data: {call['data']}")
     for label, attribute in (("Weights", "weights"), (" Offset", "offset")):
@@ -339,11 +365,12 @@ def _observations(fit) -> list[str]:
     return lines
 
 
-def _coef_cells(estimates: np.ndarray, stderrs: np.ndarray, digits: int) -> list[list[str]]:
-    """Estimate, Std. Error and t value cells as R's ``printCoefmat`` formats them."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tvalues = estimates / stderrs
-    coef_se = np.column_stack([estimates, stderrs])
+def _coef_cells(coef_se: np.ndarray, tvalues: np.ndarray, digits: int) -> list[list[str]]:
+    """Coefficient columns (Estimate, Std. Error[, df]) and t value cells as R's ``printCoefmat``.
+
+    The coefficient columns share one rounding and format, set by the
+    smallest non-zero magnitude among them.
+    """
     magnitudes = np.abs(coef_se[np.isfinite(coef_se) & (coef_se != 0)])
     digmin = 1 + (math.floor(math.log10(magnitudes.min())) if magnitudes.size else 0)
     rounded = np.round(coef_se, max(1, digits - digmin))
@@ -358,15 +385,76 @@ def _coef_cells(estimates: np.ndarray, stderrs: np.ndarray, digits: int) -> list
     return table.tolist()
 
 
-def _fixed_effects(fit, digits: int) -> list[str]:
+_EPS = float(np.finfo(np.float64).eps)  # R's .Machine$double.eps
+_STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.0, " "))
+SIGNIF_LEGEND = ("Signif. codes:  0 \u2018***\u2019 0.001 \u2018**\u2019 0.01 \u2018*\u2019 "
+                 "0.05 \u2018.\u2019 0.1 \u2018 \u2019 1")
+
+
+def format_pvalues(pvalues, digits: int) -> list[str]:
+    """R's ``format.pval(pvalues, digits, eps = .Machine$double.eps)``.
+
+    >>> format_pvalues([0.687, 1.339e-07, 1e-20], 3)
+    ['0.687', '1.34e-07', '< 2e-16']
+    """
+    pv = np.asarray(pvalues, dtype=np.float64)
+    out = ["NA"] * len(pv)
+    is0 = pv < _EPS
+    rest = np.flatnonzero(~is0 & ~np.isnan(pv))
+    expo = np.floor(np.log10(np.where(pv[rest] > 0, pv[rest], 1e-50)))
+    fixed = (expo >= -3) | ((expo == -4) & (digits > 1))
+    for group in (rest[fixed], rest[~fixed]):
+        for i, text in zip(group, format_numbers(pv[group], digits)):
+            out[i] = text
+    if is0.any():
+        small = max(1, digits - 2)
+        if rest.size:
+            width = max(len(out[i]) for i in rest)
+            if small > 1 and small + 6 > width:
+                small = max(1, width - 7)
+            sep = "" if small == 1 and width <= 6 else " "
+        else:
+            sep = "" if small == 1 else " "
+        eps_text = format_numbers([_EPS], small)[0]
+        for i in np.flatnonzero(is0):
+            out[i] = f"<{sep}{eps_text}"
+    return out
+
+
+def _stars(p: float) -> str:
+    if np.isnan(p):
+        return ""
+    return next(symbol for cut, symbol in _STARS if p <= cut)
+
+
+def _fixed_effects(fit, digits: int, ddf: str | None = None) -> list[str]:
     names = [str(n) for n in fit.fixef.index]
     if not names:
         return ["No fixed effect coefficients"]
-    estimates = fit.fixef.to_numpy(dtype=np.float64)
-    stderrs = fit.stderr.reindex(fit.fixef.index).to_numpy(dtype=np.float64)
-    rows = _coef_cells(estimates, stderrs, digits)
-    return ["Fixed effects:"] + _render_table(["Estimate", "Std. Error", "t value"], rows,
-                                               names, right=True)
+    if ddf is None:
+        estimates = fit.fixef.to_numpy(dtype=np.float64)
+        stderrs = fit.stderr.reindex(fit.fixef.index).to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tvalues = estimates / stderrs
+        rows = _coef_cells(np.column_stack([estimates, stderrs]), tvalues, digits)
+        return ["Fixed effects:"] + _render_table(["Estimate", "Std. Error", "t value"], rows,
+                                                   names, right=True)
+    from .fixed_tests import coef_table
+    table = coef_table(fit, ddf=ddf)
+    coef_se = table[["Estimate", "Std. Error", "df"]].to_numpy(dtype=np.float64)
+    rows = _coef_cells(coef_se, table["t value"].to_numpy(dtype=np.float64), digits)
+    pvalues = table["Pr(>|t|)"].to_numpy(dtype=np.float64)
+    dig_tst = max(1, min(5, digits - 1))
+    for row, text in zip(rows, format_pvalues(pvalues, dig_tst)):
+        row.append(text)
+    header = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+    stars = bool(np.any(pvalues[~np.isnan(pvalues)] < 0.1))
+    if stars:
+        header.append("")
+        for row, p in zip(rows, pvalues):
+            row.append(_stars(p).ljust(3))
+    lines = ["Fixed effects:"] + _render_table(header, rows, names, right=True)
+    return lines + (["---", SIGNIF_LEGEND] if stars else [])
 
 
 def _fixef_correlation(fit) -> list[str]:
@@ -404,21 +492,26 @@ def _notes(fit) -> list[str]:
     return lines
 
 
-def format_summary(fit, digits: int = 4, *, call: dict | None = None) -> str:
+def format_summary(fit, digits: int = 4, *, call: dict | None = None,
+                   ddf: str | None = None) -> str:
     """The lme4-style summary of a fitted :class:`~lmmfast.LinearMixedModel`.
 
     ``digits`` is the number of significant digits of the residual, variance
     and coefficient tables (lme4's default, 4).  ``call`` optionally names the
     model's inputs as lme4 prints its call: ``{"data": ..., "weights": ...,
-    "offset": ...}`` (e.g. the dataset and the column names).
+    "offset": ...}`` (e.g. the dataset and the column names).  ``ddf``
+    (``"satterthwaite"`` or ``"kenward-roger"``) adds the df and
+    ``Pr(>|t|)`` columns of lmerTest's summary, with significance stars.
     """
+    from .fixed_tests import normalize_ddf
     call = call or {}
+    ddf = normalize_ddf(ddf)
     sections = [
-        _header(fit, call),
+        _header(fit, call, ddf),
         _criterion(fit),
         _residuals(fit, digits),
         _random_effects(fit, digits) + _observations(fit),
-        _fixed_effects(fit, digits),
+        _fixed_effects(fit, digits, ddf),
         _fixef_correlation(fit),
         _notes(fit),
     ]

@@ -35,8 +35,9 @@ from importlib import resources
 import pandas as pd
 
 from ..errors import DataError
+from .simulate import simulate
 
-__all__ = ["load", "names"]
+__all__ = ["load", "names", "simulate"]
 
 _DATA = resources.files(__name__) / "data"
 _NUMERIC_DTYPES = {"numeric": "float64", "integer": "int64"}

@@ -6,21 +6,16 @@ asserted.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 import lmmfast
 
-MODELS = {
-    "sleep_slope": ("sleepstudy", "Reaction ~ 1 + Days + (1 + Days | Subject)"),
-    "sleep_zerocorr": ("sleepstudy", "Reaction ~ 1 + Days + (1 + Days || Subject)"),
-    "sleep_int": ("sleepstudy", "Reaction ~ 1 + Days + (1 | Subject)"),
-    "dyestuff": ("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
-    "dyestuff2": ("Dyestuff2", "Yield ~ 1 + (1 | Batch)"),
-    "penicillin": ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
-    "pastes": ("Pastes", "strength ~ 1 + (1 | batch/cask)"),
-    "cake": ("cake", "angle ~ recipe * temp + (1 | recipe:replicate)"),
-    "insteval": ("InstEval", "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)"),
-}
+sys.path.insert(0, str(Path(__file__).parent))
+from models import MODELS  # noqa: E402
+
 
 
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])

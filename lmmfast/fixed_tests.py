@@ -19,7 +19,7 @@ from scipy import stats
 from .errors import LmmError
 from .formula import parse_formula
 from .kenward_roger import kenward_roger, kr_test
-from .materialize import lme4_column_name
+from .materialize import lme4_column_name, split_column_name
 from .satterthwaite import contrast_df, f_test, varpar_covariance
 
 __all__ = ["InferenceError", "coef_table", "anova_table", "type3_contrasts", "normalize_ddf"]
@@ -131,21 +131,6 @@ def anova_table(fit, ddf="satterthwaite") -> pd.DataFrame:
 # type III hypothesis matrices (eq. 39)
 
 
-def _split_pieces(name: str) -> list[str]:
-    """A column name split at ':' outside parentheses and brackets."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(name):
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == ":" and depth == 0:
-            parts.append(name[start:i])
-            start = i + 1
-    parts.append(name[start:])
-    return parts
-
-
 class _Design:
     """The fixed-effects terms of a fit and, per column of X, its term and factor levels."""
 
@@ -168,7 +153,7 @@ class _Design:
             if name == "(Intercept)":
                 self.keys.append((-1, ()))
                 continue
-            current, levels = self._match(_split_pieces(name), current, name)
+            current, levels = self._match(split_column_name(name), current, name)
             self.columns[current].append(j)
             self.keys.append((current, levels))
 

@@ -20,7 +20,7 @@ from formulaic import Formula, model_matrix
 
 from .errors import FormulaError
 
-__all__ = ["design_matrix", "required_variables", "lme4_column_name"]
+__all__ = ["design_matrix", "required_variables", "lme4_column_name", "split_column_name"]
 
 _RECIPES: dict = {}
 _MAX_RECIPES = 256
@@ -31,7 +31,7 @@ def lme4_column_name(name: str) -> str:
     if name == "Intercept":
         return "(Intercept)"
     parts = []
-    for part in _split_name(name):
+    for part in split_column_name(name):
         if part.endswith("]") and "[" in part:
             var, level = part[:-1].split("[", 1)
             if level.startswith("T."):
@@ -43,7 +43,7 @@ def lme4_column_name(name: str) -> str:
     return ":".join(parts)
 
 
-def _split_name(name: str) -> list[str]:
+def split_column_name(name: str) -> list[str]:
     """Split a column name at ':' outside brackets and parentheses."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(name):
@@ -96,7 +96,7 @@ def _recipe_from(spec, frame: pd.DataFrame):
             if colname == "Intercept":
                 recipe.append(())
                 continue
-            parts = _split_name(colname)
+            parts = split_column_name(colname)
             if len(parts) != len(lookups):
                 return None
             col_recipe = []

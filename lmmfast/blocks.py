@@ -6,7 +6,9 @@ neighbours need a sparse format (theory.md, section "The blocked system").
 The layout is pure structure (sizes, kinds, offsets into one flat array per
 matrix, sparsity patterns); ``crossproducts`` fills A by summing over row
 chunks, so partial cross-products of separate pieces of the data add up to
-the same A.
+the same A.  The sums are accumulated in double-double and rounded once, so A
+does not depend on how the rows were split into chunks or partitions
+(``_crossprod``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from . import _crossprod
 from ._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
 
-__all__ = ["BlockLayout", "sparsity_pattern", "crossproducts", "CHUNK_ROWS"]
+__all__ = ["BlockLayout", "sparsity_pattern", "crossproducts", "dd_sum", "CHUNK_ROWS"]
 
 CHUNK_ROWS = 65536        # rows per chunk when accumulating A
 SPARSE_MIN_SIZE = 10000   # level pairs below which an off-diagonal block stays dense
@@ -31,7 +33,9 @@ def sparsity_pattern(refs_s: np.ndarray, nl_s: int, refs_t: np.ndarray,
 
     Returns ``colptr`` (nl_t + 1) and ``rowidx`` (sorted within each column).
     """
-    keys = np.unique(refs_t.astype(np.int64) * nl_s + refs_s)
+    keys = np.sort(refs_t.astype(np.int64) * nl_s + refs_s)
+    if len(keys):   # unique by sorting (faster than np.unique for int64 keys)
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
     cols, rows = np.divmod(keys, nl_s)
     colptr = np.zeros(nl_t + 1, dtype=np.int64)
     np.cumsum(np.bincount(cols, minlength=nl_t), out=colptr[1:])
@@ -66,8 +70,13 @@ class BlockLayout:
 
     @classmethod
     def build(cls, refs: list[np.ndarray], nlev: list[int], k: list[int],
-              p1: int) -> "BlockLayout":
-        """Layout for terms (already in internal order) with level codes ``refs``."""
+              p1: int, patterns: dict | None = None) -> "BlockLayout":
+        """Layout for terms (already in internal order) with level codes ``refs``.
+
+        ``patterns`` optionally gives, for a term s, the pattern (colptr, rowidx)
+        of the level pairs of block (s, 0), found elsewhere (from data that is not
+        in one place); its ``refs`` are then not used.
+        """
         T = len(refs)
         q = [nl * kk for nl, kk in zip(nlev, k)]
         nb = (T + 1) * (T + 2) // 2
@@ -92,7 +101,8 @@ class BlockLayout:
                         kind_l[b] = BLOCK_BLOCKDIAG
                         size_l = size_a
                 elif t == 0 and s < T and nlev[s] * nlev[0] > SPARSE_MIN_SIZE:
-                    colptr, rowidx = sparsity_pattern(refs[s], nlev[s], refs[0], nlev[0])
+                    colptr, rowidx = patterns[s] if patterns and s in patterns else \
+                        sparsity_pattern(refs[s], nlev[s], refs[0], nlev[0])
                     if len(rowidx) < SPARSE_MAX_DENSITY * nlev[s] * nlev[0]:
                         kind_a[b] = kind_l[b] = BLOCK_SPARSE
                         size_a = size_l = len(rowidx) * k[s] * k[0]
@@ -129,28 +139,32 @@ def accumulate(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
 
     ``refs``/``z`` are the chunk's rows of each term (internal order), ``xy`` its
     rows of [X y] (C-contiguous), all already scaled by sqrt(prior weights).
+    ``a`` is A (flat, ``n_a``) or a double-double accumulator of A (``n_a x 2``,
+    see ``_crossprod``; ``_crossprod.dd_round`` gives A).
     """
     T = layout.n_terms
+    dd = a.ndim == 2
+    cp = _crossprod
     for s in range(T + 1):
         for t in range(s + 1):
             blk = layout.block_a(a, s, t)
             kind = layout.kind_a[_bidx(s, t)]
             if s == T and t == T:
-                _crossprod.add_xy_xy(xy, blk)
+                (cp.add_xy_xy_dd if dd else cp.add_xy_xy)(xy, blk)
             elif s == T:
-                _crossprod.add_xy_z(refs[t], z[t], xy, blk)
+                (cp.add_xy_z_dd if dd else cp.add_xy_z)(refs[t], z[t], xy, blk)
             elif s == t:
-                _crossprod.add_diag(refs[t], z[t], blk)
+                (cp.add_diag_dd if dd else cp.add_diag)(refs[t], z[t], blk)
             elif kind == BLOCK_SPARSE:
                 colptr, rowidx = layout.pattern(s)
-                missing = _crossprod.add_offdiag_sparse(refs[s], z[s], refs[t], z[t],
-                                                        colptr, rowidx, blk)
+                missing = (cp.add_offdiag_sparse_dd if dd else cp.add_offdiag_sparse)(
+                    refs[s], z[s], refs[t], z[t], colptr, rowidx, blk)
                 if missing:
                     raise ValueError(f"{missing} rows have level pairs outside the "
                                      f"sparsity pattern of block ({s}, {t})")
             else:
-                _crossprod.add_offdiag_dense(refs[s], z[s], refs[t], z[t],
-                                             int(layout.nlev[s] * layout.k[s]), blk)
+                (cp.add_offdiag_dense_dd if dd else cp.add_offdiag_dense)(
+                    refs[s], z[s], refs[t], z[t], int(layout.nlev[s] * layout.k[s]), blk)
 
 
 def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
@@ -178,8 +192,12 @@ def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
 def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarray],
                   x: np.ndarray, y: np.ndarray, sqrt_w: np.ndarray | None = None,
                   chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """A = [Z X y]^T W [Z X y] as a flat array, summed over chunks of rows (eq. 12)."""
-    a = np.zeros(max(layout.n_a, 1))
+    """A = [Z X y]^T W [Z X y] as a flat array, summed over chunks of rows (eq. 12).
+
+    Accumulated in double-double and rounded once: the same doubles as any other
+    split of the rows into pieces whose double-double partial sums are merged.
+    """
+    acc = np.zeros((max(layout.n_a, 1), 2))
     n = len(y)
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
@@ -191,5 +209,12 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
             sw = sqrt_w[start:stop, None]
             xy *= sw
             zc = [np.ascontiguousarray(zz * sw) for zz in zc]
-        accumulate(layout, a, [r[start:stop] for r in refs], zc, xy)
-    return a
+        accumulate(layout, acc, [r[start:stop] for r in refs], zc, xy)
+    return _crossprod.dd_round(acc)
+
+
+def dd_sum(values: np.ndarray) -> float:
+    """sum(values) accumulated in double-double and rounded once (order-independent)."""
+    acc = np.zeros(2)
+    _crossprod.add_sum_dd(np.ascontiguousarray(values, dtype=np.float64), acc)
+    return float(acc[0] + acc[1])

@@ -12,6 +12,7 @@ formulaic's own matrix when it is first made.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +21,7 @@ from formulaic import Formula, model_matrix
 
 from .errors import FormulaError
 
-__all__ = ["design_matrix", "required_variables", "lme4_column_name", "split_column_name"]
+__all__ = ["design_matrix", "required_variables", "identifiers", "lme4_column_name", "split_column_name"]
 
 _RECIPES: dict = {}
 _MAX_RECIPES = 256
@@ -67,8 +68,21 @@ def _parsed(expr: str):
 
 
 def required_variables(expr: str) -> frozenset[str]:
-    """The data columns an expression reads (functions and literals excluded)."""
+    """The data columns an expression reads (functions and literals excluded).
+
+    formulaic does not report the arguments of stateful transforms such as
+    ``center(x)``; ``identifiers`` finds those among a frame's columns.
+    """
     return frozenset(str(v) for v in _parsed(expr).required_variables)
+
+
+_IDENT = re.compile(r"`([^`]+)`|([A-Za-z_.][A-Za-z0-9_.]*)")
+
+
+@lru_cache(maxsize=512)
+def identifiers(expr: str) -> frozenset[str]:
+    """Every name-like token of an expression (columns, functions, modules)."""
+    return frozenset(a or b for a, b in _IDENT.findall(expr))
 
 
 def _schema(expr: str, frame: pd.DataFrame):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import blocks
 from ._cholesky import BlockedCholesky
-from .errors import DataError, FitError, ConvergenceWarning
+from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
 from .modelframe import as_factor, model_frame
 from .optimize import OptSummary, bobyqa
@@ -31,6 +31,12 @@ __all__ = ["LinearMixedModel", "lmer"]
 SINGULAR_TOL = 1e-4   # lme4's isSingular() tolerance on the diagonal of lambda
 BOUNDARY_TOL = 1e-5   # diagonal theta below this is also tried at exactly 0
 STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks (streaming.py)
+
+
+def _as_bool(value, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
+        return bool(value)
+    raise LmmError(f"{name} must be True or False, got {value!r}")
 
 
 class LinearMixedModel:
@@ -61,7 +67,7 @@ class LinearMixedModel:
             if build_elsewhere(self, formula, data, reml, weights, offset, streaming):
                 return
         self.formula = formula
-        self.reml = bool(reml)
+        self.reml = _as_bool(reml, "reml")
         parsed = parse_formula(formula)
         frame = model_frame(parsed, data, weights, offset)
         xy = build_xymat(parsed, frame.data)
@@ -268,12 +274,16 @@ class LinearMixedModel:
     def fit(self, *, start=None, **options) -> "LinearMixedModel":
         """Minimise the profiled criterion over theta with BOBYQA; returns ``self``.
 
-        ``start`` is theta's starting value (lme4 order, default lambda = I);
+        ``start`` is theta's starting value (lme4 order; default lambda = I on
+        the natural scale of each covariate, which is lme4's lambda = I for
+        intercepts and covariates of unit root mean square);
         ``options`` set the optimiser's tolerances (fields of ``OptSummary``:
         ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step``, ``maxeval``).
         """
-        init = np.concatenate([r.theta_init() for r in self.remats]) if start is None \
-            else np.asarray(start, dtype=np.float64)
+        scale = self._theta_scale()
+        # default start: lambda = I on the natural scale of each covariate
+        init = np.concatenate([r.theta_init() for r in self.remats]) * scale \
+            if start is None else np.asarray(start, dtype=np.float64)
         if init.shape != self.lower_bounds.shape or (init < self.lower_bounds).any():
             raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                              "the lower bounds")
@@ -287,7 +297,7 @@ class LinearMixedModel:
             buf[:] = theta[perm]
             return core.objective(buf, reml)
 
-        bobyqa(objective, summary)
+        bobyqa(objective, summary, scale=scale)
         theta, fmin = summary.final.copy(), summary.fmin
         # a diagonal element that ends near its bound: take the bound if no worse
         for i in np.flatnonzero((self.lower_bounds == 0) & (theta > 0) & (theta < BOUNDARY_TOL)):
@@ -305,7 +315,9 @@ class LinearMixedModel:
                           f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
         self.optsum = summary
         self._set_theta(theta)
-        if (not summary.converged or np.max(theta, initial=0.0) > 1e3) and self._exact_fit():
+        suspect = (not summary.converged or np.max(theta / scale, initial=0.0) > 1e3
+                   or self.p + sum(r.q for r in self.remats) >= self.nobs)
+        if suspect and self._exact_fit():
             raise FitError(
                 f"the residual variance is estimated as zero: the response "
                 f"{self.response!r} is fitted exactly by the fixed and random effects "
@@ -337,6 +349,24 @@ class LinearMixedModel:
         sol = lsqr(hstack(parts).tocsr(), yw / scale, atol=1e-14, btol=1e-14,
                    iter_lim=10 * (n + 10))
         return sol[3] <= 1e-8 * np.linalg.norm(yw / scale)
+
+    def _theta_scale(self) -> np.ndarray:
+        """The natural scale of each theta element: 1 / rms of its row's column of z.
+
+        Element (i, j) of a term's lambda multiplies the i-th random effect, whose
+        covariate has root mean square c_i, so its size is of order 1 / c_i:
+        optimising theta / scale makes the fit invariant to rescaling a covariate.
+        Models reduced elsewhere (no rows) use scale 1.
+        """
+        out = []
+        for r in self.remats:
+            if r.z is None or len(r.z) == 0:
+                out.append(np.ones(r.n_theta))
+                continue
+            rms = np.sqrt(np.array([blocks.dd_sum(c ** 2) for c in r.z.T]) / len(r.z))
+            rms = np.where(rms > 0, rms, 1.0)
+            out.append(np.array([1.0 / rms[i] for j in range(r.k) for i in range(j, r.k)]))
+        return np.concatenate(out)
 
     def _set_theta(self, theta: np.ndarray) -> None:
         """Update the factor at theta and clear every result derived from it."""

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .errors import DataError, FormulaError, MissingValuesWarning
 from .formula import ParsedFormula
-from .materialize import required_variables
+from .materialize import identifiers, required_variables
 
 __all__ = ["ModelFrame", "model_frame", "as_factor"]
 
@@ -135,6 +135,9 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
         needed.setdefault(v, "the response")
     for v in _variables(parsed.fixed, "the fixed-effects part"):
         needed.setdefault(v, f"the fixed-effects term {parsed.fixed!r}")
+    exprs = [parsed.response, parsed.fixed] + [t.expr for t in parsed.random]
+    for v in sorted(set().union(*(identifiers(e) for e in exprs)) & set(data.columns)):
+        needed.setdefault(v, "a transform")   # arguments of stateful transforms
     for term in parsed.random:
         for v in _variables(term.expr, f"the random term {term.source}"):
             needed.setdefault(v, f"the random term {term.source}")

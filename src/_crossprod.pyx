@@ -7,10 +7,21 @@ frame, or partitions of a distributed one.  Rows arrive already scaled by the
 square roots of the prior weights.  A random-effects term is given by its
 level codes ``refs`` (int64, one per row) and its small per-row matrix ``z``
 (n x k, C-contiguous); Z itself is never formed.
+
+The ``*_dd`` kernels accumulate in double-double instead: an accumulator is an
+``m x 2`` array whose rows are unevaluated sums ``hi + lo``, every product is
+split exactly into two doubles (TwoProduct, by ``fma``) and added with
+error-free transformations (TwoSum).  The accumulated error of an entry is of
+order ``n 2^-106`` times the magnitude of its partial sums, so the sum rounded
+once to double (``dd_round``) does not depend on the order in which rows,
+chunks or partial sums (``dd_merge``) were added, except for an exact sum
+within that distance of a rounding boundary.  Partial cross-products from
+pandas chunks and from Dask partitions therefore round to the same A.
 """
 
 import numpy as np
 cimport numpy as cnp
+from libc.math cimport fma
 
 from _linalg cimport blas_int, syrk_n
 
@@ -104,3 +115,148 @@ def add_xy_xy(const double[:, ::1] xy, double[::1] out):
         # a C-contiguous n x p1 array is the column-major p1 x n matrix [X y]^T
         syrk_n(<blas_int>p1, <blas_int>n, 1.0, &xy[0, 0], <blas_int>p1, 1.0,
                &out[0], <blas_int>p1)
+
+
+# ------------------------------------------------------------ double-double
+
+cdef inline void _two_sum(double a, double b, double* s, double* e) noexcept nogil:
+    """s + e == a + b exactly, s = fl(a + b) (Knuth's TwoSum)."""
+    cdef double x = a + b
+    cdef double bv = x - a
+    e[0] = (a - (x - bv)) + (b - bv)
+    s[0] = x
+
+
+cdef inline void _dd_add_prod(double* acc, double x, double y) noexcept nogil:
+    """acc[0] + acc[1] += x * y, the product split exactly by fma."""
+    cdef double p = x * y
+    cdef double pe = fma(x, y, -p)
+    cdef double s, e, t
+    _two_sum(acc[0], p, &s, &e)
+    t = (acc[1] + pe) + e
+    _two_sum(s, t, &acc[0], &acc[1])
+
+
+cdef inline void _dd_add_dd(double* acc, double xh, double xl) noexcept nogil:
+    """acc[0] + acc[1] += xh + xl (accurate double-word addition)."""
+    cdef double sh, sl, th, tl, vh, vl
+    _two_sum(acc[0], xh, &sh, &sl)
+    _two_sum(acc[1], xl, &th, &tl)
+    sl = sl + th
+    _two_sum(sh, sl, &vh, &vl)
+    vl = vl + tl
+    _two_sum(vh, vl, &acc[0], &acc[1])
+
+
+def add_diag_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
+                double[:, ::1] acc):
+    """``add_diag`` into a double-double accumulator (rows of ``acc``: hi, lo)."""
+    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
+    with nogil:
+        for r in range(n):
+            base = refs[r] * k * k
+            for b in range(k):
+                for a in range(k):
+                    _dd_add_prod(&acc[base + a + b * k, 0], z[r, a], z[r, b])
+
+
+def add_offdiag_dense_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
+                         const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
+                         Py_ssize_t q_s, double[:, ::1] acc):
+    """``add_offdiag_dense`` into a double-double accumulator."""
+    cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
+    cdef Py_ssize_t r, a, b, row0, col0
+    with nogil:
+        for r in range(n):
+            row0 = refs_s[r] * ks
+            col0 = refs_t[r] * kt
+            for b in range(kt):
+                for a in range(ks):
+                    _dd_add_prod(&acc[row0 + a + (col0 + b) * q_s, 0], z_s[r, a], z_t[r, b])
+
+
+def add_offdiag_sparse_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
+                          const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
+                          const cnp.int64_t[::1] colptr,
+                          const cnp.int64_t[::1] rowidx, double[:, ::1] acc):
+    """``add_offdiag_sparse`` into a double-double accumulator; returns the
+    number of rows whose pair of levels is not in the pattern."""
+    cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
+    cdef Py_ssize_t r, a, b, lo, hi, mid, e, missing = 0
+    cdef cnp.int64_t target
+    with nogil:
+        for r in range(n):
+            target = refs_s[r]
+            lo = colptr[refs_t[r]]
+            hi = colptr[refs_t[r] + 1]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if rowidx[mid] < target:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo == colptr[refs_t[r] + 1] or rowidx[lo] != target:
+                missing += 1
+                continue
+            e = lo * ks * kt
+            for b in range(kt):
+                for a in range(ks):
+                    _dd_add_prod(&acc[e + a + b * ks, 0], z_s[r, a], z_t[r, b])
+    return missing
+
+
+def add_xy_z_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
+                const double[:, ::1] xy, double[:, ::1] acc):
+    """``add_xy_z`` into a double-double accumulator."""
+    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
+    cdef Py_ssize_t r, b, i, col0
+    cdef double zb
+    with nogil:
+        for r in range(n):
+            col0 = refs[r] * k
+            for b in range(k):
+                zb = z[r, b]
+                for i in range(p1):
+                    _dd_add_prod(&acc[i + (col0 + b) * p1, 0], xy[r, i], zb)
+
+
+def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
+    """Lower triangle of [X y]^T [X y] (p1 x p1, column-major) into a
+    double-double accumulator; the strict upper triangle is not touched."""
+    cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1], r, i, j
+    cdef double xj
+    with nogil:
+        for r in range(n):
+            for j in range(p1):
+                xj = xy[r, j]
+                for i in range(j, p1):
+                    _dd_add_prod(&acc[i + j * p1, 0], xy[r, i], xj)
+
+
+def add_sum_dd(const double[::1] values, double[::1] acc):
+    """acc[0] + acc[1] += sum(values), in double-double."""
+    cdef Py_ssize_t n = values.shape[0], r
+    with nogil:
+        for r in range(n):
+            _dd_add_dd(&acc[0], values[r], 0.0)
+
+
+def dd_merge(double[:, ::1] acc, const double[:, ::1] other):
+    """acc += other, both double-double accumulators of the same shape."""
+    cdef Py_ssize_t m = acc.shape[0], i
+    if other.shape[0] != m:
+        raise ValueError(f"accumulators differ in size: {m} and {other.shape[0]}")
+    with nogil:
+        for i in range(m):
+            _dd_add_dd(&acc[i, 0], other[i, 0], other[i, 1])
+
+
+def dd_round(const double[:, ::1] acc):
+    """The accumulator rounded to double: hi + lo, one rounding per entry."""
+    cdef Py_ssize_t m = acc.shape[0], i
+    out = np.empty(m)
+    cdef double[::1] o = out
+    with nogil:
+        for i in range(m):
+            o[i] = acc[i, 0] + acc[i, 1]
+    return out

@@ -213,10 +213,14 @@ print("objective", lmmfast.lmer("Yield ~ 1 + (1 | Batch)", df).objective)
 """
 
 
-def test_without_dask_the_error_says_what_to_install():
-    """In a fresh interpreter whose ``import dask`` fails (the cluster here keeps Dask)."""
+def test_without_dask_the_error_says_what_to_install(tmp_path):
+    """In a fresh interpreter whose ``import dask`` fails (the cluster here keeps Dask).
+
+    It runs in an empty directory, so that ``import lmmfast`` finds the installed
+    package, not a source checkout in the working directory.
+    """
     out = subprocess.run([sys.executable, "-c", NO_DASK], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+                         timeout=120, check=True, cwd=tmp_path).stdout
     assert "ImportError: fitting a Dask DataFrame or Parquet files needs" in out
     assert "pip install 'lmmfast[dask]'" in out
     objective = float(out.split("objective")[1])

@@ -47,7 +47,7 @@ from .materialize import design_matrix, required_variables
 from .model import STREAM_MIN_ROWS, LinearMixedModel
 from .modelframe import _column_or_array, _is_categorical, as_factor
 from .remat import ReMat
-from .xymat import RANK_TOL
+from .xymat import RANK_TOL, response_vector
 
 __all__ = ["STREAM_MIN_ROWS", "CHUNK_ROWS", "DesignSpec", "ChunkReducer",
            "StreamedLinearMixedModel", "independent_columns_gram", "reduce_design"]
@@ -308,23 +308,7 @@ class DesignSpec:
 
     def response(self, frame: pd.DataFrame) -> np.ndarray:
         """y of the rows (as ``build_xymat``)."""
-        resp = self.parsed.response
-        if resp in frame.columns:
-            col = frame[resp]
-            if isinstance(col.dtype, pd.CategoricalDtype) \
-                    or not pd.api.types.is_numeric_dtype(col.dtype) or col.dtype.kind == "b":
-                raise DataError(f"response {resp!r} must be numeric, got dtype {col.dtype}")
-            y = col.to_numpy(dtype=np.float64)
-        else:
-            ym, _ = design_matrix(f"0 + {resp}", frame, f"the response {resp!r}")
-            if ym.shape[1] != 1:
-                raise DataError(f"response {resp!r} must be one numeric column, "
-                                f"it gives {ym.shape[1]}")
-            y = ym.ravel()
-        if not np.isfinite(y).all():
-            i = int(np.flatnonzero(~np.isfinite(y))[0])
-            raise DataError(f"response {resp!r} has a non-finite value ({y[i]}) at row {i}")
-        return y
+        return response_vector(self.parsed.response, frame)
 
     def fixed(self, frame: pd.DataFrame) -> np.ndarray:
         """X of the rows, every column (before the rank check)."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .varcorr import group_labels
+
 __all__ = ["format_summary", "format_pvalues", "CORRELATION_MAX"]
 
 CORRELATION_MAX = 12
@@ -168,17 +170,6 @@ def abbreviate(names, minlength: int) -> list[str]:
     return [lookup[n] for n in names]
 
 
-def _make_unique(labels: list[str]) -> list[str]:
-    """R's ``make.unique``: repeated labels get ``.1``, ``.2``, ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for label in labels:
-        count = seen.get(label, 0)
-        out.append(label if count == 0 else f"{label}.{count}")
-        seen[label] = count + 1
-    return out
-
-
 # --------------------------------------------------------------------------
 # Text layout
 
@@ -316,7 +307,7 @@ def _vc_terms(varcorr) -> tuple[list[_VcTerm], float | None]:
             split.extend(_VcTerm(term.group, [n], [s]) for n, s in zip(term.names, term.sds))
         else:
             split.append(term)
-    for term, label in zip(split, _make_unique([t.group for t in split])):
+    for term, label in zip(split, group_labels([t.group for t in split])):
         term.group = label
     return split, residual_sd
 

@@ -20,7 +20,7 @@ from .errors import DataError, FormulaError, RankDeficiencyWarning
 from .formula import ParsedFormula
 from .materialize import design_matrix
 
-__all__ = ["XyMat", "build_xymat", "independent_columns"]
+__all__ = ["XyMat", "build_xymat", "independent_columns", "response_vector"]
 
 RANK_TOL = 1e-7  # lme4's default tolerance for the rank of X
 
@@ -60,9 +60,8 @@ def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
     return np.array(keep, dtype=np.intp)
 
 
-def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
-    """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
-    resp = parsed.response
+def response_vector(resp: str, frame: pd.DataFrame) -> np.ndarray:
+    """y: the response column, or the response expression evaluated on ``frame``."""
     if resp in frame.columns:
         col = frame[resp]
         if isinstance(col.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(col.dtype) \
@@ -78,6 +77,13 @@ def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
     if not np.isfinite(y).all():
         i = int(np.flatnonzero(~np.isfinite(y))[0])
         raise DataError(f"response {resp!r} has a non-finite value ({y[i]}) at row {i}")
+    return y
+
+
+def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
+    """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
+    resp = parsed.response
+    y = response_vector(resp, frame)
     x, names, spec = design_matrix(parsed.fixed, frame,
                                    f"the fixed-effects part {parsed.fixed!r}", with_spec=True)
     if not np.isfinite(x).all():

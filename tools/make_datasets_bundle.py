@@ -2,7 +2,7 @@
 
 Usage::
 
-    python lmmfast/datasets/data/make_bundle.py /path/to/shared/reference
+    python tools/make_datasets_bundle.py /path/to/shared/reference
 
 Copies ``data/NAME.csv`` next to this script (InstEval as ``InstEval.csv.gz``,
 gzip level 9, reproducible: no file name, zero mtime) and writes
@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "lmmfast" / "datasets" / "data"
 COMPRESSED = {"InstEval"}
 COLUMN_KEYS = ("name", "type", "nlevels", "levels")
 

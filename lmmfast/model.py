@@ -280,7 +280,7 @@ class LinearMixedModel:
         ``options`` set the optimiser's tolerances (fields of ``OptSummary``:
         ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step``, ``maxeval``).
         """
-        scale = self._theta_scale()
+        scale = self._scale
         # default start: lambda = I on the natural scale of each covariate
         init = np.concatenate([r.theta_init() for r in self.remats]) * scale \
             if start is None else np.asarray(start, dtype=np.float64)
@@ -349,6 +349,10 @@ class LinearMixedModel:
         sol = lsqr(hstack(parts).tocsr(), yw / scale, atol=1e-14, btol=1e-14,
                    iter_lim=10 * (n + 10))
         return sol[3] <= 1e-8 * np.linalg.norm(yw / scale)
+
+    @cached_property
+    def _scale(self) -> np.ndarray:
+        return self._theta_scale()
 
     def _theta_scale(self) -> np.ndarray:
         """The natural scale of each theta element: 1 / rms of its row's column of z.

@@ -77,7 +77,6 @@ class ReMat:
     def lambda_(self, theta: np.ndarray) -> np.ndarray:
         """The k x k lower-triangular relative covariance factor for this term's theta."""
         lam = np.zeros((self.k, self.k))
-        lam[np.tril_indices(self.k)[::-1]] = 0.0
         pos = 0
         for j in range(self.k):
             for i in range(j, self.k):

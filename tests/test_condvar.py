@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -197,10 +196,7 @@ def test_factor_restored_after_criterion():
 # ----------------------------------------------------------------- InstEval
 def test_insteval_against_sparse_solves():
     fit = reference_fit("insteval", "REML")
-    start = time.perf_counter()
     re = fit.ranef(condvar=True)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"condvar of InstEval took {elapsed:.2f} s"
     for g, df in re.items():
         sd = df.attrs["condsd"].to_numpy()
         assert np.isfinite(sd).all() and (sd > 0).all(), g

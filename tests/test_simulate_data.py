@@ -18,7 +18,6 @@ probability < 1e-4 per parameter):
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -122,13 +121,11 @@ def test_bad_arguments(kwargs):
         simulate(500, seed=0, **kwargs)
 
 
-def test_million_rows_fast_and_lean():
-    simulate(10_000, groups=(100, 10), seed=0)  # warm
+def test_million_rows_lean():
+    """A million rows in compact columns (its speed is measured in benchmarks/)."""
     for groups in (10_000, (10_000, 1_000)):
-        t0 = time.perf_counter()
         df = simulate(1_000_000, groups=groups, seed=0)
-        elapsed = time.perf_counter() - t0
-        assert elapsed < 1.0, f"{groups}: {elapsed:.2f} s"
+        assert len(df) == 1_000_000
         assert df.memory_usage(deep=True).sum() < 40e6
 
 

@@ -8,7 +8,7 @@ evaluations, NLopt's return code) is kept as an ``OptSummary``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import nlopt
 import numpy as np
@@ -40,7 +40,6 @@ class OptSummary:
     fmin: float = np.inf
     n_evals: int = 0
     return_code: str = ""
-    trace: list = field(default_factory=list)
 
     @property
     def converged(self) -> bool:

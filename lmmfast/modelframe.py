@@ -117,6 +117,36 @@ def _column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
     return arr
 
 
+def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
+    """The columns a formula reads, each with the formula part that reads it.
+
+    Raises for duplicated column names and for a column the formula names
+    that ``columns`` lacks.
+    """
+    if columns.duplicated().any():
+        dup = columns[columns.duplicated()][0]
+        raise DataError(f"column {dup!r} appears more than once in the data")
+    needed: dict[str, str] = {}
+    for v in _variables(parsed.response, "the response"):
+        needed.setdefault(v, "the response")
+    for v in _variables(parsed.fixed, "the fixed-effects part"):
+        needed.setdefault(v, f"the fixed-effects term {parsed.fixed!r}")
+    exprs = [parsed.response, parsed.fixed] + [t.expr for t in parsed.random]
+    for v in sorted(set().union(*(identifiers(e) for e in exprs)) & set(columns)):
+        needed.setdefault(v, "a transform")   # arguments of stateful transforms
+    for term in parsed.random:
+        for v in _variables(term.expr, f"the random term {term.source}"):
+            needed.setdefault(v, f"the random term {term.source}")
+        for f in term.factors:
+            needed.setdefault(f.strip("`"), f"the grouping of random term {term.source}")
+    missing = [v for v in needed if v not in columns]
+    if missing:
+        v = missing[0]
+        raise FormulaError(f"column {v!r} used in {needed[v]} is not in the data "
+                           f"(columns: {', '.join(map(str, columns[:20]))})")
+    return needed
+
+
 def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> ModelFrame:
     """Validate and subset ``data`` for ``parsed``; drop rows with missing values."""
     if not isinstance(data, pd.DataFrame):
@@ -126,28 +156,7 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
             raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if len(data) == 0:
         raise DataError("the data frame has no rows")
-    if data.columns.duplicated().any():
-        dup = data.columns[data.columns.duplicated()][0]
-        raise DataError(f"column {dup!r} appears more than once in the data")
-
-    needed: dict[str, str] = {}
-    for v in _variables(parsed.response, "the response"):
-        needed.setdefault(v, "the response")
-    for v in _variables(parsed.fixed, "the fixed-effects part"):
-        needed.setdefault(v, f"the fixed-effects term {parsed.fixed!r}")
-    exprs = [parsed.response, parsed.fixed] + [t.expr for t in parsed.random]
-    for v in sorted(set().union(*(identifiers(e) for e in exprs)) & set(data.columns)):
-        needed.setdefault(v, "a transform")   # arguments of stateful transforms
-    for term in parsed.random:
-        for v in _variables(term.expr, f"the random term {term.source}"):
-            needed.setdefault(v, f"the random term {term.source}")
-        for f in term.factors:
-            needed.setdefault(f.strip("`"), f"the grouping of random term {term.source}")
-    missing = [v for v in needed if v not in data.columns]
-    if missing:
-        v = missing[0]
-        raise FormulaError(f"column {v!r} used in {needed[v]} is not in the data "
-                           f"(columns: {', '.join(map(str, data.columns[:20]))})")
+    needed = used_columns(parsed, data.columns)
 
     resp = data.get(parsed.response) if parsed.response in data.columns else None
     if resp is not None and (not pd.api.types.is_numeric_dtype(resp.dtype)

@@ -43,9 +43,9 @@ from formulaic.transforms import TRANSFORMS
 from . import _crossprod, blocks
 from .errors import DataError, FormulaError, MissingValuesWarning, RankDeficiencyWarning
 from .formula import ParsedFormula, parse_formula
-from .materialize import design_matrix, required_variables
+from .materialize import design_matrix
 from .model import STREAM_MIN_ROWS, LinearMixedModel
-from .modelframe import _column_or_array, _is_categorical, as_factor
+from .modelframe import _column_or_array, _is_categorical, as_factor, used_columns
 from .remat import ReMat
 from .xymat import RANK_TOL, response_vector
 
@@ -214,26 +214,8 @@ class DesignSpec:
         values supplied piece by piece.
         """
         parsed = parse_formula(formula)
-        if meta.columns.duplicated().any():
-            dup = meta.columns[meta.columns.duplicated()][0]
-            raise DataError(f"column {dup!r} appears more than once in the data")
-        needed: dict[str, str] = {}
-        for v in _variables(parsed.response, "the response"):
-            needed.setdefault(v, "the response")
-        for v in _variables(parsed.fixed, "the fixed-effects part"):
-            needed.setdefault(v, f"the fixed-effects term {parsed.fixed!r}")
-        groups: list[str] = []
-        for term in parsed.random:
-            for v in _variables(term.expr, f"the random term {term.source}"):
-                needed.setdefault(v, f"the random term {term.source}")
-            for f in term.factors:
-                needed.setdefault(f.strip("`"), f"the grouping of random term {term.source}")
-                groups.append(f.strip("`"))
-        missing = [v for v in needed if v not in meta.columns]
-        if missing:
-            v = missing[0]
-            raise FormulaError(f"column {v!r} used in {needed[v]} is not in the data "
-                               f"(columns: {', '.join(map(str, meta.columns[:20]))})")
+        needed = used_columns(parsed, meta.columns)
+        groups = [f.strip("`") for term in parsed.random for f in term.factors]
         columns = sorted(needed)
         frame_factors = [c for c in columns if _is_categorical(meta[c])]
         level_columns = frame_factors + [g for g in dict.fromkeys(groups)
@@ -399,13 +381,6 @@ class DesignSpec:
     def factor_levels(self) -> dict[str, list[str]]:
         """The levels of the factor columns and of the grouping columns."""
         return {c: list(self.codings[c].labels) for c in self.level_columns}
-
-
-def _variables(expr: str, what: str) -> frozenset[str]:
-    try:
-        return required_variables(expr)
-    except FormulaError as exc:
-        raise FormulaError(f"cannot parse {what}: {exc}") from None
 
 
 def _check_stateless(parsed: ParsedFormula, factors: list[str]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, FormulaError, RankDeficiencyWarning
+from .errors import DataError, RankDeficiencyWarning
 from .formula import ParsedFormula
 from .materialize import design_matrix
 

@@ -29,7 +29,6 @@ import json
 import numpy as np
 import pytest
 
-import lmmfast
 from conftest import FIXTURES, extra_fit, reference_fit
 from lmmfast.confint import percentile_intervals
 from lmmfast.simulate import simulate

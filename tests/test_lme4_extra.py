@@ -8,7 +8,6 @@ rhoend 1e-10), standard errors and variance components with its default fit.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd

@@ -10,7 +10,6 @@ to the largest mode of their column, since single modes can be near zero).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import assert_rel, assert_varcorr, reference, reference_fit

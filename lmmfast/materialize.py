@@ -85,20 +85,37 @@ def identifiers(expr: str) -> frozenset[str]:
     return frozenset(a or b for a, b in _IDENT.findall(expr))
 
 
-def _schema(expr: str, frame: pd.DataFrame):
+def _levels(frame, var: str) -> list[str] | None:
+    """The levels of a factor column of ``frame``, None for a numeric column."""
+    col = frame[var]
+    if hasattr(col, "levels"):            # a model frame's Factor
+        return col.levels
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return list(col.cat.categories)
+    return None
+
+
+def _numeric(frame, var: str) -> np.ndarray:
+    col = frame[var]
+    return col if isinstance(col, np.ndarray) else col.to_numpy(dtype=np.float64)
+
+
+def _codes(frame, var: str) -> np.ndarray:
+    col = frame[var]
+    return col.codes if hasattr(col, "levels") else col.cat.codes.to_numpy()
+
+
+def _schema(expr: str, frame):
     cols = []
     for v in sorted(required_variables(expr)):
         if v not in frame.columns:
             return None
-        col = frame[v]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            cols.append((v, tuple(col.cat.categories)))
-        else:
-            cols.append((v, str(col.dtype)))
+        levels = _levels(frame, v)
+        cols.append((v, tuple(levels) if levels is not None else str(frame[v].dtype)))
     return expr, tuple(cols)
 
 
-def _recipe_from(spec, frame: pd.DataFrame):
+def _recipe_from(spec, frame):
     """Per output column: a tuple of (column, level or None) factors; None if not plain."""
     recipe = []
     for structure in spec.structure:
@@ -115,14 +132,13 @@ def _recipe_from(spec, frame: pd.DataFrame):
                 return None
             col_recipe = []
             for part, var in zip(parts, lookups):
-                if part == var and not isinstance(frame[var].dtype, pd.CategoricalDtype):
+                cats = _levels(frame, var)
+                if part == var and cats is None:
                     col_recipe.append((var, None))
                 elif part.startswith(var + "[") and part.endswith("]"):
                     level = part[len(var) + 1:-1]
                     if level.startswith("T."):
                         level = level[2:]
-                    cats = list(frame[var].cat.categories) \
-                        if isinstance(frame[var].dtype, pd.CategoricalDtype) else None
                     if cats is None or level not in cats:
                         return None
                     col_recipe.append((var, cats.index(level)))
@@ -132,7 +148,7 @@ def _recipe_from(spec, frame: pd.DataFrame):
     return recipe
 
 
-def _apply(recipe, frame: pd.DataFrame) -> np.ndarray:
+def _apply(recipe, frame) -> np.ndarray:
     n = len(frame)
     out = np.empty((n, len(recipe)))
     cache: dict = {}
@@ -142,18 +158,20 @@ def _apply(recipe, frame: pd.DataFrame) -> np.ndarray:
         for var, level in factors:
             if level is None:
                 if var not in cache:
-                    cache[var] = frame[var].to_numpy(dtype=np.float64)
+                    cache[var] = _numeric(frame, var)
                 col *= cache[var]
             else:
                 key = (var, "codes")
                 if key not in cache:
-                    cache[key] = frame[var].cat.codes.to_numpy()
+                    cache[key] = _codes(frame, var)
                 col *= cache[key] == level
     return out
 
 
-def design_matrix(expr: str, frame: pd.DataFrame, what: str, with_spec: bool = False):
+def design_matrix(expr: str, frame, what: str, with_spec: bool = False):
     """The model matrix of ``expr`` on ``frame`` and its lme4 column names.
+
+    ``frame`` is a pandas DataFrame or a model frame's ``Columns``.
 
     ``what`` names the formula part in error messages.  With ``with_spec`` also
     formulaic's ModelSpec when formulaic built the matrix (None on the fast path,
@@ -165,8 +183,9 @@ def design_matrix(expr: str, frame: pd.DataFrame, what: str, with_spec: bool = F
         recipe, names = hit
         x = _apply(recipe, frame)
         return (x, names, None) if with_spec else (x, names)
+    pdframe = frame if isinstance(frame, pd.DataFrame) else frame.frame
     try:
-        mm = model_matrix(_parsed(expr), frame, na_action="ignore")
+        mm = model_matrix(_parsed(expr), pdframe, na_action="ignore")
     except FormulaError:
         raise
     except Exception as exc:

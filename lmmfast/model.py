@@ -20,7 +20,7 @@ from . import blocks
 from ._cholesky import BlockedCholesky
 from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
-from .modelframe import as_factor, model_frame
+from .modelframe import Factor, model_frame
 from .optimize import OptSummary, bobyqa
 from .remat import ReMat, build_remat
 from .varcorr import varcorr_table
@@ -85,11 +85,10 @@ class LinearMixedModel:
         self.offset_column = offset if isinstance(offset, str) else None
         self.fixed_spec = xy.spec
         self.factor_levels = {}
-        for name, col in frame.data.items():
-            if isinstance(col.dtype, pd.CategoricalDtype):   # already R-style factors
-                self.factor_levels[name] = list(col.cat.categories)
-            elif any(name in t.factors for t in parsed.random):
-                self.factor_levels[name] = list(as_factor(col).categories)
+        grouping = {f.strip("`") for t in parsed.random for f in t.factors}
+        for name in frame.data.columns:
+            if isinstance(frame.data[name], Factor) or name in grouping:
+                self.factor_levels[name] = list(frame.data.factor(name).levels)
         self._order_terms(remats)
         inner = [self.remats[i] for i in self._internal]
         layout = blocks.BlockLayout.build(

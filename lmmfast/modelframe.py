@@ -3,15 +3,20 @@
 As R's ``model.frame`` does for lme4: every variable the formula, the
 weights and the offset refer to is looked up, rows with a missing value in
 any of them are dropped (``na.omit``) and counted, and every categorical
-column becomes a pandas Categorical with R's level order (the category
-order of a Categorical; sorted unique values otherwise; unused levels
-dropped).  The caller's DataFrame is never modified.
+column becomes a factor with R's level order (the category order of a
+Categorical; sorted unique values otherwise; unused levels dropped).  The
+caller's DataFrame is never modified.
+
+The frame is held as numpy arrays (``Columns``): each column is read out of
+the caller's DataFrame once, and a pandas DataFrame is made from the arrays
+only when formulaic has to interpret an expression.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -20,14 +25,69 @@ from .errors import DataError, FormulaError, MissingValuesWarning
 from .formula import ParsedFormula
 from .materialize import identifiers, required_variables
 
-__all__ = ["ModelFrame", "model_frame", "as_factor"]
+__all__ = ["Columns", "Factor", "ModelFrame", "model_frame", "as_factor", "factor_codes"]
+
+
+@dataclass
+class Factor:
+    """A factor column: integer codes (0-based) and level labels in R's order."""
+
+    codes: np.ndarray     # int64, one per row
+    levels: list[str]
+
+    def categorical(self) -> pd.Categorical:
+        return pd.Categorical.from_codes(self.codes, categories=self.levels, validate=False)
+
+
+class Columns:
+    """The model frame's columns as numpy arrays: numeric arrays and ``Factor`` s.
+
+    Supports ``name in cols``, ``cols[name]``, ``len(cols)`` (rows) and
+    ``cols.columns``; ``factor(name)`` codes any column as a factor (numeric
+    grouping columns included); ``frame()`` is the pandas DataFrame of the
+    same columns (factors as Categoricals) for formulaic.
+    """
+
+    def __init__(self, columns: dict, nrows: int):
+        self._cols = columns
+        self._factors: dict[str, Factor] = {}
+        self.nrows = nrows
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._cols)
+
+    def __contains__(self, name) -> bool:
+        return name in self._cols
+
+    def __getitem__(self, name):
+        return self._cols[name]
+
+    def __len__(self) -> int:
+        return self.nrows
+
+    def factor(self, name: str) -> Factor:
+        """Column ``name`` as a factor (as R's ``factor()``: sorted unique values)."""
+        col = self._cols[name]
+        if isinstance(col, Factor):
+            return col
+        if name not in self._factors:
+            codes, levels = factor_codes(col, name)
+            self._factors[name] = Factor(codes, levels)
+        return self._factors[name]
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The columns as a pandas DataFrame (factors as Categoricals)."""
+        return pd.DataFrame({name: (col.categorical() if isinstance(col, Factor) else col)
+                             for name, col in self._cols.items()})
 
 
 @dataclass
 class ModelFrame:
     """The rows and columns a model uses, after missing values are dropped."""
 
-    data: pd.DataFrame          # only the used columns, complete rows, factors coded
+    data: Columns               # only the used columns, complete rows, factors coded
     weights: np.ndarray | None  # prior weights of the kept rows
     offset: np.ndarray | None   # offset of the kept rows
     n_dropped: int              # rows dropped for missing values
@@ -42,6 +102,47 @@ def _variables(expr: str, what: str) -> frozenset[str]:
         raise FormulaError(f"cannot parse {what}: {exc}") from None
 
 
+def factor_codes(values: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
+    """Codes and labels of a non-categorical column as R's ``factor()`` makes them.
+
+    Levels are the sorted unique values (numbers numerically, labels as
+    strings, integer-valued floats without ``.0``); booleans give FALSE, TRUE.
+    """
+    if values.dtype.kind == "b":
+        return values.astype(np.int64), ["FALSE", "TRUE"]
+    codes, uniq = pd.factorize(values, sort=False)
+    uniq = np.asarray(uniq)
+    try:
+        order = np.argsort(uniq, kind="stable")
+    except TypeError:
+        order = np.array(sorted(range(len(uniq)), key=lambda i: str(uniq[i])), dtype=np.intp)
+    uniq = uniq[order]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[codes]
+    if uniq.dtype.kind == "f" and np.all(np.mod(uniq, 1) == 0):
+        labels = [str(int(u)) for u in uniq.tolist()]
+    else:
+        labels = [str(u) for u in uniq.tolist()]
+    if len(set(labels)) != len(labels):
+        raise DataError(f"column {name!r} has distinct values with the same label")
+    return codes, labels
+
+
+def _category_codes(cat) -> tuple[np.ndarray, list[str], bool]:
+    """Codes and labels of a Categorical, unused categories dropped; and whether it
+    is already an R-style factor (string categories, all used, unordered)."""
+    codes = np.asarray(cat.codes).astype(np.int64)
+    cats = cat.categories
+    used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
+    labels = [str(c) for c in cats]
+    if used.all():
+        return codes, labels, (not cat.ordered and list(cats) == labels)
+    remap = np.cumsum(used) - 1
+    codes = np.where(codes >= 0, remap[codes], -1)
+    return codes, [lab for lab, u in zip(labels, used) if u], False
+
+
 def as_factor(col: pd.Series) -> pd.Categorical:
     """A column as an R-style factor: category order kept, else sorted unique values.
 
@@ -49,42 +150,35 @@ def as_factor(col: pd.Series) -> pd.Categorical:
     columns sort numerically; labels are strings.
     """
     if isinstance(col.dtype, pd.CategoricalDtype):
-        codes = col.cat.codes.to_numpy()
-        cats = col.cat.categories
-        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
-        labels = [str(c) for c in cats]
-        if used.all():
-            if not col.cat.ordered and list(cats) == labels:   # already an R-style factor
-                return col.array
-            return pd.Categorical.from_codes(codes, categories=labels, validate=False)
-        remap = np.cumsum(used) - 1
-        new_codes = np.where(codes >= 0, remap[codes], -1)
-        return pd.Categorical.from_codes(new_codes, validate=False,
-                                         categories=[lab for lab, u in zip(labels, used) if u])
-    values = col.to_numpy()
-    if col.dtype.kind == "b":
-        return pd.Categorical.from_codes(values.astype(np.int8), categories=["FALSE", "TRUE"])
-    uniq = pd.unique(values)
-    try:
-        uniq = np.sort(uniq)
-    except TypeError:
-        uniq = np.array(sorted(uniq, key=str), dtype=object)
-    if col.dtype.kind == "f" and np.all(np.mod(uniq, 1) == 0):
-        labels = [str(int(u)) for u in uniq]
-        mapping = dict(zip(uniq.tolist(), labels))
-        return pd.Categorical([mapping[v] for v in values.tolist()], categories=labels)
-    labels = [str(u) for u in uniq]
-    if len(set(labels)) != len(labels):
-        raise DataError(f"column {col.name!r} has distinct values with the same label")
-    if col.dtype.kind in "biu" or col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
-        codes = pd.Index(uniq).get_indexer(values)
-        return pd.Categorical.from_codes(codes, categories=labels)
-    return pd.Categorical([str(v) for v in values.tolist()], categories=labels)
+        codes, labels, plain = _category_codes(col.array)
+        return col.array if plain else pd.Categorical.from_codes(codes, categories=labels,
+                                                                 validate=False)
+    codes, labels = factor_codes(_values(col), str(col.name))
+    return pd.Categorical.from_codes(codes, categories=labels, validate=False)
+
+
+def _values(col: pd.Series) -> np.ndarray:
+    """A non-categorical column's values as a numpy array (object for strings)."""
+    if pd.api.types.is_string_dtype(col.dtype) and col.dtype != object:
+        return col.to_numpy(dtype=object, na_value=None)
+    if col.dtype.kind in "iufb" and not isinstance(col.dtype, np.dtype):
+        if col.hasnans:
+            return col.to_numpy(dtype=np.float64, na_value=np.nan)
+        return col.to_numpy(dtype=col.dtype.numpy_dtype)
+    return col.to_numpy()
 
 
 def _is_categorical(col: pd.Series) -> bool:
     return (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object
             or pd.api.types.is_string_dtype(col.dtype) or col.dtype.kind == "b")
+
+
+def _missing(values) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
+        return np.zeros(len(values), dtype=bool)
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return np.isnan(values)
+    return np.asarray(pd.isna(values), dtype=bool)
 
 
 def _column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
@@ -117,12 +211,19 @@ def _column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
     return arr
 
 
+_USED: dict = {}
+
+
 def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
     """The columns a formula reads, each with the formula part that reads it.
 
     Raises for duplicated column names and for a column the formula names
     that ``columns`` lacks.
     """
+    key = (parsed, tuple(columns))
+    hit = _USED.get(key)
+    if hit is not None:
+        return hit
     if columns.duplicated().any():
         dup = columns[columns.duplicated()][0]
         raise DataError(f"column {dup!r} appears more than once in the data")
@@ -144,6 +245,9 @@ def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
         v = missing[0]
         raise FormulaError(f"column {v!r} used in {needed[v]} is not in the data "
                            f"(columns: {', '.join(map(str, columns[:20]))})")
+    if len(_USED) > 256:
+        _USED.clear()
+    _USED[key] = needed
     return needed
 
 
@@ -158,33 +262,46 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
         raise DataError("the data frame has no rows")
     needed = used_columns(parsed, data.columns)
 
-    resp = data.get(parsed.response) if parsed.response in data.columns else None
+    resp = data[parsed.response] if parsed.response in needed else None
     if resp is not None and (not pd.api.types.is_numeric_dtype(resp.dtype)
                              or resp.dtype.kind in "bc"):
         raise DataError(f"response {parsed.response!r} must be numeric, got dtype {resp.dtype}")
     w = _column_or_array(weights, data, "weights")
     off = _column_or_array(offset, data, "offset")
-    frame = data[list(needed)].copy()
 
-    bad = frame.isna().to_numpy()
-    rows_bad = bad.any(axis=1)
-    na_cols = [c for c, b in zip(frame.columns, bad.any(axis=0)) if b]
+    raw: dict = {}
+    rows_bad = None
+    na_cols = []
+    for name in needed:
+        col = data[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            values = col.array
+            bad = np.asarray(values.codes) < 0
+        else:
+            values = _values(col)
+            bad = _missing(values)
+        raw[name] = values
+        if bad.any():
+            na_cols.append(name)
+            rows_bad = bad if rows_bad is None else rows_bad | bad
     for arr, name in ((w, "weights"), (off, "offset")):
         if arr is not None and np.isnan(arr).any():
-            rows_bad |= np.isnan(arr)
+            rows_bad = np.isnan(arr) if rows_bad is None else rows_bad | np.isnan(arr)
             na_cols.append(name)
-    n_dropped = int(rows_bad.sum())
+    n_dropped = 0 if rows_bad is None else int(rows_bad.sum())
+    row_index = data.index
     if n_dropped:
         keep = ~rows_bad
         if not keep.any():
             raise DataError(
                 f"every row has a missing value (in {', '.join(map(repr, na_cols))})")
-        frame = frame.loc[keep]
+        raw = {name: values[keep] for name, values in raw.items()}
         w = None if w is None else w[keep]
         off = None if off is None else off[keep]
+        row_index = row_index[keep]
         warnings.warn(
             f"{n_dropped} row{'s' if n_dropped > 1 else ''} with missing values "
-            f"dropped (in {', '.join(map(repr, na_cols))}); {len(frame)} rows remain",
+            f"dropped (in {', '.join(map(repr, na_cols))}); {int(keep.sum())} rows remain",
             MissingValuesWarning, stacklevel=3)
     if w is not None:
         if (w < 0).any():
@@ -195,9 +312,14 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
                 f"weights must be positive; {int((w == 0).sum())} rows have weight 0 "
                 "(lme4's criterion is infinite for them): drop those rows instead")
 
-    row_index = frame.index
-    frame = frame.reset_index(drop=True)
-    for name in frame.columns:
-        if _is_categorical(frame[name]):
-            frame[name] = as_factor(frame[name])
-    return ModelFrame(frame, w, off, n_dropped, row_index, tuple(na_cols))
+    cols: dict = {}
+    for name, values in raw.items():
+        if isinstance(values, pd.Categorical):
+            codes, labels, _ = _category_codes(values)
+            cols[name] = Factor(codes, labels)
+        elif values.dtype == object or values.dtype.kind == "b":
+            cols[name] = Factor(*factor_codes(values, name))
+        else:
+            cols[name] = values
+    return ModelFrame(Columns(cols, len(row_index)), w, off, n_dropped, row_index,
+                      tuple(na_cols))

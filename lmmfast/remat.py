@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError, FormulaError
 from .formula import RandomTerm
 from .materialize import design_matrix
-from .modelframe import as_factor
+from .modelframe import Columns, Factor, as_factor
 
 __all__ = ["ReMat", "build_remat"]
 
@@ -85,32 +84,38 @@ class ReMat:
         return lam
 
 
-def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
+def _factor(frame, name: str) -> Factor:
+    if isinstance(frame, Columns):
+        return frame.factor(name)
+    cat = as_factor(frame[name])
+    return Factor(np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories])
+
+
+def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
     """Level codes and labels of the (interaction of the) term's grouping factors.
 
     An interaction's levels are the combinations present, ordered with the first
     factor varying slowest, labelled ``a:b`` (R's ``factor(a:b)``).
     """
-    facs = [as_factor(frame[f.strip("`")]) for f in term.factors]
+    facs = [_factor(frame, f.strip("`")) for f in term.factors]
     if len(facs) == 1:
-        cat = facs[0]
-        return cat.codes.astype(np.int64), [str(c) for c in cat.categories]
+        return facs[0].codes, list(facs[0].levels)
     codes = np.zeros(len(frame), dtype=np.int64)
-    for cat in facs:
-        codes = codes * len(cat.categories) + cat.codes.astype(np.int64)
+    for fac in facs:
+        codes = codes * len(fac.levels) + fac.codes
     present, refs = np.unique(codes, return_inverse=True)
     labels = []
     for c in present.tolist():
         parts = []
-        for cat in reversed(facs):
-            c, r = divmod(c, len(cat.categories))
-            parts.append(str(cat.categories[r]))
+        for fac in reversed(facs):
+            c, r = divmod(c, len(fac.levels))
+            parts.append(fac.levels[r])
         labels.append(":".join(reversed(parts)))
     return refs.astype(np.int64), labels
 
 
-def build_remat(frame: pd.DataFrame, term: RandomTerm) -> ReMat:
-    """The random-effects term ``term`` evaluated on the model frame."""
+def build_remat(frame, term: RandomTerm) -> ReMat:
+    """The random-effects term ``term`` evaluated on the model frame (``Columns`` or a DataFrame)."""
     refs, levels = _group_codes(frame, term)
     z, cnames = design_matrix(term.expr, frame, f"random term {term.source}")
     z = np.ascontiguousarray(z)

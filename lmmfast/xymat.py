@@ -60,14 +60,20 @@ def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
     return np.array(keep, dtype=np.intp)
 
 
-def response_vector(resp: str, frame: pd.DataFrame) -> np.ndarray:
-    """y: the response column, or the response expression evaluated on ``frame``."""
+def response_vector(resp: str, frame) -> np.ndarray:
+    """y: the response column, or the response expression evaluated on ``frame``.
+
+    ``frame`` is a pandas DataFrame or a model frame's ``Columns``.
+    """
     if resp in frame.columns:
         col = frame[resp]
-        if isinstance(col.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(col.dtype) \
-                or col.dtype.kind == "b":
-            raise DataError(f"response {resp!r} must be numeric, got dtype {col.dtype}")
-        y = col.to_numpy(dtype=np.float64)
+        dtype = getattr(col, "dtype", None)
+        if dtype is None or isinstance(dtype, pd.CategoricalDtype) \
+                or not pd.api.types.is_numeric_dtype(dtype) or dtype.kind == "b":
+            raise DataError(f"response {resp!r} must be numeric, got dtype "
+                            f"{dtype if dtype is not None else 'factor'}")
+        y = np.asarray(col, dtype=np.float64) if isinstance(col, np.ndarray) \
+            else col.to_numpy(dtype=np.float64)
     else:
         ym, _ = design_matrix(f"0 + {resp}", frame, f"the response {resp!r}")
         if ym.shape[1] != 1:
@@ -80,7 +86,7 @@ def response_vector(resp: str, frame: pd.DataFrame) -> np.ndarray:
     return y
 
 
-def build_xymat(parsed: ParsedFormula, frame: pd.DataFrame) -> XyMat:
+def build_xymat(parsed: ParsedFormula, frame) -> XyMat:
     """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
     resp = parsed.response
     y = response_vector(resp, frame)

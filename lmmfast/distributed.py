@@ -260,6 +260,7 @@ def _predict_partition(part: pd.DataFrame, fit, re_form, allow_new_levels, offse
 
 def _lean(fit: LinearMixedModel) -> LinearMixedModel:
     """A copy of a fitted model with only its parameter-level state (no rows, no factor)."""
+    fit._solution   # computed while the factor is at hand
     lean = copy.copy(fit)
     for name in ("fitted", "residuals", "_resid_quantiles"):
         lean.__dict__.pop(name, None)

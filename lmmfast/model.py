@@ -21,7 +21,7 @@ from ._cholesky import BlockedCholesky
 from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
 from .modelframe import Factor, model_frame
-from .optimize import OptSummary, bobyqa
+from .optimize import OptSummary, bobyqa, quasi_newton
 from .remat import ReMat, build_remat
 from .varcorr import varcorr_table
 from .xymat import build_xymat
@@ -195,7 +195,7 @@ class LinearMixedModel:
         self._core = self._make_core(a)
         self.optsum: OptSummary | None = None
         self._theta = None
-        self._solution: dict = {}
+        self._solution_cache: dict | None = None
         self._check_identifiable()
 
     def _make_core(self, a: np.ndarray) -> BlockedCholesky:
@@ -211,7 +211,7 @@ class LinearMixedModel:
         new = copy.copy(self)
         new._a = self._a.copy()
         new._core = self._make_core(new._a)
-        new._solution = dict(self._solution)
+        new._solution_cache = None if self._solution_cache is None else dict(self._solution_cache)
         new.__dict__.pop("fitted", None)
         new.__dict__.pop("residuals", None)
         new.optsum = copy.deepcopy(self.optsum)
@@ -240,6 +240,9 @@ class LinearMixedModel:
                             np.sqrt(self.weights) if self.weights is not None else None)
         if start is None and self._theta is not None:
             start = self._theta
+            if self.optsum is not None and self.optsum.hessian is not None \
+                    and "hessian" not in options:
+                options["hessian"] = self.optsum.hessian
         return self.fit(start=start, **options)
 
     # ---------------------------------------------------------- theta spaces
@@ -271,13 +274,18 @@ class LinearMixedModel:
 
     # ------------------------------------------------------------------ fit
     def fit(self, *, start=None, **options) -> "LinearMixedModel":
-        """Minimise the profiled criterion over theta with BOBYQA; returns ``self``.
+        """Minimise the profiled criterion over theta (eq. 24); returns ``self``.
 
         ``start`` is theta's starting value (lme4 order; default lambda = I on
         the natural scale of each covariate, which is lme4's lambda = I for
         intercepts and covariates of unit root mean square);
-        ``options`` set the optimiser's tolerances (fields of ``OptSummary``:
-        ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step``, ``maxeval``).
+        ``options`` choose the optimiser and its tolerances (fields of
+        ``OptSummary``): ``optimizer`` is ``"quasi-newton"`` (trust-region
+        quasi-Newton on the analytic gradient, eqs. 66, 69; the default,
+        finished by BOBYQA if it stops without converging) or ``"bobyqa"``
+        (derivative-free, as lme4); ``gtol`` and ``hessian`` (quasi-Newton),
+        ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step`` (BOBYQA),
+        ``maxeval``.
         """
         scale = self._scale
         # default start: lambda = I on the natural scale of each covariate
@@ -291,12 +299,37 @@ class LinearMixedModel:
         perm = self._theta_perm
         reml = self.reml
         buf = np.empty(len(init))
+        grad_internal = np.empty(len(init))
+        grad = np.empty(len(init))
 
         def objective(theta):
             buf[:] = theta[perm]
             return core.objective(buf, reml)
 
-        bobyqa(objective, summary, scale=scale)
+        def objective_gradient(theta):
+            buf[:] = theta[perm]
+            value = core.gradient(buf, reml, grad_internal)
+            grad[perm] = grad_internal
+            return value, grad
+
+        if summary.optimizer == "quasi-newton":
+            # a column of lambda that is entirely zero is a stationary point of the
+            # criterion (eq. 69): start such columns off it
+            summary.initial = self._off_zero_columns(init, scale)
+            quasi_newton(objective_gradient, summary, scale=scale)
+            summary.final, signs = self._canonical_theta(summary.final)
+            if summary.hessian is not None:
+                summary.hessian = summary.hessian * np.outer(signs, signs)
+            if not summary.converged:   # finish derivative-free from the best point
+                evals = summary.n_evals
+                summary.initial = summary.final
+                bobyqa(objective, summary, scale=scale)
+                summary.n_evals += evals
+        elif summary.optimizer == "bobyqa":
+            bobyqa(objective, summary, scale=scale)
+        else:
+            raise ValueError(f"optimizer must be 'quasi-newton' or 'bobyqa', "
+                             f"got {summary.optimizer!r}")
         theta, fmin = summary.final.copy(), summary.fmin
         # a diagonal element that ends near its bound: take the bound if no worse
         for i in np.flatnonzero((self.lower_bounds == 0) & (theta > 0) & (theta < BOUNDARY_TOL)):
@@ -307,6 +340,14 @@ class LinearMixedModel:
             if val <= fmin:
                 theta, fmin = trial, val
         summary.final, summary.fmin = theta, fmin
+        suspect = (not summary.converged or not np.isfinite(fmin)
+                   or np.max(theta / scale, initial=0.0) > 1e3
+                   or self.p + sum(r.q for r in self.remats) >= self.nobs)
+        if suspect and self._exact_fit():
+            raise FitError(
+                f"the residual variance is estimated as zero: the response "
+                f"{self.response!r} is fitted exactly by the fixed and random effects "
+                "(e.g. it is constant within groups)")
         if not np.isfinite(fmin):
             raise FitError(f"the criterion is not finite at the optimum (theta = {theta})")
         if not summary.converged:
@@ -314,14 +355,38 @@ class LinearMixedModel:
                           f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
         self.optsum = summary
         self._set_theta(theta)
-        suspect = (not summary.converged or np.max(theta / scale, initial=0.0) > 1e3
-                   or self.p + sum(r.q for r in self.remats) >= self.nobs)
-        if suspect and self._exact_fit():
-            raise FitError(
-                f"the residual variance is estimated as zero: the response "
-                f"{self.response!r} is fitted exactly by the fixed and random effects "
-                "(e.g. it is constant within groups)")
         return self
+
+    def _off_zero_columns(self, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """theta with the diagonal element of each all-zero column of lambda set to
+        0.1 on its natural scale."""
+        theta = np.array(theta, dtype=np.float64)
+        pos = 0
+        for r in self.remats:
+            for j in range(r.k):
+                length = r.k - j
+                if not np.any(theta[pos:pos + length]):
+                    theta[pos] = 0.1 * scale[pos]
+                pos += length
+        return theta
+
+    def _canonical_theta(self, theta: np.ndarray) -> np.ndarray:
+        """theta with every column of each lambda whose diagonal is negative negated,
+        and the signs applied (+1 or -1 per element).
+
+        lambda lambda^T, hence the criterion, is unchanged; the result meets
+        the bounds of eq. 24.
+        """
+        theta = np.array(theta, dtype=np.float64)
+        signs = np.ones(len(theta))
+        pos = 0
+        for r in self.remats:
+            for j in range(r.k):
+                length = r.k - j   # entries (j..k-1, j) of the column
+                if theta[pos] < 0:
+                    signs[pos:pos + length] = -1.0
+                pos += length
+        return theta * signs, signs
 
     def _exact_fit(self) -> bool:
         """Whether W^(1/2)(y - offset) lies in the span of W^(1/2)[X Z] (sigma-hat -> 0).
@@ -379,7 +444,17 @@ class LinearMixedModel:
         self._theta = theta
         for name in ("vcov", "varcorr", "fitted", "residuals"):
             self.__dict__.pop(name, None)
-        self._solution = self._solve()
+        self._solution_cache = None
+
+    @property
+    def _solution(self) -> dict:
+        """beta-hat, u, b and the criterion's pieces at the fitted theta (computed
+        when first asked for: a refit in a bootstrap loop may need only some)."""
+        if self._solution_cache is None:
+            self._require_fit()
+            self._core.update(self._to_internal(self._theta))   # others may have moved it
+            self._solution_cache = self._solve()
+        return self._solution_cache
 
     def _require_fit(self) -> None:
         if self._theta is None:

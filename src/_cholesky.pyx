@@ -16,7 +16,9 @@ theta the factor L of
 
 is computed block by block (left-looking); every number the optimiser and the
 results need is read off L: log|L_Z|^2, log|R_X|^2, the penalised residual sum
-of squares, beta-hat and the spherical conditional modes u.
+of squares, beta-hat and the spherical conditional modes u.  ``gradient`` adds
+the derivative of the criterion in theta (eqs. 64-68), from the entries of
+L's inverse cross-product on the block pattern of L (a selected inverse).
 
 Block kinds (``kind_a`` / ``kind_l``):
 
@@ -32,11 +34,12 @@ does not change under the factorisation because L_00 is block-diagonal.
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport log, sqrt, M_PI, INFINITY, NAN
-from libc.string cimport memset
+from libc.math cimport fma, log, sqrt, M_PI, INFINITY, NAN
+from libc.string cimport memcpy, memset
 
-from _linalg cimport (blas_int, gemm_nt, syrk_n, trsm_rlt, trsv_lt, gemv_t,
-                       potrf_l)
+from _linalg cimport (blas_int, gemm_nt, gemm_nn, gemm_tn, symm_ll, syrk_n,
+                       trsm_rlt, trmm_lln, trmm_rln, trsv_lt, gemv_t, gemv_n,
+                       potrf_l, lauum_l)
 
 cnp.import_array()
 
@@ -126,6 +129,136 @@ cdef inline void small_rdiv_lt(double* b, Py_ssize_t ldb, Py_ssize_t m,
             b[i + j * ldb] *= d
 
 
+cdef enum:
+    SMALL_TRI = 64     # order up to which triangular inverses and products are plain loops
+
+
+cdef void tri_inv_small(Py_ssize_t n, double* a, Py_ssize_t lda) noexcept nogil:
+    """In-place inverse of a lower-triangular A (n x n) with positive diagonal, by columns."""
+    cdef Py_ssize_t i, j, m
+    cdef double ajj, acc
+    for j in range(n):
+        ajj = 1.0 / a[j + j * lda]
+        a[j + j * lda] = ajj
+        for i in range(j + 1, n):
+            acc = a[i + j * lda] * ajj
+            for m in range(j + 1, i):
+                acc = acc + a[i + m * lda] * a[m + j * lda]
+            a[i + j * lda] = -acc / a[i + i * lda]
+
+
+cdef void tri_inv_l(blas_int n, double* a, blas_int lda) noexcept nogil:
+    """In-place inverse of the lower-triangular A (n x n, positive diagonal).
+
+    By halves: with A = [[A11, 0], [A21, A22]], the inverse is
+    [[A11^{-1}, 0], [-A22^{-1} A21 A11^{-1}, A22^{-1}]], the off-diagonal
+    block by two triangular products (BLAS dtrmm) once the diagonal blocks
+    are inverted; blocks up to ``SMALL_TRI`` by ``tri_inv_small``.  (Faster
+    than LAPACK's dtrtri in OpenBLAS, which is slow for small orders.)
+    """
+    cdef blas_int h
+    if n <= SMALL_TRI:
+        tri_inv_small(n, a, lda)
+        return
+    h = n // 2
+    tri_inv_l(h, a, lda)
+    tri_inv_l(n - h, a + h + <Py_ssize_t>h * lda, lda)
+    trmm_lln(n - h, h, -1.0, a + h + <Py_ssize_t>h * lda, lda, a + h, lda)
+    trmm_rln(n - h, h, 1.0, a, lda, a + h, lda)
+
+
+cdef int lauum_lower(blas_int n, double* a, blas_int lda) noexcept nogil:
+    """Lower triangle of A^T A for the lower-triangular A (n x n), in place; 0 or LAPACK's info.
+
+    LAPACK's dlauum above ``SMALL_TRI``, plain loops below.
+    """
+    cdef Py_ssize_t i, j, k
+    cdef double acc
+    if n > SMALL_TRI:
+        return lauum_l(n, a, lda)
+    for j in range(n):
+        for i in range(j, n):
+            acc = 0.0
+            for k in range(i, n):
+                acc = acc + a[k + i * lda] * a[k + j * lda]
+            a[i + j * lda] = acc
+    return 0
+
+
+cdef inline double sym_at(const double* d, Py_ssize_t ld, Py_ssize_t i,
+                          Py_ssize_t j) noexcept nogil:
+    """Element (i, j) of a symmetric matrix held by its lower triangle."""
+    if i >= j:
+        return d[i + j * ld]
+    return d[j + i * ld]
+
+
+cdef inline void small_tri_inv(const double* l, Py_ssize_t k,
+                               double* out) noexcept nogil:
+    """out = L^{-1} for a small lower-triangular L (k x k, column-major, ld k)."""
+    cdef Py_ssize_t i, j, m
+    cdef double acc
+    for j in range(k):
+        for i in range(j):
+            out[i + j * k] = 0.0
+        out[j + j * k] = 1.0 / l[j + j * k]
+        for i in range(j + 1, k):
+            acc = 0.0
+            for m in range(j, i):
+                acc = acc + l[i + m * k] * out[m + j * k]
+            out[i + j * k] = -acc / l[i + i * k]
+
+
+cdef inline void small_add_at_lam_b(const double* a, Py_ssize_t lda,
+                                    const double* lam, Py_ssize_t m,
+                                    const double* b, Py_ssize_t ldb,
+                                    Py_ssize_t n, double* kmat,
+                                    double* work) noexcept nogil:
+    """K += A^T lam B for small blocks (A, B: m x n; lam: m x m lower-triangular; K: n x n).
+
+    ``work`` holds at least ``m * n`` doubles.
+    """
+    cdef Py_ssize_t i, c, d, r
+    cdef double acc
+    for c in range(n):
+        for i in range(m):
+            acc = 0.0
+            for r in range(i + 1):
+                acc = acc + lam[i + r * m] * b[r + c * ldb]
+            work[i + c * m] = acc
+    for d in range(n):
+        for c in range(n):
+            acc = 0.0
+            for i in range(m):
+                acc = acc + a[i + c * lda] * work[i + d * m]
+            kmat[c + d * n] += acc
+
+
+cdef inline void small_add_a_lam_bt(const double* a, Py_ssize_t lda,
+                                    const double* lam, Py_ssize_t n,
+                                    const double* b, Py_ssize_t ldb,
+                                    Py_ssize_t m, double* kmat,
+                                    double* work) noexcept nogil:
+    """K += A lam B^T for small blocks (A, B: m x n; lam: n x n lower-triangular; K: m x m).
+
+    ``work`` holds at least ``m * n`` doubles.
+    """
+    cdef Py_ssize_t i, i2, c, r
+    cdef double acc
+    for c in range(n):
+        for i in range(m):
+            acc = 0.0
+            for r in range(c, n):
+                acc = acc + a[i + r * lda] * lam[r + c * n]
+            work[i + c * m] = acc
+    for i2 in range(m):
+        for i in range(m):
+            acc = 0.0
+            for c in range(n):
+                acc = acc + work[i + c * m] * b[i2 + c * ldb]
+            kmat[i + i2 * m] += acc
+
+
 cdef class BlockedCholesky:
     """The blocked factor L(theta) and the profiled (RE)ML criteria computed from it.
 
@@ -161,6 +294,12 @@ cdef class BlockedCholesky:
     cdef double[::1] a, l, lam, work
     cdef cnp.int64_t[::1] lam_off
     cdef readonly int last_info
+    # work arrays of ``gradient``, allocated on its first call
+    cdef bint g_ready
+    cdef double[::1] g_dinv, g_sel, g_lv, g_yv, g_u, g_v, g_b, g_beta, g_kmat
+    cdef double[::1] g_small
+    cdef cnp.int64_t[::1] g_troff, g_seloff, g_uoff, g_idx, g_lbase, g_sbase
+    cdef cnp.int64_t[::1] g_stride
 
     def __init__(self, nlev, k, Py_ssize_t p1, kind_a, kind_l, off_a, off_l,
                  sp_colptr_off, sp_rowidx_off, colptr, rowidx, a,
@@ -204,6 +343,7 @@ cdef class BlockedCholesky:
         self.nobs = nobs
         self.log_det_w = log_det_w
         self.last_info = 0
+        self.g_ready = False
 
     # ------------------------------------------------------------------ sizes
     cdef inline Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil:
@@ -540,62 +680,83 @@ cdef class BlockedCholesky:
         arr = np.asarray(self.l[self.off_l[b]:self.off_l[b] + n * n])
         return np.tril(arr.reshape((n, n), order="F"))
 
+    cdef void _back_solve(self, const double* rhs, const cnp.int64_t* uoff,
+                          double* u) noexcept nogil:
+        """Spherical conditional modes u (eq. 22) into ``u``, term t at ``uoff[t]``.
+
+        ``rhs`` is ``(beta, -1)``: then ``l_y - L_XZ^T beta = -(L_XZ'^T rhs)``
+        with L_XZ' all p1 rows of the last block row, and
+        ``L_Z^T u = l_y - L_XZ^T beta`` is solved from the last term to the first.
+        Scalar entries of a sparse block are subtracted inline by a fused
+        multiply-add, rounded as the 1 x 1 dgemv call they replace (OpenBLAS).
+        """
+        cdef Py_ssize_t T = self.n_terms, t, s, j, e, ks, kt, lev, c0
+        cdef Py_ssize_t rows_s, b, qt
+        cdef const cnp.int64_t* ri
+        cdef double* pb
+        cdef double* ut
+        cdef double* us
+        memset(u, 0, uoff[T] * sizeof(double))
+        for t in range(T - 1, -1, -1):
+            qt = self.q[t]
+            ut = u + uoff[t]
+            kt = self.k[t]
+            b = bidx(T, t)
+            gemv_t(<blas_int>self.p1, <blas_int>qt, -1.0,
+                   &self.l[self.off_l[b]], <blas_int>self.p1, rhs, ut)
+            for s in range(t + 1, T):
+                b = bidx(s, t)
+                us = u + uoff[s]
+                pb = &self.l[self.off_l[b]]
+                rows_s = self.q[s]
+                ks = self.k[s]
+                if self.kind_l[b] == DENSE:
+                    gemv_t(<blas_int>rows_s, <blas_int>qt, -1.0, pb,
+                           <blas_int>rows_s, us, ut)
+                elif ks == 1 and kt == 1:
+                    c0 = self.sp_cp[b]
+                    ri = &self.rowidx[self.sp_ri[b]]
+                    for j in range(self.nlev[t]):
+                        for e in range(self.colptr[c0 + j],
+                                       self.colptr[c0 + j + 1]):
+                            ut[j] = fma(-pb[e], us[ri[e]], ut[j])
+                else:
+                    c0 = self.sp_cp[b]
+                    for j in range(self.nlev[t]):
+                        for e in range(self.colptr[c0 + j],
+                                       self.colptr[c0 + j + 1]):
+                            lev = self.rowidx[self.sp_ri[b] + e]
+                            gemv_t(<blas_int>ks, <blas_int>kt, -1.0,
+                                   pb + e * ks * kt, <blas_int>ks,
+                                   us + lev * ks, ut + j * kt)
+            b = bidx(t, t)
+            pb = &self.l[self.off_l[b]]
+            if self.kind_l[b] == DENSE:
+                trsv_lt(<blas_int>qt, pb, <blas_int>qt, ut)
+            else:
+                for j in range(self.nlev[t]):
+                    trsv_lt(<blas_int>kt, pb + j * kt * kt, <blas_int>kt,
+                            ut + j * kt)
+
     def solve_u(self, const double[::1] beta):
         """Spherical conditional modes u given beta-hat (eq. 22), internal order.
 
         Back-substitution through the transposed random-effects part of L:
         ``L_Z^T u = l_y - L_XZ^T beta``.
         """
-        cdef Py_ssize_t T = self.n_terms, t, s, j, e, ks, kt, i, lev, c0
-        cdef Py_ssize_t p = self.p1 - 1, rows_s, b, qt
+        cdef Py_ssize_t T = self.n_terms, t, i
+        cdef Py_ssize_t p = self.p1 - 1
         cdef cnp.int64_t[::1] uoff = np.zeros(T + 1, dtype=np.int64)
         for t in range(T):
             uoff[t + 1] = uoff[t] + self.q[t]
         u_arr = np.zeros(max(uoff[T], 1), dtype=np.float64)
         cdef double[::1] u = u_arr
         cdef double[::1] rhs = np.zeros(self.p1, dtype=np.float64)
-        cdef double* pb
-        cdef double* ut
-        cdef double* us
-        cdef double acc
-        # rhs_X = (beta, -1): then l_y - L_XZ^T beta = -(L_XZ'^T rhs) with L_XZ' all p1 rows
         for i in range(p):
             rhs[i] = beta[i]
         rhs[p] = -1.0
         with nogil:
-            for t in range(T - 1, -1, -1):
-                qt = self.q[t]
-                ut = &u[uoff[t]]
-                kt = self.k[t]
-                b = bidx(T, t)
-                gemv_t(<blas_int>self.p1, <blas_int>qt, -1.0,
-                       &self.l[self.off_l[b]], <blas_int>self.p1, &rhs[0], ut)
-                for s in range(t + 1, T):
-                    b = bidx(s, t)
-                    us = &u[uoff[s]]
-                    pb = &self.l[self.off_l[b]]
-                    rows_s = self.q[s]
-                    ks = self.k[s]
-                    if self.kind_l[b] == DENSE:
-                        gemv_t(<blas_int>rows_s, <blas_int>qt, -1.0, pb,
-                               <blas_int>rows_s, us, ut)
-                    else:
-                        c0 = self.sp_cp[b]
-                        for j in range(self.nlev[t]):
-                            for e in range(self.colptr[c0 + j],
-                                           self.colptr[c0 + j + 1]):
-                                lev = self.rowidx[self.sp_ri[b] + e]
-                                gemv_t(<blas_int>ks, <blas_int>kt, -1.0,
-                                       pb + e * ks * kt, <blas_int>ks,
-                                       us + lev * ks, ut + j * kt)
-                b = bidx(t, t)
-                pb = &self.l[self.off_l[b]]
-                if self.kind_l[b] == DENSE:
-                    trsv_lt(<blas_int>qt, pb, <blas_int>qt, ut)
-                else:
-                    for j in range(self.nlev[t]):
-                        trsv_lt(<blas_int>kt, pb + j * kt * kt, <blas_int>kt,
-                                ut + j * kt)
+            self._back_solve(&rhs[0], &uoff[0], &u[0])
         return u_arr[:uoff[T]]
 
     def lambda_blocks(self):
@@ -606,3 +767,485 @@ cdef class BlockedCholesky:
             o = self.lam_off[t]
             out.append(np.asarray(self.lam[o:o + kt * kt]).reshape((kt, kt), order="F").copy())
         return out
+
+    # ------------------------------------------------- the gradient in theta
+    cdef inline Py_ssize_t _seg_rows(self, Py_ssize_t s) noexcept nogil:
+        """Rows of segment s of the trailing matrix: term s, or X (s = T)."""
+        return self.q[s] if s < self.n_terms else self.p1 - 1
+
+    cdef inline Py_ssize_t _seg_ld(self, Py_ssize_t s) noexcept nogil:
+        """Leading dimension of the blocks (s, t) of L with rows of segment s."""
+        return self.q[s] if s < self.n_terms else self.p1
+
+    cdef inline bint _seg_dense(self, Py_ssize_t s) noexcept nogil:
+        """Whether block (s, 0) of L is dense (every row in every column)."""
+        return s == self.n_terms or self.kind_l[bidx(s, 0)] == DENSE
+
+    cdef void _alloc_gradient(self) except *:
+        """Work arrays of ``gradient``, sized for REML (ML uses less of them).
+
+        ``g_troff``: row offset of term s >= 1 (and of X, s = T) in the dense
+        trailing matrix; ``g_seloff``: offset of Sigma_00 (s = 0) and of
+        Sigma_s0 (same layout as block (s, 0) of L) in ``g_sel``.
+        """
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1, s, b, t
+        cdef Py_ssize_t k0 = self.k[0], g0 = self.nlev[0], q0 = self.q[0]
+        cdef Py_ssize_t n_dense = p, kmax = 1, size
+        troff = np.zeros(T + 1, dtype=np.int64)
+        seloff = np.zeros(T + 1, dtype=np.int64)
+        uoff = np.zeros(T + 1, dtype=np.int64)
+        sparse_rows = np.zeros(g0, dtype=np.int64)
+        seloff[1] = g0 * k0 * k0
+        for t in range(T):
+            uoff[t + 1] = uoff[t] + self.q[t]
+            kmax = max(kmax, self.k[t])
+        for s in range(1, T):
+            troff[s + 1] = troff[s] + self.q[s]
+            b = bidx(s, 0)
+            if self.kind_l[b] == SPARSE:
+                cp = np.asarray(self.colptr[self.sp_cp[b]:self.sp_cp[b] + g0 + 1])
+                sparse_rows += np.diff(cp) * self.k[s]
+                size = cp[g0] * self.k[s] * k0
+            else:
+                n_dense += self.q[s]
+                size = self.q[s] * q0
+            seloff[s + 1] = seloff[s] + size
+        maxrows = max(n_dense + int(sparse_rows.max()), 1)
+        n_tr = troff[T] + p
+        self.g_troff = troff
+        self.g_seloff = seloff
+        self.g_uoff = uoff
+        self.g_dinv = np.zeros(max(n_tr * n_tr, 1), dtype=np.float64)
+        self.g_sel = np.zeros(seloff[T] + self.p1 * q0, dtype=np.float64)
+        self.g_idx = np.zeros(maxrows, dtype=np.int64)
+        self.g_lbase = np.zeros(maxrows, dtype=np.int64)
+        self.g_sbase = np.zeros(maxrows, dtype=np.int64)
+        self.g_stride = np.zeros(maxrows, dtype=np.int64)
+        self.g_lv = np.zeros(maxrows * k0, dtype=np.float64)
+        self.g_yv = np.zeros(maxrows * k0, dtype=np.float64)
+        self.g_u = np.zeros(max(uoff[T], 1), dtype=np.float64)
+        self.g_v = np.zeros(max(uoff[T], 1), dtype=np.float64)
+        self.g_b = np.zeros(max(uoff[T], 1), dtype=np.float64)
+        self.g_beta = np.zeros(self.p1, dtype=np.float64)
+        self.g_kmat = np.zeros(max(self.lam_off[T], 1), dtype=np.float64)
+        self.g_small = np.zeros(4 * kmax * kmax, dtype=np.float64)
+        self.g_ready = True
+
+    cdef int _selected_inverse(self, bint reml) noexcept nogil:
+        """Sigma on the block pattern of L (eqs. 67, 68); LAPACK's info.
+
+        REML: Sigma = Omega^{-1}, from L without its y row; ML: Sigma = M^{-1},
+        from L_Z.  The trailing terms 1..T-1 (and X for REML) are dense in L,
+        so their part of Sigma is the dense inverse (eq. 68), in ``g_dinv``
+        (lower triangle).  Block column 0 follows level by level from the
+        recurrence (eq. 67): Sigma_00[j, j] and Sigma_s0 on the pattern of
+        L_s0, in ``g_sel``.  Products of dense rows with dense rows are done
+        for all levels at once (BLAS), the rest per level.
+        """
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1
+        cdef Py_ssize_t nseg = T + 1 if (reml and p > 0) else T
+        cdef Py_ssize_t k0 = self.k[0], g0 = self.nlev[0], q0 = self.q[0]
+        cdef Py_ssize_t n, s, t, sb, c, r, r0, rows_s, rows_t, ld_s, ld_b
+        cdef Py_ssize_t j, e, lev, m, m2, mtot, ns, d, d2, b, c0, ks, im
+        cdef const cnp.int64_t* troff = &self.g_troff[0]
+        cdef const cnp.int64_t* seloff = &self.g_seloff[0]
+        cdef cnp.int64_t* idx = &self.g_idx[0]
+        cdef cnp.int64_t* lbase = &self.g_lbase[0]
+        cdef cnp.int64_t* sbase = &self.g_sbase[0]
+        cdef cnp.int64_t* stride = &self.g_stride[0]
+        cdef double* dinv = &self.g_dinv[0]
+        cdef double* sel = &self.g_sel[0]
+        cdef double* lv = &self.g_lv[0]
+        cdef double* yv = &self.g_yv[0]
+        cdef double* linv = &self.g_small[0]
+        cdef double* cm = linv + k0 * k0
+        cdef double* tmp = cm + k0 * k0
+        cdef const double* l = &self.l[0]
+        cdef const double* l00 = &self.l[self.off_l[0]]
+        cdef const double* src
+        cdef double* dst
+        cdef double acc, sv
+        cdef int info
+        n = troff[T] + (p if nseg > T else 0)
+        # 1. dense inverse of the trailing factor (eq. 68)
+        if n > 0:
+            for t in range(1, nseg):
+                rows_t = self._seg_rows(t)
+                for s in range(t, nseg):
+                    rows_s = self._seg_rows(s)
+                    ld_s = self._seg_ld(s)
+                    src = l + self.off_l[bidx(s, t)]
+                    dst = dinv + troff[s] + troff[t] * n
+                    for c in range(rows_t):
+                        r0 = c if s == t else 0
+                        memcpy(dst + r0 + c * n, src + r0 + c * ld_s,
+                               (rows_s - r0) * sizeof(double))
+            tri_inv_l(<blas_int>n, dinv, <blas_int>n)
+            info = lauum_lower(<blas_int>n, dinv, <blas_int>n)
+            if info != 0:
+                return info
+        # 2. Y_s0 = sum_b Sigma_sb L_b0 over dense segments s, b, all levels at once
+        for s in range(1, nseg):
+            if not self._seg_dense(s):
+                continue
+            rows_s = self._seg_rows(s)
+            ld_s = self._seg_ld(s)
+            dst = sel + seloff[s]
+            memset(dst, 0, ld_s * q0 * sizeof(double))
+            for sb in range(1, nseg):
+                if not self._seg_dense(sb):
+                    continue
+                src = l + self.off_l[bidx(sb, 0)]
+                ld_b = self._seg_ld(sb)
+                if sb == s:
+                    symm_ll(<blas_int>rows_s, <blas_int>q0, 1.0,
+                            dinv + troff[s] * (n + 1), <blas_int>n,
+                            src, <blas_int>ld_b, 1.0, dst, <blas_int>ld_s)
+                elif sb < s:
+                    gemm_nn(<blas_int>rows_s, <blas_int>q0,
+                            <blas_int>self._seg_rows(sb), 1.0,
+                            dinv + troff[s] + troff[sb] * n, <blas_int>n,
+                            src, <blas_int>ld_b, 1.0, dst, <blas_int>ld_s)
+                else:
+                    gemm_tn(<blas_int>rows_s, <blas_int>q0,
+                            <blas_int>self._seg_rows(sb), 1.0,
+                            dinv + troff[sb] + troff[s] * n, <blas_int>n,
+                            src, <blas_int>ld_b, 1.0, dst, <blas_int>ld_s)
+        # 3. level by level: the rows of column j of L below L_00[j, j]
+        for j in range(g0):
+            m = 0
+            for s in range(1, T):       # rows of sparse blocks first
+                b = bidx(s, 0)
+                if self.kind_l[b] != SPARSE:
+                    continue
+                ks = self.k[s]
+                c0 = self.sp_cp[b]
+                for e in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
+                    lev = self.rowidx[self.sp_ri[b] + e]
+                    for c in range(ks):
+                        idx[m] = troff[s] + lev * ks + c
+                        lbase[m] = self.off_l[b] + e * ks * k0 + c
+                        sbase[m] = seloff[s] + e * ks * k0 + c
+                        stride[m] = ks
+                        m += 1
+            ns = m
+            for s in range(1, nseg):
+                if not self._seg_dense(s):
+                    continue
+                ld_s = self._seg_ld(s)
+                b = bidx(s, 0)
+                for r in range(self._seg_rows(s)):
+                    idx[m] = troff[s] + r
+                    lbase[m] = self.off_l[b] + r + j * k0 * ld_s
+                    sbase[m] = seloff[s] + r + j * k0 * ld_s
+                    stride[m] = ld_s
+                    m += 1
+            mtot = m
+            for m in range(mtot):
+                for d in range(k0):
+                    lv[m * k0 + d] = l[lbase[m] + d * stride[m]]
+                    yv[m * k0 + d] = sel[sbase[m] + d * stride[m]] if m >= ns else 0.0
+            # Y = Sigma_tr L_j: the pairs of rows with at least one sparse row,
+            # the sparse row first (column-wise in the lower triangle)
+            for m2 in range(ns):
+                im = idx[m2]
+                if k0 == 1:
+                    acc = dinv[im * (n + 1)] * lv[m2]
+                    for m in range(m2 + 1, mtot):
+                        sv = sym_at(dinv, n, idx[m], im)
+                        yv[m] += sv * lv[m2]
+                        acc = acc + sv * lv[m]
+                    yv[m2] += acc
+                    continue
+                sv = dinv[im * (n + 1)]
+                for d in range(k0):
+                    yv[m2 * k0 + d] += sv * lv[m2 * k0 + d]
+                for m in range(m2 + 1, mtot):
+                    sv = sym_at(dinv, n, idx[m], im)
+                    for d in range(k0):
+                        yv[m * k0 + d] += sv * lv[m2 * k0 + d]
+                        yv[m2 * k0 + d] += sv * lv[m * k0 + d]
+            small_tri_inv(l00 + j * k0 * k0, k0, linv)
+            # Sigma_00[j, j] = L_jj^{-T} (I + L_j^T Y) L_jj^{-1}
+            for d2 in range(k0):
+                for d in range(k0):
+                    acc = 1.0 if d == d2 else 0.0
+                    for m in range(mtot):
+                        acc = acc + lv[m * k0 + d] * yv[m * k0 + d2]
+                    cm[d + d2 * k0] = acc
+            for d2 in range(k0):
+                for d in range(k0):
+                    acc = 0.0
+                    for c in range(d2, k0):
+                        acc = acc + cm[d + c * k0] * linv[c + d2 * k0]
+                    tmp[d + d2 * k0] = acc
+            dst = sel + j * k0 * k0
+            for d2 in range(k0):
+                for d in range(k0):
+                    acc = 0.0
+                    for c in range(d, k0):
+                        acc = acc + linv[c + d * k0] * tmp[c + d2 * k0]
+                    dst[d + d2 * k0] = acc
+            # Sigma_tr,j = -Y L_jj^{-1}
+            for m in range(mtot):
+                for d in range(k0):
+                    acc = 0.0
+                    for c in range(d, k0):
+                        acc = acc + yv[m * k0 + c] * linv[c + d * k0]
+                    sel[sbase[m] + d * stride[m]] = -acc
+        return 0
+
+    cdef void _accumulate_k(self, bint reml) noexcept nogil:
+        """K_t = sum_j [A Lambda~ Sigma]_tt[j, j] over the stored blocks of A (eq. 66).
+
+        Block (s, t) of A, s > t, adds A_st^T lambda_s Sigma_st to K_t and
+        A_st lambda_t Sigma_st^T to K_s, level pair by level pair; REML adds
+        A_Xt^T Sigma_Xt.  Sigma comes from ``_selected_inverse``.
+        """
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1, p1 = self.p1
+        cdef bint with_x = reml and p > 0
+        cdef Py_ssize_t n, s, t, j, js, jt, e, c, d, r, b, ks, kt, nl, nnz
+        cdef Py_ssize_t qs, qt, lds, r0
+        cdef const cnp.int64_t* troff = &self.g_troff[0]
+        cdef const cnp.int64_t* seloff = &self.g_seloff[0]
+        cdef const double* dinv = &self.g_dinv[0]
+        cdef const double* sel = &self.g_sel[0]
+        cdef const double* a = &self.a[0]
+        cdef double* kmat = &self.g_kmat[0]
+        cdef double* sbuf = &self.g_small[0]
+        cdef double* work = &self.g_small[0] + 2 * self.g_small.shape[0] // 4
+        cdef const double* pa
+        cdef const double* ps
+        cdef const double* lam_s
+        cdef const double* lam_t
+        cdef double* k_s
+        cdef double* k_t
+        cdef double acc
+        n = troff[T] + (p if with_x else 0)
+        memset(kmat, 0, self.lam_off[T] * sizeof(double))
+        for t in range(T):
+            kt = self.k[t]
+            nl = self.nlev[t]
+            qt = self.q[t]
+            lam_t = &self.lam[self.lam_off[t]]
+            k_t = kmat + self.lam_off[t]
+            # diagonal block: A_tt[j, j] lambda_t Sigma_tt[j, j]
+            pa = a + self.off_a[bidx(t, t)]
+            for j in range(nl):
+                if t == 0:
+                    ps = sel + j * kt * kt
+                else:
+                    r0 = troff[t] + j * kt
+                    for d in range(kt):
+                        for c in range(kt):
+                            sbuf[c + d * kt] = sym_at(dinv, n, r0 + c, r0 + d)
+                    ps = sbuf
+                if kt == 1:
+                    k_t[0] += pa[j] * lam_t[0] * ps[0]
+                else:
+                    small_add_at_lam_b(pa + j * kt * kt, kt, lam_t, kt, ps, kt,
+                                       kt, k_t, work)
+            # off-diagonal blocks (s, t), s > t
+            for s in range(t + 1, T):
+                b = bidx(s, t)
+                ks = self.k[s]
+                qs = self.q[s]
+                lam_s = &self.lam[self.lam_off[s]]
+                k_s = kmat + self.lam_off[s]
+                pa = a + self.off_a[b]
+                if t == 0:
+                    ps = sel + seloff[s]
+                    lds = qs
+                else:
+                    ps = dinv + troff[s] + troff[t] * n
+                    lds = n
+                if self.kind_a[b] == SPARSE:
+                    nnz = self.colptr[self.sp_cp[b] + nl]
+                    if ks == 1 and kt == 1:
+                        acc = 0.0
+                        for e in range(nnz):
+                            acc = acc + pa[e] * ps[e]
+                        k_t[0] += lam_s[0] * acc
+                        k_s[0] += lam_t[0] * acc
+                    else:
+                        for e in range(nnz):
+                            small_add_at_lam_b(pa + e * ks * kt, ks, lam_s, ks,
+                                               ps + e * ks * kt, ks, kt, k_t, work)
+                            small_add_a_lam_bt(pa + e * ks * kt, ks, lam_t, kt,
+                                               ps + e * ks * kt, ks, ks, k_s, work)
+                elif ks == 1 and kt == 1:
+                    acc = 0.0
+                    for c in range(qt):
+                        for r in range(qs):
+                            acc = acc + pa[r + c * qs] * ps[r + c * lds]
+                    k_t[0] += lam_s[0] * acc
+                    k_s[0] += lam_t[0] * acc
+                else:
+                    for jt in range(nl):
+                        for js in range(self.nlev[s]):
+                            small_add_at_lam_b(pa + js * ks + jt * kt * qs, qs,
+                                               lam_s, ks,
+                                               ps + js * ks + jt * kt * lds, lds,
+                                               kt, k_t, work)
+                            small_add_a_lam_bt(pa + js * ks + jt * kt * qs, qs,
+                                               lam_t, kt,
+                                               ps + js * ks + jt * kt * lds, lds,
+                                               ks, k_s, work)
+            # fixed effects (REML): A_Xt^T Sigma_Xt
+            if with_x:
+                pa = a + self.off_a[bidx(T, t)]
+                if t == 0:
+                    ps = sel + seloff[T]
+                    lds = p1
+                else:
+                    ps = dinv + troff[T] + troff[t] * n
+                    lds = n
+                for j in range(nl):
+                    for d in range(kt):
+                        for c in range(kt):
+                            acc = 0.0
+                            for r in range(p):
+                                acc = acc + (pa[r + (j * kt + c) * p1]
+                                             * ps[r + (j * kt + d) * lds])
+                            k_t[c + d * kt] += acc
+
+    cdef void _add_residual_term(self, double scale) noexcept nogil:
+        """K_t -= scale * sum_j v_j u_j^T, v = Z^T W r = A_Zy - A_ZX beta - A_ZZ Lambda u (eq. 65)."""
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1, p1 = self.p1
+        cdef Py_ssize_t t, s, j, e, c, d, b, ks, kt, lev, c0, qs, qt
+        cdef const cnp.int64_t* uoff = &self.g_uoff[0]
+        cdef const double* lxx = &self.l[self.off_l[bidx(T, T)]]
+        cdef const double* a = &self.a[0]
+        cdef const double* pa
+        cdef const double* lam_t
+        cdef double* beta = &self.g_beta[0]
+        cdef double* u = &self.g_u[0]
+        cdef double* v = &self.g_v[0]
+        cdef double* bv = &self.g_b[0]
+        cdef const cnp.int64_t* ri
+        cdef double* vt
+        cdef double* vs
+        cdef const double* bt
+        cdef const double* bs
+        cdef double* k_t
+        cdef double acc
+        # beta-hat (eq. 21), then u (eq. 22) with rhs = (beta, -1)
+        for c in range(p):
+            beta[c] = lxx[p + c * p1]
+        trsv_lt(<blas_int>p, lxx, <blas_int>p1, beta)
+        beta[p] = -1.0
+        self._back_solve(beta, uoff, u)
+        # b = Lambda u
+        for t in range(T):
+            kt = self.k[t]
+            lam_t = &self.lam[self.lam_off[t]]
+            for j in range(self.nlev[t]):
+                for c in range(kt):
+                    acc = 0.0
+                    for d in range(c + 1):
+                        acc = acc + lam_t[c + d * kt] * u[uoff[t] + j * kt + d]
+                    bv[uoff[t] + j * kt + c] = acc
+        # v_t = A_{T,t}^T (-beta, 1) - sum_s A_ts b_s
+        memset(v, 0, uoff[T] * sizeof(double))
+        for t in range(T):
+            kt = self.k[t]
+            qt = self.q[t]
+            gemv_t(<blas_int>p1, <blas_int>qt, -1.0, a + self.off_a[bidx(T, t)],
+                   <blas_int>p1, beta, v + uoff[t])
+            pa = a + self.off_a[bidx(t, t)]
+            for j in range(self.nlev[t]):
+                for c in range(kt):
+                    acc = 0.0
+                    for d in range(kt):
+                        acc = acc + pa[j * kt * kt + c + d * kt] * bv[uoff[t] + j * kt + d]
+                    v[uoff[t] + j * kt + c] -= acc
+            for s in range(t + 1, T):
+                b = bidx(s, t)
+                ks = self.k[s]
+                qs = self.q[s]
+                pa = a + self.off_a[b]
+                if self.kind_a[b] == SPARSE:
+                    c0 = self.sp_cp[b]
+                    ri = &self.rowidx[self.sp_ri[b]]
+                    vt = v + uoff[t]
+                    vs = v + uoff[s]
+                    bt = bv + uoff[t]
+                    bs = bv + uoff[s]
+                    for j in range(self.nlev[t]):
+                        for e in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
+                            lev = ri[e]
+                            for d in range(kt):
+                                for c in range(ks):
+                                    acc = pa[e * ks * kt + c + d * ks]
+                                    vt[j * kt + d] -= acc * bs[lev * ks + c]
+                                    vs[lev * ks + c] -= acc * bt[j * kt + d]
+                else:
+                    gemv_t(<blas_int>qs, <blas_int>qt, -1.0, pa, <blas_int>qs,
+                           bv + uoff[s], v + uoff[t])
+                    gemv_n(<blas_int>qs, <blas_int>qt, -1.0, pa, <blas_int>qs,
+                           bv + uoff[t], v + uoff[s])
+        for t in range(T):
+            kt = self.k[t]
+            k_t = &self.g_kmat[self.lam_off[t]]
+            for d in range(kt):
+                for c in range(kt):
+                    acc = 0.0
+                    for j in range(self.nlev[t]):
+                        acc = acc + v[uoff[t] + j * kt + c] * u[uoff[t] + j * kt + d]
+                    k_t[c + d * kt] -= scale * acc
+
+    cdef int _gradient(self, bint reml, double* grad) noexcept nogil:
+        """d criterion / d theta at the current L into ``grad`` (eq. 66); LAPACK's info."""
+        cdef Py_ssize_t T = self.n_terms, t, i, j, kt, pos
+        cdef double ld_l2, ld_rx2, pwrss, dof
+        cdef const double* k_t
+        cdef int info = self._selected_inverse(reml)
+        if info != 0:
+            return info
+        self._accumulate_k(reml)
+        self._components(&ld_l2, &ld_rx2, &pwrss)
+        dof = self.nobs - (self.p1 - 1) if reml else self.nobs
+        self._add_residual_term(dof / pwrss)
+        for t in range(T):
+            kt = self.k[t]
+            k_t = &self.g_kmat[self.lam_off[t]]
+            pos = self.theta_off[t]
+            for j in range(kt):
+                for i in range(j, kt):
+                    grad[pos] = 2.0 * k_t[i + j * kt]
+                    pos += 1
+        return 0
+
+    def gradient(self, const double[::1] theta, bint reml, double[::1] grad):
+        """Update L for ``theta``, write d criterion / d theta into ``grad``, return the criterion.
+
+        ``theta`` and ``grad`` are in the internal order of ``objective``; the
+        value returned is the one ``objective`` returns (eqs. 18, 20), and the
+        factor is left as ``objective`` leaves it.  The derivative is analytic
+        (eqs. 64-68): no division by theta, so it holds on the boundary too.
+        Where the factorisation fails, returns +inf and fills ``grad`` with NaN.
+        """
+        cdef int info, ginfo = 0
+        cdef double val
+        cdef Py_ssize_t i
+        if theta.shape[0] != self.n_theta:
+            raise ValueError(f"theta has length {theta.shape[0]}, "
+                             f"expected {self.n_theta}")
+        if grad.shape[0] != self.n_theta:
+            raise ValueError(f"grad has length {grad.shape[0]}, "
+                             f"expected {self.n_theta}")
+        if not self.g_ready and self.n_terms > 0:
+            self._alloc_gradient()
+        with nogil:
+            info = self._update(&theta[0] if self.n_theta > 0 else NULL)
+            if info != 0:
+                val = INFINITY
+            else:
+                val = self._criterion(reml)
+                if self.n_terms > 0:
+                    ginfo = self._gradient(reml, &grad[0])
+            if info != 0 or ginfo != 0:
+                for i in range(self.n_theta):
+                    grad[i] = NAN
+        self.last_info = info
+        return val

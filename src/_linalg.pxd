@@ -80,3 +80,101 @@ cdef inline blas_int potrf_l(blas_int n, double* a, blas_int lda) noexcept nogil
         return 0
     lapack.dpotrf(&uplo, &n, a, &lda, &info)
     return info
+
+
+cdef inline void gemm_nn(blas_int m, blas_int n, blas_int k, double alpha,
+                         const double* a, blas_int lda,
+                         const double* b, blas_int ldb, double beta,
+                         double* c, blas_int ldc) noexcept nogil:
+    """C <- alpha * A * B + beta * C   (A: m x k, B: k x n, C: m x n)."""
+    cdef char ta = b'N'
+    cdef char tb = b'N'
+    if m == 0 or n == 0:
+        return
+    blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
+               <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline void gemm_tn(blas_int m, blas_int n, blas_int k, double alpha,
+                         const double* a, blas_int lda,
+                         const double* b, blas_int ldb, double beta,
+                         double* c, blas_int ldc) noexcept nogil:
+    """C <- alpha * A^T * B + beta * C   (A: k x m, B: k x n, C: m x n)."""
+    cdef char ta = b'T'
+    cdef char tb = b'N'
+    if m == 0 or n == 0:
+        return
+    blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
+               <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline void symm_ll(blas_int m, blas_int n, double alpha,
+                         const double* a, blas_int lda,
+                         const double* b, blas_int ldb, double beta,
+                         double* c, blas_int ldc) noexcept nogil:
+    """C <- alpha * A * B + beta * C, A symmetric (m x m) given by its lower triangle."""
+    cdef char side = b'L'
+    cdef char uplo = b'L'
+    if m == 0 or n == 0:
+        return
+    blas.dsymm(&side, &uplo, &m, &n, &alpha, <double*>a, &lda,
+               <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline void gemv_n(blas_int m, blas_int n, double alpha, const double* a,
+                        blas_int lda, const double* x, double* y) noexcept nogil:
+    """y <- y + alpha * A x   (A: m x n)."""
+    cdef char tr = b'N'
+    cdef blas_int inc = 1
+    cdef double one = 1.0
+    if m == 0 or n == 0:
+        return
+    blas.dgemv(&tr, &m, &n, &alpha, <double*>a, &lda, <double*>x, &inc,
+               &one, y, &inc)
+
+
+cdef inline blas_int lauum_l(blas_int n, double* a, blas_int lda) noexcept nogil:
+    """Lower triangle of A^T A for the lower-triangular A (n x n), in place; LAPACK's info."""
+    cdef char uplo = b'L'
+    cdef blas_int info = 0
+    if n == 0:
+        return 0
+    lapack.dlauum(&uplo, &n, a, &lda, &info)
+    return info
+
+
+cdef inline void trmm_lln(blas_int m, blas_int n, double alpha, const double* l,
+                          blas_int ldl, double* b, blas_int ldb) noexcept nogil:
+    """B <- alpha * L * B for lower-triangular L (m x m), B: m x n."""
+    cdef char side = b'L'
+    cdef char uplo = b'L'
+    cdef char ta = b'N'
+    cdef char diag = b'N'
+    if m == 0 or n == 0:
+        return
+    blas.dtrmm(&side, &uplo, &ta, &diag, &m, &n, &alpha, <double*>l, &ldl, b, &ldb)
+
+
+cdef inline void trmm_rln(blas_int m, blas_int n, double alpha, const double* l,
+                          blas_int ldl, double* b, blas_int ldb) noexcept nogil:
+    """B <- alpha * B * L for lower-triangular L (n x n), B: m x n."""
+    cdef char side = b'R'
+    cdef char uplo = b'L'
+    cdef char ta = b'N'
+    cdef char diag = b'N'
+    if m == 0 or n == 0:
+        return
+    blas.dtrmm(&side, &uplo, &ta, &diag, &m, &n, &alpha, <double*>l, &ldl, b, &ldb)
+
+
+cdef inline blas_int syev_l(blas_int n, double* a, blas_int lda, double* w,
+                            double* work, blas_int lwork) noexcept nogil:
+    """Eigenvalues (ascending, into w) and eigenvectors (over A's columns) of the
+    symmetric A (n x n) given by its lower triangle; returns LAPACK's info."""
+    cdef char jobz = b'V'
+    cdef char uplo = b'L'
+    cdef blas_int info = 0
+    if n == 0:
+        return 0
+    lapack.dsyev(&jobz, &uplo, &n, a, &lda, w, work, &lwork, &info)
+    return info

@@ -1,0 +1,233 @@
+# cython: language_level=3
+"""The trust-region quasi-Newton loop of the optimiser (theory.md, eq. 69).
+
+Compiled because theta is short and one evaluation of a small model takes a
+few microseconds: the optimiser's own arithmetic (an eigendecomposition of
+the n x n model Hessian per step, the BFGS update) must cost less than that,
+which numpy's per-call overhead does not allow.  The objective is a Python
+callable returning the criterion and its gradient.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from libc.math cimport sqrt, fabs, isfinite
+
+from _linalg cimport blas_int, syev_l
+
+cnp.import_array()
+
+
+cdef class _Work:
+    """Buffers of one run (n small)."""
+    cdef Py_ssize_t n
+    cdef double[::1] lam, gv, p, bs, y, x_new, work
+    cdef double[:, ::1] v      # eigenvectors, column-major in the C-ordered array's rows
+    cdef blas_int lwork
+
+    def __init__(self, Py_ssize_t n):
+        self.n = n
+        self.lam = np.empty(n)
+        self.gv = np.empty(n)
+        self.p = np.empty(n)
+        self.bs = np.empty(n)
+        self.y = np.empty(n)
+        self.x_new = np.empty(n)
+        self.v = np.empty((n, n))
+        self.lwork = <blas_int>max(3 * n, 1) * 8
+        self.work = np.empty(self.lwork)
+
+
+cdef double _norm(const double* a, Py_ssize_t n) noexcept nogil:
+    cdef double acc = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc += a[i] * a[i]
+    return sqrt(acc)
+
+
+cdef double _step_norm(const double* lam, const double* gv, Py_ssize_t n,
+                       double mu) noexcept nogil:
+    cdef double acc = 0.0, t
+    cdef Py_ssize_t i
+    for i in range(n):
+        t = gv[i] / (lam[i] + mu)
+        acc += t * t
+    return sqrt(acc)
+
+
+cdef int _trust_region_step(const double* g, const double* b, double radius,
+                            _Work w) noexcept nogil:
+    """w.p = argmin g'p + p'Bp/2 over ||p|| <= radius; 0, or LAPACK's info.
+
+    By B's eigendecomposition B = V diag(lam) V': the Newton step if B is
+    positive definite and the step fits, else p(mu) = -(B + mu I)^{-1} g with
+    mu >= max(0, -lam_min) such that ||p(mu)|| = radius (bisection); in the
+    hard case the step is completed along the lowest eigenvector.
+    """
+    cdef Py_ssize_t n = w.n, i, j, it
+    cdef double* v = &w.v[0, 0]
+    cdef double* lam = &w.lam[0]
+    cdef double* gv = &w.gv[0]
+    cdef double* p = &w.p[0]
+    cdef double lo, hi, mu, acc, rest, gnorm
+    cdef int info
+    for i in range(n * n):
+        v[i] = b[i]
+    info = syev_l(<blas_int>n, v, <blas_int>n, lam, &w.work[0], w.lwork)
+    if info != 0:
+        return info
+    # v is column-major: eigenvector j is v[j*n : (j+1)*n]
+    for j in range(n):
+        acc = 0.0
+        for i in range(n):
+            acc += v[i + j * n] * g[i]
+        gv[j] = acc
+    mu = 0.0
+    if lam[0] > 0 and _step_norm(lam, gv, n, 0.0) <= radius:
+        mu = 0.0
+    else:
+        lo = max(0.0, -lam[0]) + 1e-12 * max(1.0, fabs(lam[n - 1]))
+        gnorm = _norm(g, n)
+        hi = lo + gnorm / radius + fabs(lam[n - 1])
+        if _step_norm(lam, gv, n, lo) <= radius:
+            # hard case: the step at lo, completed along the lowest eigenvector
+            for i in range(n):
+                p[i] = 0.0
+                for j in range(n):
+                    p[i] -= v[i + j * n] * gv[j] / (lam[j] + lo)
+            rest = radius * radius - _norm(p, n) ** 2
+            rest = sqrt(rest) if rest > 0 else 0.0
+            for i in range(n):
+                p[i] += rest * v[i]
+            return 0
+        for it in range(200):
+            mu = 0.5 * (lo + hi)
+            if _step_norm(lam, gv, n, mu) > radius:
+                lo = mu
+            else:
+                hi = mu
+            if hi - lo <= 1e-12 * hi:
+                break
+        mu = hi
+    for i in range(n):
+        p[i] = 0.0
+        for j in range(n):
+            p[i] -= v[i + j * n] * gv[j] / (lam[j] + mu)
+    return 0
+
+
+def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
+             double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval):
+    """Trust-region quasi-Newton minimisation of ``fg(theta) -> (d, gradient)``.
+
+    Works on x = theta / ``scale``; ``hessian`` is B at the start in x (None:
+    diagonal, B_ii = 2 |g_i|).  Returns ``(theta, d, evaluations, code, B)``.
+    See ``lmmfast.optimize.quasi_newton`` for the method and the stopping rules.
+    """
+    cdef Py_ssize_t n = x0.shape[0], i, j, count = 0
+    cdef _Work w = _Work(n)
+    cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, fmax
+    cdef double gmax, t
+    cdef bint accepted
+    x_arr = np.asarray(x0, dtype=np.float64).copy()
+    theta_arr = np.empty(n)
+    g_arr = np.empty(n)
+    b_arr = np.empty((n, n))
+    cdef double[::1] x = x_arr
+    cdef double[::1] theta = theta_arr
+    cdef double[::1] g = g_arr
+    cdef double[:, ::1] b = b_arr
+    cdef double[::1] gn
+    cdef double* p = &w.p[0]
+    code = "MAXEVAL_REACHED"
+
+    for i in range(n):
+        theta[i] = x[i] * scale[i]
+    f, g_val = fg(theta_arr)
+    count += 1
+    gn = np.asarray(g_val, dtype=np.float64)
+    for i in range(n):
+        g[i] = gn[i] * scale[i]
+    if not isfinite(f):
+        return x_arr * np.asarray(scale), f, count, "FAILURE", None
+    if hessian is None:
+        fmax = 1e-8 * max(fabs(f), 1.0)
+        for i in range(n):
+            for j in range(n):
+                b[i, j] = 0.0
+            b[i, i] = max(2.0 * fabs(g[i]), fmax)
+    else:
+        b_arr[...] = hessian
+    radius = 0.5 * sqrt(<double>n)
+
+    while count < maxeval:
+        gmax = 0.0
+        for i in range(n):
+            t = fabs(g[i]) * max(fabs(x[i]), 1.0)
+            if t > gmax:
+                gmax = t
+        if gmax <= gtol * max(fabs(f), 1.0):
+            code = "SUCCESS"
+            break
+        if _trust_region_step(&g[0], &b[0, 0], radius, w) != 0:
+            code = "FAILURE"
+            break
+        predicted = 0.0
+        for i in range(n):
+            w.bs[i] = 0.0
+            for j in range(n):
+                w.bs[i] += b[i, j] * p[j]
+            predicted -= g[i] * p[i] + 0.5 * p[i] * w.bs[i]
+        norm = _norm(p, n)
+        if predicted <= 0.1 * ftol_rel * fabs(f) and radius > norm:
+            code = "FTOL_REACHED"   # the model's minimum is inside: nothing left to gain
+            break
+        for i in range(n):
+            w.x_new[i] = x[i] + p[i]
+            theta[i] = w.x_new[i] * scale[i]
+        f_new, g_val = fg(theta_arr)
+        count += 1
+        gn = np.asarray(g_val, dtype=np.float64)
+        actual = f - f_new if isfinite(f_new) else -1.0
+        ratio = actual / predicted if predicted > 0 else -1.0
+        if isfinite(f_new):
+            # damped BFGS update of B (positive definite even where d is not convex)
+            sbs = 0.0
+            sy = 0.0
+            for i in range(n):
+                w.y[i] = gn[i] * scale[i] - g[i]
+                sbs += p[i] * w.bs[i]
+                sy += p[i] * w.y[i]
+            if sbs > 0:
+                if sy < 0.2 * sbs:
+                    wt = 0.8 * sbs / (sbs - sy)
+                    for i in range(n):
+                        w.y[i] = wt * w.y[i] + (1.0 - wt) * w.bs[i]
+                    sy = 0.0
+                    for i in range(n):
+                        sy += p[i] * w.y[i]
+                for i in range(n):
+                    for j in range(n):
+                        b[i, j] += w.y[i] * w.y[j] / sy - w.bs[i] * w.bs[j] / sbs
+        if ratio < 0.25:
+            radius = 0.25 * norm
+        elif ratio > 0.75 and norm >= 0.99 * radius:
+            radius = 2.0 * radius
+        accepted = actual > 0 and ratio > 1e-4
+        if accepted:
+            t = 0.0
+            for i in range(n):
+                x[i] = w.x_new[i]
+                g[i] = gn[i] * scale[i]
+                t = max(t, fabs(p[i]))
+            f = f_new
+            if t <= xtol_abs:
+                code = "XTOL_REACHED"
+                break
+            if actual <= ftol_rel * fabs(f) and predicted <= 10 * ftol_rel * fabs(f):
+                code = "FTOL_REACHED"
+                break
+        elif radius <= xtol_abs:
+            code = "ROUNDOFF_LIMITED"
+            break
+    return x_arr * np.asarray(scale), f, count, code, b_arr

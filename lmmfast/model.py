@@ -169,13 +169,15 @@ class LinearMixedModel:
                     "observations: the random-effects parameters and the residual "
                     "variance are probably unidentifiable")
         if self.x is not None:   # rows at hand: the OLS residual by QR
-            sw = np.sqrt(self.weights) if self.weights is not None else np.ones(n)
-            xw, yw = self.x * sw[:, None], self._y_eff * sw
-            scale = np.max(np.abs(yw))
+            xyw = np.column_stack([self.x, self._y_eff])
+            if self.weights is not None:
+                xyw *= np.sqrt(self.weights)[:, None]
+            scale = np.max(np.abs(xyw[:, p]))
             if scale > 0:   # scaled, so that huge or tiny responses neither overflow nor underflow
-                xw, yw = xw / scale, yw / scale
-            resid = yw - xw @ np.linalg.lstsq(xw, yw, rcond=None)[0] if p else yw
-            exact = scale == 0 or np.linalg.norm(resid) <= 1e-10 * np.linalg.norm(yw)
+                xyw /= scale
+            # the last diagonal entry of R in [X y] = QR is the norm of y's residual on X
+            resid = abs(np.linalg.qr(xyw, mode="r")[p, p]) if p else np.linalg.norm(xyw[:, 0])
+            exact = scale == 0 or resid <= 1e-10 * np.linalg.norm(xyw[:, p])
         else:                    # only A: the OLS residual from the factor at theta = 0
             info = self._core.update(np.zeros(len(self.theta_names)))
             pwrss = self._core.components()[2] if info == 0 else 0.0

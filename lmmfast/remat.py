@@ -104,13 +104,12 @@ def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
     for fac in facs:
         codes = codes * len(fac.levels) + fac.codes
     present, refs = np.unique(codes, return_inverse=True)
-    labels = []
-    for c in present.tolist():
-        parts = []
-        for fac in reversed(facs):
-            c, r = divmod(c, len(fac.levels))
-            parts.append(fac.levels[r])
-        labels.append(":".join(reversed(parts)))
+    parts = []
+    rest = present
+    for fac in reversed(facs):
+        rest, r = np.divmod(rest, len(fac.levels))
+        parts.append(np.asarray(fac.levels, dtype=object)[r])
+    labels = [":".join(combo) for combo in zip(*reversed(parts))]
     return refs.astype(np.int64), labels
 
 

@@ -40,24 +40,22 @@ class XyMat:
 def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
     """Indices of the columns kept by a left-to-right QR with R's limited pivoting.
 
-    A column is dropped when its norm after projection on the kept columns is
+    A column is dropped when its norm after projection on the earlier columns is
     below ``tol`` times its original norm (LINPACK ``dqrdc2``, used by R's ``qr``).
+    That norm is |R_jj| of the QR decomposition without pivoting: a dropped
+    column lies in the span of the kept ones before it, so projecting on all
+    earlier columns is projecting on the kept ones.
     """
     n, p = x.shape
-    keep: list[int] = []
-    q = np.zeros((n, 0))
-    for j in range(p):
-        col = x[:, j].astype(np.float64)
-        norm0 = np.linalg.norm(col)
-        if norm0 == 0.0:
-            continue
-        r = col - q @ (q.T @ col)
-        r -= q @ (q.T @ r)  # second pass keeps the projection orthogonal
-        rn = np.linalg.norm(r)
-        if rn > tol * norm0:
-            keep.append(j)
-            q = np.column_stack([q, r / rn])
-    return np.array(keep, dtype=np.intp)
+    if p == 0:
+        return np.zeros(0, dtype=np.intp)
+    norms = np.linalg.norm(x, axis=0)
+    scale = np.where(norms > 0, norms, 1.0)
+    r = np.linalg.qr(x / scale, mode="r")     # columns at unit norm: |R_jj| is the ratio
+    diag = np.abs(np.diagonal(r))
+    if len(diag) < p:                          # fewer rows than columns
+        diag = np.concatenate([diag, np.zeros(p - len(diag))])
+    return np.flatnonzero((norms > 0) & (diag > tol)).astype(np.intp)
 
 
 def response_vector(resp: str, frame) -> np.ndarray:

@@ -38,7 +38,7 @@ from libc.math cimport fma, log, sqrt, M_PI, INFINITY, NAN
 from libc.string cimport memcpy, memset
 
 from _linalg cimport (blas_int, gemm_nt, gemm_nn, gemm_tn, symm_ll, syrk_n,
-                       trsm_rlt, trmm_lln, trmm_rln, trsv_lt, gemv_t, gemv_n,
+                       trsm_rlt, trsm_lln, trmm_lln, trmm_rln, trsv_lt, gemv_t, gemv_n,
                        potrf_l, lauum_l)
 
 cnp.import_array()
@@ -70,7 +70,25 @@ cdef inline void small_lt_a_l(const double* lam_s, Py_ssize_t ks,
     ``nrow * kt`` doubles.  With ``lam_s`` given, ``nrow == ks``.
     """
     cdef Py_ssize_t i, j, m
-    cdef double acc
+    cdef double acc, w00, w01, w10, w11, s0, s1
+    if kt == 2 and (lam_s == NULL or ks == 2):
+        # the loops below unrolled for k = 2, the same operations in the same order
+        if lam_s == NULL:
+            for i in range(nrow):
+                s0 = src[i]
+                s1 = src[i + ld_src]
+                dst[i] = 0.0 + s0 * lam_t[0] + s1 * lam_t[1]
+                dst[i + ld_dst] = 0.0 + s1 * lam_t[3]
+            return
+        w00 = 0.0 + src[0] * lam_t[0] + src[ld_src] * lam_t[1]
+        w10 = 0.0 + src[1] * lam_t[0] + src[1 + ld_src] * lam_t[1]
+        w01 = 0.0 + src[ld_src] * lam_t[3]
+        w11 = 0.0 + src[1 + ld_src] * lam_t[3]
+        dst[0] = 0.0 + lam_s[0] * w00 + lam_s[1] * w10
+        dst[1] = 0.0 + lam_s[3] * w10
+        dst[ld_dst] = 0.0 + lam_s[0] * w01 + lam_s[1] * w11
+        dst[1 + ld_dst] = 0.0 + lam_s[3] * w11
+        return
     # work = src * lam_t : column j = sum_{m >= j} src[:, m] * lam_t[m, j]
     for j in range(kt):
         for i in range(nrow):
@@ -128,6 +146,12 @@ cdef inline void small_rdiv_lt(double* b, Py_ssize_t ldb, Py_ssize_t m,
         for i in range(m):
             b[i + j * ldb] *= d
 
+
+cdef enum:
+    PANEL_BYTES = 524288   # columns of a dense block updated together by sparse loops
+
+cdef enum:
+    SKINNY_ROWS = 256      # up to this many rows below a dense L_tt: one left-side dtrsm
 
 cdef enum:
     SMALL_TRI = 64     # order up to which triangular inverses and products are plain loops
@@ -292,6 +316,8 @@ cdef class BlockedCholesky:
     cdef cnp.int64_t[::1] kind_a, kind_l, off_a, off_l, sp_cp, sp_ri
     cdef cnp.int64_t[::1] colptr, rowidx
     cdef double[::1] a, l, lam, work
+    cdef cnp.int64_t[::1] cursor
+    cdef double[::1] tbuf
     cdef cnp.int64_t[::1] lam_off
     cdef readonly int last_info
     # work arrays of ``gradient``, allocated on its first call
@@ -304,7 +330,7 @@ cdef class BlockedCholesky:
     def __init__(self, nlev, k, Py_ssize_t p1, kind_a, kind_l, off_a, off_l,
                  sp_colptr_off, sp_rowidx_off, colptr, rowidx, a,
                  Py_ssize_t n_l, double nobs, double log_det_w=0.0):
-        cdef Py_ssize_t t, nt, kmax = 1, maxrows
+        cdef Py_ssize_t t, nt, b, kmax = 1, maxrows
         self.nlev = np.ascontiguousarray(nlev, dtype=np.int64)
         self.k = np.ascontiguousarray(k, dtype=np.int64)
         nt = self.nlev.shape[0]
@@ -320,6 +346,18 @@ cdef class BlockedCholesky:
         self.colptr = np.ascontiguousarray(colptr, dtype=np.int64)
         if len(rowidx) == 0:
             rowidx = np.zeros(1, dtype=np.int64)
+        for t in range(nt):
+            b = bidx(t, 0)
+            if t > 0 and kind_l[b] == SPARSE:
+                # the sparse kernels rely on rows ascending within each column
+                cp = np.asarray(colptr[sp_colptr_off[b]:sp_colptr_off[b] + self.nlev[0] + 1])
+                starts = cp[:self.nlev[0]]
+                ri = np.asarray(rowidx[sp_rowidx_off[b]:sp_rowidx_off[b] + cp[self.nlev[0]]])
+                inner = np.ones(len(ri), dtype=bool)
+                inner[starts[starts < len(ri)]] = False
+                if len(ri) and not (np.diff(ri)[inner[1:]] > 0).all():
+                    raise ValueError(f"rowidx of block ({t}, 0) is not strictly "
+                                     "ascending within each column")
         self.rowidx = np.ascontiguousarray(rowidx, dtype=np.int64)
         if not (isinstance(a, np.ndarray) and a.dtype == np.float64
                 and a.flags.c_contiguous):
@@ -340,6 +378,13 @@ cdef class BlockedCholesky:
         self.lam = np.zeros(max(offs[nt], 1), dtype=np.float64)
         maxrows = max(p1, kmax)
         self.work = np.zeros(maxrows * kmax + kmax * kmax, dtype=np.float64)
+        nbuf = 1
+        for t in range(1, nt):
+            maxrows = sum(self.q[s] for s in range(t + 1, nt)) + p1
+            if maxrows <= SKINNY_ROWS:
+                nbuf = max(nbuf, maxrows * self.q[t])
+        self.tbuf = np.zeros(nbuf, dtype=np.float64)
+        self.cursor = np.zeros(max(self.nlev[0], 1) if nt > 0 else 1, dtype=np.int64)
         self.nobs = nobs
         self.log_det_w = log_det_w
         self.last_info = 0
@@ -411,8 +456,10 @@ cdef class BlockedCholesky:
                             for i in range(kt):
                                 dst[lev * kt * kt + i * (kt + 1)] += 1.0
                     else:
+                        # only the lower triangle is read (potrf, syrk, trsm)
                         ld = self.q[t]
-                        memset(dst, 0, ld * ld * sizeof(double))
+                        for i in range(ld):
+                            memset(dst + i * (ld + 1), 0, (ld - i) * sizeof(double))
                         for lev in range(nl_t):
                             small_lt_a_l(lam_t, kt, src + lev * kt * kt, kt, kt,
                                          lam_t, kt, dst + lev * kt * (ld + 1), ld,
@@ -438,14 +485,28 @@ cdef class BlockedCholesky:
 
     # ------------------------------------------------------ step 2: kernels
     cdef void _rank_update(self, Py_ssize_t t, Py_ssize_t r) noexcept nogil:
-        """L_tt -= L_tr L_tr^T (lower triangle; L_tt dense)."""
+        """L_tt -= L_tr L_tr^T (lower triangle; L_tt dense), eq. 15.
+
+        Sparse L_t0: every pair of entries e2 <= e1 of a column j adds to
+        element (row of e1, row of e2) of L_tt, the rows sorted ascending
+        within a column (``sparsity_pattern``), so e1's row is the larger.
+        The pairs are visited by panels of columns of L_tt of about
+        ``PANEL_BYTES`` (a per-level cursor marks where each column j of L_t0
+        resumes), so that the scattered updates stay in cache; within a panel
+        the inner loop runs down a column of L_tt.  Every element still
+        receives its updates in the order of j: the result is the same, bit
+        for bit, as column j by column j.
+        """
         cdef Py_ssize_t b = bidx(t, r), bt = bidx(t, t)
         cdef Py_ssize_t rows = self._rows(t), cols = self._rows(r)
-        cdef Py_ssize_t kt, kr, j, e1, e2, i1, i2, c0
+        cdef Py_ssize_t kt, kr, j, e1, e2, i2, c0, e_end, w, p0, p1, nlt
         cdef double* src = &self.l[self.off_l[b]]
         cdef double* dst = &self.l[self.off_l[bt]]
+        cdef double* col
         cdef const cnp.int64_t* ri
-        cdef double v1
+        cdef const cnp.int64_t* cp
+        cdef cnp.int64_t* cur = &self.cursor[0]
+        cdef double v2
         if self.kind_l[b] == DENSE:
             syrk_n(<blas_int>rows, <blas_int>cols, -1.0, src, <blas_int>rows,
                    1.0, dst, <blas_int>rows)
@@ -453,23 +514,45 @@ cdef class BlockedCholesky:
         # SPARSE (t, 0)
         kt = self.k[t]
         kr = self.k[r]
-        c0 = self.sp_cp[b]
+        cp = &self.colptr[self.sp_cp[b]]
         ri = &self.rowidx[self.sp_ri[b]]
-        if kt == 1 and kr == 1:
-            for j in range(self.nlev[r]):
-                for e1 in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
-                    i1 = ri[e1]
-                    v1 = src[e1]
-                    for e2 in range(self.colptr[c0 + j], e1 + 1):
-                        dst[i1 + ri[e2] * rows] -= v1 * src[e2]
-            return
+        nlt = self.nlev[t]
         for j in range(self.nlev[r]):
-            for e1 in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
-                i1 = self.rowidx[self.sp_ri[b] + e1]
-                for e2 in range(self.colptr[c0 + j], e1 + 1):
-                    i2 = self.rowidx[self.sp_ri[b] + e2]
-                    small_sub_abt(src + e1 * kt * kr, kt, src + e2 * kt * kr, kt,
-                                  kt, kt, kr, dst + i1 * kt + i2 * kt * rows, rows)
+            cur[j] = cp[j]
+        # panel width in levels of term t (columns of L_tt: w * kt)
+        w = PANEL_BYTES // (<Py_ssize_t>sizeof(double) * rows * kt)
+        if w < 1:
+            w = 1
+        p0 = 0
+        if kt == 1 and kr == 1:
+            while p0 < nlt:
+                p1 = p0 + w
+                for j in range(self.nlev[r]):
+                    e_end = cp[j + 1]
+                    e2 = cur[j]
+                    while e2 < e_end and ri[e2] < p1:
+                        col = dst + ri[e2] * rows
+                        v2 = src[e2]
+                        for e1 in range(e2, e_end):
+                            col[ri[e1]] -= src[e1] * v2
+                        e2 += 1
+                    cur[j] = e2
+                p0 = p1
+            return
+        while p0 < nlt:
+            p1 = p0 + w
+            for j in range(self.nlev[r]):
+                e_end = cp[j + 1]
+                e2 = cur[j]
+                while e2 < e_end and ri[e2] < p1:
+                    i2 = ri[e2]
+                    for e1 in range(e2, e_end):
+                        small_sub_abt(src + e1 * kt * kr, kt,
+                                      src + e2 * kt * kr, kt, kt, kt, kr,
+                                      dst + ri[e1] * kt + i2 * kt * rows, rows)
+                    e2 += 1
+                cur[j] = e2
+            p0 = p1
 
     cdef void _gemm_update(self, Py_ssize_t s, Py_ssize_t t,
                            Py_ssize_t r) noexcept nogil:
@@ -480,6 +563,7 @@ cdef class BlockedCholesky:
         cdef Py_ssize_t ks = self._kk(s), kt = self._kk(t), kr = self.k[r]
         cdef Py_ssize_t j, ea, eb, ia, ib, ca, cb
         cdef double va, vb
+        cdef double* col
         cdef double* pa = &self.l[self.off_l[ba]]
         cdef double* pb = &self.l[self.off_l[bb]]
         cdef double* pc = &self.l[self.off_l[bc]]
@@ -493,12 +577,13 @@ cdef class BlockedCholesky:
         ca = self.sp_cp[ba]
         cb = self.sp_cp[bb]
         if ks == 1 and kt == 1 and kr == 1 and sa and sb:
+            # column ib of L_st outer, its rows ia inner (one update per element and j)
             for j in range(self.nlev[r]):
-                for ea in range(self.colptr[ca + j], self.colptr[ca + j + 1]):
-                    ia = self.rowidx[self.sp_ri[ba] + ea]
-                    va = pa[ea]
-                    for eb in range(self.colptr[cb + j], self.colptr[cb + j + 1]):
-                        pc[ia + self.rowidx[self.sp_ri[bb] + eb] * rows_s] -= va * pb[eb]
+                for eb in range(self.colptr[cb + j], self.colptr[cb + j + 1]):
+                    col = pc + self.rowidx[self.sp_ri[bb] + eb] * rows_s
+                    vb = pb[eb]
+                    for ea in range(self.colptr[ca + j], self.colptr[ca + j + 1]):
+                        col[self.rowidx[self.sp_ri[ba] + ea]] -= pa[ea] * vb
             return
         if kt == 1 and kr == 1 and sb and not sa:
             for j in range(self.nlev[r]):
@@ -510,10 +595,10 @@ cdef class BlockedCholesky:
             return
         for j in range(self.nlev[r]):
             if sa and sb:
-                for ea in range(self.colptr[ca + j], self.colptr[ca + j + 1]):
-                    ia = self.rowidx[self.sp_ri[ba] + ea]
-                    for eb in range(self.colptr[cb + j], self.colptr[cb + j + 1]):
-                        ib = self.rowidx[self.sp_ri[bb] + eb]
+                for eb in range(self.colptr[cb + j], self.colptr[cb + j + 1]):
+                    ib = self.rowidx[self.sp_ri[bb] + eb]
+                    for ea in range(self.colptr[ca + j], self.colptr[ca + j + 1]):
+                        ia = self.rowidx[self.sp_ri[ba] + ea]
                         small_sub_abt(pa + ea * ks * kr, ks, pb + eb * kt * kr, kt,
                                       ks, kt, kr,
                                       pc + ia * ks + ib * kt * rows_s, rows_s)
@@ -550,10 +635,48 @@ cdef class BlockedCholesky:
             for j in range(self.nlev[t]):
                 small_rdiv_lt(pb + j * kt * rows, rows, rows, pl + j * kt * kt, kt)
 
+    cdef void _rdiv_dense(self, Py_ssize_t t) noexcept nogil:
+        """L_st <- L_st L_tt^{-T} for all s > t, L_tt dense (eq. 15).
+
+        With few rows below L_tt (at most ``SKINNY_ROWS``), the blocks are
+        copied transposed, side by side, into one q_t x rows matrix and solved
+        by one left-side dtrsm, L_tt^{-1} [L_st^T ...]: OpenBLAS's right-side
+        dtrsm with a few rows was measured at about half the speed.
+        """
+        cdef Py_ssize_t T = self.n_terms, s, c, i, rows_s, qt = self.q[t], tot = 0
+        cdef double* pl = &self.l[self.off_l[bidx(t, t)]]
+        cdef double* wb = &self.tbuf[0]
+        cdef double* pb
+        for s in range(t + 1, T + 1):
+            tot += self._rows(s)
+        if tot > SKINNY_ROWS:
+            for s in range(t + 1, T + 1):
+                self._rdiv(s, t)
+            return
+        tot = 0
+        for s in range(t + 1, T + 1):
+            rows_s = self._rows(s)
+            pb = &self.l[self.off_l[bidx(s, t)]]
+            for c in range(qt):
+                for i in range(rows_s):
+                    wb[c + (tot + i) * qt] = pb[i + c * rows_s]
+            tot += rows_s
+        trsm_lln(<blas_int>qt, <blas_int>tot, pl, <blas_int>qt, wb, <blas_int>qt)
+        tot = 0
+        for s in range(t + 1, T + 1):
+            rows_s = self._rows(s)
+            pb = &self.l[self.off_l[bidx(s, t)]]
+            for c in range(qt):
+                for i in range(rows_s):
+                    pb[i + c * rows_s] = wb[c + (tot + i) * qt]
+            tot += rows_s
+
     cdef int _chol_diag(self, Py_ssize_t t) noexcept nogil:
         """Cholesky factor of diagonal block t in place; LAPACK info (0 = success)."""
         cdef Py_ssize_t b = bidx(t, t), lev, kt, n
         cdef double* p = &self.l[self.off_l[b]]
+        cdef double* q
+        cdef double d, l10
         cdef int info
         if self.kind_l[b] == BLOCKDIAG:
             kt = self.k[t]
@@ -562,6 +685,23 @@ cdef class BlockedCholesky:
                     if not p[lev] > 0.0:
                         return <int>(lev + 1)
                     p[lev] = sqrt(p[lev])
+                return 0
+            if kt == 2:
+                # dpotf2's operations for k = 2 (a scaling by the reciprocal),
+                # without a LAPACK call per level
+                for lev in range(self.nlev[t]):
+                    q = p + lev * 4
+                    d = q[0]
+                    if not d > 0.0:
+                        return 1
+                    d = sqrt(d)
+                    q[0] = d
+                    l10 = q[1] * (1.0 / d)
+                    q[1] = l10
+                    d = q[3] - l10 * l10
+                    if not d > 0.0:
+                        return 2
+                    q[3] = sqrt(d)
                 return 0
             for lev in range(self.nlev[t]):
                 info = potrf_l(<blas_int>kt, p + lev * kt * kt, <blas_int>kt)
@@ -589,8 +729,11 @@ cdef class BlockedCholesky:
                     self.l[self.off_l[bidx(T, T)] + self.p1 * self.p1 - 1] = 0.0
                     return 0
                 return -(<int>t + 1) if t < T else info
-            for s in range(t + 1, T + 1):
-                self._rdiv(s, t)
+            if self.kind_l[bidx(t, t)] == DENSE:
+                self._rdiv_dense(t)
+            else:
+                for s in range(t + 1, T + 1):
+                    self._rdiv(s, t)
         return 0
 
     # ------------------------------------------------------------ the criteria

@@ -48,6 +48,19 @@ cdef inline void trsm_rlt(blas_int m, blas_int n, const double* l, blas_int ldl,
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
 
 
+cdef inline void trsm_lln(blas_int m, blas_int n, const double* l, blas_int ldl,
+                          double* b, blas_int ldb) noexcept nogil:
+    """B <- L^{-1} B for lower-triangular L (m x m), B: m x n."""
+    cdef char side = b'L'
+    cdef char uplo = b'L'
+    cdef char ta = b'N'
+    cdef char diag = b'N'
+    cdef double one = 1.0
+    if m == 0 or n == 0:
+        return
+    blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
+
+
 cdef inline void trsv_lt(blas_int n, const double* l, blas_int ldl,
                          double* x) noexcept nogil:
     """x <- L^{-T} x for lower-triangular L (n x n)."""

@@ -291,8 +291,7 @@ class LinearMixedModel:
         """
         scale = self._scale
         # default start: lambda = I on the natural scale of each covariate
-        init = np.concatenate([r.theta_init() for r in self.remats]) * scale \
-            if start is None else np.asarray(start, dtype=np.float64)
+        init = self._default_start if start is None else np.asarray(start, dtype=np.float64)
         if init.shape != self.lower_bounds.shape or (init < self.lower_bounds).any():
             raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                              "the lower bounds")
@@ -359,36 +358,45 @@ class LinearMixedModel:
         self._set_theta(theta)
         return self
 
-    def _off_zero_columns(self, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        """theta with the diagonal element of each all-zero column of lambda set to
-        0.1 on its natural scale."""
-        theta = np.array(theta, dtype=np.float64)
+    @cached_property
+    def _columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each column of each lambda: the position of its diagonal entry in
+        theta, and the column (in the same order) of every entry of theta."""
+        diag, column = [], []
         pos = 0
         for r in self.remats:
             for j in range(r.k):
-                length = r.k - j
-                if not np.any(theta[pos:pos + length]):
-                    theta[pos] = 0.1 * scale[pos]
-                pos += length
+                diag.append(pos)
+                column.extend([len(diag) - 1] * (r.k - j))
+                pos += r.k - j
+        return np.array(diag, dtype=np.intp), np.array(column, dtype=np.intp)
+
+    @cached_property
+    def _default_start(self) -> np.ndarray:
+        return np.concatenate([r.theta_init() for r in self.remats]) * self._scale
+
+    def _off_zero_columns(self, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """theta with the diagonal element of each all-zero column of lambda set to
+        0.1 on its natural scale."""
+        diag, column = self._columns
+        nonzero = np.zeros(len(diag), dtype=bool)
+        np.logical_or.at(nonzero, column, theta != 0)
+        if nonzero.all():
+            return theta
+        theta = np.array(theta, dtype=np.float64)
+        theta[diag[~nonzero]] = 0.1 * scale[diag[~nonzero]]
         return theta
 
-    def _canonical_theta(self, theta: np.ndarray) -> np.ndarray:
+    def _canonical_theta(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """theta with every column of each lambda whose diagonal is negative negated,
         and the signs applied (+1 or -1 per element).
 
         lambda lambda^T, hence the criterion, is unchanged; the result meets
         the bounds of eq. 24.
         """
-        theta = np.array(theta, dtype=np.float64)
-        signs = np.ones(len(theta))
-        pos = 0
-        for r in self.remats:
-            for j in range(r.k):
-                length = r.k - j   # entries (j..k-1, j) of the column
-                if theta[pos] < 0:
-                    signs[pos:pos + length] = -1.0
-                pos += length
-        return theta * signs, signs
+        diag, column = self._columns
+        signs = np.where(theta[diag] < 0, -1.0, 1.0)[column]
+        return np.asarray(theta, dtype=np.float64) * signs, signs
 
     def _exact_fit(self) -> bool:
         """Whether W^(1/2)(y - offset) lies in the span of W^(1/2)[X Z] (sigma-hat -> 0).
@@ -472,14 +480,21 @@ class LinearMixedModel:
         u = self._core.solve_u(np.ascontiguousarray(beta))
         ld_l2, ld_rx2, pwrss = self._core.components()
         # u in internal order -> per term, lme4 order; b = lambda u per level
-        inner = [self.remats[i] for i in self._internal]
-        sizes = np.cumsum([0] + [r.q for r in inner])
-        u_terms = {i: u[sizes[j]:sizes[j + 1]] for j, i in enumerate(self._internal)}
-        theta_split = np.split(self._theta, np.cumsum([r.n_theta for r in self.remats])[:-1])
-        b_terms = []
+        u_terms, b_terms = {}, []
+        start = 0
+        for i in self._internal:
+            q = self.remats[i].q
+            u_terms[i] = u[start:start + q]
+            start += q
+        pos = 0
         for i, r in enumerate(self.remats):
-            lam = r.lambda_(theta_split[i])
-            b_terms.append(u_terms[i].reshape(r.nlevels, r.k) @ lam.T)
+            ui = u_terms[i]
+            if r.k == 1:
+                b_terms.append(ui.reshape(r.nlevels, 1) * self._theta[pos])
+            else:
+                lam = r.lambda_(self._theta[pos:pos + r.n_theta])
+                b_terms.append(ui.reshape(r.nlevels, r.k) @ lam.T)
+            pos += r.n_theta
         return dict(beta=beta, rx=rx, u=u_terms, b=b_terms, ld_l2=ld_l2,
                     ld_rx2=ld_rx2, pwrss=pwrss)
 

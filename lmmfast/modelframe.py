@@ -133,11 +133,11 @@ def _category_codes(cat) -> tuple[np.ndarray, list[str], bool]:
     """Codes and labels of a Categorical, unused categories dropped; and whether it
     is already an R-style factor (string categories, all used, unordered)."""
     codes = np.asarray(cat.codes).astype(np.int64)
-    cats = cat.categories
-    used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
-    labels = [str(c) for c in cats]
+    raw = cat.categories.to_numpy(dtype=object).tolist()
+    labels = [c if type(c) is str else str(c) for c in raw]
+    used = np.bincount(codes[codes >= 0], minlength=len(raw)) > 0
     if used.all():
-        return codes, labels, (not cat.ordered and list(cats) == labels)
+        return codes, labels, (not cat.ordered and all(type(c) is str for c in raw))
     remap = np.cumsum(used) - 1
     codes = np.where(codes >= 0, remap[codes], -1)
     return codes, [lab for lab, u in zip(labels, used) if u], False
@@ -261,8 +261,8 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
     if len(data) == 0:
         raise DataError("the data frame has no rows")
     needed = used_columns(parsed, data.columns)
-
-    resp = data[parsed.response] if parsed.response in needed else None
+    columns = {name: data[name] for name in needed}
+    resp = columns.get(parsed.response)
     if resp is not None and (not pd.api.types.is_numeric_dtype(resp.dtype)
                              or resp.dtype.kind in "bc"):
         raise DataError(f"response {parsed.response!r} must be numeric, got dtype {resp.dtype}")
@@ -272,8 +272,7 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
     raw: dict = {}
     rows_bad = None
     na_cols = []
-    for name in needed:
-        col = data[name]
+    for name, col in columns.items():
         if isinstance(col.dtype, pd.CategoricalDtype):
             values = col.array
             bad = np.asarray(values.codes) < 0

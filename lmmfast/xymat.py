@@ -49,10 +49,10 @@ def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
     n, p = x.shape
     if p == 0:
         return np.zeros(0, dtype=np.intp)
-    norms = np.linalg.norm(x, axis=0)
+    norms = np.sqrt(np.einsum("ij,ij->j", x, x))
     scale = np.where(norms > 0, norms, 1.0)
-    r = np.linalg.qr(x / scale, mode="r")     # columns at unit norm: |R_jj| is the ratio
-    diag = np.abs(np.diagonal(r))
+    # columns at unit norm, so |R_jj| is the ratio; "raw" holds R's diagonal as is
+    diag = np.abs(np.diagonal(np.linalg.qr(x / scale, mode="raw")[0]))
     if len(diag) < p:                          # fewer rows than columns
         diag = np.concatenate([diag, np.zeros(p - len(diag))])
     return np.flatnonzero((norms > 0) & (diag > tol)).astype(np.intp)

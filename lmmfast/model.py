@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import blocks
 from ._cholesky import BlockedCholesky
+from ._trust_region import CoreObjective
 from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
 from .modelframe import Factor, model_frame
@@ -300,24 +301,16 @@ class LinearMixedModel:
         perm = self._theta_perm
         reml = self.reml
         buf = np.empty(len(init))
-        grad_internal = np.empty(len(init))
-        grad = np.empty(len(init))
 
         def objective(theta):
             buf[:] = theta[perm]
             return core.objective(buf, reml)
 
-        def objective_gradient(theta):
-            buf[:] = theta[perm]
-            value = core.gradient(buf, reml, grad_internal)
-            grad[perm] = grad_internal
-            return value, grad
-
         if summary.optimizer == "quasi-newton":
             # a column of lambda that is entirely zero is a stationary point of the
             # criterion (eq. 69): start such columns off it
             summary.initial = self._off_zero_columns(init, scale)
-            quasi_newton(objective_gradient, summary, scale=scale)
+            quasi_newton(CoreObjective(core, reml, perm), summary, scale=scale)
             summary.final, signs = self._canonical_theta(summary.final)
             if summary.hessian is not None:
                 summary.hessian = summary.hessian * np.outer(signs, signs)

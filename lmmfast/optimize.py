@@ -126,6 +126,8 @@ def bobyqa(objective, summary: OptSummary, max_restarts: int = 3,
 def quasi_newton(fg, summary: OptSummary, scale: np.ndarray | None = None) -> OptSummary:
     """Minimise ``fg(theta) -> (d, gradient)`` from ``summary.initial`` (eq. 69).
 
+    ``fg`` is a Python callable or a ``lmmfast._trust_region.CoreObjective``.
+
     A trust-region quasi-Newton method (its loop is compiled: ``_trust_region``):
     each step minimises the quadratic model g'p + p'Bp/2 within ||p|| <= radius
     (by B's eigendecomposition); B is updated by the damped BFGS formula

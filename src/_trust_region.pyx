@@ -5,7 +5,8 @@ Compiled because theta is short and one evaluation of a small model takes a
 few microseconds: the optimiser's own arithmetic (an eigendecomposition of
 the n x n model Hessian per step, the BFGS update) must cost less than that,
 which numpy's per-call overhead does not allow.  The objective is a Python
-callable returning the criterion and its gradient.
+callable returning the criterion and its gradient, or a ``CoreObjective`` that
+calls the compiled core directly.
 """
 
 import numpy as np
@@ -15,6 +16,46 @@ from libc.math cimport sqrt, fabs, isfinite
 from _linalg cimport blas_int, syev_l
 
 cnp.import_array()
+
+
+cdef class CoreObjective:
+    """The criterion and gradient of a ``BlockedCholesky`` (eqs. 18, 20, 66) as the
+    objective of ``minimize``, theta given in lme4's order and permuted to the
+    core's internal order here, without a Python function per evaluation.
+    """
+    cdef object core
+    cdef bint reml
+    cdef Py_ssize_t[::1] perm
+    cdef double[::1] theta_in, grad_in
+
+    def __init__(self, core, bint reml, perm):
+        self.core = core
+        self.reml = reml
+        self.perm = np.ascontiguousarray(perm, dtype=np.intp)
+        self.theta_in = np.empty(len(perm))
+        self.grad_in = np.empty(len(perm))
+
+    cdef double evaluate(self, const double[::1] theta, double[::1] grad) except? -1.0:
+        cdef Py_ssize_t i, n = self.perm.shape[0]
+        cdef double f
+        for i in range(n):
+            self.theta_in[i] = theta[self.perm[i]]
+        f = self.core.gradient(self.theta_in, self.reml, self.grad_in)
+        for i in range(n):
+            grad[self.perm[i]] = self.grad_in[i]
+        return f
+
+
+cdef double _evaluate(object fg, const double[::1] theta, double[::1] grad) except? -1.0:
+    """d(theta) into the return value and its gradient into ``grad``."""
+    cdef double f
+    cdef double[::1] g
+    if isinstance(fg, CoreObjective):
+        return (<CoreObjective>fg).evaluate(theta, grad)
+    f, g_val = fg(np.asarray(theta))
+    g = np.asarray(g_val, dtype=np.float64)
+    grad[:] = g
+    return f
 
 
 cdef class _Work:
@@ -118,7 +159,8 @@ cdef int _trust_region_step(const double* g, const double* b, double radius,
 
 def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
              double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval):
-    """Trust-region quasi-Newton minimisation of ``fg(theta) -> (d, gradient)``.
+    """Trust-region quasi-Newton minimisation of ``fg(theta) -> (d, gradient)``
+    (a Python callable, or a ``CoreObjective``).
 
     Works on x = theta / ``scale``; ``hessian`` is B at the start in x (None:
     diagonal, B_ii = 2 |g_i|).  Returns ``(theta, d, evaluations, code, B)``.
@@ -137,15 +179,14 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     cdef double[::1] theta = theta_arr
     cdef double[::1] g = g_arr
     cdef double[:, ::1] b = b_arr
-    cdef double[::1] gn
+    cdef double[::1] gn = np.empty(n)
     cdef double* p = &w.p[0]
     code = "MAXEVAL_REACHED"
 
     for i in range(n):
         theta[i] = x[i] * scale[i]
-    f, g_val = fg(theta_arr)
+    f = _evaluate(fg, theta, gn)
     count += 1
-    gn = np.asarray(g_val, dtype=np.float64)
     for i in range(n):
         g[i] = gn[i] * scale[i]
     if not isfinite(f):
@@ -185,9 +226,8 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
         for i in range(n):
             w.x_new[i] = x[i] + p[i]
             theta[i] = w.x_new[i] * scale[i]
-        f_new, g_val = fg(theta_arr)
+        f_new = _evaluate(fg, theta, gn)
         count += 1
-        gn = np.asarray(g_val, dtype=np.float64)
         actual = f - f_new if isfinite(f_new) else -1.0
         ratio = actual / predicted if predicted > 0 else -1.0
         if isfinite(f_new):

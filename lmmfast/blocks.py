@@ -13,6 +13,8 @@ does not depend on how the rows were split into chunks or partitions
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,26 +193,43 @@ def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
 
 def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarray],
                   x: np.ndarray, y: np.ndarray, sqrt_w: np.ndarray | None = None,
-                  chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+                  chunk_rows: int = CHUNK_ROWS, workers: int | None = None) -> np.ndarray:
     """A = [Z X y]^T W [Z X y] as a flat array, summed over chunks of rows (eq. 12).
 
     Accumulated in double-double and rounded once: the same doubles as any other
     split of the rows into pieces whose double-double partial sums are merged.
+    So the chunks are shared among ``workers`` threads (default: one per core,
+    from two chunks on; the kernels release the GIL), each with its own
+    accumulator, merged at the end.
     """
-    acc = np.zeros((max(layout.n_a, 1), 2))
     n = len(y)
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
-        xy = np.empty((stop - start, layout.p1))
-        xy[:, :-1] = x[start:stop]
-        xy[:, -1] = y[start:stop]
-        zc = [zz[start:stop] for zz in z]
-        if sqrt_w is not None:
-            sw = sqrt_w[start:stop, None]
-            xy *= sw
-            zc = [np.ascontiguousarray(zz * sw) for zz in zc]
-        accumulate(layout, acc, [r[start:stop] for r in refs], zc, xy)
-    return _crossprod.dd_round(acc)
+    starts = list(range(0, n, chunk_rows))
+    if workers is None:
+        workers = min(os.cpu_count() or 1, len(starts))
+    workers = max(1, min(workers, len(starts)))
+
+    def accumulate_rows(first: int) -> np.ndarray:
+        acc = np.zeros((max(layout.n_a, 1), 2))
+        for start in starts[first::workers]:
+            stop = min(n, start + chunk_rows)
+            xy = np.empty((stop - start, layout.p1))
+            xy[:, :-1] = x[start:stop]
+            xy[:, -1] = y[start:stop]
+            zc = [zz[start:stop] for zz in z]
+            if sqrt_w is not None:
+                sw = sqrt_w[start:stop, None]
+                xy *= sw
+                zc = [np.ascontiguousarray(zz * sw) for zz in zc]
+            accumulate(layout, acc, [r[start:stop] for r in refs], zc, xy)
+        return acc
+
+    if workers == 1:
+        return _crossprod.dd_round(accumulate_rows(0))
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(accumulate_rows, range(workers)))
+    for other in parts[1:]:
+        _crossprod.dd_merge(parts[0], other)
+    return _crossprod.dd_round(parts[0])
 
 
 def dd_sum(values: np.ndarray) -> float:

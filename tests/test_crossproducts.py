@@ -58,3 +58,19 @@ def test_fit_from_crossproducts_equals_in_memory(dataset, formula, reml):
     assert reduced.varcorr.grp.tolist() == full.varcorr.grp.tolist()
     with pytest.raises(Exception):
         reduced.fitted  # no rows: row-level results are not available
+
+
+@pytest.mark.parametrize("dataset,formula", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_threads_give_the_same_doubles(dataset, formula, weighted):
+    """Chunks shared among threads, each accumulating in double-double, give A
+    bit for bit as one thread does."""
+    model = LinearMixedModel(formula, lmmfast.datasets.load(dataset))
+    inner = [model.remats[i] for i in model._internal]
+    sqrt_w = np.sqrt(np.linspace(0.5, 2.0, model.nobs)) if weighted else None
+    args = (model._layout, [r.refs for r in inner], [r.z for r in inner], model.x,
+            model._y_eff, sqrt_w)
+    one = blocks.crossproducts(*args, chunk_rows=37, workers=1)
+    for workers in (2, 3):
+        np.testing.assert_array_equal(
+            blocks.crossproducts(*args, chunk_rows=37, workers=workers), one)

@@ -31,6 +31,7 @@ __all__ = ["LinearMixedModel", "lmer"]
 
 SINGULAR_TOL = 1e-4   # lme4's isSingular() tolerance on the diagonal of lambda
 BOUNDARY_TOL = 1e-5   # diagonal theta below this is also tried at exactly 0
+EAGER_SOLVE_MIN = 100_000   # entries of L above which results are solved when theta is set
 STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks (streaming.py)
 
 
@@ -302,15 +303,20 @@ class LinearMixedModel:
         reml = self.reml
         buf = np.empty(len(init))
 
+        last = [None]   # theta (internal order) of the factor the core holds
+
         def objective(theta):
             buf[:] = theta[perm]
+            last[0] = buf
             return core.objective(buf, reml)
 
         if summary.optimizer == "quasi-newton":
             # a column of lambda that is entirely zero is a stationary point of the
             # criterion (eq. 69): start such columns off it
             summary.initial = self._off_zero_columns(init, scale)
-            quasi_newton(CoreObjective(core, reml, perm), summary, scale=scale)
+            evaluator = CoreObjective(core, reml, perm)
+            quasi_newton(evaluator, summary, scale=scale)
+            last[0] = evaluator.last_theta
             summary.final, signs = self._canonical_theta(summary.final)
             if summary.hessian is not None:
                 summary.hessian = summary.hessian * np.outer(signs, signs)
@@ -348,7 +354,8 @@ class LinearMixedModel:
             warnings.warn(f"the optimiser stopped with {summary.return_code} after "
                           f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
         self.optsum = summary
-        self._set_theta(theta)
+        self._set_theta(theta, factored=last[0] is not None
+                        and np.array_equal(last[0], self._to_internal(theta)))
         return self
 
     @cached_property
@@ -439,15 +446,18 @@ class LinearMixedModel:
             out.append(np.array([1.0 / rms[i] for j in range(r.k) for i in range(j, r.k)]))
         return np.concatenate(out)
 
-    def _set_theta(self, theta: np.ndarray) -> None:
-        """Update the factor at theta and clear every result derived from it."""
-        info = self._core.update(self._to_internal(theta))
+    def _set_theta(self, theta: np.ndarray, factored: bool = False) -> None:
+        """Update the factor at theta (unless ``factored``: it is already there) and
+        clear every result derived from it."""
+        info = 0 if factored else self._core.update(self._to_internal(theta))
         if info != 0:
             raise FitError(f"the Cholesky factor failed at theta = {theta} (info {info})")
         self._theta = theta
         for name in ("vcov", "varcorr", "fitted", "residuals"):
             self.__dict__.pop(name, None)
         self._solution_cache = None
+        if self._layout.n_l > EAGER_SOLVE_MIN:   # while the factor is at hand
+            self._solution_cache = self._solve()
 
     @property
     def _solution(self) -> dict:

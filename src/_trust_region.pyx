@@ -32,8 +32,13 @@ cdef class CoreObjective:
         self.core = core
         self.reml = reml
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
-        self.theta_in = np.empty(len(perm))
+        self.theta_in = np.full(len(perm), np.nan)
         self.grad_in = np.empty(len(perm))
+
+    @property
+    def last_theta(self):
+        """The core's theta (internal order) at the last evaluation: its factor's."""
+        return np.array(self.theta_in)
 
     cdef double evaluate(self, const double[::1] theta, double[::1] grad) except? -1.0:
         cdef Py_ssize_t i, n = self.perm.shape[0]

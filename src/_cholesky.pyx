@@ -33,6 +33,7 @@ does not change under the factorisation because L_00 is block-diagonal.
 """
 
 import numpy as np
+cimport cython
 cimport numpy as cnp
 from libc.math cimport fma, log, sqrt, M_PI, INFINITY, NAN
 from libc.string cimport memcpy, memset
@@ -149,6 +150,9 @@ cdef inline void small_rdiv_lt(double* b, Py_ssize_t ldb, Py_ssize_t m,
 
 cdef enum:
     PANEL_BYTES = 524288   # columns of a dense block updated together by sparse loops
+
+cdef enum:
+    SEL_PANEL_BYTES = 1048576   # columns of Sigma_tr visited together by the selected inverse
 
 cdef enum:
     SKINNY_ROWS = 256      # up to this many rows below a dense L_tt: one left-side dtrsm
@@ -283,6 +287,7 @@ cdef inline void small_add_a_lam_bt(const double* a, Py_ssize_t lda,
             kmat[i + i2 * m] += acc
 
 
+@cython.final
 cdef class BlockedCholesky:
     """The blocked factor L(theta) and the profiled (RE)ML criteria computed from it.
 
@@ -320,12 +325,15 @@ cdef class BlockedCholesky:
     cdef double[::1] tbuf
     cdef cnp.int64_t[::1] lam_off
     cdef readonly int last_info
+    cdef public Py_ssize_t sel_panel_columns   # > 0: panel width of _selected_inverse (tests)
     # work arrays of ``gradient``, allocated on its first call
     cdef bint g_ready
-    cdef double[::1] g_dinv, g_sel, g_lv, g_yv, g_u, g_v, g_b, g_beta, g_kmat
+    cdef double[::1] g_dinv, g_sel, g_u, g_v, g_b, g_beta, g_kmat
     cdef double[::1] g_small
     cdef cnp.int64_t[::1] g_troff, g_seloff, g_uoff, g_idx, g_lbase, g_sbase
     cdef cnp.int64_t[::1] g_stride
+    cdef cnp.int64_t[::1] g_goff, g_pns, g_pidx
+    cdef double[::1] g_plv, g_pyv
 
     def __init__(self, nlev, k, Py_ssize_t p1, kind_a, kind_l, off_a, off_l,
                  sp_colptr_off, sp_rowidx_off, colptr, rowidx, a,
@@ -388,6 +396,7 @@ cdef class BlockedCholesky:
         self.nobs = nobs
         self.log_det_w = log_det_w
         self.last_info = 0
+        self.sel_panel_columns = 0
         self.g_ready = False
 
     # ------------------------------------------------------------------ sizes
@@ -964,8 +973,14 @@ cdef class BlockedCholesky:
         self.g_lbase = np.zeros(maxrows, dtype=np.int64)
         self.g_sbase = np.zeros(maxrows, dtype=np.int64)
         self.g_stride = np.zeros(maxrows, dtype=np.int64)
-        self.g_lv = np.zeros(maxrows * k0, dtype=np.float64)
-        self.g_yv = np.zeros(maxrows * k0, dtype=np.float64)
+        # the rows of every level of term 0, for the panels of step 3 of
+        # ``_selected_inverse`` (sized for REML)
+        size = max(int(sparse_rows.sum()) + g0 * n_dense, 1)
+        self.g_goff = np.zeros(g0 + 1, dtype=np.int64)
+        self.g_pns = np.zeros(max(g0, 1), dtype=np.int64)
+        self.g_pidx = np.zeros(size, dtype=np.int64)
+        self.g_plv = np.zeros(size * k0, dtype=np.float64)
+        self.g_pyv = np.zeros(size * k0, dtype=np.float64)
         self.g_u = np.zeros(max(uoff[T], 1), dtype=np.float64)
         self.g_v = np.zeros(max(uoff[T], 1), dtype=np.float64)
         self.g_b = np.zeros(max(uoff[T], 1), dtype=np.float64)
@@ -983,31 +998,20 @@ cdef class BlockedCholesky:
         (lower triangle).  Block column 0 follows level by level from the
         recurrence (eq. 67): Sigma_00[j, j] and Sigma_s0 on the pattern of
         L_s0, in ``g_sel``.  Products of dense rows with dense rows are done
-        for all levels at once (BLAS), the rest per level.
+        for all levels at once (BLAS), the rest per level, by panels of
+        columns of Sigma_tr (``_sel_levels``).
         """
         cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1
         cdef Py_ssize_t nseg = T + 1 if (reml and p > 0) else T
-        cdef Py_ssize_t k0 = self.k[0], g0 = self.nlev[0], q0 = self.q[0]
-        cdef Py_ssize_t n, s, t, sb, c, r, r0, rows_s, rows_t, ld_s, ld_b
-        cdef Py_ssize_t j, e, lev, m, m2, mtot, ns, d, d2, b, c0, ks, im
+        cdef Py_ssize_t g0 = self.nlev[0], q0 = self.q[0]
+        cdef Py_ssize_t n, s, t, sb, c, r0, rows_s, rows_t, ld_s, ld_b, w
         cdef const cnp.int64_t* troff = &self.g_troff[0]
         cdef const cnp.int64_t* seloff = &self.g_seloff[0]
-        cdef cnp.int64_t* idx = &self.g_idx[0]
-        cdef cnp.int64_t* lbase = &self.g_lbase[0]
-        cdef cnp.int64_t* sbase = &self.g_sbase[0]
-        cdef cnp.int64_t* stride = &self.g_stride[0]
         cdef double* dinv = &self.g_dinv[0]
         cdef double* sel = &self.g_sel[0]
-        cdef double* lv = &self.g_lv[0]
-        cdef double* yv = &self.g_yv[0]
-        cdef double* linv = &self.g_small[0]
-        cdef double* cm = linv + k0 * k0
-        cdef double* tmp = cm + k0 * k0
         cdef const double* l = &self.l[0]
-        cdef const double* l00 = &self.l[self.off_l[0]]
         cdef const double* src
         cdef double* dst
-        cdef double acc, sv
         cdef int info
         n = troff[T] + (p if nseg > T else 0)
         # 1. dense inverse of the trailing factor (eq. 68)
@@ -1054,89 +1058,293 @@ cdef class BlockedCholesky:
                             <blas_int>self._seg_rows(sb), 1.0,
                             dinv + troff[sb] + troff[s] * n, <blas_int>n,
                             src, <blas_int>ld_b, 1.0, dst, <blas_int>ld_s)
-        # 3. level by level: the rows of column j of L below L_00[j, j]
-        for j in range(g0):
-            m = 0
-            for s in range(1, T):       # rows of sparse blocks first
-                b = bidx(s, 0)
-                if self.kind_l[b] != SPARSE:
-                    continue
-                ks = self.k[s]
-                c0 = self.sp_cp[b]
-                for e in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
-                    lev = self.rowidx[self.sp_ri[b] + e]
-                    for c in range(ks):
-                        idx[m] = troff[s] + lev * ks + c
-                        lbase[m] = self.off_l[b] + e * ks * k0 + c
-                        sbase[m] = seloff[s] + e * ks * k0 + c
-                        stride[m] = ks
-                        m += 1
-            ns = m
-            for s in range(1, nseg):
-                if not self._seg_dense(s):
-                    continue
-                ld_s = self._seg_ld(s)
-                b = bidx(s, 0)
-                for r in range(self._seg_rows(s)):
-                    idx[m] = troff[s] + r
-                    lbase[m] = self.off_l[b] + r + j * k0 * ld_s
-                    sbase[m] = seloff[s] + r + j * k0 * ld_s
-                    stride[m] = ld_s
-                    m += 1
-            mtot = m
-            for m in range(mtot):
-                for d in range(k0):
-                    lv[m * k0 + d] = l[lbase[m] + d * stride[m]]
-                    yv[m * k0 + d] = sel[sbase[m] + d * stride[m]] if m >= ns else 0.0
-            # Y = Sigma_tr L_j: the pairs of rows with at least one sparse row,
-            # the sparse row first (column-wise in the lower triangle)
-            for m2 in range(ns):
-                im = idx[m2]
-                if k0 == 1:
-                    acc = dinv[im * (n + 1)] * lv[m2]
-                    for m in range(m2 + 1, mtot):
-                        sv = sym_at(dinv, n, idx[m], im)
-                        yv[m] += sv * lv[m2]
-                        acc = acc + sv * lv[m]
-                    yv[m2] += acc
-                    continue
-                sv = dinv[im * (n + 1)]
-                for d in range(k0):
-                    yv[m2 * k0 + d] += sv * lv[m2 * k0 + d]
-                for m in range(m2 + 1, mtot):
-                    sv = sym_at(dinv, n, idx[m], im)
-                    for d in range(k0):
-                        yv[m * k0 + d] += sv * lv[m2 * k0 + d]
-                        yv[m2 * k0 + d] += sv * lv[m * k0 + d]
-            small_tri_inv(l00 + j * k0 * k0, k0, linv)
-            # Sigma_00[j, j] = L_jj^{-T} (I + L_j^T Y) L_jj^{-1}
-            for d2 in range(k0):
-                for d in range(k0):
-                    acc = 1.0 if d == d2 else 0.0
-                    for m in range(mtot):
-                        acc = acc + lv[m * k0 + d] * yv[m * k0 + d2]
-                    cm[d + d2 * k0] = acc
-            for d2 in range(k0):
-                for d in range(k0):
-                    acc = 0.0
-                    for c in range(d2, k0):
-                        acc = acc + cm[d + c * k0] * linv[c + d2 * k0]
-                    tmp[d + d2 * k0] = acc
-            dst = sel + j * k0 * k0
-            for d2 in range(k0):
-                for d in range(k0):
-                    acc = 0.0
-                    for c in range(d, k0):
-                        acc = acc + linv[c + d * k0] * tmp[c + d2 * k0]
-                    dst[d + d2 * k0] = acc
-            # Sigma_tr,j = -Y L_jj^{-1}
-            for m in range(mtot):
-                for d in range(k0):
-                    acc = 0.0
-                    for c in range(d, k0):
-                        acc = acc + yv[m * k0 + c] * linv[c + d * k0]
-                    sel[sbase[m] + d * stride[m]] = -acc
+        # 3. level by level: the rows R_j of column j of L below L_00[j, j].
+        # Y_j = Sigma_tr[R_j, R_j] L_j on the pairs of rows with at least one
+        # sparse row reads Sigma_tr scattered over all of it, so the pairs are
+        # visited by panels of about SEL_PANEL_BYTES of its columns (the
+        # column of the sparse row of the pair), every level's rows, L_j and
+        # partial Y_j kept across panels (``g_pidx``, ``g_plv``, ``g_pyv``),
+        # a per-level cursor marking its next sparse row.  Every entry of Y_j
+        # receives its terms in the same order as level by level (the sparse
+        # rows are sorted ascending): the same result, bit for bit.  When
+        # Sigma_tr fits in one panel, the levels go one at a time.
+        w = SEL_PANEL_BYTES // (<Py_ssize_t>sizeof(double) * (n if n > 0 else 1))
+        if self.sel_panel_columns > 0:
+            w = self.sel_panel_columns
+        if w < 1:
+            w = 1
+        self._sel_levels(nseg, n, w, g0 if w < n else 1)
         return 0
+
+    cdef void _sel_levels(self, Py_ssize_t nseg, Py_ssize_t n, Py_ssize_t w,
+                          Py_ssize_t nchunk) noexcept nogil:
+        """Step 3 of ``_selected_inverse``: nchunk levels of term 0 at a time, panels of w columns."""
+        cdef Py_ssize_t k0 = self.k[0], g0 = self.nlev[0]
+        cdef Py_ssize_t j, j0, j1, b, m, m2, mtot, ns, d, d2, c, im, im2, p0, p1
+        cdef Py_ssize_t im3, im4, r
+        cdef cnp.int64_t* idx = &self.g_idx[0]
+        cdef cnp.int64_t* lbase = &self.g_lbase[0]
+        cdef cnp.int64_t* sbase = &self.g_sbase[0]
+        cdef cnp.int64_t* stride = &self.g_stride[0]
+        cdef cnp.int64_t* goff = &self.g_goff[0]
+        cdef cnp.int64_t* pns = &self.g_pns[0]
+        cdef cnp.int64_t* cur = &self.cursor[0]
+        cdef cnp.int64_t* pidx = &self.g_pidx[0]
+        cdef const cnp.int64_t* jidx
+        cdef double* plv = &self.g_plv[0]
+        cdef double* pyv = &self.g_pyv[0]
+        cdef double* lv
+        cdef double* yv
+        cdef const double* col
+        cdef const double* col2
+        cdef const double* col3
+        cdef const double* col4
+        cdef double la, lb, lc, ld, lm, acc2, acc3, acc4, sv2, sv3, sv4
+        cdef const double* dinv = &self.g_dinv[0]
+        cdef double* sel = &self.g_sel[0]
+        cdef double* linv = &self.g_small[0]
+        cdef double* cm = linv + k0 * k0
+        cdef double* tmp = cm + k0 * k0
+        cdef const double* l = &self.l[0]
+        cdef const double* l00 = &self.l[self.off_l[0]]
+        cdef double* dst
+        cdef double acc, sv
+        cdef bint any_sparse = False   # a sparse block (s, 0): pairs to visit by panels
+        for j in range(1, self.n_terms):
+            if self.kind_l[bidx(j, 0)] == SPARSE:
+                any_sparse = True
+        j0 = 0
+        while j0 < g0:
+            j1 = j0 + nchunk
+            if j1 > g0:
+                j1 = g0
+            goff[j0] = 0
+            for j in range(j0, j1):
+                ns = self._level_rows(j, nseg, &mtot)
+                b = goff[j]
+                pns[j] = ns
+                cur[j] = 0
+                goff[j + 1] = b + mtot
+                for m in range(mtot):
+                    pidx[b + m] = idx[m]
+                    for d in range(k0):
+                        plv[(b + m) * k0 + d] = l[lbase[m] + d * stride[m]]
+                        pyv[(b + m) * k0 + d] = sel[sbase[m] + d * stride[m]] if m >= ns else 0.0
+            p0 = 0 if any_sparse else n
+            while p0 < n:
+                p1 = p0 + w
+                for j in range(j0, j1):
+                    m2 = cur[j]
+                    ns = pns[j]
+                    if m2 >= ns:
+                        continue
+                    b = goff[j]
+                    mtot = goff[j + 1] - b
+                    jidx = pidx + b
+                    if jidx[m2] >= p1:
+                        continue
+                    lv = plv + b * k0
+                    yv = pyv + b * k0
+                    # the sparse row first (column-wise in the lower triangle)
+                    if k0 == 1:
+                        # four, then two sparse rows m2, m2 + 1, ... at a time:
+                        # each entry still gets its terms in the same order
+                        while m2 + 3 < ns and jidx[m2 + 3] < p1:
+                            im = jidx[m2]
+                            im2 = jidx[m2 + 1]
+                            im3 = jidx[m2 + 2]
+                            im4 = jidx[m2 + 3]
+                            col = dinv + im * n
+                            col2 = dinv + im2 * n
+                            col3 = dinv + im3 * n
+                            col4 = dinv + im4 * n
+                            la = lv[m2]
+                            lb = lv[m2 + 1]
+                            lc = lv[m2 + 2]
+                            ld = lv[m2 + 3]
+                            acc = col[im] * la
+                            sv = col[im2]
+                            yv[m2 + 1] += sv * la
+                            acc = acc + sv * lb
+                            sv = col[im3]
+                            sv2 = col2[im3]
+                            yv[m2 + 2] = (yv[m2 + 2] + sv * la) + sv2 * lb
+                            acc = acc + sv * lc
+                            acc2 = col2[im2] * lb + sv2 * lc
+                            sv = col[im4]
+                            sv2 = col2[im4]
+                            sv3 = col3[im4]
+                            yv[m2 + 3] = ((yv[m2 + 3] + sv * la) + sv2 * lb) + sv3 * lc
+                            acc = acc + sv * ld
+                            acc2 = acc2 + sv2 * ld
+                            acc3 = col3[im3] * lc + sv3 * ld
+                            acc4 = col4[im4] * ld
+                            for m in range(m2 + 4, ns):
+                                r = jidx[m]
+                                sv = col[r]
+                                sv2 = col2[r]
+                                sv3 = col3[r]
+                                sv4 = col4[r]
+                                lm = lv[m]
+                                yv[m] = (((yv[m] + sv * la) + sv2 * lb) + sv3 * lc) + sv4 * ld
+                                acc = acc + sv * lm
+                                acc2 = acc2 + sv2 * lm
+                                acc3 = acc3 + sv3 * lm
+                                acc4 = acc4 + sv4 * lm
+                            for m in range(ns, mtot):
+                                r = jidx[m]
+                                sv = sym_at(dinv, n, r, im)
+                                sv2 = sym_at(dinv, n, r, im2)
+                                sv3 = sym_at(dinv, n, r, im3)
+                                sv4 = sym_at(dinv, n, r, im4)
+                                lm = lv[m]
+                                yv[m] = (((yv[m] + sv * la) + sv2 * lb) + sv3 * lc) + sv4 * ld
+                                acc = acc + sv * lm
+                                acc2 = acc2 + sv2 * lm
+                                acc3 = acc3 + sv3 * lm
+                                acc4 = acc4 + sv4 * lm
+                            yv[m2] += acc
+                            yv[m2 + 1] += acc2
+                            yv[m2 + 2] += acc3
+                            yv[m2 + 3] += acc4
+                            m2 += 4
+                        while m2 + 1 < ns and jidx[m2 + 1] < p1:
+                            im = jidx[m2]
+                            im2 = jidx[m2 + 1]
+                            col = dinv + im * n
+                            col2 = dinv + im2 * n
+                            la = lv[m2]
+                            lb = lv[m2 + 1]
+                            acc = col[im] * la
+                            sv = col[im2]
+                            yv[m2 + 1] += sv * la
+                            acc = acc + sv * lb
+                            acc2 = col2[im2] * lb
+                            for m in range(m2 + 2, ns):
+                                sv = col[jidx[m]]
+                                sv2 = col2[jidx[m]]
+                                yv[m] = (yv[m] + sv * la) + sv2 * lb
+                                acc = acc + sv * lv[m]
+                                acc2 = acc2 + sv2 * lv[m]
+                            for m in range(ns, mtot):
+                                sv = sym_at(dinv, n, jidx[m], im)
+                                sv2 = sym_at(dinv, n, jidx[m], im2)
+                                yv[m] = (yv[m] + sv * la) + sv2 * lb
+                                acc = acc + sv * lv[m]
+                                acc2 = acc2 + sv2 * lv[m]
+                            yv[m2] += acc
+                            yv[m2 + 1] += acc2
+                            m2 += 2
+                        if m2 < ns and jidx[m2] < p1:
+                            im = jidx[m2]
+                            col = dinv + im * n
+                            acc = col[im] * lv[m2]
+                            for m in range(m2 + 1, ns):
+                                sv = col[jidx[m]]
+                                yv[m] += sv * lv[m2]
+                                acc = acc + sv * lv[m]
+                            for m in range(max(m2 + 1, ns), mtot):
+                                sv = sym_at(dinv, n, jidx[m], im)
+                                yv[m] += sv * lv[m2]
+                                acc = acc + sv * lv[m]
+                            yv[m2] += acc
+                            m2 += 1
+                    else:
+                        while m2 < ns and jidx[m2] < p1:
+                            im = jidx[m2]
+                            sv = dinv[im * (n + 1)]
+                            for d in range(k0):
+                                yv[m2 * k0 + d] += sv * lv[m2 * k0 + d]
+                            for m in range(m2 + 1, mtot):
+                                sv = sym_at(dinv, n, jidx[m], im)
+                                for d in range(k0):
+                                    yv[m * k0 + d] += sv * lv[m2 * k0 + d]
+                                    yv[m2 * k0 + d] += sv * lv[m * k0 + d]
+                            m2 += 1
+                    cur[j] = m2
+                p0 = p1
+            for j in range(j0, j1):
+                if j1 - j0 > 1:
+                    self._level_rows(j, nseg, &mtot)
+                else:
+                    mtot = goff[j + 1] - goff[j]
+                lv = plv + goff[j] * k0
+                yv = pyv + goff[j] * k0
+                small_tri_inv(l00 + j * k0 * k0, k0, linv)
+                # Sigma_00[j, j] = L_jj^{-T} (I + L_j^T Y) L_jj^{-1}
+                for d2 in range(k0):
+                    for d in range(k0):
+                        acc = 1.0 if d == d2 else 0.0
+                        for m in range(mtot):
+                            acc = acc + lv[m * k0 + d] * yv[m * k0 + d2]
+                        cm[d + d2 * k0] = acc
+                for d2 in range(k0):
+                    for d in range(k0):
+                        acc = 0.0
+                        for c in range(d2, k0):
+                            acc = acc + cm[d + c * k0] * linv[c + d2 * k0]
+                        tmp[d + d2 * k0] = acc
+                dst = sel + j * k0 * k0
+                for d2 in range(k0):
+                    for d in range(k0):
+                        acc = 0.0
+                        for c in range(d, k0):
+                            acc = acc + linv[c + d * k0] * tmp[c + d2 * k0]
+                        dst[d + d2 * k0] = acc
+                # Sigma_tr,j = -Y L_jj^{-1}
+                for m in range(mtot):
+                    for d in range(k0):
+                        acc = 0.0
+                        for c in range(d, k0):
+                            acc = acc + yv[m * k0 + c] * linv[c + d * k0]
+                        sel[sbase[m] + d * stride[m]] = -acc
+            j0 = j1
+
+    cdef inline Py_ssize_t _level_rows(self, Py_ssize_t j, Py_ssize_t nseg,
+                                Py_ssize_t* mtot) noexcept nogil:
+        """The rows R_j of column j of L below L_00[j, j], for ``_selected_inverse``.
+
+        Fills ``g_idx`` (row in the trailing matrix), ``g_lbase`` and
+        ``g_sbase`` (offsets of the entry in L and in ``g_sel``) and
+        ``g_stride`` (between the k_0 columns), the rows of sparse blocks first,
+        sorted ascending; returns their number, and all rows in ``mtot``.
+        """
+        cdef Py_ssize_t T = self.n_terms, s, b, ks, c0, e, lev, c, r, ld_s
+        cdef Py_ssize_t k0 = self.k[0], m = 0, ns
+        cdef const cnp.int64_t* troff = &self.g_troff[0]
+        cdef const cnp.int64_t* seloff = &self.g_seloff[0]
+        cdef cnp.int64_t* idx = &self.g_idx[0]
+        cdef cnp.int64_t* lbase = &self.g_lbase[0]
+        cdef cnp.int64_t* sbase = &self.g_sbase[0]
+        cdef cnp.int64_t* stride = &self.g_stride[0]
+        for s in range(1, T):       # rows of sparse blocks first
+            b = bidx(s, 0)
+            if self.kind_l[b] != SPARSE:
+                continue
+            ks = self.k[s]
+            c0 = self.sp_cp[b]
+            for e in range(self.colptr[c0 + j], self.colptr[c0 + j + 1]):
+                lev = self.rowidx[self.sp_ri[b] + e]
+                for c in range(ks):
+                    idx[m] = troff[s] + lev * ks + c
+                    lbase[m] = self.off_l[b] + e * ks * k0 + c
+                    sbase[m] = seloff[s] + e * ks * k0 + c
+                    stride[m] = ks
+                    m += 1
+        ns = m
+        for s in range(1, nseg):
+            if not self._seg_dense(s):
+                continue
+            ld_s = self._seg_ld(s)
+            b = bidx(s, 0)
+            for r in range(self._seg_rows(s)):
+                idx[m] = troff[s] + r
+                lbase[m] = self.off_l[b] + r + j * k0 * ld_s
+                sbase[m] = seloff[s] + r + j * k0 * ld_s
+                stride[m] = ld_s
+                m += 1
+        mtot[0] = m
+        return ns
 
     cdef void _accumulate_k(self, bint reml) noexcept nogil:
         """K_t = sum_j [A Lambda~ Sigma]_tt[j, j] over the stored blocks of A (eq. 66).

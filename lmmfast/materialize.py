@@ -67,6 +67,7 @@ def _parsed(expr: str):
         raise FormulaError(f"cannot parse {expr!r}: {exc}") from None
 
 
+@lru_cache(maxsize=512)
 def required_variables(expr: str) -> frozenset[str]:
     """The data columns an expression reads (functions and literals excluded).
 

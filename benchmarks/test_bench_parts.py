@@ -8,11 +8,13 @@ Run: ``pytest benchmarks/test_bench_parts.py --benchmark-only``
   set-up; no optimisation.
 * ``test_eval[model-fit]``: one evaluation of the profiled criterion,
   ``m.criterion(theta)``, at lmmfast's optimum (one refactorisation of A).
+* ``test_eval_gradient[model-fit]``: the criterion with its gradient,
+  ``m.criterion_gradient(theta)``: what one step of the default optimiser costs.
 * ``test_fit[model-fit]``: ``m.fit()`` alone on a model already set up, with
   ``n_evals`` (the optimiser's evaluations), ``seconds_per_eval`` and the
   objective in ``extra_info``.
 
-So fit time ~ n_evals x eval time + optimiser overhead, and ``lmmfast.lmer``
+So fit time ~ n_evals x (criterion + gradient) time + optimiser overhead, and ``lmmfast.lmer``
 (``test_bench_fit.py``) ~ setup + fit.  Timings are reported, never asserted.
 """
 
@@ -67,6 +69,16 @@ def test_eval(benchmark, name, fit):
     model = _fitted(name, fit)
     theta = model.theta.to_numpy()
     value = benchmark.pedantic(model.criterion, args=(theta,), **_rounds(name, 200, 5))
+    benchmark.extra_info.update(criterion=value, n_theta=len(theta))
+
+
+@pytest.mark.parametrize("fit", list(FITS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_eval_gradient(benchmark, name, fit):
+    model = _fitted(name, fit)
+    theta = model.theta.to_numpy()
+    value, _ = benchmark.pedantic(model.criterion_gradient, args=(theta,),
+                                  **_rounds(name, 200, 5))
     benchmark.extra_info.update(criterion=value, n_theta=len(theta))
 
 

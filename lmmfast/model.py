@@ -276,6 +276,20 @@ class LinearMixedModel:
             self._core.update(self._to_internal(self._theta))
         return value
 
+    def criterion_gradient(self, theta) -> tuple[float, np.ndarray]:
+        """The profiled criterion at ``theta`` (lme4 order) and its gradient in theta
+        (eqs. 64-66); evaluating them does not change the fitted results."""
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (len(self.theta_names),):
+            raise ValueError(f"theta must have length {len(self.theta_names)}")
+        grad_internal = np.empty(len(theta))
+        value = self._core.gradient(self._to_internal(theta), self.reml, grad_internal)
+        if self._theta is not None:   # leave the factor at the fitted theta
+            self._core.update(self._to_internal(self._theta))
+        grad = np.empty(len(theta))
+        grad[self._theta_perm] = grad_internal
+        return value, grad
+
     # ------------------------------------------------------------------ fit
     def fit(self, *, start=None, **options) -> "LinearMixedModel":
         """Minimise the profiled criterion over theta (eq. 24); returns ``self``.

@@ -110,7 +110,7 @@ cdef int _trust_region_step(const double* g, const double* b, double radius,
     mu >= max(0, -lam_min) such that ||p(mu)|| = radius (bisection); in the
     hard case the step is completed along the lowest eigenvector.
     """
-    cdef Py_ssize_t n = w.n, i, j, it
+    cdef Py_ssize_t n = w.n, i, j
     cdef double* v = &w.v[0, 0]
     cdef double* lam = &w.lam[0]
     cdef double* gv = &w.gv[0]
@@ -146,7 +146,7 @@ cdef int _trust_region_step(const double* g, const double* b, double radius,
             for i in range(n):
                 p[i] += rest * v[i]
             return 0
-        for it in range(200):
+        for _ in range(200):
             mu = 0.5 * (lo + hi)
             if _step_norm(lam, gv, n, mu) > radius:
                 lo = mu
@@ -173,7 +173,7 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     """
     cdef Py_ssize_t n = x0.shape[0], i, j, count = 0
     cdef _Work w = _Work(n)
-    cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, fmax
+    cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
     cdef double gmax, t
     cdef bint accepted
     x_arr = np.asarray(x0, dtype=np.float64).copy()
@@ -197,11 +197,11 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     if not isfinite(f):
         return x_arr * np.asarray(scale), f, count, "FAILURE", None
     if hessian is None:
-        fmax = 1e-8 * max(fabs(f), 1.0)
+        floor = 1e-8 * max(fabs(f), 1.0)   # keeps B_0 positive definite
         for i in range(n):
             for j in range(n):
                 b[i, j] = 0.0
-            b[i, i] = max(2.0 * fabs(g[i]), fmax)
+            b[i, i] = max(2.0 * fabs(g[i]), floor)
     else:
         b_arr[...] = hessian
     radius = 0.5 * sqrt(<double>n)

@@ -25,7 +25,7 @@ from .modelframe import Factor, model_frame
 from .optimize import OptSummary, bobyqa, quasi_newton
 from .remat import ReMat, build_remat
 from .varcorr import varcorr_table
-from .xymat import build_xymat
+from .xymat import CHUNK_ROWS, build_xymat, r_diagonal
 
 __all__ = ["LinearMixedModel", "lmer"]
 
@@ -171,15 +171,22 @@ class LinearMixedModel:
                     "observations: the random-effects parameters and the residual "
                     "variance are probably unidentifiable")
         if self.x is not None:   # rows at hand: the OLS residual by QR
-            xyw = np.column_stack([self.x, self._y_eff])
-            if self.weights is not None:
-                xyw *= np.sqrt(self.weights)[:, None]
-            scale = np.max(np.abs(xyw[:, p]))
-            if scale > 0:   # scaled, so that huge or tiny responses neither overflow nor underflow
-                xyw /= scale
+            sw = np.sqrt(self.weights) if self.weights is not None else None
+            yw = self._y_eff if sw is None else self._y_eff * sw
+            scale = np.max(np.abs(yw))
+            scale = scale if scale > 0 else 1.0   # so that huge or tiny responses neither
+            #                                       overflow nor underflow
+
+            def scaled_rows():
+                for start in range(0, n, CHUNK_ROWS):
+                    rows = slice(start, start + CHUNK_ROWS)
+                    block = np.column_stack([self.x[rows], self._y_eff[rows]])
+                    if sw is not None:
+                        block *= sw[rows, None]
+                    yield block / scale
             # the last diagonal entry of R in [X y] = QR is the norm of y's residual on X
-            resid = abs(np.linalg.qr(xyw, mode="r")[p, p]) if p else np.linalg.norm(xyw[:, 0])
-            exact = scale == 0 or resid <= 1e-10 * np.linalg.norm(xyw[:, p])
+            resid = r_diagonal(scaled_rows(), p + 1)[p]
+            exact = not np.any(yw) or resid <= 1e-10 * np.linalg.norm(yw / scale)
         else:                    # only A: the OLS residual from the factor at theta = 0
             info = self._core.update(np.zeros(len(self.theta_names)))
             pwrss = self._core.components()[2] if info == 0 else 0.0

@@ -77,6 +77,14 @@ class Columns:
         return self._factors[name]
 
     @cached_property
+    def ones(self) -> np.ndarray:
+        """A read-only column of ones (n x 1), shared by every intercept-only matrix
+        (X, and z of ``(1 | g)`` terms) instead of one copy each."""
+        ones = np.ones((self.nrows, 1))
+        ones.flags.writeable = False
+        return ones
+
+    @cached_property
     def frame(self) -> pd.DataFrame:
         """The columns as a pandas DataFrame (factors as Categoricals)."""
         return pd.DataFrame({name: (col.categorical() if isinstance(col, Factor) else col)

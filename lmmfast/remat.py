@@ -122,4 +122,6 @@ def build_remat(frame, term: RandomTerm) -> ReMat:
         raise FormulaError(f"random term {term.source} has no columns")
     if not np.isfinite(z).all():
         raise DataError(f"random term {term.source} has non-finite values in its columns")
+    if cnames == ["(Intercept)"] and isinstance(frame, Columns):
+        z = frame.ones
     return ReMat(term.group, cnames, refs, levels, z, term.source)

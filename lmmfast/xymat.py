@@ -19,10 +19,13 @@ import pandas as pd
 from .errors import DataError, RankDeficiencyWarning
 from .formula import ParsedFormula
 from .materialize import design_matrix
+from .modelframe import Columns
 
-__all__ = ["XyMat", "build_xymat", "independent_columns", "response_vector"]
+__all__ = ["XyMat", "build_xymat", "independent_columns", "r_diagonal", "response_vector",
+           "row_chunks"]
 
 RANK_TOL = 1e-7  # lme4's default tolerance for the rank of X
+CHUNK_ROWS = 65536  # rows per block of the tall-skinny QR
 
 
 @dataclass
@@ -35,6 +38,25 @@ class XyMat:
     dropped: list[str]     # columns removed for rank deficiency
     response: str          # the response as written
     spec: object = None    # formulaic's ModelSpec of X, when formulaic built it
+
+
+def r_diagonal(chunks, p: int) -> np.ndarray:
+    """|R_jj| of the QR decomposition of the rows stacked from ``chunks`` (each n_i x p).
+
+    Tall-skinny QR: R of [R_previous; chunk], one chunk at a time, so memory
+    stays at one chunk however many rows there are.  Fewer rows than columns
+    give zeros for the missing diagonal entries.
+    """
+    r = np.zeros((0, p))
+    for chunk in chunks:
+        r = np.linalg.qr(np.vstack([r, chunk]) if len(r) else chunk, mode="r")
+    diag = np.abs(np.diagonal(r))
+    return np.concatenate([diag, np.zeros(p - len(diag))]) if len(diag) < p else diag
+
+
+def row_chunks(a: np.ndarray, chunk_rows: int = CHUNK_ROWS):
+    """``a`` in consecutive blocks of at most ``chunk_rows`` rows (views)."""
+    return (a[start:start + chunk_rows] for start in range(0, max(len(a), 1), chunk_rows))
 
 
 def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
@@ -51,10 +73,8 @@ def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
         return np.zeros(0, dtype=np.intp)
     norms = np.sqrt(np.einsum("ij,ij->j", x, x))
     scale = np.where(norms > 0, norms, 1.0)
-    # columns at unit norm, so |R_jj| is the ratio; "raw" holds R's diagonal as is
-    diag = np.abs(np.diagonal(np.linalg.qr(x / scale, mode="raw")[0]))
-    if len(diag) < p:                          # fewer rows than columns
-        diag = np.concatenate([diag, np.zeros(p - len(diag))])
+    # columns at unit norm, so that |R_jj| is the ratio
+    diag = r_diagonal((chunk / scale for chunk in row_chunks(x)), p)
     return np.flatnonzero((norms > 0) & (diag > tol)).astype(np.intp)
 
 
@@ -102,4 +122,6 @@ def build_xymat(parsed: ParsedFormula, frame) -> XyMat:
             RankDeficiencyWarning, stacklevel=3)
         x = x[:, keep]
         names = [names[j] for j in keep]
+    if names == ["(Intercept)"] and isinstance(frame, Columns):
+        x = frame.ones
     return XyMat(np.ascontiguousarray(x), y, names, dropped, resp, spec)

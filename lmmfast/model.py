@@ -183,7 +183,8 @@ class LinearMixedModel:
                     block = np.column_stack([self.x[rows], self._y_eff[rows]])
                     if sw is not None:
                         block *= sw[rows, None]
-                    yield block / scale
+                    block /= scale
+                    yield block
             # the last diagonal entry of R in [X y] = QR is the norm of y's residual on X
             resid = r_diagonal(scaled_rows(), p + 1)[p]
             exact = not np.any(yw) or resid <= 1e-10 * np.linalg.norm(yw / scale)

@@ -47,10 +47,14 @@ def r_diagonal(chunks, p: int) -> np.ndarray:
     stays at one chunk however many rows there are.  Fewer rows than columns
     give zeros for the missing diagonal entries.
     """
-    r = np.zeros((0, p))
+    pending = np.zeros((0, p))
     for chunk in chunks:
-        r = np.linalg.qr(np.vstack([r, chunk]) if len(r) else chunk, mode="r")
-    diag = np.abs(np.diagonal(r))
+        if len(pending):   # fold the rows so far into their R
+            chunk = np.vstack([np.linalg.qr(pending, mode="r"), chunk])
+        pending = chunk
+    # the last block: "raw" mode holds R's diagonal as is, without forming R
+    diag = np.abs(np.diagonal(np.linalg.qr(pending, mode="raw")[0])) if len(pending) \
+        else np.zeros(0)
     return np.concatenate([diag, np.zeros(p - len(diag))]) if len(diag) < p else diag
 
 

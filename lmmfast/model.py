@@ -10,6 +10,7 @@ optimum.  ``lmer`` does both, with lme4's signature.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from functools import cached_property
 
@@ -25,7 +26,7 @@ from .modelframe import Factor, model_frame
 from .optimize import OptSummary, bobyqa, quasi_newton
 from .remat import ReMat, build_remat
 from .varcorr import varcorr_table
-from .xymat import CHUNK_ROWS, build_xymat, r_diagonal
+from .xymat import build_xymat, r_diagonal, row_chunks
 
 __all__ = ["LinearMixedModel", "lmer"]
 
@@ -178,11 +179,11 @@ class LinearMixedModel:
             #                                       overflow nor underflow
 
             def scaled_rows():
-                for start in range(0, n, CHUNK_ROWS):
-                    rows = slice(start, start + CHUNK_ROWS)
-                    block = np.column_stack([self.x[rows], self._y_eff[rows]])
-                    if sw is not None:
-                        block *= sw[rows, None]
+                weights = row_chunks(sw) if sw is not None else itertools.repeat(None)
+                for xc, yc, wc in zip(row_chunks(self.x), row_chunks(self._y_eff), weights):
+                    block = np.column_stack([xc, yc])
+                    if wc is not None:
+                        block *= wc[:, None]
                     block /= scale
                     yield block
             # the last diagonal entry of R in [X y] = QR is the norm of y's residual on X
@@ -513,12 +514,8 @@ class LinearMixedModel:
             start += q
         pos = 0
         for i, r in enumerate(self.remats):
-            ui = u_terms[i]
-            if r.k == 1:
-                b_terms.append(ui.reshape(r.nlevels, 1) * self._theta[pos])
-            else:
-                lam = r.lambda_(self._theta[pos:pos + r.n_theta])
-                b_terms.append(ui.reshape(r.nlevels, r.k) @ lam.T)
+            lam = r.lambda_(self._theta[pos:pos + r.n_theta])
+            b_terms.append(u_terms[i].reshape(r.nlevels, r.k) @ lam.T)
             pos += r.n_theta
         return dict(beta=beta, rx=rx, u=u_terms, b=b_terms, ld_l2=ld_l2,
                     ld_rx2=ld_rx2, pwrss=pwrss)

@@ -35,7 +35,7 @@ does not change under the factorisation because L_00 is block-diagonal.
 import numpy as np
 cimport cython
 cimport numpy as cnp
-from libc.math cimport fma, log, sqrt, M_PI, INFINITY, NAN
+from libc.math cimport fabs, fma, log, sqrt, M_PI, INFINITY, NAN
 from libc.string cimport memcpy, memset
 
 from _linalg cimport (blas_int, gemm_nt, gemm_nn, gemm_tn, symm_ll, syrk_n,
@@ -334,6 +334,12 @@ cdef class BlockedCholesky:
     cdef cnp.int64_t[::1] g_stride
     cdef cnp.int64_t[::1] g_goff, g_pns, g_pidx
     cdef double[::1] g_plv, g_pyv
+    # work arrays of ``hessian``, allocated on its first call
+    cdef bint h_ready
+    cdef double[::1] h_vm, h_av, h_y, h_ew
+    # whether the gradient's work arrays hold the derivatives of the current factor
+    cdef bint g_current
+    cdef bint g_current_reml
 
     def __init__(self, nlev, k, Py_ssize_t p1, kind_a, kind_l, off_a, off_l,
                  sp_colptr_off, sp_rowidx_off, colptr, rowidx, a,
@@ -398,6 +404,8 @@ cdef class BlockedCholesky:
         self.last_info = 0
         self.sel_panel_columns = 0
         self.g_ready = False
+        self.h_ready = False
+        self.g_current = False
 
     # ------------------------------------------------------------------ sizes
     cdef inline Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil:
@@ -724,6 +732,7 @@ cdef class BlockedCholesky:
         """Recompute L for theta (eq. 15); returns 0 or the failing LAPACK info."""
         cdef Py_ssize_t T = self.n_terms, t, r, s
         cdef int info
+        self.g_current = False
         self._set_lambda(theta)
         self._scale_copy()
         for t in range(T + 1):
@@ -1598,5 +1607,319 @@ cdef class BlockedCholesky:
             if info != 0 or ginfo != 0:
                 for i in range(self.n_theta):
                     grad[i] = NAN
+            else:
+                self.g_current = self.n_terms > 0
+                self.g_current_reml = reml
         self.last_info = info
         return val
+
+    def derivatives(self, bint reml, double[::1] grad, hess=None):
+        """Gradient (eq. 66) and, if ``hess`` is given, the approximate Hessian
+        (eq. 70) of the criterion at the current factor; returns the criterion.
+
+        Nothing is refactorised: this follows ``objective`` (or ``update``) at
+        the theta whose derivatives are wanted, so that an optimiser that
+        rejects a step pays for the criterion only.  ``grad`` (n_theta) and
+        ``hess`` (n_theta x n_theta, C-contiguous) are in the internal order.
+        Where the factor is not valid, returns +inf and fills them with NaN.
+        """
+        cdef int ginfo = 0
+        cdef double val
+        cdef Py_ssize_t i, n = self.n_theta
+        cdef double[:, ::1] h
+        if grad.shape[0] != n:
+            raise ValueError(f"grad has length {grad.shape[0]}, expected {n}")
+        if hess is not None:
+            h = hess
+            if h.shape[0] != n or h.shape[1] != n:
+                raise ValueError(f"hess must be {n} x {n}")
+        if self.last_info != 0:
+            for i in range(n):
+                grad[i] = NAN
+            if hess is not None:
+                np.asarray(hess)[...] = NAN
+            return INFINITY
+        if not self.g_ready and self.n_terms > 0:
+            self._alloc_gradient()
+        if hess is not None and not self.h_ready and self.n_terms > 0:
+            self._alloc_hessian()
+        with nogil:
+            val = self._criterion(reml)
+            if self.n_terms > 0 and not (self.g_current and self.g_current_reml == reml):
+                ginfo = self._gradient(reml, &grad[0])
+                if ginfo == 0:
+                    self.g_current = True
+                    self.g_current_reml = reml
+            elif self.n_terms > 0:
+                self._grad_from_k(&grad[0])
+            if ginfo != 0:
+                for i in range(n):
+                    grad[i] = NAN
+            elif hess is not None and self.n_terms > 0:
+                self._hessian(reml, &h[0, 0])
+        if ginfo != 0 and hess is not None:
+            np.asarray(hess)[...] = NAN
+        return val
+
+    # ------------------------------------ the approximate Hessian in theta
+    cdef void _alloc_hessian(self) except *:
+        """Work arrays of ``_hessian``: per theta entry m, D_m v (q), A D_m v
+        and L^{-1} c_m (q + p each), column after column."""
+        cdef Py_ssize_t n = max(self.n_theta, 1)
+        cdef Py_ssize_t qtot = self.g_uoff[self.n_terms]
+        cdef Py_ssize_t ld = qtot + self.p1 - 1
+        self.h_vm = np.zeros(max(qtot * n, 1), dtype=np.float64)
+        self.h_av = np.zeros(max(ld * n, 1), dtype=np.float64)
+        self.h_y = np.zeros(max(ld * n, 1), dtype=np.float64)
+        self.h_ew = np.zeros(n, dtype=np.float64)
+        self.h_ready = True
+
+    cdef void _grad_from_k(self, double* grad) noexcept nogil:
+        """The gradient 2 (K_t)_ab (eq. 66) from the K_t of the last ``_gradient``."""
+        cdef Py_ssize_t t, i, j, kt, pos
+        cdef const double* k_t
+        for t in range(self.n_terms):
+            kt = self.k[t]
+            k_t = &self.g_kmat[self.lam_off[t]]
+            pos = self.theta_off[t]
+            for j in range(kt):
+                for i in range(j, kt):
+                    grad[pos] = 2.0 * k_t[i + j * kt]
+                    pos += 1
+
+    cdef void _a_times(self, Py_ssize_t t, const double* vt, double* out) noexcept nogil:
+        """out += A_{., t} vt: block column t of A (Z rows, then X rows) times
+        a vector of term t's random effects (eq. 70)."""
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1, s, j, e, c, d, b, lev
+        cdef Py_ssize_t kt = self.k[t], ks, k0 = self.k[0]
+        cdef const cnp.int64_t* uoff = &self.g_uoff[0]
+        cdef const cnp.int64_t* ri
+        cdef const double* pa
+        cdef const double* blk
+        cdef double acc
+        cdef double* o
+        # the diagonal block, level by level
+        pa = &self.a[self.off_a[bidx(t, t)]]
+        o = out + uoff[t]
+        for j in range(self.nlev[t]):
+            for c in range(kt):
+                acc = 0.0
+                for d in range(kt):
+                    acc = acc + pa[j * kt * kt + c + d * kt] * vt[j * kt + d]
+                o[j * kt + c] += acc
+        # blocks (s, t) below it: out_s += A_st vt
+        for s in range(t + 1, T):
+            b = bidx(s, t)
+            ks = self.k[s]
+            pa = &self.a[self.off_a[b]]
+            o = out + uoff[s]
+            if self.kind_a[b] == SPARSE:
+                ri = &self.rowidx[self.sp_ri[b]]
+                for j in range(self.nlev[t]):
+                    for e in range(self.colptr[self.sp_cp[b] + j],
+                                   self.colptr[self.sp_cp[b] + j + 1]):
+                        lev = ri[e]
+                        blk = pa + e * ks * kt
+                        for c in range(ks):
+                            acc = 0.0
+                            for d in range(kt):
+                                acc = acc + blk[c + d * ks] * vt[j * kt + d]
+                            o[lev * ks + c] += acc
+            else:
+                gemv_n(<blas_int>self.q[s], <blas_int>self.q[t], 1.0, pa,
+                       <blas_int>self.q[s], vt, o)
+        # blocks (t, s) to its left: out_s += A_ts^T vt
+        for s in range(t):
+            b = bidx(t, s)
+            pa = &self.a[self.off_a[b]]
+            o = out + uoff[s]
+            if self.kind_a[b] == SPARSE:   # s = 0
+                ri = &self.rowidx[self.sp_ri[b]]
+                for j in range(self.nlev[0]):
+                    for e in range(self.colptr[self.sp_cp[b] + j],
+                                   self.colptr[self.sp_cp[b] + j + 1]):
+                        lev = ri[e]
+                        blk = pa + e * kt * k0
+                        for d in range(k0):
+                            acc = 0.0
+                            for c in range(kt):
+                                acc = acc + blk[c + d * kt] * vt[lev * kt + c]
+                            o[j * k0 + d] += acc
+            else:
+                gemv_t(<blas_int>self.q[t], <blas_int>self.q[s], 1.0, pa,
+                       <blas_int>self.q[t], vt, o)
+        # the fixed-effects rows (not the response's)
+        gemv_n(<blas_int>p, <blas_int>self.q[t], 1.0, &self.a[self.off_a[bidx(T, t)]],
+               <blas_int>self.p1, vt, out + uoff[T])
+
+    cdef void _forward_solve(self, bint with_x, Py_ssize_t nrhs, double* y,
+                             Py_ssize_t ldy) noexcept nogil:
+        """Y <- L^{-1} Y for ``nrhs`` columns (leading dimension ``ldy``): L_Z,
+        or with ``with_x`` the factor of Omega (L without its response row)."""
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1, t, s, j, e, c, d, r, b
+        cdef Py_ssize_t nseg = T + 1 if with_x else T, rows_t, ld_t, kt, k0 = self.k[0]
+        cdef const cnp.int64_t* uoff = &self.g_uoff[0]
+        cdef const cnp.int64_t* ri
+        cdef const double* pb
+        cdef const double* blk
+        cdef double acc
+        cdef double* yt
+        for t in range(nseg):
+            rows_t = self.q[t] if t < T else p
+            ld_t = self.q[t] if t < T else self.p1
+            kt = self.k[t] if t < T else 1
+            yt = y + uoff[t]
+            if rows_t == 0:
+                continue
+            for s in range(t):
+                b = bidx(t, s)
+                pb = &self.l[self.off_l[b]]
+                if self.kind_l[b] == SPARSE:   # s = 0, t < T
+                    ri = &self.rowidx[self.sp_ri[b]]
+                    for r in range(nrhs):
+                        for j in range(self.nlev[0]):
+                            for e in range(self.colptr[self.sp_cp[b] + j],
+                                           self.colptr[self.sp_cp[b] + j + 1]):
+                                blk = pb + e * kt * k0
+                                for c in range(kt):
+                                    acc = 0.0
+                                    for d in range(k0):
+                                        acc = acc + blk[c + d * kt] * y[r * ldy + j * k0 + d]
+                                    yt[r * ldy + ri[e] * kt + c] -= acc
+                else:
+                    gemm_nn(<blas_int>rows_t, <blas_int>nrhs, <blas_int>self.q[s], -1.0,
+                            pb, <blas_int>ld_t, y + uoff[s], <blas_int>ldy, 1.0,
+                            yt, <blas_int>ldy)
+            pb = &self.l[self.off_l[bidx(t, t)]]
+            if t == 0:
+                for r in range(nrhs):
+                    for j in range(self.nlev[0]):
+                        blk = pb + j * k0 * k0
+                        for c in range(k0):
+                            acc = yt[r * ldy + j * k0 + c]
+                            for d in range(c):
+                                acc = acc - blk[c + d * k0] * yt[r * ldy + j * k0 + d]
+                            yt[r * ldy + j * k0 + c] = acc / blk[c + c * k0]
+            else:
+                trsm_lln(<blas_int>rows_t, <blas_int>nrhs, pb, <blas_int>ld_t,
+                         yt, <blas_int>ldy)
+
+    cdef void _hessian(self, bint reml, double* h) noexcept nogil:
+        """The approximate Hessian of the criterion in theta at the current
+        factor (eq. 70) into ``h`` (n_theta x n_theta), after ``_gradient``.
+
+        With v = Z^T W e, the conditional residual's cross-product (eq. 65),
+        sigma^2 = r^2 / nu and, for each entry m of theta, the vector
+        V_m = D_m v with D_m = d(Lambda Lambda^T)/d theta_m:
+
+            H_mn = (V_m^T A_ZZ V_n - y_m^T y_n) / sigma^2
+                   - (v^T V_m)(v^T V_n) / (sigma^4 nu) + 2 G_t[a, b] [same column],
+
+        y_m = L^{-1} c_m, c_m = [Lambda^T A_Z. ; A_X.] V_m (REML; ML without
+        the X rows), and G_t = K_t lambda_t^{-1} the derivative of the
+        criterion in lambda_t lambda_t^T (eq. 66), left out for a term with a
+        zero on lambda's diagonal.
+        """
+        cdef Py_ssize_t T = self.n_terms, p = self.p1 - 1, n = self.n_theta
+        cdef Py_ssize_t qtot = self.g_uoff[T], ld = qtot + p
+        cdef Py_ssize_t t, s, m, mm, i, j, c, d, r, kt, lv, pos, pos2, i2, j2
+        cdef bint with_x = reml and p > 0
+        cdef Py_ssize_t nrow = ld if with_x else qtot
+        cdef const cnp.int64_t* uoff = &self.g_uoff[0]
+        cdef const double* v = &self.g_v[0]
+        cdef const double* lam_t
+        cdef const double* x
+        cdef const double* k_t
+        cdef double* vm = &self.h_vm[0]
+        cdef double* av = &self.h_av[0]
+        cdef double* y = &self.h_y[0]
+        cdef double* ew = &self.h_ew[0]
+        cdef double* out
+        cdef double* g = &self.g_small[0]
+        cdef double ld_l2, ld_rx2, pwrss, nu, s2, acc, dot, lmax
+        cdef bint ok
+        self._components(&ld_l2, &ld_rx2, &pwrss)
+        nu = self.nobs - p if reml else self.nobs
+        s2 = pwrss / nu
+        memset(vm, 0, qtot * n * sizeof(double))
+        memset(av, 0, ld * n * sizeof(double))
+        # V_m = D_m v, (D_m x)_r = [r = i] lambda[:, j].x + lambda[r, j] x_i
+        for t in range(T):
+            kt = self.k[t]
+            lam_t = &self.lam[self.lam_off[t]]
+            m = self.theta_off[t]
+            for j in range(kt):
+                for i in range(j, kt):
+                    out = vm + m * qtot + uoff[t]
+                    acc = 0.0
+                    for lv in range(self.nlev[t]):
+                        x = v + uoff[t] + lv * kt
+                        dot = 0.0
+                        for r in range(j, kt):
+                            dot = dot + lam_t[r + j * kt] * x[r]
+                        for r in range(j, kt):
+                            out[lv * kt + r] = lam_t[r + j * kt] * x[i]
+                        out[lv * kt + i] += dot
+                        for r in range(kt):
+                            acc = acc + x[r] * out[lv * kt + r]
+                    ew[m] = acc
+                    self._a_times(t, out, av + m * ld)
+                    m += 1
+        # c_m = [Lambda^T (A V_m)_Z ; (A V_m)_X], then y_m = L^{-1} c_m
+        for m in range(n):
+            for t in range(T):
+                kt = self.k[t]
+                lam_t = &self.lam[self.lam_off[t]]
+                for lv in range(self.nlev[t]):
+                    x = av + m * ld + uoff[t] + lv * kt
+                    out = y + m * ld + uoff[t] + lv * kt
+                    for c in range(kt):
+                        acc = 0.0
+                        for r in range(c, kt):
+                            acc = acc + lam_t[r + c * kt] * x[r]
+                        out[c] = acc
+            for r in range(p):
+                y[m * ld + qtot + r] = av[m * ld + qtot + r]
+        self._forward_solve(with_x, n, y, ld)
+        for m in range(n):
+            for mm in range(m + 1):
+                acc = 0.0
+                for r in range(qtot):
+                    acc = acc + vm[m * qtot + r] * av[mm * ld + r]
+                dot = 0.0
+                for r in range(nrow):
+                    dot = dot + y[m * ld + r] * y[mm * ld + r]
+                acc = (acc - dot) / s2 - ew[m] * ew[mm] / (s2 * s2 * nu)
+                h[m * n + mm] = acc
+                h[mm * n + m] = acc
+        # + 2 G_t[a, b] for two entries (a, j), (b, j) of one column of lambda_t
+        for t in range(T):
+            kt = self.k[t]
+            lam_t = &self.lam[self.lam_off[t]]
+            k_t = &self.g_kmat[self.lam_off[t]]
+            lmax = 0.0
+            for r in range(kt * kt):
+                lmax = max(lmax, fabs(lam_t[r]))
+            ok = lmax > 0
+            for c in range(kt):
+                if not fabs(lam_t[c + c * kt]) > 1e-10 * lmax:
+                    ok = False
+            if not ok:
+                continue
+            # G lambda = K: row by row, columns from the last
+            for r in range(kt):
+                for c in range(kt - 1, -1, -1):
+                    acc = k_t[r + c * kt]
+                    for d in range(c + 1, kt):
+                        acc = acc - g[r + d * kt] * lam_t[d + c * kt]
+                    g[r + c * kt] = acc / lam_t[c + c * kt]
+            pos = self.theta_off[t]
+            for j in range(kt):
+                for i in range(j, kt):
+                    pos2 = self.theta_off[t]
+                    for j2 in range(kt):
+                        for i2 in range(j2, kt):
+                            if j2 == j:
+                                h[pos * n + pos2] += g[i + i2 * kt] + g[i2 + i * kt]
+                            pos2 += 1
+                    pos += 1

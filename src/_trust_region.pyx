@@ -19,21 +19,32 @@ cnp.import_array()
 
 
 cdef class CoreObjective:
-    """The criterion and gradient of a ``BlockedCholesky`` (eqs. 18, 20, 66) as the
-    objective of ``minimize``, theta given in lme4's order and permuted to the
-    core's internal order here, without a Python function per evaluation.
+    """The criterion and derivatives of a ``BlockedCholesky`` (eqs. 18, 20, 66, 70)
+    as the objective of ``minimize``, theta given in lme4's order and permuted
+    to the core's internal order here, without a Python function per evaluation.
+
+    With ``hessian`` (the default) ``minimize`` takes Newton steps on the
+    approximate Hessian of eq. 70 and asks for derivatives only at accepted
+    points; without it, quasi-Newton steps on the gradient alone.
     """
     cdef object core
     cdef bint reml
+    cdef readonly bint hessian
     cdef Py_ssize_t[::1] perm
     cdef double[::1] theta_in, grad_in
+    cdef double[:, ::1] hess_in
+    cdef readonly Py_ssize_t n_derivatives
 
-    def __init__(self, core, bint reml, perm):
+    def __init__(self, core, bint reml, perm, bint hessian=True):
+        n = len(perm)
         self.core = core
         self.reml = reml
+        self.hessian = hessian
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
-        self.theta_in = np.full(len(perm), np.nan)
-        self.grad_in = np.empty(len(perm))
+        self.theta_in = np.full(n, np.nan)
+        self.grad_in = np.empty(n)
+        self.hess_in = np.empty((n, n))
+        self.n_derivatives = 0
 
     @property
     def last_theta(self):
@@ -46,9 +57,28 @@ cdef class CoreObjective:
         for i in range(n):
             self.theta_in[i] = theta[self.perm[i]]
         f = self.core.gradient(self.theta_in, self.reml, self.grad_in)
+        self.n_derivatives += 1
         for i in range(n):
             grad[self.perm[i]] = self.grad_in[i]
         return f
+
+    cdef double value(self, const double[::1] theta) except? -1.0:
+        """The criterion at theta (the core's factor is left there)."""
+        cdef Py_ssize_t i, n = self.perm.shape[0]
+        for i in range(n):
+            self.theta_in[i] = theta[self.perm[i]]
+        return self.core.objective(self.theta_in, self.reml)
+
+    cdef int derivatives(self, double[::1] grad, double[:, ::1] hess) except -1:
+        """Gradient and approximate Hessian at the theta of the last ``value``."""
+        cdef Py_ssize_t i, j, n = self.perm.shape[0]
+        self.core.derivatives(self.reml, self.grad_in, self.hess_in)
+        self.n_derivatives += 1
+        for i in range(n):
+            grad[self.perm[i]] = self.grad_in[i]
+            for j in range(n):
+                hess[self.perm[i], self.perm[j]] = self.hess_in[i, j]
+        return 0
 
 
 cdef double _evaluate(object fg, const double[::1] theta, double[::1] grad) except? -1.0:
@@ -162,6 +192,57 @@ cdef int _trust_region_step(const double* g, const double* b, double radius,
     return 0
 
 
+cdef void _newton_derivatives(CoreObjective fg, const double[::1] scale, double[::1] gn,
+                              double[::1] g, double[:, ::1] b, double f,
+                              _Work w) except *:
+    """g and B in x = theta / scale from the core's gradient and approximate
+    Hessian (eq. 70) at the last point evaluated; a Hessian that is not finite
+    is replaced by the diagonal start of the quasi-Newton method."""
+    cdef Py_ssize_t i, j, n = g.shape[0]
+    cdef bint finite = True
+    cdef double floor = 1e-8 * max(fabs(f), 1.0)
+    fg.derivatives(gn, b)
+    for i in range(n):
+        g[i] = gn[i] * scale[i]
+        for j in range(n):
+            b[i, j] *= scale[i] * scale[j]
+            finite = finite and isfinite(b[i, j])
+    if not finite:
+        for i in range(n):
+            for j in range(n):
+                b[i, j] = 0.0
+            b[i, i] = max(2.0 * fabs(g[i]), floor)
+    else:
+        _floor_spectrum(b, floor, w)
+
+
+cdef void _floor_spectrum(double[:, ::1] b, double floor, _Work w) except *:
+    """B with every eigenvalue of magnitude below ``floor`` raised to it, so that
+    a direction in which the criterion is flat (zero curvature, a gradient of
+    rounding errors) gets short steps rather than steps to the trust radius."""
+    cdef Py_ssize_t n = w.n, i, j, c
+    cdef double* v = &w.v[0, 0]
+    cdef double acc
+    cdef bint changed = False
+    for i in range(n):
+        for j in range(n):
+            v[i + j * n] = b[i, j]
+    if syev_l(<blas_int>n, v, <blas_int>n, &w.lam[0], &w.work[0], w.lwork) != 0:
+        return
+    for c in range(n):
+        if fabs(w.lam[c]) < floor:
+            w.lam[c] = floor
+            changed = True
+    if not changed:
+        return
+    for i in range(n):
+        for j in range(n):
+            acc = 0.0
+            for c in range(n):
+                acc += v[i + c * n] * w.lam[c] * v[j + c * n]
+            b[i, j] = acc
+
+
 def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
              double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval):
     """Trust-region quasi-Newton minimisation of ``fg(theta) -> (d, gradient)``
@@ -176,6 +257,7 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
     cdef double gmax, t
     cdef bint accepted
+    cdef bint newton = isinstance(fg, CoreObjective) and (<CoreObjective>fg).hessian
     x_arr = np.asarray(x0, dtype=np.float64).copy()
     theta_arr = np.empty(n)
     g_arr = np.empty(n)
@@ -190,13 +272,21 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
 
     for i in range(n):
         theta[i] = x[i] * scale[i]
-    f = _evaluate(fg, theta, gn)
+    if newton:
+        f = (<CoreObjective>fg).value(theta)
+    else:
+        f = _evaluate(fg, theta, gn)
     count += 1
-    for i in range(n):
-        g[i] = gn[i] * scale[i]
     if not isfinite(f):
         return x_arr * np.asarray(scale), f, count, "FAILURE", None
-    if hessian is None:
+    if newton:
+        _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
+    else:
+        for i in range(n):
+            g[i] = gn[i] * scale[i]
+    if newton:
+        pass   # B is eq. 70's at every accepted point
+    elif hessian is None:
         floor = 1e-8 * max(fabs(f), 1.0)   # keeps B_0 positive definite
         for i in range(n):
             for j in range(n):
@@ -231,11 +321,14 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
         for i in range(n):
             w.x_new[i] = x[i] + p[i]
             theta[i] = w.x_new[i] * scale[i]
-        f_new = _evaluate(fg, theta, gn)
+        if newton:
+            f_new = (<CoreObjective>fg).value(theta)
+        else:
+            f_new = _evaluate(fg, theta, gn)
         count += 1
         actual = f - f_new if isfinite(f_new) else -1.0
         ratio = actual / predicted if predicted > 0 else -1.0
-        if isfinite(f_new):
+        if isfinite(f_new) and not newton:
             # damped BFGS update of B (positive definite even where d is not convex)
             sbs = 0.0
             sy = 0.0
@@ -263,7 +356,8 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
             t = 0.0
             for i in range(n):
                 x[i] = w.x_new[i]
-                g[i] = gn[i] * scale[i]
+                if not newton:
+                    g[i] = gn[i] * scale[i]
                 t = max(t, fabs(p[i]))
             f = f_new
             if t <= xtol_abs:
@@ -272,6 +366,8 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
             if actual <= ftol_rel * fabs(f) and predicted <= 10 * ftol_rel * fabs(f):
                 code = "FTOL_REACHED"
                 break
+            if newton:
+                _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
         elif radius <= xtol_abs:
             code = "ROUNDOFF_LIMITED"
             break

@@ -117,7 +117,7 @@ def test_criterion_gradient_in_lme4_order():
     theta = fit.theta.to_numpy() * np.array([1.3, 0.7])
     value, grad = fit.criterion_gradient(theta)
     assert value == fit.criterion(theta)
-    h = 1e-6
+    h = 1e-4   # the truncation error (h^2) and the rounding error (1e-13 / h) both below rtol
     fd = [(fit.criterion(theta + h * e) - fit.criterion(theta - h * e)) / (2 * h)
           for e in np.eye(2)]
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)

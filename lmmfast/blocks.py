@@ -13,6 +13,7 @@ does not depend on how the rows were split into chunks or partitions
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -191,6 +192,12 @@ def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
     xx[p1 - 1, p1 - 1] = float(y_raw @ wy)
 
 
+@functools.cache
+def _cores() -> int:
+    """Number of cores (asked once: the call costs more than a small model's A)."""
+    return os.cpu_count() or 1
+
+
 def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarray],
                   x: np.ndarray, y: np.ndarray, sqrt_w: np.ndarray | None = None,
                   chunk_rows: int = CHUNK_ROWS, workers: int | None = None) -> np.ndarray:
@@ -205,7 +212,7 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
     n = len(y)
     starts = list(range(0, n, chunk_rows))
     if workers is None:
-        workers = min(os.cpu_count() or 1, len(starts))
+        workers = min(_cores(), len(starts)) if len(starts) > 1 else 1
     workers = max(1, min(workers, len(starts)))
 
     def accumulate_rows(first: int) -> np.ndarray:

@@ -253,9 +253,6 @@ class LinearMixedModel:
                             np.sqrt(self.weights) if self.weights is not None else None)
         if start is None and self._theta is not None:
             start = self._theta
-            if self.optsum is not None and self.optsum.hessian is not None \
-                    and "hessian" not in options:
-                options["hessian"] = self.optsum.hessian
         return self.fit(start=start, **options)
 
     # ---------------------------------------------------------- theta spaces
@@ -308,9 +305,10 @@ class LinearMixedModel:
         intercepts and covariates of unit root mean square);
         ``options`` choose the optimiser and its tolerances (fields of
         ``OptSummary``): ``optimizer`` is ``"quasi-newton"`` (trust-region
-        quasi-Newton on the analytic gradient, eqs. 66, 69; the default,
-        finished by BOBYQA if it stops without converging) or ``"bobyqa"``
-        (derivative-free, as lme4); ``gtol`` and ``hessian`` (quasi-Newton),
+        Newton steps on the analytic gradient and the average-information
+        Hessian, eqs. 66, 69, 70; the default, finished by BOBYQA if it stops
+        without converging) or ``"bobyqa"`` (derivative-free, as lme4);
+        ``gtol`` (quasi-Newton),
         ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step`` (BOBYQA),
         ``maxeval``.
         """

@@ -3,9 +3,11 @@
 Two methods minimise the criterion, whose optimum is reported within the
 lower bounds 0 on the diagonal of each lambda:
 
-* ``quasi_newton``: a trust-region quasi-Newton method driven by the analytic
-  gradient of the criterion (eqs. 64-68), the default: each step costs one
-  evaluation of the criterion with its gradient (eq. 69);
+* ``quasi_newton``: a trust-region method driven by the analytic gradient of
+  the criterion (eqs. 64-68), the default.  With the compiled core as the
+  objective its steps are Newton steps on the average-information Hessian of
+  eq. 70, and derivatives are computed only at accepted points; with a Python
+  callable they are quasi-Newton steps (damped BFGS, eq. 69);
 * ``bobyqa``: Powell's derivative-free quadratic-model method from NLopt (as
   lme4 and MixedModels.jl use).
 
@@ -49,7 +51,8 @@ class OptSummary:
     hessian: np.ndarray | None = None   # quasi-Newton's B (x = theta / scale), in and out
     final: np.ndarray | None = None
     fmin: float = np.inf
-    n_evals: int = 0
+    n_evals: int = 0          # evaluations of the criterion
+    n_gradients: int = 0      # of its derivatives (at accepted points, and the start)
     return_code: str = ""
 
     @property
@@ -124,16 +127,20 @@ def bobyqa(objective, summary: OptSummary, max_restarts: int = 3,
 
 
 def quasi_newton(fg, summary: OptSummary, scale: np.ndarray | None = None) -> OptSummary:
-    """Minimise ``fg(theta) -> (d, gradient)`` from ``summary.initial`` (eq. 69).
+    """Minimise ``fg(theta) -> (d, gradient)`` from ``summary.initial`` (eqs. 69, 70).
 
     ``fg`` is a Python callable or a ``lmmfast._trust_region.CoreObjective``.
 
-    A trust-region quasi-Newton method (its loop is compiled: ``_trust_region``):
-    each step minimises the quadratic model g'p + p'Bp/2 within ||p|| <= radius
-    (by B's eigendecomposition); B is updated by the damped BFGS formula
-    (positive definite even where the criterion is not convex); the radius
-    doubles after a good step that reached it and shrinks to a quarter of the
-    step after a poor one.
+    A trust-region method (its loop is compiled: ``_trust_region``): each step
+    minimises the quadratic model g'p + p'Bp/2 within ||p|| <= radius (by B's
+    eigendecomposition); the radius doubles after a good step that reached it
+    and shrinks to a quarter of the step after a poor one.  For a
+    ``CoreObjective`` (the default), B is the approximate Hessian of eq. 70
+    from the core, eigenvalues of magnitude below 1e-8 |d| raised to that
+    floor, and a trial point costs the criterion alone: its gradient and B are
+    computed only once it is accepted.  For a Python callable, B is updated by
+    the damped BFGS formula (positive definite even where the criterion is not
+    convex).
 
     The criterion depends on theta only through each term's lambda lambda^T,
     which does not change when a column of lambda changes sign; so it is
@@ -143,10 +150,10 @@ def quasi_newton(fg, summary: OptSummary, scale: np.ndarray | None = None) -> Op
     theta, so theta = 0 is always a stationary point, and a projected method
     that lands there would stay there even where the minimum is inside.
 
-    Works on x = theta / ``scale``, where the default start is x = 1.  B starts
-    diagonal, B_ii = 2 |g_i| (the curvature of a quadratic whose minimum is
-    1/2 away along each coordinate), and the radius at 1/2 per coordinate,
-    unless ``summary.hessian`` gives B (a refit starts from the previous fit's).
+    Works on x = theta / ``scale``, where the default start is x = 1, with the
+    radius at 1/2 per coordinate.  With BFGS, B starts diagonal,
+    B_ii = 2 |g_i| (the curvature of a quadratic whose minimum is 1/2 away
+    along each coordinate), unless ``summary.hessian`` gives B.
 
     Stops with ``SUCCESS`` when the gradient is below ``gtol`` relative to the
     criterion, ``XTOL_REACHED`` when the step falls below ``xtol_abs``,
@@ -168,6 +175,7 @@ def quasi_newton(fg, summary: OptSummary, scale: np.ndarray | None = None) -> Op
     summary.final = theta
     summary.fmin = float(f)
     summary.n_evals = count
+    summary.n_gradients = getattr(fg, "n_derivatives", count)
     summary.return_code = code
     summary.hessian = b
     return summary

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.linalg.lapack import dgeqrf
 
 from .errors import DataError, RankDeficiencyWarning
 from .formula import ParsedFormula
@@ -50,12 +51,19 @@ def r_diagonal(chunks, p: int) -> np.ndarray:
     pending = np.zeros((0, p))
     for chunk in chunks:
         if len(pending):   # fold the rows so far into their R
-            chunk = np.vstack([np.linalg.qr(pending, mode="r"), chunk])
+            chunk = np.vstack([np.triu(_householder(pending)[:p]), chunk])
         pending = chunk
-    # the last block: "raw" mode holds R's diagonal as is, without forming R
-    diag = np.abs(np.diagonal(np.linalg.qr(pending, mode="raw")[0])) if len(pending) \
-        else np.zeros(0)
+    # the last block: R's diagonal as LAPACK leaves it, without forming R
+    diag = np.abs(np.diagonal(_householder(pending))) if len(pending) else np.zeros(0)
     return np.concatenate([diag, np.zeros(p - len(diag))]) if len(diag) < p else diag
+
+
+def _householder(a: np.ndarray) -> np.ndarray:
+    """LAPACK's dgeqrf of ``a`` (a copy): R on and above the diagonal."""
+    qr, _, _, info = dgeqrf(np.asarray(a, dtype=np.float64))
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dgeqrf failed (info = {info})")
+    return qr
 
 
 def row_chunks(a: np.ndarray, chunk_rows: int = CHUNK_ROWS):

@@ -254,3 +254,123 @@ def dense_criterion(X, y, terms, theta, reml, weights=None, offset=None):
         "b": b,
         "vcov_beta": sigma2 * A_inv,
     }
+
+
+def dense_ai_hessian(X, y, terms, theta, reml, weights=None, offset=None, *,
+                     curvature=True):
+    """Return the approximate Hessian of the criterion in theta (eq. 70).
+
+    Everything is in the weighted space: the rows of X, Z and ``y - offset``
+    are multiplied by sqrt(weights).  At ``theta`` the penalised least
+    squares problem ``min |y - X beta - Z Lambda u|^2 + |u|^2`` gives
+    beta_hat and u_tilde, the residual ``e = y - X beta_hat - Z Lambda u_tilde``,
+    ``r^2 = |e|^2 + |u_tilde|^2``, ``sigma^2 = r^2 / nu`` (nu = n - p for
+    REML, n for ML) and ``v = Z^T e``.  For each entry m of theta, with
+    ``D_m = d(Lambda Lambda^T)/d theta_m`` and ``w_m = Z D_m v``::
+
+        AI_mn = (w_m^T w_n - (M^T w_m)^T Omega^-1 (M^T w_n)) / sigma^2
+        H_mn  = AI_mn - (e^T w_m)(e^T w_n) / (sigma^4 nu) + C_mn
+
+    where M = [Z Lambda, X] and Omega = M^T M + diag(I_q, 0) for REML,
+    M = Z Lambda and Omega = M^T M + I_q for ML (so that AI_mn is
+    ``w_m^T P w_n`` or ``w_m^T V^-1 w_n``, V = sigma^2 (I + Z Lambda Lambda^T Z^T)).
+
+    ``C_mn = 2 G_t[a, b]`` when theta_m = lambda_t[a, j] and
+    theta_n = lambda_t[b, j] lie in one column j of one term t, 0 otherwise;
+    C is the exact second-order term of the chain rule through
+    Psi_t = lambda_t lambda_t^T, with ``G_t`` the (symmetric) derivative of the
+    criterion in Psi_t.  G_t is computed here analytically from the marginal
+    covariance V0 = I + Z Lambda Lambda^T Z^T (weighted space): the criterion
+    changes by ``tr(P0 dV0) - s^T dV0 s / sigma^2`` with s = V0^-1 (y - X beta_hat)
+    and P0 = V0^-1 (ML) or V0^-1 - V0^-1 X (X^T V0^-1 X)^-1 X^T V0^-1 (REML), so
+    ``G_t = sum over levels l of Z_tl^T (P0 - s s^T / sigma^2) Z_tl``,
+    Z_tl the k columns of Z for level l of term t.  C is left out (taken as 0)
+    for a term with a zero on lambda_t's diagonal, and for every term when
+    ``curvature`` is false (which returns the AI part with the profiling term).
+    """
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, p = X.shape
+    theta = np.asarray(theta, dtype=float)
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    offset = np.zeros(n) if offset is None else np.asarray(offset, dtype=float)
+    sqrt_w = np.sqrt(weights)
+
+    Z = dense_Z(terms, n) * sqrt_w[:, None]
+    Xw = X * sqrt_w[:, None]
+    yw = (y - offset) * sqrt_w
+    Lambda = dense_Lambda(terms, theta)
+    q = Z.shape[1]
+    ZL = Z @ Lambda
+
+    # penalised least squares for (u_tilde, beta_hat)
+    M_full = np.hstack([ZL, Xw])
+    Omega_full = M_full.T @ M_full
+    Omega_full[:q, :q] += np.eye(q)
+    solution = np.linalg.solve(Omega_full, M_full.T @ yw)
+    u, beta = solution[:q], solution[q:]
+    e = yw - Xw @ beta - ZL @ u
+    r2 = e @ e + u @ u
+    nu = n - p if reml else n
+    sigma2 = r2 / nu
+    v = Z.T @ e
+
+    # D_m = d(Lambda Lambda^T)/d theta_m, term by term; W[:, m] = w_m
+    n_theta = theta.size
+    W = np.zeros((n, n_theta))
+    entries = []                    # (term, row, column) of each theta entry
+    position = 0
+    for t, term in enumerate(terms):
+        nl, k = term_dimensions(term)
+        for col in range(k):
+            for row in range(col, k):
+                dtheta = np.zeros(n_theta)
+                dtheta[position] = 1.0
+                E = dense_Lambda(terms, dtheta)            # d Lambda / d theta_m
+                D = E @ Lambda.T + Lambda @ E.T
+                W[:, position] = Z @ (D @ v)
+                entries.append((t, row, col))
+                position += 1
+
+    if reml:
+        M, Omega = M_full, Omega_full
+    else:
+        M = ZL
+        Omega = ZL.T @ ZL + np.eye(q)
+    MW = M.T @ W
+    AI = (W.T @ W - MW.T @ np.linalg.solve(Omega, MW)) / sigma2
+    ew = e @ W
+    H = AI - np.outer(ew, ew) / (sigma2 ** 2 * nu)
+    if not curvature:
+        return H
+
+    # G_t from the marginal covariance, then C
+    V0 = ZL @ ZL.T + np.eye(n)
+    V0_inv = np.linalg.inv(V0)
+    P0 = V0_inv
+    if reml and p > 0:
+        V0_inv_X = V0_inv @ Xw
+        P0 = V0_inv - V0_inv_X @ np.linalg.solve(Xw.T @ V0_inv_X, V0_inv_X.T)
+    V0_inv_r = V0_inv @ (yw - Xw @ beta)            # = P0 y for REML
+    B = P0 - np.outer(V0_inv_r, V0_inv_r) / sigma2
+    Z_cols = Z.T @ B @ Z
+    start = 0
+    position = 0
+    for t, term in enumerate(terms):
+        nl, k = term_dimensions(term)
+        size = k * (k + 1) // 2
+        lam = lower_triangular_factor(theta[position:position + size], k)
+        G = np.zeros((k, k))
+        for level in range(nl):
+            cols = slice(start + level * k, start + (level + 1) * k)
+            G += Z_cols[cols, cols]
+        if np.all(np.diag(lam) != 0):
+            for m in range(position, position + size):
+                for m2 in range(position, position + size):
+                    _, a, j = entries[m]
+                    _, b, j2 = entries[m2]
+                    if j == j2:
+                        H[m, m2] += 2.0 * G[a, b]
+        start += nl * k
+        position += size
+    return H

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import warnings
 from functools import cached_property
 
@@ -315,7 +316,8 @@ class LinearMixedModel:
         scale = self._scale
         # default start: lambda = I on the natural scale of each covariate
         init = self._default_start if start is None else np.asarray(start, dtype=np.float64)
-        if init.shape != self.lower_bounds.shape or (init < self.lower_bounds).any():
+        if init is not self._default_start and init is not self._theta and (
+                init.shape != self.lower_bounds.shape or (init < self.lower_bounds).any()):
             raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                              "the lower bounds")
         summary = OptSummary(init, self.lower_bounds, **options)
@@ -339,7 +341,7 @@ class LinearMixedModel:
             quasi_newton(evaluator, summary, scale=scale)
             last[0] = evaluator.last_theta
             summary.final, signs = self._canonical_theta(summary.final)
-            if summary.hessian is not None:
+            if summary.hessian is not None and (signs < 0).any():
                 summary.hessian = summary.hessian * np.outer(signs, signs)
             if not summary.converged:   # finish derivative-free from the best point
                 evals = summary.n_evals
@@ -352,17 +354,20 @@ class LinearMixedModel:
             raise ValueError(f"optimizer must be 'quasi-newton' or 'bobyqa', "
                              f"got {summary.optimizer!r}")
         theta, fmin = summary.final.copy(), summary.fmin
+        values = theta.tolist()   # (plain floats: theta is short, and this runs per refit)
         # a diagonal element that ends near its bound: take the bound if no worse
-        for i in np.flatnonzero((self.lower_bounds == 0) & (theta > 0) & (theta < BOUNDARY_TOL)):
-            trial = theta.copy()
-            trial[i] = 0.0
-            val = objective(trial)
-            summary.n_evals += 1
-            if val <= fmin:
-                theta, fmin = trial, val
+        for i in self._columns[0].tolist():
+            if 0.0 < values[i] < BOUNDARY_TOL:
+                trial = theta.copy()
+                trial[i] = 0.0
+                val = objective(trial)
+                summary.n_evals += 1
+                if val <= fmin:
+                    theta, fmin = trial, val
         summary.final, summary.fmin = theta, fmin
-        suspect = (not summary.converged or not np.isfinite(fmin)
-                   or np.max(theta / scale, initial=0.0) > 1e3
+        suspect = (not summary.converged or not math.isfinite(fmin)
+                   or max([t / s for t, s in zip(theta.tolist(), scale.tolist())],
+                          default=0.0) > 1e3
                    or self.p + sum(r.q for r in self.remats) >= self.nobs)
         if suspect and self._exact_fit():
             raise FitError(
@@ -376,7 +381,7 @@ class LinearMixedModel:
                           f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
         self.optsum = summary
         self._set_theta(theta, factored=last[0] is not None
-                        and np.array_equal(last[0], self._to_internal(theta)))
+                        and last[0].tolist() == theta[perm].tolist())
         return self
 
     @cached_property
@@ -400,10 +405,12 @@ class LinearMixedModel:
         """theta with the diagonal element of each all-zero column of lambda set to
         0.1 on its natural scale."""
         diag, column = self._columns
-        nonzero = np.zeros(len(diag), dtype=bool)
-        np.logical_or.at(nonzero, column, theta != 0)
-        if nonzero.all():
+        nonzero = [False] * len(diag)
+        for c, t in zip(column.tolist(), theta.tolist()):
+            nonzero[c] = nonzero[c] or t != 0
+        if all(nonzero):
             return theta
+        nonzero = np.array(nonzero)
         theta = np.array(theta, dtype=np.float64)
         theta[diag[~nonzero]] = 0.1 * scale[diag[~nonzero]]
         return theta

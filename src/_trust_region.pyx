@@ -33,6 +33,7 @@ cdef class CoreObjective:
     cdef Py_ssize_t[::1] perm
     cdef double[::1] theta_in, grad_in
     cdef double[:, ::1] hess_in
+    cdef object theta_obj, grad_obj, hess_obj   # the same arrays, handed to the core
     cdef readonly Py_ssize_t n_derivatives
 
     def __init__(self, core, bint reml, perm, bint hessian=True):
@@ -41,9 +42,12 @@ cdef class CoreObjective:
         self.reml = reml
         self.hessian = hessian
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
-        self.theta_in = np.full(n, np.nan)
-        self.grad_in = np.empty(n)
-        self.hess_in = np.empty((n, n))
+        self.theta_obj = np.full(n, np.nan)
+        self.grad_obj = np.empty(n)
+        self.hess_obj = np.empty((n, n))
+        self.theta_in = self.theta_obj
+        self.grad_in = self.grad_obj
+        self.hess_in = self.hess_obj
         self.n_derivatives = 0
 
     @property
@@ -56,7 +60,7 @@ cdef class CoreObjective:
         cdef double f
         for i in range(n):
             self.theta_in[i] = theta[self.perm[i]]
-        f = self.core.gradient(self.theta_in, self.reml, self.grad_in)
+        f = self.core.gradient(self.theta_obj, self.reml, self.grad_obj)
         self.n_derivatives += 1
         for i in range(n):
             grad[self.perm[i]] = self.grad_in[i]
@@ -67,12 +71,12 @@ cdef class CoreObjective:
         cdef Py_ssize_t i, n = self.perm.shape[0]
         for i in range(n):
             self.theta_in[i] = theta[self.perm[i]]
-        return self.core.objective(self.theta_in, self.reml)
+        return self.core.objective(self.theta_obj, self.reml)
 
     cdef int derivatives(self, double[::1] grad, double[:, ::1] hess) except -1:
         """Gradient and approximate Hessian at the theta of the last ``value``."""
         cdef Py_ssize_t i, j, n = self.perm.shape[0]
-        self.core.derivatives(self.reml, self.grad_in, self.hess_in)
+        self.core.derivatives(self.reml, self.grad_obj, self.hess_obj)
         self.n_derivatives += 1
         for i in range(n):
             grad[self.perm[i]] = self.grad_in[i]
@@ -99,6 +103,7 @@ cdef class _Work:
     cdef double[::1] lam, gv, p, bs, y, x_new, work
     cdef double[:, ::1] v      # eigenvectors, column-major in the C-ordered array's rows
     cdef blas_int lwork
+    cdef bint have_eig         # v and lam hold B's eigendecomposition already
 
     def __init__(self, Py_ssize_t n):
         self.n = n
@@ -111,6 +116,7 @@ cdef class _Work:
         self.v = np.empty((n, n))
         self.lwork = <blas_int>max(3 * n, 1) * 8
         self.work = np.empty(self.lwork)
+        self.have_eig = False
 
 
 cdef double _norm(const double* a, Py_ssize_t n) noexcept nogil:
@@ -147,11 +153,12 @@ cdef int _trust_region_step(const double* g, const double* b, double radius,
     cdef double* p = &w.p[0]
     cdef double lo, hi, mu, acc, rest, gnorm
     cdef int info
-    for i in range(n * n):
-        v[i] = b[i]
-    info = syev_l(<blas_int>n, v, <blas_int>n, lam, &w.work[0], w.lwork)
-    if info != 0:
-        return info
+    if not w.have_eig:
+        for i in range(n * n):
+            v[i] = b[i]
+        info = syev_l(<blas_int>n, v, <blas_int>n, lam, &w.work[0], w.lwork)
+        if info != 0:
+            return info
     # v is column-major: eigenvector j is v[j*n : (j+1)*n]
     for j in range(n):
         acc = 0.0
@@ -207,6 +214,7 @@ cdef void _newton_derivatives(CoreObjective fg, const double[::1] scale, double[
         for j in range(n):
             b[i, j] *= scale[i] * scale[j]
             finite = finite and isfinite(b[i, j])
+    w.have_eig = False
     if not finite:
         for i in range(n):
             for j in range(n):
@@ -224,11 +232,13 @@ cdef void _floor_spectrum(double[:, ::1] b, double floor, _Work w) except *:
     cdef double* v = &w.v[0, 0]
     cdef double acc
     cdef bint changed = False
+    w.have_eig = False
     for i in range(n):
         for j in range(n):
             v[i + j * n] = b[i, j]
     if syev_l(<blas_int>n, v, <blas_int>n, &w.lam[0], &w.work[0], w.lwork) != 0:
         return
+    w.have_eig = True   # B = V diag(lam) V' (symmetric: row-major b is its transpose)
     for c in range(n):
         if fabs(w.lam[c]) < floor:
             w.lam[c] = floor

@@ -23,7 +23,8 @@ import numpy as np
 from . import _crossprod
 from ._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
 
-__all__ = ["BlockLayout", "sparsity_pattern", "crossproducts", "dd_sum", "CHUNK_ROWS"]
+__all__ = ["BlockLayout", "sparsity_pattern", "crossproducts", "default_workers", "dd_sum",
+           "CHUNK_ROWS"]
 
 CHUNK_ROWS = 65536        # rows per chunk when accumulating A
 SPARSE_MIN_SIZE = 10000   # level pairs below which an off-diagonal block stays dense
@@ -36,13 +37,21 @@ def sparsity_pattern(refs_s: np.ndarray, nl_s: int, refs_t: np.ndarray,
 
     Returns ``colptr`` (nl_t + 1) and ``rowidx`` (sorted within each column).
     """
-    keys = np.sort(refs_t.astype(np.int64) * nl_s + refs_s)
+    # in place where possible: for a million rows every temporary is 8 MB
+    keys = refs_t.astype(np.int64)
+    keys *= nl_s
+    keys += refs_s
+    keys.sort()
     if len(keys):   # unique by sorting (faster than np.unique for int64 keys)
-        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
-    cols, rows = np.divmod(keys, nl_s)
+        first = np.empty(len(keys), dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        keys = keys[first]
+        del first
     colptr = np.zeros(nl_t + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cols, minlength=nl_t), out=colptr[1:])
-    return colptr, rows.astype(np.int64)
+    np.cumsum(np.bincount(keys // nl_s, minlength=nl_t), out=colptr[1:])
+    np.remainder(keys, nl_s, out=keys)   # the row levels
+    return colptr, keys
 
 
 def _bidx(s: int, t: int) -> int:
@@ -192,6 +201,17 @@ def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
     xx[p1 - 1, p1 - 1] = float(y_raw @ wy)
 
 
+def default_workers(layout: BlockLayout, n: int, n_chunks: int, cores: int) -> int:
+    """Threads for ``crossproducts``: one per core, at most one per chunk, and
+    only while the accumulators the further threads hold (A in double-double,
+    16 bytes an entry) stay below a quarter of the rows' values [Z X y]."""
+    workers = max(1, min(cores, n_chunks))
+    row_bytes = 8 * n * (layout.p1 + int(np.sum(layout.k)))
+    while workers > 1 and 16 * max(layout.n_a, 1) * (workers - 1) > row_bytes // 4:
+        workers -= 1
+    return workers
+
+
 @functools.cache
 def _cores() -> int:
     """Number of cores (asked once: the call costs more than a small model's A)."""
@@ -207,12 +227,15 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
     split of the rows into pieces whose double-double partial sums are merged.
     So the chunks are shared among ``workers`` threads (default: one per core,
     from two chunks on; the kernels release the GIL), each with its own
-    accumulator, merged at the end.
+    accumulator, merged at the end.  By default a thread is added only while
+    the accumulators it adds (16 bytes per entry of A) stay below a quarter of
+    the rows' values [Z X y]: for a large sparse A (crossed factors) the
+    memory matters more than the time.
     """
     n = len(y)
     starts = list(range(0, n, chunk_rows))
     if workers is None:
-        workers = min(_cores(), len(starts)) if len(starts) > 1 else 1
+        workers = default_workers(layout, n, len(starts), _cores() if len(starts) > 1 else 1)
     workers = max(1, min(workers, len(starts)))
 
     def accumulate_rows(first: int) -> np.ndarray:
@@ -234,9 +257,10 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
         return _crossprod.dd_round(accumulate_rows(0))
     with ThreadPoolExecutor(workers) as pool:
         parts = list(pool.map(accumulate_rows, range(workers)))
-    for other in parts[1:]:
-        _crossprod.dd_merge(parts[0], other)
-    return _crossprod.dd_round(parts[0])
+    total = parts.pop(0)
+    while parts:   # each merged accumulator freed before the next (and the rounding)
+        _crossprod.dd_merge(total, parts.pop())
+    return _crossprod.dd_round(total)
 
 
 def dd_sum(values: np.ndarray) -> float:

@@ -175,7 +175,7 @@ class LinearMixedModel:
         if self.x is not None:   # rows at hand: the OLS residual by QR
             sw = np.sqrt(self.weights) if self.weights is not None else None
             yw = self._y_eff if sw is None else self._y_eff * sw
-            scale = np.max(np.abs(yw))
+            scale = max(float(yw.max()), -float(yw.min()))   # (no temporary of n values)
             scale = scale if scale > 0 else 1.0   # so that huge or tiny responses neither
             #                                       overflow nor underflow
 
@@ -189,7 +189,8 @@ class LinearMixedModel:
                     yield block
             # the last diagonal entry of R in [X y] = QR is the norm of y's residual on X
             resid = r_diagonal(scaled_rows(), p + 1)[p]
-            exact = not np.any(yw) or resid <= 1e-10 * np.linalg.norm(yw / scale)
+            norm = math.sqrt(sum(float(np.dot(c, c)) for c in (yc / scale for yc in row_chunks(yw))))
+            exact = norm == 0 or resid <= 1e-10 * norm
         else:                    # only A: the OLS residual from the factor at theta = 0
             info = self._core.update(np.zeros(len(self.theta_names)))
             pwrss = self._core.components()[2] if info == 0 else 0.0

@@ -74,3 +74,31 @@ def test_threads_give_the_same_doubles(dataset, formula, weighted):
     for workers in (2, 3):
         np.testing.assert_array_equal(
             blocks.crossproducts(*args, chunk_rows=37, workers=workers), one)
+
+
+def _layout(nlev, k, p1, pairs=None):
+    """A layout for terms of ``nlev`` levels (the first two crossed by ``pairs``)."""
+    rng = np.random.default_rng(0)
+    n = 50_000
+    refs = [rng.integers(0, nl, n) for nl in nlev]
+    if pairs is not None:   # term 1's level determined by term 0's: a thin pattern
+        refs[1] = (refs[0] * pairs) % nlev[1]
+    return blocks.BlockLayout.build(refs, list(nlev), list(k), p1), n
+
+
+def test_default_workers_one_per_core_for_a_small_a():
+    """A dense-free longitudinal layout: A is tiny next to the rows, so a thread
+    per core (at most one per chunk)."""
+    layout, n = _layout([1000], [2], 3)
+    assert blocks.default_workers(layout, n, n_chunks=16, cores=2) == 2
+    assert blocks.default_workers(layout, n, n_chunks=16, cores=4) == 4
+    assert blocks.default_workers(layout, n, n_chunks=1, cores=4) == 1
+
+
+def test_default_workers_one_thread_for_a_large_sparse_a():
+    """Two crossed factors whose sparse block has almost a pair per row: a further
+    accumulator would cost more memory than a quarter of the rows' values."""
+    layout, n = _layout([20_000, 5_000], [1, 1], 2)
+    assert blocks.BLOCK_SPARSE in layout.kind_a
+    assert 16 * layout.n_a > 8 * n * (layout.p1 + 2) // 4
+    assert blocks.default_workers(layout, n, n_chunks=16, cores=2) == 1

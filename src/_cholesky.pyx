@@ -340,6 +340,9 @@ cdef class BlockedCholesky:
     # whether the gradient's work arrays hold the derivatives of the current factor
     cdef bint g_current
     cdef bint g_current_reml
+    # the current factor's log-determinants and penalised RSS, once computed
+    cdef bint comp_valid
+    cdef double comp_ld_l2, comp_ld_rx2, comp_pwrss
 
     def __init__(self, nlev, k, Py_ssize_t p1, kind_a, kind_l, off_a, off_l,
                  sp_colptr_off, sp_rowidx_off, colptr, rowidx, a,
@@ -406,6 +409,7 @@ cdef class BlockedCholesky:
         self.g_ready = False
         self.h_ready = False
         self.g_current = False
+        self.comp_valid = False
 
     # ------------------------------------------------------------------ sizes
     cdef inline Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil:
@@ -733,6 +737,7 @@ cdef class BlockedCholesky:
         cdef Py_ssize_t T = self.n_terms, t, r, s
         cdef int info
         self.g_current = False
+        self.comp_valid = False
         self._set_lambda(theta)
         self._scale_copy()
         for t in range(T + 1):
@@ -757,10 +762,17 @@ cdef class BlockedCholesky:
     # ------------------------------------------------------------ the criteria
     cdef void _components(self, double* ld_l2, double* ld_rx2,
                           double* pwrss) noexcept nogil:
-        """log|L_Z|^2, log|R_X|^2 and the penalised RSS from L (eqs. 16-17)."""
+        """log|L_Z|^2, log|R_X|^2 and the penalised RSS from L (eqs. 16-17),
+        computed once per factor (the logarithms cost as much as a small
+        model's factorisation)."""
         cdef Py_ssize_t T = self.n_terms, t, i, n, kt, lev
         cdef double acc = 0.0, r
         cdef double* p
+        if self.comp_valid:
+            ld_l2[0] = self.comp_ld_l2
+            ld_rx2[0] = self.comp_ld_rx2
+            pwrss[0] = self.comp_pwrss
+            return
         for t in range(T):
             p = &self.l[self.off_l[bidx(t, t)]]
             if self.kind_l[bidx(t, t)] == BLOCKDIAG:
@@ -781,6 +793,10 @@ cdef class BlockedCholesky:
         ld_rx2[0] = 2.0 * acc
         r = p[n * n - 1]
         pwrss[0] = r * r
+        self.comp_ld_l2 = ld_l2[0]
+        self.comp_ld_rx2 = ld_rx2[0]
+        self.comp_pwrss = pwrss[0]
+        self.comp_valid = True
 
     cdef double _criterion(self, bint reml) noexcept nogil:
         """Profiled deviance (eq. 18) or REML criterion (eq. 20) at the current L."""

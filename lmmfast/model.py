@@ -93,6 +93,10 @@ class LinearMixedModel:
         for name in frame.data.columns:
             if isinstance(frame.data[name], Factor) or name in grouping:
                 self.factor_levels[name] = list(frame.data.factor(name).levels)
+        for r in remats:   # a term on the fixed effects' own columns shares X's memory
+            if r.cnames == xy.names and r.z.shape == self.x.shape \
+                    and np.array_equal(r.z, self.x):
+                r.z = self.x
         self._order_terms(remats)
         inner = [self.remats[i] for i in self._internal]
         layout = blocks.BlockLayout.build(

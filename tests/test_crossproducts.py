@@ -102,3 +102,15 @@ def test_default_workers_one_thread_for_a_large_sparse_a():
     assert blocks.BLOCK_SPARSE in layout.kind_a
     assert 16 * layout.n_a > 8 * n * (layout.p1 + 2) // 4
     assert blocks.default_workers(layout, n, n_chunks=16, cores=2) == 1
+
+
+def test_term_on_the_fixed_columns_shares_x():
+    """(1 + Days | Subject) with X = [1, Days]: z is X itself (no second copy of the
+    rows), and the fit is lme4's; a term on other columns keeps its own z."""
+    data = lmmfast.datasets.load("sleepstudy")
+    fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)", data)
+    assert fit.remats[0].z is fit.x
+    assert fit.objective == pytest.approx(1743.6282719599, rel=1e-9)
+    other = lmmfast.lmer("Reaction ~ 1 + (1 + Days | Subject)", data)
+    assert other.remats[0].z is not other.x
+    assert not np.shares_memory(other.remats[0].z, other.x)

@@ -48,7 +48,7 @@ class OptSummary:
     maxeval: int = 100_000
     gtol: float = 1e-10
     optimizer: str = "quasi-newton"
-    hessian: np.ndarray | None = None   # quasi-Newton's B (x = theta / scale), in and out
+    hessian: np.ndarray | None = None   # the trust-region model's B (x = theta / scale), in and out
     final: np.ndarray | None = None
     fmin: float = np.inf
     n_evals: int = 0          # evaluations of the criterion

@@ -31,11 +31,12 @@ lme4 ``fit@optinfo$feval``) and the objective differences lmmfast - lme4 and
 lmmfast - statsmodels (REML criterion or deviance; statsmodels' ``-2 llf``);
 a negative difference means lmmfast reached a lower criterion.
 
-The refit rows time ``copy.refit(y_new)`` (``copy = fit.copy()`` made untimed
-before each round) for sleep_slope against
-lme4's ``refit(fit, newresp = y_new)`` (one new response: the observed
-``Reaction`` plus N(0, 25^2) noise, seeded; each refit starts from the
-original fit's theta).
+The refit rows time ``boot.refit(y_new, start=theta0)`` for sleep_slope, as
+``lmmfast.bootstrap`` refits: ``boot = fit.copy()`` is made once, untimed, and
+refitted in place in every round, each time from the original fit's theta
+``theta0``; against lme4's ``refit(fit, newresp = y_new)`` (one new response:
+the observed ``Reaction`` plus N(0, 25^2) noise, seeded; lme4's refit also
+starts from the original fit's theta).
 
 ``--json FILE`` keeps every timing, the process CPU seconds of each call
 (Python ``time.process_time``; R ``proc.time()`` user + system, 1 ms
@@ -365,8 +366,10 @@ def run_model(model: str, fits: list[str], args, rscript: str | None, sm_ok: boo
             if not do_refit:
                 continue
             base = lmmfast.lmer(formula, data, reml=reml)
-            # each round refits its own copy (made untimed) in place, as a bootstrap does
-            rtools = {"lmmfast": lambda: (lambda c: _time(lambda: c.refit(y_new)))(base.copy())}
+            # as lmmfast.bootstrap refits: one copy (made once, untimed), refitted in
+            # place in every round, each time from the original fit's theta
+            boot, theta0 = base.copy(), base.theta.to_numpy()
+            rtools = {"lmmfast": lambda: _time(lambda: boot.refit(y_new, start=theta0))}
             if session is not None:
                 rtools["lme4"] = lambda: _r_time(session, f"refit {fit}")
             print(f"{model} {fit} refit ...", file=sys.stderr, flush=True)

@@ -231,8 +231,8 @@ class LinearMixedModel:
         new._a = self._a.copy()
         new._core = self._make_core(new._a)
         new._solution_cache = None if self._solution_cache is None else dict(self._solution_cache)
-        new.__dict__.pop("fitted", None)
-        new.__dict__.pop("residuals", None)
+        for name in ("fitted", "residuals", "_evaluator"):   # (the evaluator is the old core's)
+            new.__dict__.pop(name, None)
         new.optsum = copy.deepcopy(self.optsum)
         if self._theta is not None:
             new._core.update(new._to_internal(self._theta))
@@ -252,14 +252,24 @@ class LinearMixedModel:
             raise DataError("the new response has non-finite values")
         self.y = y
         self._y_eff = y - self.offset if self.offset is not None else y
-        inner = [self.remats[i] for i in self._internal]
         wy = self._y_eff * self.weights if self.weights is not None else self._y_eff
-        blocks.set_response(self._layout, self._a, [r.refs for r in inner],
-                            [r.z for r in inner], self.x, wy,
+        refs, z = self._inner_columns
+        blocks.set_response(self._layout, self._a, refs, z, self.x, wy,
                             np.sqrt(self.weights) if self.weights is not None else None)
         if start is None and self._theta is not None:
             start = self._theta
         return self.fit(start=start, **options)
+
+    @cached_property
+    def _inner_columns(self) -> tuple[list, list]:
+        """Level codes and z of each term, in the core's order (for refits)."""
+        inner = [self.remats[i] for i in self._internal]
+        return [r.refs for r in inner], [r.z for r in inner]
+
+    @cached_property
+    def _n_effects(self) -> int:
+        """p + q: fixed and random effects together."""
+        return self.p + sum(r.q for r in self.remats)
 
     # ---------------------------------------------------------- theta spaces
     @cached_property
@@ -342,7 +352,9 @@ class LinearMixedModel:
             # a column of lambda that is entirely zero is a stationary point of the
             # criterion (eq. 69): start such columns off it
             summary.initial = self._off_zero_columns(init, scale)
-            evaluator = CoreObjective(core, reml, perm)
+            evaluator = self.__dict__.get("_evaluator")   # kept for refits
+            if evaluator is None or not evaluator.serves(core, reml):
+                evaluator = self._evaluator = CoreObjective(core, reml, perm)
             quasi_newton(evaluator, summary, scale=scale)
             last[0] = evaluator.last_theta
             summary.final, signs = self._canonical_theta(summary.final)
@@ -373,7 +385,7 @@ class LinearMixedModel:
         suspect = (not summary.converged or not math.isfinite(fmin)
                    or max([t / s for t, s in zip(theta.tolist(), scale.tolist())],
                           default=0.0) > 1e3
-                   or self.p + sum(r.q for r in self.remats) >= self.nobs)
+                   or self._n_effects >= self.nobs)
         if suspect and self._exact_fit():
             raise FitError(
                 f"the residual variance is estimated as zero: the response "
@@ -428,8 +440,11 @@ class LinearMixedModel:
         the bounds of eq. 24.
         """
         diag, column = self._columns
+        theta = np.asarray(theta, dtype=np.float64)
+        if min(theta[diag].tolist(), default=0.0) >= 0:   # (the usual case, cheaply)
+            return theta.copy(), np.ones(len(theta))
         signs = np.where(theta[diag] < 0, -1.0, 1.0)[column]
-        return np.asarray(theta, dtype=np.float64) * signs, signs
+        return theta * signs, signs
 
     def _exact_fit(self) -> bool:
         """Whether W^(1/2)(y - offset) lies in the span of W^(1/2)[X Z] (sigma-hat -> 0).

@@ -38,6 +38,9 @@ cimport numpy as cnp
 from libc.math cimport fabs, fma, log, sqrt, M_PI, INFINITY, NAN
 from libc.string cimport memcpy, memset
 
+from cpython.pycapsule cimport PyCapsule_New
+
+from _core_api cimport CoreApi
 from _linalg cimport (blas_int, gemm_nt, gemm_nn, gemm_tn, symm_ll, syrk_n,
                        trsm_rlt, trsm_lln, trmm_lln, trmm_rln, trsv_lt, gemv_t, gemv_n,
                        potrf_l, lauum_l)
@@ -809,24 +812,32 @@ cdef class BlockedCholesky:
         return (ld_l2 - self.log_det_w
                 + self.nobs * (1.0 + log(2.0 * M_PI * pwrss / self.nobs)))
 
+    cdef double _value(self, const double* theta, bint reml) noexcept nogil:
+        """Update L for theta and return the criterion, +inf where that fails."""
+        cdef int info = self._update(theta)
+        self.last_info = info
+        if info != 0:
+            return INFINITY
+        return self._criterion(reml)
+
     def objective(self, const double[::1] theta, bint reml):
         """Update L for ``theta`` and return the (RE)ML criterion (eqs. 18, 20).
 
         Returns +inf where the factorisation fails (theta outside the domain).
         """
-        cdef int info
         cdef double val
         if theta.shape[0] != self.n_theta:
             raise ValueError(f"theta has length {theta.shape[0]}, "
                              f"expected {self.n_theta}")
         with nogil:
-            info = self._update(&theta[0] if self.n_theta > 0 else NULL)
-            if info != 0:
-                val = INFINITY
-            else:
-                val = self._criterion(reml)
-        self.last_info = info
+            val = self._value(&theta[0] if self.n_theta > 0 else NULL, reml)
         return val
+
+    @property
+    def c_api(self):
+        """PyCapsule of the C entry points ``_value`` and ``_derivatives``
+        (``src/_core_api.pxd``), for the optimiser's compiled loop."""
+        return _CORE_API_CAPSULE
 
     def update(self, const double[::1] theta):
         """Update L for ``theta``; returns LAPACK's info (0 = success)."""
@@ -1629,6 +1640,41 @@ cdef class BlockedCholesky:
         self.last_info = info
         return val
 
+    cdef double _derivatives(self, bint reml, double* grad, double* hess) except? -1.0:
+        """``derivatives`` on raw arrays (n_theta, and n_theta^2 or NULL)."""
+        cdef int ginfo = 0
+        cdef double val
+        cdef Py_ssize_t i, n = self.n_theta
+        if self.last_info != 0:
+            for i in range(n):
+                grad[i] = NAN
+            if hess != NULL:
+                for i in range(n * n):
+                    hess[i] = NAN
+            return INFINITY
+        if not self.g_ready and self.n_terms > 0:
+            self._alloc_gradient()
+        if hess != NULL and not self.h_ready and self.n_terms > 0:
+            self._alloc_hessian()
+        with nogil:
+            val = self._criterion(reml)
+            if self.n_terms > 0 and not (self.g_current and self.g_current_reml == reml):
+                ginfo = self._gradient(reml, grad)
+                if ginfo == 0:
+                    self.g_current = True
+                    self.g_current_reml = reml
+            elif self.n_terms > 0:
+                self._grad_from_k(grad)
+            if ginfo != 0:
+                for i in range(n):
+                    grad[i] = NAN
+                if hess != NULL:
+                    for i in range(n * n):
+                        hess[i] = NAN
+            elif hess != NULL and self.n_terms > 0:
+                self._hessian(reml, hess)
+        return val
+
     def derivatives(self, bint reml, double[::1] grad, hess=None):
         """Gradient (eq. 66) and, if ``hess`` is given, the approximate Hessian
         (eq. 70) of the criterion at the current factor; returns the criterion.
@@ -1639,43 +1685,18 @@ cdef class BlockedCholesky:
         ``hess`` (n_theta x n_theta, C-contiguous) are in the internal order.
         Where the factor is not valid, returns +inf and fills them with NaN.
         """
-        cdef int ginfo = 0
-        cdef double val
-        cdef Py_ssize_t i, n = self.n_theta
+        cdef Py_ssize_t n = self.n_theta
         cdef double[:, ::1] h
+        cdef double dummy = 0.0
         if grad.shape[0] != n:
             raise ValueError(f"grad has length {grad.shape[0]}, expected {n}")
-        if hess is not None:
-            h = hess
-            if h.shape[0] != n or h.shape[1] != n:
-                raise ValueError(f"hess must be {n} x {n}")
-        if self.last_info != 0:
-            for i in range(n):
-                grad[i] = NAN
-            if hess is not None:
-                np.asarray(hess)[...] = NAN
-            return INFINITY
-        if not self.g_ready and self.n_terms > 0:
-            self._alloc_gradient()
-        if hess is not None and not self.h_ready and self.n_terms > 0:
-            self._alloc_hessian()
-        with nogil:
-            val = self._criterion(reml)
-            if self.n_terms > 0 and not (self.g_current and self.g_current_reml == reml):
-                ginfo = self._gradient(reml, &grad[0])
-                if ginfo == 0:
-                    self.g_current = True
-                    self.g_current_reml = reml
-            elif self.n_terms > 0:
-                self._grad_from_k(&grad[0])
-            if ginfo != 0:
-                for i in range(n):
-                    grad[i] = NAN
-            elif hess is not None and self.n_terms > 0:
-                self._hessian(reml, &h[0, 0])
-        if ginfo != 0 and hess is not None:
-            np.asarray(hess)[...] = NAN
-        return val
+        if hess is None:
+            return self._derivatives(reml, &grad[0] if n > 0 else &dummy, NULL)
+        h = hess
+        if h.shape[0] != n or h.shape[1] != n:
+            raise ValueError(f"hess must be {n} x {n}")
+        return self._derivatives(reml, &grad[0] if n > 0 else &dummy,
+                                 &h[0, 0] if n > 0 else &dummy)
 
     # ------------------------------------ the approximate Hessian in theta
     cdef void _alloc_hessian(self) except *:
@@ -1939,3 +1960,19 @@ cdef class BlockedCholesky:
                                 h[pos * n + pos2] += g[i + i2 * kt] + g[i2 + i * kt]
                             pos2 += 1
                     pos += 1
+
+
+# ------------------------------------------- C entry points for the optimiser
+cdef double _api_value(object core, const double* theta, bint reml) except? -1.0:
+    return (<BlockedCholesky>core)._value(theta, reml)
+
+
+cdef double _api_derivatives(object core, bint reml, double* grad,
+                             double* hess) except? -1.0:
+    return (<BlockedCholesky>core)._derivatives(reml, grad, hess)
+
+
+cdef CoreApi _CORE_API
+_CORE_API.value = _api_value
+_CORE_API.derivatives = _api_derivatives
+_CORE_API_CAPSULE = PyCapsule_New(<void*>&_CORE_API, b"lmmfast._cholesky.CoreApi", NULL)

@@ -13,6 +13,9 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport sqrt, fabs, isfinite
 
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from _core_api cimport CoreApi
 from _linalg cimport blas_int, syev_l
 
 cnp.import_array()
@@ -34,6 +37,8 @@ cdef class CoreObjective:
     cdef double[::1] theta_in, grad_in
     cdef double[:, ::1] hess_in
     cdef object theta_obj, grad_obj, hess_obj   # the same arrays, handed to the core
+    cdef CoreApi* api                           # the core's C entry points
+    cdef _Work work                             # ``minimize``'s buffers, kept for refits
     cdef readonly Py_ssize_t n_derivatives
 
     def __init__(self, core, bint reml, perm, bint hessian=True):
@@ -49,6 +54,12 @@ cdef class CoreObjective:
         self.grad_in = self.grad_obj
         self.hess_in = self.hess_obj
         self.n_derivatives = 0
+        self.api = <CoreApi*>PyCapsule_GetPointer(core.c_api, b"lmmfast._cholesky.CoreApi")
+        self.work = _Work(n)
+
+    def serves(self, core, bint reml):
+        """Whether this objective evaluates ``core``'s criterion (REML or ML)."""
+        return self.core is core and self.reml == reml
 
     @property
     def last_theta(self):
@@ -71,12 +82,12 @@ cdef class CoreObjective:
         cdef Py_ssize_t i, n = self.perm.shape[0]
         for i in range(n):
             self.theta_in[i] = theta[self.perm[i]]
-        return self.core.objective(self.theta_obj, self.reml)
+        return self.api.value(self.core, &self.theta_in[0], self.reml)
 
     cdef int derivatives(self, double[::1] grad, double[:, ::1] hess) except -1:
         """Gradient and approximate Hessian at the theta of the last ``value``."""
         cdef Py_ssize_t i, j, n = self.perm.shape[0]
-        self.core.derivatives(self.reml, self.grad_obj, self.hess_obj)
+        self.api.derivatives(self.core, self.reml, &self.grad_in[0], &self.hess_in[0, 0])
         self.n_derivatives += 1
         for i in range(n):
             grad[self.perm[i]] = self.grad_in[i]
@@ -104,6 +115,9 @@ cdef class _Work:
     cdef double[:, ::1] v      # eigenvectors, column-major in the C-ordered array's rows
     cdef blas_int lwork
     cdef bint have_eig         # v and lam hold B's eigendecomposition already
+    cdef double[::1] theta, g, gn
+    cdef double[:, ::1] b
+    cdef object b_arr
 
     def __init__(self, Py_ssize_t n):
         self.n = n
@@ -117,6 +131,11 @@ cdef class _Work:
         self.lwork = <blas_int>max(3 * n, 1) * 8
         self.work = np.empty(self.lwork)
         self.have_eig = False
+        self.theta = np.empty(n)
+        self.g = np.empty(n)
+        self.gn = np.empty(n)
+        self.b_arr = np.empty((n, n))
+        self.b = self.b_arr
 
 
 cdef double _norm(const double* a, Py_ssize_t n) noexcept nogil:
@@ -263,21 +282,22 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     See ``lmmfast.optimize.quasi_newton`` for the method and the stopping rules.
     """
     cdef Py_ssize_t n = x0.shape[0], i, j, count = 0
-    cdef _Work w = _Work(n)
+    cdef bint core = isinstance(fg, CoreObjective)
+    cdef _Work w = (<CoreObjective>fg).work if core else _Work(n)
     cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
     cdef double gmax, t
     cdef bint accepted
-    cdef bint newton = isinstance(fg, CoreObjective) and (<CoreObjective>fg).hessian
-    x_arr = np.asarray(x0, dtype=np.float64).copy()
-    theta_arr = np.empty(n)
-    g_arr = np.empty(n)
-    b_arr = np.empty((n, n))
+    cdef bint newton = core and (<CoreObjective>fg).hessian
+    if core:
+        (<CoreObjective>fg).n_derivatives = 0
+    x_arr = np.array(x0, dtype=np.float64)
     cdef double[::1] x = x_arr
-    cdef double[::1] theta = theta_arr
-    cdef double[::1] g = g_arr
-    cdef double[:, ::1] b = b_arr
-    cdef double[::1] gn = np.empty(n)
+    cdef double[::1] theta = w.theta
+    cdef double[::1] g = w.g
+    cdef double[:, ::1] b = w.b
+    cdef double[::1] gn = w.gn
     cdef double* p = &w.p[0]
+    w.have_eig = False
     code = "MAXEVAL_REACHED"
 
     for i in range(n):
@@ -303,7 +323,7 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
                 b[i, j] = 0.0
             b[i, i] = max(2.0 * fabs(g[i]), floor)
     else:
-        b_arr[...] = hessian
+        w.b_arr[...] = hessian
     radius = 0.5 * sqrt(<double>n)
 
     while count < maxeval:
@@ -381,4 +401,4 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
         elif radius <= xtol_abs:
             code = "ROUNDOFF_LIMITED"
             break
-    return x_arr * np.asarray(scale), f, count, code, b_arr
+    return x_arr * np.asarray(scale), f, count, code, np.array(w.b_arr)

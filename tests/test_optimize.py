@@ -127,3 +127,27 @@ def test_criterion_gradient_in_lme4_order():
     assert fit.objective == before
     with pytest.raises(ValueError, match="length"):
         fit.criterion_gradient([1.0])
+
+
+def test_refits_reuse_the_objective_and_copies_get_their_own():
+    """A refit in place reuses the compiled objective (and its buffers); a copy
+    evaluates its own core; the B returned is not the reused buffer."""
+    data = lmmfast.datasets.load("sleepstudy")
+    fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)", data)
+    first = fit._evaluator
+    assert first.serves(fit._core, True) and not first.serves(fit._core, False)
+    b_first = fit.optsum.hessian
+    b_saved = b_first.copy()
+    rng = np.random.default_rng(3)
+    y_new = fit.y + rng.normal(0, 25, fit.nobs)
+    fit.refit(y_new)
+    assert fit._evaluator is first
+    np.testing.assert_array_equal(b_first, b_saved)
+    other = fit.copy()
+    assert "_evaluator" not in other.__dict__
+    other.refit(data["Reaction"].to_numpy())
+    assert other._evaluator is not first and other._evaluator.serves(other._core, True)
+    assert fit.objective == pytest.approx(
+        lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)",
+                                 data.assign(Reaction=y_new)).fit().objective, rel=1e-10)
+    assert other.objective == pytest.approx(1743.6282719599, rel=1e-9)

@@ -489,8 +489,10 @@ class LinearMixedModel:
             if r.z is None or len(r.z) == 0:
                 out.append(np.ones(r.n_theta))
                 continue
-            rms = np.sqrt(np.array([blocks.dd_sum(c ** 2) for c in r.z.T]) / len(r.z))
-            rms = np.where(rms > 0, rms, 1.0)
+            # (an intercept's column is ones: rms 1, without summing n squares)
+            rms = [1.0 if name == "(Intercept)" else
+                   math.sqrt(blocks.dd_sum(c ** 2) / len(r.z)) for name, c in zip(r.cnames, r.z.T)]
+            rms = [v if v > 0 else 1.0 for v in rms]
             out.append(np.array([1.0 / rms[i] for j in range(r.k) for i in range(j, r.k)]))
         return np.concatenate(out)
 

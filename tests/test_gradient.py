@@ -13,29 +13,17 @@ once away from it.  The value returned and the factor left behind are those of
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import lmmfast
 from lmmfast._cholesky import BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.model import LinearMixedModel
+from designs import CROSSED_FORMULAS, DENSE_BEFORE_SPARSE, MODELS, dense_before_sparse
 
 
-def _benchmark_models() -> dict:
-    """The reference suite of benchmarks/models.py: name -> (dataset, formula)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
-    spec = importlib.util.spec_from_file_location("benchmark_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MODELS
-
-
-MODELS = _benchmark_models()
 STEP = 1e-6
 RTOL = 1e-5
 SMALL = [name for name in MODELS if name != "insteval"]
@@ -197,11 +185,8 @@ def test_three_random_effects(reml):
 
 
 @pytest.mark.parametrize("reml", FITS, ids=FIT_IDS)
-@pytest.mark.parametrize("formula", [
-    "y ~ 1 + x1 + (1 | g1) + (1 | g2) + (1 | g3)",
-    "y ~ 1 + x1 + (1 + x1 | g1) + (1 + x1 | g2) + (1 | g3)",
-    "y ~ 1 + x1 + (1 | g1) + (1 + x1 | g2) + (0 + x1 | g3)",
-], ids=["scalar", "vector", "mixed"])
+@pytest.mark.parametrize("formula", list(CROSSED_FORMULAS.values()),
+                         ids=list(CROSSED_FORMULAS))
 def test_crossed_sparse_and_dense_blocks(formula, reml):
     model = _model(formula, lmmfast.datasets.simulate(3000, groups=(300, 50, 8),
                                                       covariates=1, seed=1), reml)
@@ -215,18 +200,7 @@ def test_crossed_sparse_and_dense_blocks(formula, reml):
 @pytest.mark.parametrize("reml", FITS, ids=FIT_IDS)
 def test_dense_term_before_sparse_term(reml):
     """Term 1 dense next to term 0, term 2 sparse: rows of L_.0 out of order."""
-    rng = np.random.default_rng(21)
-    n = 1500
-    df = pd.DataFrame({
-        "a": pd.Categorical(rng.integers(0, 400, n)),
-        "b": pd.Categorical(rng.integers(0, 20, n)),
-        "c": pd.Categorical(rng.integers(0, 30, n)),
-        "x1": rng.normal(size=n),
-        "x2": rng.normal(size=n),
-    })
-    df["y"] = (df.x1 + rng.normal(size=400)[df.a.cat.codes] + rng.normal(size=20)[df.b.cat.codes]
-               + rng.normal(size=30)[df.c.cat.codes] + rng.normal(size=n))
-    model = _model("y ~ 1 + x1 + x2 + (1 | a) + (1 + x1 + x2 | b) + (1 | c)", df, reml)
+    model = _model(DENSE_BEFORE_SPARSE, dense_before_sparse(1500, 30), reml)
     lay = model._layout
     assert list(lay.k) == [1, 3, 1]
     assert lay.kind_l[1] == BLOCK_DENSE and lay.kind_l[3] == BLOCK_SPARSE

@@ -32,12 +32,9 @@ internal order with ``model._theta_perm``.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import lmmfast
@@ -45,18 +42,9 @@ from dense_reference import (dense_ai_hessian, dense_criterion, dense_Lambda,
                              dense_Z, lower_triangular_factor, term_dimensions)
 from lmmfast._cholesky import BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.model import LinearMixedModel
+from designs import CROSSED_FORMULAS, DENSE_BEFORE_SPARSE, MODELS, dense_before_sparse
 
 
-def _benchmark_models() -> dict:
-    """The reference suite of benchmarks/models.py: name -> (dataset, formula)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
-    spec = importlib.util.spec_from_file_location("benchmark_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MODELS
-
-
-MODELS = _benchmark_models()
 SMALL = [name for name in MODELS if name != "insteval"]
 FITS = [True, False]
 FIT_IDS = ["REML", "ML"]
@@ -351,11 +339,8 @@ def test_no_fixed_effects(formula, reml):
 
 
 @pytest.mark.parametrize("reml", FITS, ids=FIT_IDS)
-@pytest.mark.parametrize("formula", [
-    "y ~ 1 + x1 + (1 | g1) + (1 | g2) + (1 | g3)",
-    "y ~ 1 + x1 + (1 + x1 | g1) + (1 + x1 | g2) + (1 | g3)",
-    "y ~ 1 + x1 + (1 | g1) + (1 + x1 | g2) + (0 + x1 | g3)",
-], ids=["scalar", "vector", "mixed"])
+@pytest.mark.parametrize("formula", list(CROSSED_FORMULAS.values()),
+                         ids=list(CROSSED_FORMULAS))
 def test_crossed_sparse_and_dense_blocks(formula, reml):
     model = _model(formula, lmmfast.datasets.simulate(600, groups=(210, 50, 8),
                                                       covariates=1, seed=1), reml)
@@ -369,18 +354,7 @@ def test_crossed_sparse_and_dense_blocks(formula, reml):
 @pytest.mark.parametrize("reml", FITS, ids=FIT_IDS)
 def test_dense_term_before_sparse_term(reml):
     """Term 1 dense next to term 0, term 2 sparse; internal order is not lme4's."""
-    rng = np.random.default_rng(21)
-    n = 600
-    df = pd.DataFrame({
-        "a": pd.Categorical(rng.integers(0, 400, n)),
-        "b": pd.Categorical(rng.integers(0, 20, n)),
-        "c": pd.Categorical(rng.integers(0, 40, n)),
-        "x1": rng.normal(size=n),
-        "x2": rng.normal(size=n),
-    })
-    df["y"] = (df.x1 + rng.normal(size=400)[df.a.cat.codes] + rng.normal(size=20)[df.b.cat.codes]
-               + rng.normal(size=40)[df.c.cat.codes] + rng.normal(size=n))
-    model = _model("y ~ 1 + x1 + x2 + (1 | a) + (1 + x1 + x2 | b) + (1 | c)", df, reml)
+    model = _model(DENSE_BEFORE_SPARSE, dense_before_sparse(600, 40), reml)
     lay = model._layout
     assert list(lay.k) == [1, 3, 1]
     assert lay.kind_l[1] == BLOCK_DENSE and lay.kind_l[3] == BLOCK_SPARSE

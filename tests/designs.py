@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import lmmfast
+from lmmfast._cholesky import BLOCK_DENSE, BLOCK_SPARSE
+from lmmfast.model import LinearMixedModel
+
 
 def _benchmark_models() -> dict:
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
@@ -49,3 +53,21 @@ def dense_before_sparse(n: int, levels_c: int, seed: int = 21) -> pd.DataFrame:
                + rng.normal(size=20)[df.b.cat.codes]
                + rng.normal(size=levels_c)[df.c.cat.codes] + rng.normal(size=n))
     return df
+
+
+def crossed_model(formula: str, reml: bool, n: int, groups: tuple):
+    """A ``CROSSED_FORMULAS`` model on simulated data, its block (1, 0) of L
+    checked sparse and block (2, 0) dense."""
+    model = LinearMixedModel(formula, lmmfast.datasets.simulate(n, groups=groups, covariates=1,
+                                                                seed=1), reml=reml)
+    assert model._layout.kind_l[1] == BLOCK_SPARSE    # block (1, 0)
+    assert model._layout.kind_l[3] == BLOCK_DENSE     # block (2, 0)
+    return model
+
+
+def dense_before_sparse_model(reml: bool, n: int, levels_c: int):
+    """The ``DENSE_BEFORE_SPARSE`` model, its terms (k = 1, 3, 1) and block kinds checked."""
+    model = LinearMixedModel(DENSE_BEFORE_SPARSE, dense_before_sparse(n, levels_c), reml=reml)
+    assert list(model._layout.k) == [1, 3, 1]
+    assert model._layout.kind_l[1] == BLOCK_DENSE and model._layout.kind_l[3] == BLOCK_SPARSE
+    return model

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 import lmmfast
-from lmmfast._cholesky import BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.model import LinearMixedModel
-from designs import CROSSED_FORMULAS, DENSE_BEFORE_SPARSE, MODELS, dense_before_sparse
+from designs import CROSSED_FORMULAS, MODELS, crossed_model, dense_before_sparse_model
 
 
 STEP = 1e-6
@@ -188,11 +187,7 @@ def test_three_random_effects(reml):
 @pytest.mark.parametrize("formula", list(CROSSED_FORMULAS.values()),
                          ids=list(CROSSED_FORMULAS))
 def test_crossed_sparse_and_dense_blocks(formula, reml):
-    model = _model(formula, lmmfast.datasets.simulate(3000, groups=(300, 50, 8),
-                                                      covariates=1, seed=1), reml)
-    lay = model._layout
-    assert lay.kind_l[1] == BLOCK_SPARSE          # block (1, 0)
-    assert lay.kind_l[3] == BLOCK_DENSE           # block (2, 0)
+    model = crossed_model(formula, reml, 3000, (300, 50, 8))
     for theta in _random_thetas(model, 2, seed=8):
         _assert_matches_differences(model, theta)
 
@@ -200,10 +195,7 @@ def test_crossed_sparse_and_dense_blocks(formula, reml):
 @pytest.mark.parametrize("reml", FITS, ids=FIT_IDS)
 def test_dense_term_before_sparse_term(reml):
     """Term 1 dense next to term 0, term 2 sparse: rows of L_.0 out of order."""
-    model = _model(DENSE_BEFORE_SPARSE, dense_before_sparse(1500, 30), reml)
-    lay = model._layout
-    assert list(lay.k) == [1, 3, 1]
-    assert lay.kind_l[1] == BLOCK_DENSE and lay.kind_l[3] == BLOCK_SPARSE
+    model = dense_before_sparse_model(reml, 1500, 30)
     for theta in _random_thetas(model, 2, seed=6):
         _assert_matches_differences(model, theta)
 

@@ -40,9 +40,8 @@ import pytest
 import lmmfast
 from dense_reference import (dense_ai_hessian, dense_criterion, dense_Lambda,
                              dense_Z, lower_triangular_factor, term_dimensions)
-from lmmfast._cholesky import BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.model import LinearMixedModel
-from designs import CROSSED_FORMULAS, DENSE_BEFORE_SPARSE, MODELS, dense_before_sparse
+from designs import CROSSED_FORMULAS, MODELS, crossed_model, dense_before_sparse_model
 
 
 SMALL = [name for name in MODELS if name != "insteval"]
@@ -342,11 +341,7 @@ def test_no_fixed_effects(formula, reml):
 @pytest.mark.parametrize("formula", list(CROSSED_FORMULAS.values()),
                          ids=list(CROSSED_FORMULAS))
 def test_crossed_sparse_and_dense_blocks(formula, reml):
-    model = _model(formula, lmmfast.datasets.simulate(600, groups=(210, 50, 8),
-                                                      covariates=1, seed=1), reml)
-    lay = model._layout
-    assert lay.kind_l[1] == BLOCK_SPARSE          # block (1, 0)
-    assert lay.kind_l[3] == BLOCK_DENSE           # block (2, 0)
+    model = crossed_model(formula, reml, 600, (210, 50, 8))
     for theta in _random_thetas(model, 2, seed=8):
         _assert_matches_dense(model, theta)
 
@@ -354,10 +349,7 @@ def test_crossed_sparse_and_dense_blocks(formula, reml):
 @pytest.mark.parametrize("reml", FITS, ids=FIT_IDS)
 def test_dense_term_before_sparse_term(reml):
     """Term 1 dense next to term 0, term 2 sparse; internal order is not lme4's."""
-    model = _model(DENSE_BEFORE_SPARSE, dense_before_sparse(600, 40), reml)
-    lay = model._layout
-    assert list(lay.k) == [1, 3, 1]
-    assert lay.kind_l[1] == BLOCK_DENSE and lay.kind_l[3] == BLOCK_SPARSE
+    model = dense_before_sparse_model(reml, 600, 40)
     assert not np.array_equal(model._theta_perm, np.arange(8))
     for theta in _random_thetas(model, 2, seed=6):
         _assert_matches_dense(model, theta)

@@ -131,6 +131,14 @@ class BlockLayout:
                    kind_a, kind_l, off_a, off_l, cp_off, ri_off,
                    cat(colptrs), cat(rowidxs), pos_a, pos_l)
 
+    @functools.cached_property
+    def response_offsets(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Where y's cross-products sit in A: the offset of block (T, t) per term,
+        q_t per term, and the offset of block (T, T)."""
+        T = self.n_terms
+        return (np.ascontiguousarray(self.off_a[[_bidx(T, t) for t in range(T)]]),
+                np.ascontiguousarray(self.nlev * self.k), int(self.off_a[_bidx(T, T)]))
+
     def block_a(self, a: np.ndarray, s: int, t: int) -> np.ndarray:
         """The flat slice of ``a`` holding block (s, t)."""
         b = _bidx(s, t)
@@ -188,17 +196,9 @@ def set_response(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
     weights (W y).  Everything else in A depends on the design only, so a
     refit with a new response re-uses it (theory.md, eq. 26).
     """
-    T = layout.n_terms
-    p1 = layout.p1
-    yv = np.ascontiguousarray(wy, dtype=np.float64).reshape(-1, 1)
-    for t in range(T):
-        ztwy = np.zeros(int(layout.nlev[t] * layout.k[t]))
-        _crossprod.add_xy_z(refs[t], z[t], yv, ztwy)
-        layout.block_a(a, T, t).reshape(-1, p1)[:, p1 - 1] = ztwy
-    xx = layout.block_a(a, T, T).reshape(p1, p1)   # row-major view of column-major storage
+    off_zy, q, off_xy = layout.response_offsets
     y_raw = wy if sqrt_w is None else wy / sqrt_w ** 2
-    xx[:p1 - 1, p1 - 1] = x.T @ wy                  # column-major element (p, j), j < p
-    xx[p1 - 1, p1 - 1] = float(y_raw @ wy)
+    _crossprod.set_response(a, off_zy, q, list(refs), list(z), x, wy, y_raw, off_xy)
 
 
 def default_workers(layout: BlockLayout, n: int, n_chunks: int, cores: int) -> int:

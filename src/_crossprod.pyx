@@ -106,6 +106,44 @@ def add_xy_z(const cnp.int64_t[::1] refs, const double[:, ::1] z,
                     out[i + (col0 + b) * p1] += xy[r, i] * zb
 
 
+def set_response(double[::1] a, const cnp.int64_t[::1] off_zy, const cnp.int64_t[::1] q,
+                 list refs, list z, const double[:, ::1] x, const double[::1] wy,
+                 const double[::1] y_raw, Py_ssize_t off_xy):
+    """Overwrite the y parts of A in place: Z_t^T W y (row p of block (T, t), at
+    ``off_zy[t]``, p1 x q_t column-major), X^T W y and y^T W y (row p of block
+    (T, T), at ``off_xy``); ``wy`` is W y, ``y_raw`` y.  One call, no
+    temporaries: a refit's inner loop (eq. 26)."""
+    cdef Py_ssize_t n = wy.shape[0], p = x.shape[1], p1 = p + 1
+    cdef Py_ssize_t t, r, b, j, k, col0, nt = len(refs)
+    cdef const cnp.int64_t[::1] rt
+    cdef const double[:, ::1] zt
+    cdef double* row_y
+    cdef double acc, w
+    for t in range(nt):
+        rt = refs[t]
+        zt = z[t]
+        k = zt.shape[1]
+        row_y = &a[off_zy[t] + p]
+        with nogil:
+            for j in range(q[t]):
+                row_y[j * p1] = 0.0
+            for r in range(n):
+                col0 = rt[r] * k
+                w = wy[r]
+                for b in range(k):
+                    row_y[(col0 + b) * p1] += w * zt[r, b]
+    with nogil:
+        for j in range(p):
+            acc = 0.0
+            for r in range(n):
+                acc = acc + x[r, j] * wy[r]
+            a[off_xy + p + j * p1] = acc
+        acc = 0.0
+        for r in range(n):
+            acc = acc + y_raw[r] * wy[r]
+        a[off_xy + p + p * p1] = acc
+
+
 def add_xy_xy(const double[:, ::1] xy, double[::1] out):
     """Lower triangle of [X y]^T [X y] (p1 x p1, column-major), by BLAS syrk."""
     cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1]

@@ -5,10 +5,29 @@
 # column-major conventions live in one place.  All matrices are column-major
 # with an explicit leading dimension.
 
+from libc.math cimport sqrt
 from scipy.linalg cimport cython_blas as blas
 from scipy.linalg cimport cython_lapack as lapack
 
 ctypedef int blas_int
+
+# Level-3 calls (and dpotrf) whose work is at most this many multiply-adds are
+# done by the plain loops below: OpenBLAS takes a work buffer under a mutex on
+# every such call, which costs more than the arithmetic of a small model's
+# blocks (a few rows of X, a few random effects per level).
+cdef enum:
+    TINY_WORK = 2048
+
+
+cdef inline void _scale_c(blas_int m, blas_int n, double beta, double* c,
+                          blas_int ldc) noexcept nogil:
+    """C <- beta C (beta = 0 clears C without reading it)."""
+    cdef blas_int i, j
+    if beta == 1.0:
+        return
+    for j in range(n):
+        for i in range(m):
+            c[i + j * ldc] = 0.0 if beta == 0.0 else beta * c[i + j * ldc]
 
 
 cdef inline void gemm_nt(blas_int m, blas_int n, blas_int k, double alpha,
@@ -18,7 +37,18 @@ cdef inline void gemm_nt(blas_int m, blas_int n, blas_int k, double alpha,
     """C <- alpha * A * B^T + beta * C   (A: m x k, B: n x k, C: m x n)."""
     cdef char ta = b'N'
     cdef char tb = b'T'
+    cdef blas_int i, j, l
+    cdef double acc
     if m == 0 or n == 0:
+        return
+    if <long>m * n * k <= TINY_WORK:
+        _scale_c(m, n, beta, c, ldc)
+        for j in range(n):
+            for i in range(m):
+                acc = 0.0
+                for l in range(k):
+                    acc = acc + a[i + l * lda] * b[j + l * ldb]
+                c[i + j * ldc] += alpha * acc
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)
@@ -30,7 +60,18 @@ cdef inline void syrk_n(blas_int n, blas_int k, double alpha,
     """Lower triangle of C <- alpha * A * A^T + beta * C   (A: n x k)."""
     cdef char uplo = b'L'
     cdef char tr = b'N'
+    cdef blas_int i, j, l
+    cdef double acc
     if n == 0:
+        return
+    if <long>n * n * k <= TINY_WORK:
+        for j in range(n):
+            for i in range(j, n):
+                acc = 0.0
+                for l in range(k):
+                    acc = acc + a[i + l * lda] * a[j + l * lda]
+                c[i + j * ldc] = (alpha * acc if beta == 0.0
+                                  else beta * c[i + j * ldc] + alpha * acc)
         return
     blas.dsyrk(&uplo, &tr, &n, &k, &alpha, <double*>a, &lda, &beta, c, &ldc)
 
@@ -43,7 +84,20 @@ cdef inline void trsm_rlt(blas_int m, blas_int n, const double* l, blas_int ldl,
     cdef char ta = b'T'
     cdef char diag = b'N'
     cdef double one = 1.0
+    cdef blas_int i, j, c
+    cdef double d
     if m == 0 or n == 0:
+        return
+    if <long>m * n * n <= TINY_WORK:
+        # X L^T = B column by column: X[:, j] = (B[:, j] - sum_{c<j} X[:, c] L[j, c]) / L[j, j]
+        for j in range(n):
+            for c in range(j):
+                d = l[j + c * ldl]
+                for i in range(m):
+                    b[i + j * ldb] -= b[i + c * ldb] * d
+            d = 1.0 / l[j + j * ldl]
+            for i in range(m):
+                b[i + j * ldb] *= d
         return
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
 
@@ -56,7 +110,18 @@ cdef inline void trsm_lln(blas_int m, blas_int n, const double* l, blas_int ldl,
     cdef char ta = b'N'
     cdef char diag = b'N'
     cdef double one = 1.0
+    cdef blas_int i, j, c
+    cdef double d
     if m == 0 or n == 0:
+        return
+    if <long>m * m * n <= TINY_WORK:
+        # forward substitution, column by column of B
+        for j in range(n):
+            for i in range(m):
+                d = b[i + j * ldb]
+                for c in range(i):
+                    d = d - l[i + c * ldl] * b[c + j * ldb]
+                b[i + j * ldb] = d / l[i + i * ldl]
         return
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
 
@@ -89,7 +154,26 @@ cdef inline blas_int potrf_l(blas_int n, double* a, blas_int lda) noexcept nogil
     """In-place lower Cholesky factor of A (n x n); returns LAPACK's info."""
     cdef char uplo = b'L'
     cdef blas_int info = 0
+    cdef blas_int i, j, c
+    cdef double d
     if n == 0:
+        return 0
+    if <long>n * n * n <= TINY_WORK:
+        # dpotf2's order: the diagonal, then the column below it scaled by its reciprocal
+        for j in range(n):
+            d = a[j + j * lda]
+            for c in range(j):
+                d = d - a[j + c * lda] * a[j + c * lda]
+            if not d > 0.0:
+                return j + 1
+            d = sqrt(d)
+            a[j + j * lda] = d
+            d = 1.0 / d
+            for c in range(j):
+                for i in range(j + 1, n):
+                    a[i + j * lda] -= a[i + c * lda] * a[j + c * lda]
+            for i in range(j + 1, n):
+                a[i + j * lda] *= d
         return 0
     lapack.dpotrf(&uplo, &n, a, &lda, &info)
     return info
@@ -102,7 +186,18 @@ cdef inline void gemm_nn(blas_int m, blas_int n, blas_int k, double alpha,
     """C <- alpha * A * B + beta * C   (A: m x k, B: k x n, C: m x n)."""
     cdef char ta = b'N'
     cdef char tb = b'N'
+    cdef blas_int i, j, l
+    cdef double acc
     if m == 0 or n == 0:
+        return
+    if <long>m * n * k <= TINY_WORK:
+        _scale_c(m, n, beta, c, ldc)
+        for j in range(n):
+            for i in range(m):
+                acc = 0.0
+                for l in range(k):
+                    acc = acc + a[i + l * lda] * b[l + j * ldb]
+                c[i + j * ldc] += alpha * acc
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)
@@ -115,7 +210,18 @@ cdef inline void gemm_tn(blas_int m, blas_int n, blas_int k, double alpha,
     """C <- alpha * A^T * B + beta * C   (A: k x m, B: k x n, C: m x n)."""
     cdef char ta = b'T'
     cdef char tb = b'N'
+    cdef blas_int i, j, l
+    cdef double acc
     if m == 0 or n == 0:
+        return
+    if <long>m * n * k <= TINY_WORK:
+        _scale_c(m, n, beta, c, ldc)
+        for j in range(n):
+            for i in range(m):
+                acc = 0.0
+                for l in range(k):
+                    acc = acc + a[l + i * lda] * b[l + j * ldb]
+                c[i + j * ldc] += alpha * acc
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)
@@ -128,7 +234,18 @@ cdef inline void symm_ll(blas_int m, blas_int n, double alpha,
     """C <- alpha * A * B + beta * C, A symmetric (m x m) given by its lower triangle."""
     cdef char side = b'L'
     cdef char uplo = b'L'
+    cdef blas_int i, j, l
+    cdef double acc
     if m == 0 or n == 0:
+        return
+    if <long>m * m * n <= TINY_WORK:
+        _scale_c(m, n, beta, c, ldc)
+        for j in range(n):
+            for i in range(m):
+                acc = 0.0
+                for l in range(m):
+                    acc = acc + (a[i + l * lda] if i >= l else a[l + i * lda]) * b[l + j * ldb]
+                c[i + j * ldc] += alpha * acc
         return
     blas.dsymm(&side, &uplo, &m, &n, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)

@@ -146,19 +146,23 @@ def test_zero_component(name, zero, reml):
     boundary of eq. 24), or an off-diagonal one (sleep_slope's index 1).
 
     The criterion is defined and smooth across 0 (the core accepts a negative
-    diagonal entry), so central differences apply; a forward difference with a
-    tiny positive step is the one-sided check.  For a scalar term the
-    criterion is even in its theta, and the derivative is exactly 0.
+    diagonal entry), so central differences apply; the one-sided check is a
+    second-order forward difference, (-3 d(0) + 4 d(h) - d(2h)) / 2h, whose
+    error is O(h^2) (a first-order one with a step small enough to hide the
+    curvature would see the criterion's rounding errors, about 1e-13 of it).
+    For a scalar term the criterion is even in its theta, and the derivative
+    is exactly 0.
     """
     model = _suite_model(name, reml)
     for theta in _random_thetas(model, 2, seed=9):
         theta[zero] = 0.0
         grad = _assert_matches_differences(model, theta)
         base = model._core.objective(theta, reml)
-        h = 1e-7
-        up = theta.copy()
-        up[zero] = h
-        forward = (model._core.objective(up, reml) - base) / h
+        h = 1e-5
+        up, up2 = theta.copy(), theta.copy()
+        up[zero], up2[zero] = h, 2 * h
+        forward = (-3 * base + 4 * model._core.objective(up, reml)
+                   - model._core.objective(up2, reml)) / (2 * h)
         assert forward == pytest.approx(grad[zero], abs=1e-4 * max(np.max(np.abs(grad)), 1.0))
         if name in ("penicillin", "pastes", "sleep_zerocorr"):   # scalar terms
             assert abs(grad[zero]) <= 1e-12 * max(np.max(np.abs(grad)), 1.0)

@@ -141,7 +141,11 @@ def _category_codes(cat) -> tuple[np.ndarray, list[str], bool]:
     """Codes and labels of a Categorical, unused categories dropped; and whether it
     is already an R-style factor (string categories, all used, unordered)."""
     codes = np.asarray(cat.codes).astype(np.int64)
-    raw = cat.categories.to_numpy(dtype=object).tolist()
+    # pyarrow-backed string categories: straight to Python strings (pandas would
+    # iterate them one by one)
+    chunked = getattr(getattr(cat.categories, "array", None), "_pa_array", None)
+    raw = chunked.to_pylist() if hasattr(chunked, "to_pylist") \
+        else cat.categories.to_numpy(dtype=object).tolist()
     labels = [c if type(c) is str else str(c) for c in raw]
     used = np.bincount(codes[codes >= 0], minlength=len(raw)) > 0
     if used.all():

@@ -117,11 +117,11 @@ def build_remat(frame, term: RandomTerm) -> ReMat:
     """The random-effects term ``term`` evaluated on the model frame (``Columns`` or a DataFrame)."""
     refs, levels = _group_codes(frame, term)
     z, cnames = design_matrix(term.expr, frame, f"random term {term.source}")
+    if cnames == ["(Intercept)"] and isinstance(frame, Columns):
+        return ReMat(term.group, cnames, refs, levels, frame.ones, term.source)
     z = np.ascontiguousarray(z)
     if z.shape[1] == 0:
         raise FormulaError(f"random term {term.source} has no columns")
     if not np.isfinite(z).all():
         raise DataError(f"random term {term.source} has non-finite values in its columns")
-    if cnames == ["(Intercept)"] and isinstance(frame, Columns):
-        z = frame.ones
     return ReMat(term.group, cnames, refs, levels, z, term.source)

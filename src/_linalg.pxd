@@ -30,6 +30,23 @@ cdef inline void _scale_c(blas_int m, blas_int n, double beta, double* c,
             c[i + j * ldc] = 0.0 if beta == 0.0 else beta * c[i + j * ldc]
 
 
+cdef inline void _small_gemm(blas_int m, blas_int n, blas_int k, double alpha,
+                             const double* a, blas_int a_row, blas_int a_col,
+                             const double* b, blas_int b_row, blas_int b_col,
+                             double beta, double* c, blas_int ldc) noexcept nogil:
+    """C <- alpha op(A) op(B) + beta C by plain loops; op(A)[i, l] is
+    a[i * a_row + l * a_col] and op(B)[l, j] is b[l * b_row + j * b_col]."""
+    cdef blas_int i, j, l
+    cdef double acc
+    _scale_c(m, n, beta, c, ldc)
+    for j in range(n):
+        for i in range(m):
+            acc = 0.0
+            for l in range(k):
+                acc = acc + a[i * a_row + l * a_col] * b[l * b_row + j * b_col]
+            c[i + j * ldc] += alpha * acc
+
+
 cdef inline void gemm_nt(blas_int m, blas_int n, blas_int k, double alpha,
                          const double* a, blas_int lda,
                          const double* b, blas_int ldb, double beta,
@@ -37,18 +54,10 @@ cdef inline void gemm_nt(blas_int m, blas_int n, blas_int k, double alpha,
     """C <- alpha * A * B^T + beta * C   (A: m x k, B: n x k, C: m x n)."""
     cdef char ta = b'N'
     cdef char tb = b'T'
-    cdef blas_int i, j, l
-    cdef double acc
     if m == 0 or n == 0:
         return
     if <long>m * n * k <= TINY_WORK:
-        _scale_c(m, n, beta, c, ldc)
-        for j in range(n):
-            for i in range(m):
-                acc = 0.0
-                for l in range(k):
-                    acc = acc + a[i + l * lda] * b[j + l * ldb]
-                c[i + j * ldc] += alpha * acc
+        _small_gemm(m, n, k, alpha, a, 1, lda, b, ldb, 1, beta, c, ldc)
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)
@@ -186,18 +195,10 @@ cdef inline void gemm_nn(blas_int m, blas_int n, blas_int k, double alpha,
     """C <- alpha * A * B + beta * C   (A: m x k, B: k x n, C: m x n)."""
     cdef char ta = b'N'
     cdef char tb = b'N'
-    cdef blas_int i, j, l
-    cdef double acc
     if m == 0 or n == 0:
         return
     if <long>m * n * k <= TINY_WORK:
-        _scale_c(m, n, beta, c, ldc)
-        for j in range(n):
-            for i in range(m):
-                acc = 0.0
-                for l in range(k):
-                    acc = acc + a[i + l * lda] * b[l + j * ldb]
-                c[i + j * ldc] += alpha * acc
+        _small_gemm(m, n, k, alpha, a, 1, lda, b, 1, ldb, beta, c, ldc)
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)
@@ -210,18 +211,10 @@ cdef inline void gemm_tn(blas_int m, blas_int n, blas_int k, double alpha,
     """C <- alpha * A^T * B + beta * C   (A: k x m, B: k x n, C: m x n)."""
     cdef char ta = b'T'
     cdef char tb = b'N'
-    cdef blas_int i, j, l
-    cdef double acc
     if m == 0 or n == 0:
         return
     if <long>m * n * k <= TINY_WORK:
-        _scale_c(m, n, beta, c, ldc)
-        for j in range(n):
-            for i in range(m):
-                acc = 0.0
-                for l in range(k):
-                    acc = acc + a[l + i * lda] * b[l + j * ldb]
-                c[i + j * ldc] += alpha * acc
+        _small_gemm(m, n, k, alpha, a, lda, 1, b, 1, ldb, beta, c, ldc)
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
                <double*>b, &ldb, &beta, c, &ldc)

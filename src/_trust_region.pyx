@@ -309,21 +309,19 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     count += 1
     if not isfinite(f):
         return x_arr * np.asarray(scale), f, count, "FAILURE", None
-    if newton:
+    if newton:   # B is eq. 70's, here and at every accepted point
         _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
     else:
         for i in range(n):
             g[i] = gn[i] * scale[i]
-    if newton:
-        pass   # B is eq. 70's at every accepted point
-    elif hessian is None:
-        floor = 1e-8 * max(fabs(f), 1.0)   # keeps B_0 positive definite
-        for i in range(n):
-            for j in range(n):
-                b[i, j] = 0.0
-            b[i, i] = max(2.0 * fabs(g[i]), floor)
-    else:
-        w.b_arr[...] = hessian
+        if hessian is None:
+            floor = 1e-8 * max(fabs(f), 1.0)   # keeps B_0 positive definite
+            for i in range(n):
+                for j in range(n):
+                    b[i, j] = 0.0
+                b[i, i] = max(2.0 * fabs(g[i]), floor)
+        else:
+            w.b_arr[...] = hessian
     radius = 0.5 * sqrt(<double>n)
 
     while count < maxeval:

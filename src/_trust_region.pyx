@@ -138,6 +138,104 @@ cdef class _Work:
         self.b = self.b_arr
 
 
+cdef enum:
+    JACOBI_MAX_N = 8   # orders up to which eigendecompositions are cyclic Jacobi sweeps
+
+
+cdef int _eigh(Py_ssize_t n, double* v, double* lam, _Work w) noexcept nogil:
+    """Eigendecomposition of the symmetric matrix in ``v`` (n x n, column-major):
+    eigenvalues ascending into ``lam``, eigenvectors into the columns of ``v``;
+    0, or LAPACK's info.
+
+    Up to ``JACOBI_MAX_N`` (the length of theta of most models) by cyclic
+    Jacobi rotations, accurate to rounding and without LAPACK's dsyev, whose
+    several routines cost more to reach than such a matrix costs to diagonalise.
+    """
+    cdef Py_ssize_t i, j, r, c, sweep, best
+    cdef double* m = &w.work[0]
+    cdef double off, scale, app, aqq, apq, theta, t, cs, sn, x, y
+    if n > JACOBI_MAX_N:
+        return syev_l(<blas_int>n, v, <blas_int>n, lam, &w.work[0], w.lwork)
+    for i in range(n * n):
+        m[i] = v[i]
+        v[i] = 0.0
+    for i in range(n):
+        v[i + i * n] = 1.0
+    for sweep in range(100):
+        off = 0.0
+        scale = 0.0
+        for c in range(n):
+            for r in range(n):
+                if r != c:
+                    off += m[r + c * n] * m[r + c * n]
+                else:
+                    scale += m[r + c * n] * m[r + c * n]
+        if off <= 1e-32 * scale or off == 0.0:
+            break
+        for r in range(n - 1):
+            for c in range(r + 1, n):
+                apq = m[r + c * n]
+                if apq == 0.0:
+                    continue
+                app = m[r + r * n]
+                aqq = m[c + c * n]
+                theta = (aqq - app) / (2.0 * apq)
+                t = 1.0 / (fabs(theta) + sqrt(theta * theta + 1.0))
+                if theta < 0:
+                    t = -t
+                cs = 1.0 / sqrt(t * t + 1.0)
+                sn = t * cs
+                # M <- J^T M J with J the rotation in the (r, c) plane
+                for i in range(n):
+                    x = m[i + r * n]
+                    y = m[i + c * n]
+                    m[i + r * n] = cs * x - sn * y
+                    m[i + c * n] = sn * x + cs * y
+                for j in range(n):
+                    x = m[r + j * n]
+                    y = m[c + j * n]
+                    m[r + j * n] = cs * x - sn * y
+                    m[c + j * n] = sn * x + cs * y
+                m[r + c * n] = 0.0
+                m[c + r * n] = 0.0
+                for i in range(n):
+                    x = v[i + r * n]
+                    y = v[i + c * n]
+                    v[i + r * n] = cs * x - sn * y
+                    v[i + c * n] = sn * x + cs * y
+    for i in range(n):
+        lam[i] = m[i + i * n]
+    # ascending, eigenvectors with them
+    for i in range(n - 1):
+        best = i
+        for j in range(i + 1, n):
+            if lam[j] < lam[best]:
+                best = j
+        if best != i:
+            x = lam[i]
+            lam[i] = lam[best]
+            lam[best] = x
+            for r in range(n):
+                x = v[r + i * n]
+                v[r + i * n] = v[r + best * n]
+                v[r + best * n] = x
+    return 0
+
+
+def symmetric_eigen(a):
+    """Eigenvalues (ascending) and eigenvectors (columns) of the symmetric ``a``,
+    as the optimiser's steps compute them (``_eigh``)."""
+    cdef Py_ssize_t n = len(a)
+    cdef _Work w = _Work(max(n, 1))
+    v_arr = np.asfortranarray(a, dtype=np.float64).copy(order="F")
+    cdef double[::1, :] v = v_arr
+    lam = np.empty(n)
+    cdef double[::1] lv = lam
+    if n and _eigh(n, &v[0, 0], &lv[0], w) != 0:
+        raise np.linalg.LinAlgError("eigendecomposition failed")
+    return lam, v_arr
+
+
 cdef double _norm(const double* a, Py_ssize_t n) noexcept nogil:
     cdef double acc = 0.0
     cdef Py_ssize_t i
@@ -175,7 +273,7 @@ cdef int _trust_region_step(const double* g, const double* b, double radius,
     if not w.have_eig:
         for i in range(n * n):
             v[i] = b[i]
-        info = syev_l(<blas_int>n, v, <blas_int>n, lam, &w.work[0], w.lwork)
+        info = _eigh(n, v, lam, w)
         if info != 0:
             return info
     # v is column-major: eigenvector j is v[j*n : (j+1)*n]
@@ -255,7 +353,7 @@ cdef void _floor_spectrum(double[:, ::1] b, double floor, _Work w) except *:
     for i in range(n):
         for j in range(n):
             v[i + j * n] = b[i, j]
-    if syev_l(<blas_int>n, v, <blas_int>n, &w.lam[0], &w.work[0], w.lwork) != 0:
+    if _eigh(n, v, &w.lam[0], w) != 0:
         return
     w.have_eig = True   # B = V diag(lam) V' (symmetric: row-major b is its transpose)
     for c in range(n):

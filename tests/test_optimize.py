@@ -151,3 +151,23 @@ def test_refits_reuse_the_objective_and_copies_get_their_own():
         lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)",
                                  data.assign(Reaction=y_new)).fit().objective, rel=1e-10)
     assert other.objective == pytest.approx(1743.6282719599, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 12])
+def test_step_eigendecomposition(n):
+    """The trust-region step's eigendecomposition (Jacobi sweeps up to order 8,
+    LAPACK above) against numpy: ascending eigenvalues, orthonormal vectors that
+    reproduce the matrix, also for repeated and zero eigenvalues."""
+    from lmmfast._trust_region import symmetric_eigen
+    rng = np.random.default_rng(n)
+    g = rng.normal(size=(n, n))
+    cases = [g + g.T, g @ g.T, np.eye(n) * 3.0, np.zeros((n, n))]
+    if n >= 2:
+        q, _ = np.linalg.qr(g)
+        cases.append(q @ np.diag([1.0] * (n - 1) + [-2.0]) @ q.T)   # a repeated eigenvalue
+    for a in cases:
+        lam, v = symmetric_eigen(a)
+        scale = max(np.abs(a).max(), 1.0)
+        np.testing.assert_allclose(lam, np.linalg.eigvalsh(a), atol=1e-13 * scale)
+        np.testing.assert_allclose(v.T @ v, np.eye(n), atol=1e-13)
+        np.testing.assert_allclose(v @ np.diag(lam) @ v.T, a, atol=1e-13 * scale)

@@ -1612,32 +1612,16 @@ cdef class BlockedCholesky:
         (eqs. 64-68): no division by theta, so it holds on the boundary too.
         Where the factorisation fails, returns +inf and fills ``grad`` with NaN.
         """
-        cdef int info, ginfo = 0
-        cdef double val
-        cdef Py_ssize_t i
+        cdef double val, dummy = 0.0
         if theta.shape[0] != self.n_theta:
             raise ValueError(f"theta has length {theta.shape[0]}, "
                              f"expected {self.n_theta}")
         if grad.shape[0] != self.n_theta:
             raise ValueError(f"grad has length {grad.shape[0]}, "
                              f"expected {self.n_theta}")
-        if not self.g_ready and self.n_terms > 0:
-            self._alloc_gradient()
         with nogil:
-            info = self._update(&theta[0] if self.n_theta > 0 else NULL)
-            if info != 0:
-                val = INFINITY
-            else:
-                val = self._criterion(reml)
-                if self.n_terms > 0:
-                    ginfo = self._gradient(reml, &grad[0])
-            if info != 0 or ginfo != 0:
-                for i in range(self.n_theta):
-                    grad[i] = NAN
-            else:
-                self.g_current = self.n_terms > 0
-                self.g_current_reml = reml
-        self.last_info = info
+            val = self._value(&theta[0] if self.n_theta > 0 else NULL, reml)
+        self._derivatives(reml, &grad[0] if self.n_theta > 0 else &dummy, NULL)
         return val
 
     cdef double _derivatives(self, bint reml, double* grad, double* hess) except? -1.0:

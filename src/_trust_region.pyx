@@ -36,7 +36,6 @@ cdef class CoreObjective:
     cdef Py_ssize_t[::1] perm
     cdef double[::1] theta_in, grad_in
     cdef double[:, ::1] hess_in
-    cdef object theta_obj, grad_obj, hess_obj   # the same arrays, handed to the core
     cdef CoreApi* api                           # the core's C entry points
     cdef _Work work                             # ``minimize``'s buffers, kept for refits
     cdef readonly Py_ssize_t n_derivatives
@@ -47,12 +46,9 @@ cdef class CoreObjective:
         self.reml = reml
         self.hessian = hessian
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
-        self.theta_obj = np.full(n, np.nan)
-        self.grad_obj = np.empty(n)
-        self.hess_obj = np.empty((n, n))
-        self.theta_in = self.theta_obj
-        self.grad_in = self.grad_obj
-        self.hess_in = self.hess_obj
+        self.theta_in = np.full(n, np.nan)
+        self.grad_in = np.empty(n)
+        self.hess_in = np.empty((n, n))
         self.n_derivatives = 0
         self.api = <CoreApi*>PyCapsule_GetPointer(core.c_api, b"lmmfast._cholesky.CoreApi")
         self.work = _Work(n)
@@ -68,10 +64,8 @@ cdef class CoreObjective:
 
     cdef double evaluate(self, const double[::1] theta, double[::1] grad) except? -1.0:
         cdef Py_ssize_t i, n = self.perm.shape[0]
-        cdef double f
-        for i in range(n):
-            self.theta_in[i] = theta[self.perm[i]]
-        f = self.core.gradient(self.theta_obj, self.reml, self.grad_obj)
+        cdef double f = self.value(theta)
+        self.api.derivatives(self.core, self.reml, &self.grad_in[0], NULL)
         self.n_derivatives += 1
         for i in range(n):
             grad[self.perm[i]] = self.grad_in[i]

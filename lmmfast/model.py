@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import blocks
 from ._cholesky import BlockedCholesky
-from ._trust_region import CoreObjective
+from ._trust_region import REFIT_STATUS, CoreObjective, Refit
 from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
 from .modelframe import Factor, model_frame
@@ -231,7 +231,7 @@ class LinearMixedModel:
         new._a = self._a.copy()
         new._core = self._make_core(new._a)
         new._solution_cache = None if self._solution_cache is None else dict(self._solution_cache)
-        for name in ("fitted", "residuals", "_evaluator"):   # (the evaluator is the old core's)
+        for name in ("fitted", "residuals", "_evaluator", "_refit_plan"):   # (the old core's)
             new.__dict__.pop(name, None)
         new.optsum = copy.deepcopy(self.optsum)
         if self._theta is not None:
@@ -244,7 +244,17 @@ class LinearMixedModel:
         Only the y parts of A change (eq. 26); nothing is re-parsed or
         re-allocated, which makes this the inner loop of a parametric bootstrap.
         The optimiser starts from the current theta unless ``start`` is given.
+        With the default optimiser and its settings, the whole refit is one
+        compiled call (``_trust_region.Refit``) that takes the steps ``fit``
+        would take; where it cannot finish (no convergence, theta running
+        away), ``fit`` finishes it.
         """
+        if self.y is None:
+            raise FitError("this model has no rows to refit (it was built from cross-products)")
+        if start is None and self._theta is not None:
+            start = self._theta
+        if not options and start is not None:
+            return self._refit_compiled(y, start)
         y = np.asarray(y, dtype=np.float64).ravel()
         if y.shape != self.y.shape:
             raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
@@ -256,9 +266,54 @@ class LinearMixedModel:
         refs, z = self._inner_columns
         blocks.set_response(self._layout, self._a, refs, z, self.x, wy,
                             np.sqrt(self.weights) if self.weights is not None else None)
-        if start is None and self._theta is not None:
-            start = self._theta
         return self.fit(start=start, **options)
+
+    def _refit_compiled(self, y, start) -> "LinearMixedModel":
+        """``refit`` with the default optimiser, as one compiled call."""
+        plan = self.__dict__.get("_refit_plan")
+        if plan is None or not plan.serves(self._core, self.reml, self._a):
+            plan = self._refit_plan = self._make_refit_plan()
+        if not (type(y) is np.ndarray and y.dtype == np.float64 and y.ndim == 1
+                and y.flags.c_contiguous):
+            y = np.ascontiguousarray(np.asarray(y, dtype=np.float64).ravel())
+        if not (type(start) is np.ndarray and start.dtype == np.float64
+                and start.flags.c_contiguous):
+            start = np.ascontiguousarray(start, dtype=np.float64)
+        status, theta, fmin, n_evals, n_grad, code, hessian, initial = plan.run(
+            y, start.ravel() if start.ndim != 1 else start)
+        if status >= 2:
+            what = REFIT_STATUS[status]
+            if what == "bad length":
+                raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
+            if what == "not finite":
+                raise DataError("the new response has non-finite values")
+            raise ValueError(f"start must have {len(self.lower_bounds)} values within "
+                             "the lower bounds")
+        self.y = y
+        self._y_eff = y - self.offset if self.offset is not None else y
+        if status == 1:   # "finish": y is in A; the general way from the same start
+            return self.fit(start=start)
+        self.optsum = OptSummary(initial, self.lower_bounds, hessian=hessian, final=theta,
+                                 fmin=fmin, n_evals=n_evals, n_gradients=n_grad,
+                                 return_code=code)
+        self._set_theta(theta, factored=True)
+        return self
+
+    def _make_refit_plan(self) -> Refit:
+        """The compiled refit of this model's design (``_trust_region.Refit``)."""
+        evaluator = self.__dict__.get("_evaluator")
+        if evaluator is None or not evaluator.serves(self._core, self.reml):
+            evaluator = self._evaluator = CoreObjective(self._core, self.reml, self._theta_perm)
+        off_zy, q, off_xy = self._layout.response_offsets
+        refs, z = self._inner_columns
+        defaults = OptSummary(self._default_start, self.lower_bounds)
+        diag, column = self._columns
+        # n_effects >= nobs: every refit is suspect of an exact fit, which fit() checks
+        runaway = np.inf if self._n_effects >= self.nobs else 1e3
+        return Refit(evaluator, self._a, off_zy, q, off_xy, list(refs), list(z), self.x,
+                     self.weights, self.offset, self._scale, diag, column,
+                     defaults.gtol, defaults.ftol_rel, defaults.xtol_abs, defaults.maxeval,
+                     BOUNDARY_TOL, runaway)
 
     @cached_property
     def _inner_columns(self) -> tuple[list, list]:

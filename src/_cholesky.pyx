@@ -290,6 +290,34 @@ cdef inline void small_add_a_lam_bt(const double* a, Py_ssize_t lda,
             kmat[i + i2 * m] += acc
 
 
+PACK_BYTES = 1 << 16   # arrays up to this size are packed together by ``packed``
+
+
+def packed(*arrays):
+    """The C-contiguous float64/int64 ``arrays``, those up to ``PACK_BYTES`` copied
+    into one allocation (each from a 64-byte line of its own), the larger ones
+    as they are.
+
+    The core's metadata and work arrays are many and small; an evaluation
+    reads most of them.  Apart, each sits on a different page of the heap;
+    together they take a few, which is what an evaluation that follows other
+    work (whose memory has pushed the core's out of the caches) pays for.
+    """
+    sizes = [(a.nbytes + 63) // 64 * 8 if a.nbytes <= PACK_BYTES else 0 for a in arrays]
+    buf = np.empty(sum(sizes) + 8, dtype=np.float64)
+    pos = (-buf.ctypes.data % 64) // 8
+    out = []
+    for a, size in zip(arrays, sizes):
+        if size == 0:
+            out.append(a)
+            continue
+        view = buf[pos:pos + a.size].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        out.append(view)
+        pos += size
+    return out
+
+
 @cython.final
 cdef class BlockedCholesky:
     """The blocked factor L(theta) and the profiled (RE)ML criteria computed from it.
@@ -405,6 +433,15 @@ cdef class BlockedCholesky:
                 nbuf = max(nbuf, maxrows * self.q[t])
         self.tbuf = np.zeros(nbuf, dtype=np.float64)
         self.cursor = np.zeros(max(self.nlev[0], 1) if nt > 0 else 1, dtype=np.int64)
+        (self.nlev, self.k, self.q, self.theta_off, self.lam_off, self.kind_a, self.kind_l,
+         self.off_a, self.off_l, self.sp_cp, self.sp_ri, self.lam, self.work, self.tbuf,
+         self.cursor, self.colptr, self.rowidx, self.l_values) = packed(
+            *map(np.asarray, [self.nlev, self.k, self.q, self.theta_off, self.lam_off,
+                              self.kind_a, self.kind_l, self.off_a, self.off_l, self.sp_cp,
+                              self.sp_ri, self.lam, self.work, self.tbuf, self.cursor,
+                              self.colptr, self.rowidx]),
+            self.l_values)
+        self.l = self.l_values
         self.nobs = nobs
         self.log_det_w = log_det_w
         self.last_info = 0
@@ -1023,6 +1060,15 @@ cdef class BlockedCholesky:
         self.g_beta = np.zeros(self.p1, dtype=np.float64)
         self.g_kmat = np.zeros(max(self.lam_off[T], 1), dtype=np.float64)
         self.g_small = np.zeros(4 * kmax * kmax, dtype=np.float64)
+        (self.g_troff, self.g_seloff, self.g_uoff, self.g_idx, self.g_lbase, self.g_sbase,
+         self.g_stride, self.g_goff, self.g_pns, self.g_pidx, self.g_small, self.g_kmat,
+         self.g_beta, self.g_u, self.g_v, self.g_b, self.g_plv, self.g_pyv, self.g_dinv,
+         self.g_sel) = packed(
+            *map(np.asarray, [self.g_troff, self.g_seloff, self.g_uoff, self.g_idx,
+                              self.g_lbase, self.g_sbase, self.g_stride, self.g_goff,
+                              self.g_pns, self.g_pidx, self.g_small, self.g_kmat,
+                              self.g_beta, self.g_u, self.g_v, self.g_b, self.g_plv,
+                              self.g_pyv, self.g_dinv, self.g_sel]))
         self.g_ready = True
 
     cdef int _selected_inverse(self, bint reml) noexcept nogil:
@@ -1693,6 +1739,9 @@ cdef class BlockedCholesky:
         self.h_av = np.zeros(max(ld * n, 1), dtype=np.float64)
         self.h_y = np.zeros(max(ld * n, 1), dtype=np.float64)
         self.h_ew = np.zeros(n, dtype=np.float64)
+        self.h_vm, self.h_av, self.h_y, self.h_ew = packed(
+            np.asarray(self.h_vm), np.asarray(self.h_av), np.asarray(self.h_y),
+            np.asarray(self.h_ew))
         self.h_ready = True
 
     cdef void _grad_from_k(self, double* grad) noexcept nogil:

@@ -24,6 +24,7 @@ cimport numpy as cnp
 from libc.math cimport fma
 
 from _linalg cimport blas_int, syrk_n
+from _response cimport term_response, fixed_response
 
 cnp.import_array()
 
@@ -112,36 +113,18 @@ def set_response(double[::1] a, const cnp.int64_t[::1] off_zy, const cnp.int64_t
     """Overwrite the y parts of A in place: Z_t^T W y (row p of block (T, t), at
     ``off_zy[t]``, p1 x q_t column-major), X^T W y and y^T W y (row p of block
     (T, T), at ``off_xy``); ``wy`` is W y, ``y_raw`` y.  One call, no
-    temporaries: a refit's inner loop (eq. 26)."""
-    cdef Py_ssize_t n = wy.shape[0], p = x.shape[1], p1 = p + 1
-    cdef Py_ssize_t t, r, b, j, k, col0, nt = len(refs)
+    temporaries (eq. 26; the loops are ``_response.pxd``'s)."""
+    cdef Py_ssize_t n = wy.shape[0], p = x.shape[1], t
     cdef const cnp.int64_t[::1] rt
     cdef const double[:, ::1] zt
-    cdef double* row_y
-    cdef double acc, w
-    for t in range(nt):
+    for t in range(len(refs)):
         rt = refs[t]
         zt = z[t]
-        k = zt.shape[1]
-        row_y = &a[off_zy[t] + p]
         with nogil:
-            for j in range(q[t]):
-                row_y[j * p1] = 0.0
-            for r in range(n):
-                col0 = rt[r] * k
-                w = wy[r]
-                for b in range(k):
-                    row_y[(col0 + b) * p1] += w * zt[r, b]
+            term_response(&a[off_zy[t] + p], p + 1, q[t], n, zt.shape[1], &rt[0],
+                          &zt[0, 0], &wy[0])
     with nogil:
-        for j in range(p):
-            acc = 0.0
-            for r in range(n):
-                acc = acc + x[r, j] * wy[r]
-            a[off_xy + p + j * p1] = acc
-        acc = 0.0
-        for r in range(n):
-            acc = acc + y_raw[r] * wy[r]
-        a[off_xy + p + p * p1] = acc
+        fixed_response(&a[0], off_xy, n, p, &x[0, 0] if p else NULL, &wy[0], &y_raw[0])
 
 
 def add_xy_xy(const double[:, ::1] xy, double[::1] out):

@@ -11,7 +11,7 @@ from scipy.linalg cimport cython_lapack as lapack
 
 ctypedef int blas_int
 
-# Level-3 calls (and dpotrf) whose work is at most this many multiply-adds are
+# BLAS calls (and dpotrf) whose work is at most this many multiply-adds are
 # done by the plain loops below: OpenBLAS takes a work buffer under a mutex on
 # every such call, which costs more than the arithmetic of a small model's
 # blocks (a few rows of X, a few random effects per level).
@@ -142,7 +142,17 @@ cdef inline void trsv_lt(blas_int n, const double* l, blas_int ldl,
     cdef char ta = b'T'
     cdef char diag = b'N'
     cdef blas_int inc = 1
+    cdef blas_int i, c
+    cdef double d
     if n == 0:
+        return
+    if <long>n * n <= TINY_WORK:
+        # back substitution: x[i] = (x[i] - sum_{c>i} L[c, i] x[c]) / L[i, i]
+        for i in range(n - 1, -1, -1):
+            d = x[i]
+            for c in range(i + 1, n):
+                d = d - l[c + i * ldl] * x[c]
+            x[i] = d / l[i + i * ldl]
         return
     blas.dtrsv(&uplo, &ta, &diag, &n, <double*>l, &ldl, x, &inc)
 
@@ -153,7 +163,16 @@ cdef inline void gemv_t(blas_int m, blas_int n, double alpha, const double* a,
     cdef char tr = b'T'
     cdef blas_int inc = 1
     cdef double one = 1.0
+    cdef blas_int i, j
+    cdef double acc
     if m == 0 or n == 0:
+        return
+    if <long>m * n <= TINY_WORK:
+        for j in range(n):
+            acc = 0.0
+            for i in range(m):
+                acc = acc + a[i + j * lda] * x[i]
+            y[j] += alpha * acc
         return
     blas.dgemv(&tr, &m, &n, &alpha, <double*>a, &lda, <double*>x, &inc,
                &one, y, &inc)
@@ -250,7 +269,15 @@ cdef inline void gemv_n(blas_int m, blas_int n, double alpha, const double* a,
     cdef char tr = b'N'
     cdef blas_int inc = 1
     cdef double one = 1.0
+    cdef blas_int i, j
+    cdef double t
     if m == 0 or n == 0:
+        return
+    if <long>m * n <= TINY_WORK:
+        for j in range(n):
+            t = alpha * x[j]
+            for i in range(m):
+                y[i] += t * a[i + j * lda]
         return
     blas.dgemv(&tr, &m, &n, &alpha, <double*>a, &lda, <double*>x, &inc,
                &one, y, &inc)

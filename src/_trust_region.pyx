@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""The trust-region quasi-Newton loop of the optimiser (theory.md, eq. 69).
+"""The trust-region quasi-Newton loop of the optimiser (theory.md, eq. 69), and
+a model's refits to new responses as one call each (``Refit``).
 
 Compiled because theta is short and one evaluation of a small model takes a
 few microseconds: the optimiser's own arithmetic (an eigendecomposition of
@@ -17,8 +18,11 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from _core_api cimport CoreApi
 from _linalg cimport blas_int, syev_l
+from _response cimport term_response, fixed_response
 
 cnp.import_array()
+
+from lmmfast._cholesky import packed
 
 
 cdef class CoreObjective:
@@ -46,9 +50,8 @@ cdef class CoreObjective:
         self.reml = reml
         self.hessian = hessian
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
-        self.theta_in = np.full(n, np.nan)
-        self.grad_in = np.empty(n)
-        self.hess_in = np.empty((n, n))
+        self.theta_in, self.grad_in, self.hess_in = packed(
+            np.full(n, np.nan), np.empty(n), np.empty((n, n)))
         self.n_derivatives = 0
         self.api = <CoreApi*>PyCapsule_GetPointer(core.c_api, b"lmmfast._cholesky.CoreApi")
         self.work = _Work(n)
@@ -129,6 +132,11 @@ cdef class _Work:
         self.g = np.empty(n)
         self.gn = np.empty(n)
         self.b_arr = np.empty((n, n))
+        (self.theta, self.g, self.gn, self.p, self.x_new, self.bs, self.y, self.lam, self.gv,
+         self.b_arr, self.v, self.work) = packed(
+            *map(np.asarray, [self.theta, self.g, self.gn, self.p, self.x_new, self.bs,
+                              self.y, self.lam, self.gv]),
+            self.b_arr, np.asarray(self.v), np.asarray(self.work))
         self.b = self.b_arr
 
 
@@ -364,6 +372,15 @@ cdef void _floor_spectrum(double[:, ::1] b, double floor, _Work w) except *:
             b[i, j] = acc
 
 
+cdef enum:
+    # how ``_minimize`` stopped (``CODES`` names them as nlopt does)
+    STOP_SUCCESS, STOP_FTOL, STOP_XTOL, STOP_ROUNDOFF, STOP_MAXEVAL, STOP_FAILURE, \
+        STOP_NOT_FINITE_START
+
+CODES = ("SUCCESS", "FTOL_REACHED", "XTOL_REACHED", "ROUNDOFF_LIMITED", "MAXEVAL_REACHED",
+         "FAILURE", "FAILURE")
+
+
 def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
              double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval):
     """Trust-region quasi-Newton minimisation of ``fg(theta) -> (d, gradient)``
@@ -373,25 +390,38 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
     diagonal, B_ii = 2 |g_i|).  Returns ``(theta, d, evaluations, code, B)``.
     See ``lmmfast.optimize.quasi_newton`` for the method and the stopping rules.
     """
-    cdef Py_ssize_t n = x0.shape[0], i, j, count = 0
+    cdef Py_ssize_t n = x0.shape[0], count = 0
     cdef bint core = isinstance(fg, CoreObjective)
     cdef _Work w = (<CoreObjective>fg).work if core else _Work(n)
+    cdef double f = 0.0
+    x_arr = np.array(x0, dtype=np.float64)
+    cdef int stop = _minimize(fg, x_arr, scale, hessian, gtol, ftol_rel, xtol_abs, maxeval,
+                              w, &count, &f)
+    return (x_arr * np.asarray(scale), f, count, CODES[stop],
+            None if stop == STOP_NOT_FINITE_START else np.array(w.b_arr))
+
+
+cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hessian,
+                   double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval,
+                   _Work w, Py_ssize_t* n_evals, double* f_out) except -1:
+    """``minimize``'s loop on x in place (x = theta / scale at the start and at the
+    end); the evaluations into ``n_evals``, d into ``f_out``; returns how it
+    stopped (``STOP_*``)."""
+    cdef Py_ssize_t n = x.shape[0], i, j, count = 0
+    cdef bint core = isinstance(fg, CoreObjective)
     cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
     cdef double gmax, t
     cdef bint accepted
     cdef bint newton = core and (<CoreObjective>fg).hessian
+    cdef int code = STOP_MAXEVAL
     if core:
         (<CoreObjective>fg).n_derivatives = 0
-    x_arr = np.array(x0, dtype=np.float64)
-    cdef double[::1] x = x_arr
     cdef double[::1] theta = w.theta
     cdef double[::1] g = w.g
     cdef double[:, ::1] b = w.b
     cdef double[::1] gn = w.gn
     cdef double* p = &w.p[0]
     w.have_eig = False
-    code = "MAXEVAL_REACHED"
-
     for i in range(n):
         theta[i] = x[i] * scale[i]
     if newton:
@@ -400,7 +430,9 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
         f = _evaluate(fg, theta, gn)
     count += 1
     if not isfinite(f):
-        return x_arr * np.asarray(scale), f, count, "FAILURE", None
+        n_evals[0] = count
+        f_out[0] = f
+        return STOP_NOT_FINITE_START
     if newton:   # B is eq. 70's, here and at every accepted point
         _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
     else:
@@ -423,10 +455,10 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
             if t > gmax:
                 gmax = t
         if gmax <= gtol * max(fabs(f), 1.0):
-            code = "SUCCESS"
+            code = STOP_SUCCESS
             break
         if _trust_region_step(&g[0], &b[0, 0], radius, w) != 0:
-            code = "FAILURE"
+            code = STOP_FAILURE
             break
         predicted = 0.0
         for i in range(n):
@@ -436,7 +468,7 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
             predicted -= g[i] * p[i] + 0.5 * p[i] * w.bs[i]
         norm = _norm(p, n)
         if predicted <= 0.1 * ftol_rel * fabs(f) and radius > norm:
-            code = "FTOL_REACHED"   # the model's minimum is inside: nothing left to gain
+            code = STOP_FTOL   # the model's minimum is inside: nothing left to gain
             break
         for i in range(n):
             w.x_new[i] = x[i] + p[i]
@@ -481,14 +513,240 @@ def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
                 t = max(t, fabs(p[i]))
             f = f_new
             if t <= xtol_abs:
-                code = "XTOL_REACHED"
+                code = STOP_XTOL
                 break
             if actual <= ftol_rel * fabs(f) and predicted <= 10 * ftol_rel * fabs(f):
-                code = "FTOL_REACHED"
+                code = STOP_FTOL
                 break
             if newton:
                 _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
         elif radius <= xtol_abs:
-            code = "ROUNDOFF_LIMITED"
+            code = STOP_ROUNDOFF
             break
-    return x_arr * np.asarray(scale), f, count, code, np.array(w.b_arr)
+    n_evals[0] = count
+    f_out[0] = f
+    return code
+
+
+
+# ------------------------------------------------------------------ refits
+
+cdef enum:
+    # what ``Refit.run`` did
+    REFIT_DONE,          # the fit is complete: theta, d and B are the optimum's
+    REFIT_FINISH,        # y is in A, but the optimiser did not converge, or theta ran
+                         # away: the caller finishes the fit its general way
+    REFIT_BAD_LENGTH,    # y has the wrong length (nothing changed)
+    REFIT_NOT_FINITE,    # y has a value that is not finite (nothing changed)
+    REFIT_BAD_START      # the start is not within the bounds (nothing changed)
+
+REFIT_STATUS = ("done", "finish", "bad length", "not finite", "bad start")
+
+
+cdef inline bint _is_vector(cnp.ndarray a):
+    return (cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
+            and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef class Refit:
+    """A model's refits to new responses with the same design, each one compiled
+    call from y to the optimum (the inner loop of a parametric bootstrap).
+
+    ``run`` writes W(y - offset) into the y parts of A (eq. 26, by
+    ``_response.pxd``'s loops, as ``_crossprod.set_response``), minimises
+    the criterion by ``_minimize``'s Newton steps from the start, with the
+    all-zero columns of lambda moved off zero, negates the columns of lambda
+    whose diagonal ends negative (eq. 24), takes 0 for a diagonal element
+    within ``boundary_tol`` of it where the criterion is no worse, and leaves
+    the core's factor at the result: the same steps, in the same order, as
+    ``LinearMixedModel.fit``, which is what it replaces when all goes well.
+    It touches no Python object but its arguments, which keeps a refit that
+    follows other work (whose memory has pushed the model's out of the
+    caches) short.
+    """
+    cdef readonly CoreObjective objective
+    cdef object a_obj
+    cdef double[::1] a
+    cdef list refs, z                           # the terms' columns, kept alive for:
+    cdef const cnp.int64_t[::1] term_refs, term_z, term_k   # their addresses, and k
+    cdef Py_ssize_t n_terms
+    cdef double[::1] theta
+    cdef const cnp.int64_t[::1] off_zy, q
+    cdef Py_ssize_t off_xy, n, p, n_theta
+    cdef const double[:, ::1] x
+    cdef const double[::1] weights, offset
+    cdef bint has_weights, has_offset
+    cdef double[::1] wy, y_raw, scale
+    cdef const Py_ssize_t[::1] diag, column
+    cdef double gtol, ftol_rel, xtol_abs, boundary_tol, runaway
+    cdef Py_ssize_t maxeval
+
+    def __init__(self, CoreObjective objective, a, off_zy, q, Py_ssize_t off_xy, list refs,
+                 list z, x, weights, offset, scale, diag, column, double gtol,
+                 double ftol_rel, double xtol_abs, Py_ssize_t maxeval,
+                 double boundary_tol, double runaway):
+        cdef Py_ssize_t t
+        self.objective = objective
+        self.a_obj = a
+        self.a = a
+        self.off_xy = off_xy
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        self.n = x.shape[0]
+        self.p = x.shape[1]
+        refs = [np.ascontiguousarray(r, dtype=np.int64) for r in refs]
+        z = [np.ascontiguousarray(zt, dtype=np.float64) for zt in z]
+        for t in range(len(refs)):
+            if len(refs[t]) != self.n or z[t].shape[0] != self.n:
+                raise ValueError("every term needs one level and one row of z per row of X")
+        self.has_weights = weights is not None
+        self.has_offset = offset is not None
+        n_theta = len(scale)
+        # what a refit reads, together (see ``packed``); the rows' columns are copies
+        # only where they are small
+        arrays = packed(np.ascontiguousarray(off_zy, dtype=np.int64),
+                        np.ascontiguousarray(q, dtype=np.int64),
+                        np.array(scale, dtype=np.float64),
+                        np.ascontiguousarray(diag, dtype=np.intp),
+                        np.ascontiguousarray(column, dtype=np.intp),
+                        np.empty(self.n), np.empty(self.n if self.has_weights else 0),
+                        np.ascontiguousarray(weights if self.has_weights else np.empty(0),
+                                             dtype=np.float64),
+                        np.ascontiguousarray(offset if self.has_offset else np.empty(0),
+                                             dtype=np.float64),
+                        x, *refs, *z)
+        (self.off_zy, self.q, self.scale, self.diag, self.column, self.wy, self.y_raw,
+         self.weights, self.offset, self.x) = arrays[:10]
+        if not self.has_weights:
+            self.y_raw = self.wy
+        self.refs = arrays[10:10 + len(refs)]
+        self.z = arrays[10 + len(refs):]
+        self.n_terms = len(refs)
+        self.term_refs, self.term_z, self.term_k, self.theta = packed(
+            np.array([r.ctypes.data for r in self.refs] or [0], dtype=np.int64),
+            np.array([zt.ctypes.data for zt in self.z] or [0], dtype=np.int64),
+            np.array([zt.shape[1] for zt in self.z] or [0], dtype=np.int64),
+            np.empty(n_theta))
+        self.n_theta = n_theta
+        if self.column.shape[0] != self.n_theta or objective.perm.shape[0] != self.n_theta:
+            raise ValueError("scale, column and the objective's theta must have one length")
+        self.gtol = gtol
+        self.ftol_rel = ftol_rel
+        self.xtol_abs = xtol_abs
+        self.maxeval = maxeval
+        self.boundary_tol = boundary_tol
+        self.runaway = runaway
+
+    def serves(self, core, bint reml, a):
+        """Whether this refits ``core``'s criterion (REML or ML) on the cross-products ``a``."""
+        return self.objective.serves(core, reml) and self.a_obj is a
+
+    def run(self, cnp.ndarray y_arr, cnp.ndarray start_arr):
+        """Refit to ``y`` from ``start`` (theta, lme4 order), both C-contiguous
+        float64 vectors (read without the buffer protocol).
+
+        Returns ``(status, theta, d, evaluations, derivatives, code, B, initial)``:
+        ``REFIT_STATUS[status]``, the optimum's theta (lme4 order), criterion,
+        counts, the optimiser's stopping code, its B (x = theta / scale) and
+        the start it took.  Unless the status is "done" or "finish", nothing
+        has changed.
+        """
+        cdef Py_ssize_t n = self.n, nt = self.n_theta, i, j, t, c, count = 0
+        cdef double f = 0.0, val, sw, s
+        cdef bint flipped = False, at_result = True
+        cdef cnp.npy_intp dims[2]
+        cdef CoreObjective fg = self.objective
+        cdef _Work w = fg.work
+        if not (_is_vector(y_arr) and _is_vector(start_arr)):
+            raise TypeError("y and start must be C-contiguous float64 vectors")
+        cdef const double* y = <const double*>cnp.PyArray_DATA(y_arr)
+        cdef const double* start = <const double*>cnp.PyArray_DATA(start_arr)
+        if cnp.PyArray_DIM(y_arr, 0) != n:
+            return REFIT_BAD_LENGTH, None, 0.0, 0, 0, None, None, None
+        if cnp.PyArray_DIM(start_arr, 0) != nt:
+            return REFIT_BAD_START, None, 0.0, 0, 0, None, None, None
+        for i in range(self.diag.shape[0]):
+            if start[self.diag[i]] < 0:
+                return REFIT_BAD_START, None, 0.0, 0, 0, None, None, None
+        for i in range(n):
+            if not isfinite(y[i]):
+                return REFIT_NOT_FINITE, None, 0.0, 0, 0, None, None, None
+
+        # W (y - offset) into A (eq. 26), as LinearMixedModel.refit computes it
+        for i in range(n):
+            self.wy[i] = y[i] - self.offset[i] if self.has_offset else y[i]
+            if self.has_weights:
+                self.wy[i] = self.wy[i] * self.weights[i]
+                sw = sqrt(self.weights[i])
+                self.y_raw[i] = self.wy[i] / (sw * sw)
+        for t in range(self.n_terms):
+            term_response(&self.a[self.off_zy[t] + self.p], self.p + 1, self.q[t], n,
+                          self.term_k[t], <const cnp.int64_t*><size_t>self.term_refs[t],
+                          <const double*><size_t>self.term_z[t], &self.wy[0])
+        fixed_response(&self.a[0], self.off_xy, n, self.p, &self.x[0, 0] if self.p else NULL,
+                       &self.wy[0], &self.y_raw[0])
+
+        # the start, all-zero columns of lambda moved off zero (eq. 69)
+        dims[0] = nt
+        dims[1] = nt
+        initial = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        cdef double* init = <double*>cnp.PyArray_DATA(initial)
+        for i in range(nt):
+            init[i] = start[i]
+        for c in range(self.diag.shape[0]):
+            s = 0.0
+            for i in range(nt):
+                if self.column[i] == c and start[i] != 0:
+                    s = 1.0
+            if s == 0.0:
+                init[self.diag[c]] = 0.1 * self.scale[self.diag[c]]
+        cdef double[::1] theta = self.theta
+        for i in range(nt):
+            theta[i] = init[i] / self.scale[i]
+        cdef int stop = _minimize(fg, theta, self.scale, None, self.gtol, self.ftol_rel,
+                                  self.xtol_abs, self.maxeval, w, &count, &f)
+        for i in range(nt):
+            theta[i] = theta[i] * self.scale[i]
+        hess_arr = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
+        cdef double* hess = <double*>cnp.PyArray_DATA(hess_arr)
+        for i in range(nt):
+            for j in range(nt):
+                hess[i * nt + j] = w.b[i, j]
+        # columns of lambda with a negative diagonal negated (eq. 24)
+        for c in range(self.diag.shape[0]):
+            flipped = flipped or theta[self.diag[c]] < 0
+        if flipped:
+            for i in range(nt):
+                w.x_new[i] = -1.0 if theta[self.diag[self.column[i]]] < 0 else 1.0
+            for i in range(nt):
+                theta[i] = theta[i] * w.x_new[i]
+                for j in range(nt):
+                    hess[i * nt + j] = hess[i * nt + j] * (w.x_new[i] * w.x_new[j])
+        if stop != STOP_SUCCESS and stop != STOP_FTOL and stop != STOP_XTOL:
+            return REFIT_FINISH, None, 0.0, 0, 0, None, None, None
+        # a diagonal element that ends near its bound: the bound, if no worse
+        for c in range(self.diag.shape[0]):
+            i = self.diag[c]
+            if 0.0 < theta[i] < self.boundary_tol:
+                val = theta[i]
+                theta[i] = 0.0
+                s = fg.value(theta)
+                count += 1
+                if s <= f:
+                    f = s
+                else:
+                    theta[i] = val
+        if not isfinite(f):
+            return REFIT_FINISH, None, 0.0, 0, 0, None, None, None
+        for i in range(nt):
+            if theta[i] / self.scale[i] > self.runaway:
+                return REFIT_FINISH, None, 0.0, 0, 0, None, None, None
+        # the factor at the result: the last evaluation's theta, unless that was a trial
+        for i in range(nt):
+            at_result = at_result and fg.theta_in[i] == theta[fg.perm[i]]
+        if not at_result:
+            fg.value(theta)
+        theta_arr = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        for i in range(nt):
+            (<double*>cnp.PyArray_DATA(theta_arr))[i] = theta[i]
+        return (REFIT_DONE, theta_arr, f, count, fg.n_derivatives, CODES[stop], hess_arr,
+                initial)

@@ -247,12 +247,14 @@ def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
     """The columns a formula reads, each with the formula part that reads it.
 
     Raises for duplicated column names and for a column the formula names
-    that ``columns`` lacks.
+    that ``columns`` lacks.  Remembered per formula and columns object (an
+    Index is immutable, and the cache holds it, so its id is not reused):
+    reading the names of an Arrow-backed Index costs more than a small fit.
     """
-    key = (parsed, tuple(columns))
+    key = (parsed, id(columns))
     hit = _USED.get(key)
-    if hit is not None:
-        return hit
+    if hit is not None and hit[0] is columns:
+        return hit[1]
     if columns.duplicated().any():
         dup = columns[columns.duplicated()][0]
         raise DataError(f"column {dup!r} appears more than once in the data")
@@ -276,7 +278,7 @@ def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
                            f"(columns: {', '.join(map(str, columns[:20]))})")
     if len(_USED) > 256:
         _USED.clear()
-    _USED[key] = needed
+    _USED[key] = (columns, needed)
     return needed
 
 

@@ -433,15 +433,6 @@ cdef class BlockedCholesky:
                 nbuf = max(nbuf, maxrows * self.q[t])
         self.tbuf = np.zeros(nbuf, dtype=np.float64)
         self.cursor = np.zeros(max(self.nlev[0], 1) if nt > 0 else 1, dtype=np.int64)
-        (self.nlev, self.k, self.q, self.theta_off, self.lam_off, self.kind_a, self.kind_l,
-         self.off_a, self.off_l, self.sp_cp, self.sp_ri, self.lam, self.work, self.tbuf,
-         self.cursor, self.colptr, self.rowidx, self.l_values) = packed(
-            *map(np.asarray, [self.nlev, self.k, self.q, self.theta_off, self.lam_off,
-                              self.kind_a, self.kind_l, self.off_a, self.off_l, self.sp_cp,
-                              self.sp_ri, self.lam, self.work, self.tbuf, self.cursor,
-                              self.colptr, self.rowidx]),
-            self.l_values)
-        self.l = self.l_values
         self.nobs = nobs
         self.log_det_w = log_det_w
         self.last_info = 0
@@ -450,6 +441,37 @@ cdef class BlockedCholesky:
         self.h_ready = False
         self.g_current = False
         self.comp_valid = False
+
+    def pack(self):
+        """Move the small metadata and work arrays into one allocation (``packed``),
+        the derivatives' work arrays allocated first.
+
+        For a core that is evaluated many times after other work, as a
+        model's refits are: what an evaluation reads then sits on few pages.
+        (Not done for every core: packing costs more than a small fit gains.)
+        """
+        if not self.g_ready:
+            self._alloc_gradient()
+        if not self.h_ready:
+            self._alloc_hessian()
+        (self.nlev, self.k, self.q, self.theta_off, self.lam_off, self.kind_a, self.kind_l,
+         self.off_a, self.off_l, self.sp_cp, self.sp_ri, self.lam, self.work, self.tbuf,
+         self.cursor, self.colptr, self.rowidx, self.g_troff, self.g_seloff, self.g_uoff,
+         self.g_idx, self.g_lbase, self.g_sbase, self.g_stride, self.g_goff, self.g_pns,
+         self.g_pidx, self.g_small, self.g_kmat, self.g_beta, self.g_u, self.g_v, self.g_b,
+         self.h_ew, self.g_plv, self.g_pyv, self.h_vm, self.h_av, self.h_y, self.g_dinv,
+         self.g_sel, self.l_values) = packed(
+            *map(np.asarray, [self.nlev, self.k, self.q, self.theta_off, self.lam_off,
+                              self.kind_a, self.kind_l, self.off_a, self.off_l, self.sp_cp,
+                              self.sp_ri, self.lam, self.work, self.tbuf, self.cursor,
+                              self.colptr, self.rowidx, self.g_troff, self.g_seloff,
+                              self.g_uoff, self.g_idx, self.g_lbase, self.g_sbase,
+                              self.g_stride, self.g_goff, self.g_pns, self.g_pidx,
+                              self.g_small, self.g_kmat, self.g_beta, self.g_u, self.g_v,
+                              self.g_b, self.h_ew, self.g_plv, self.g_pyv, self.h_vm,
+                              self.h_av, self.h_y, self.g_dinv, self.g_sel]),
+            self.l_values)
+        self.l = self.l_values
 
     # ------------------------------------------------------------------ sizes
     cdef inline Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil:
@@ -1060,15 +1082,6 @@ cdef class BlockedCholesky:
         self.g_beta = np.zeros(self.p1, dtype=np.float64)
         self.g_kmat = np.zeros(max(self.lam_off[T], 1), dtype=np.float64)
         self.g_small = np.zeros(4 * kmax * kmax, dtype=np.float64)
-        (self.g_troff, self.g_seloff, self.g_uoff, self.g_idx, self.g_lbase, self.g_sbase,
-         self.g_stride, self.g_goff, self.g_pns, self.g_pidx, self.g_small, self.g_kmat,
-         self.g_beta, self.g_u, self.g_v, self.g_b, self.g_plv, self.g_pyv, self.g_dinv,
-         self.g_sel) = packed(
-            *map(np.asarray, [self.g_troff, self.g_seloff, self.g_uoff, self.g_idx,
-                              self.g_lbase, self.g_sbase, self.g_stride, self.g_goff,
-                              self.g_pns, self.g_pidx, self.g_small, self.g_kmat,
-                              self.g_beta, self.g_u, self.g_v, self.g_b, self.g_plv,
-                              self.g_pyv, self.g_dinv, self.g_sel]))
         self.g_ready = True
 
     cdef int _selected_inverse(self, bint reml) noexcept nogil:
@@ -1739,9 +1752,6 @@ cdef class BlockedCholesky:
         self.h_av = np.zeros(max(ld * n, 1), dtype=np.float64)
         self.h_y = np.zeros(max(ld * n, 1), dtype=np.float64)
         self.h_ew = np.zeros(n, dtype=np.float64)
-        self.h_vm, self.h_av, self.h_y, self.h_ew = packed(
-            np.asarray(self.h_vm), np.asarray(self.h_av), np.asarray(self.h_y),
-            np.asarray(self.h_ew))
         self.h_ready = True
 
     cdef void _grad_from_k(self, double* grad) noexcept nogil:

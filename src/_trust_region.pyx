@@ -50,11 +50,19 @@ cdef class CoreObjective:
         self.reml = reml
         self.hessian = hessian
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
-        self.theta_in, self.grad_in, self.hess_in = packed(
-            np.full(n, np.nan), np.empty(n), np.empty((n, n)))
+        self.theta_in = np.full(n, np.nan)
+        self.grad_in = np.empty(n)
+        self.hess_in = np.empty((n, n))
         self.n_derivatives = 0
         self.api = <CoreApi*>PyCapsule_GetPointer(core.c_api, b"lmmfast._cholesky.CoreApi")
         self.work = _Work(n)
+
+    def pack(self):
+        """The buffers of this objective, of its runs and of its core, each in one
+        allocation (``_cholesky.packed``): for an objective evaluated many times
+        after other work, as a model's refits are."""
+        self.work.pack(self)
+        self.core.pack()
 
     def serves(self, core, bint reml):
         """Whether this objective evaluates ``core``'s criterion (REML or ML)."""
@@ -132,10 +140,16 @@ cdef class _Work:
         self.g = np.empty(n)
         self.gn = np.empty(n)
         self.b_arr = np.empty((n, n))
-        (self.theta, self.g, self.gn, self.p, self.x_new, self.bs, self.y, self.lam, self.gv,
-         self.b_arr, self.v, self.work) = packed(
-            *map(np.asarray, [self.theta, self.g, self.gn, self.p, self.x_new, self.bs,
-                              self.y, self.lam, self.gv]),
+        self.b = self.b_arr
+
+    cdef void pack(self, CoreObjective owner) except *:
+        """These buffers and ``owner``'s, in one allocation (``packed``)."""
+        (owner.theta_in, owner.grad_in, owner.hess_in, self.theta, self.g, self.gn, self.p,
+         self.x_new, self.bs, self.y, self.lam, self.gv, self.b_arr, self.v,
+         self.work) = packed(
+            *map(np.asarray, [owner.theta_in, owner.grad_in, owner.hess_in, self.theta,
+                              self.g, self.gn, self.p, self.x_new, self.bs, self.y,
+                              self.lam, self.gv]),
             self.b_arr, np.asarray(self.v), np.asarray(self.work))
         self.b = self.b_arr
 
@@ -569,7 +583,7 @@ cdef class Refit:
     cdef double[::1] a
     cdef list refs, z                           # the terms' columns, kept alive for:
     cdef const cnp.int64_t[::1] term_refs, term_z, term_k   # their addresses, and k
-    cdef Py_ssize_t n_terms
+    cdef Py_ssize_t n_terms, n_runs
     cdef double[::1] theta
     cdef const cnp.int64_t[::1] off_zy, q
     cdef Py_ssize_t off_xy, n, p, n_theta
@@ -601,31 +615,17 @@ cdef class Refit:
         self.has_weights = weights is not None
         self.has_offset = offset is not None
         n_theta = len(scale)
-        # what a refit reads, together (see ``packed``); the rows' columns are copies
-        # only where they are small
-        arrays = packed(np.ascontiguousarray(off_zy, dtype=np.int64),
-                        np.ascontiguousarray(q, dtype=np.int64),
-                        np.array(scale, dtype=np.float64),
-                        np.ascontiguousarray(diag, dtype=np.intp),
-                        np.ascontiguousarray(column, dtype=np.intp),
-                        np.empty(self.n), np.empty(self.n if self.has_weights else 0),
-                        np.ascontiguousarray(weights if self.has_weights else np.empty(0),
-                                             dtype=np.float64),
-                        np.ascontiguousarray(offset if self.has_offset else np.empty(0),
-                                             dtype=np.float64),
-                        x, *refs, *z)
-        (self.off_zy, self.q, self.scale, self.diag, self.column, self.wy, self.y_raw,
-         self.weights, self.offset, self.x) = arrays[:10]
-        if not self.has_weights:
-            self.y_raw = self.wy
-        self.refs = arrays[10:10 + len(refs)]
-        self.z = arrays[10 + len(refs):]
-        self.n_terms = len(refs)
-        self.term_refs, self.term_z, self.term_k, self.theta = packed(
-            np.array([r.ctypes.data for r in self.refs] or [0], dtype=np.int64),
-            np.array([zt.ctypes.data for zt in self.z] or [0], dtype=np.int64),
-            np.array([zt.shape[1] for zt in self.z] or [0], dtype=np.int64),
-            np.empty(n_theta))
+        self._use([np.ascontiguousarray(off_zy, dtype=np.int64),
+                   np.ascontiguousarray(q, dtype=np.int64), np.array(scale, dtype=np.float64),
+                   np.ascontiguousarray(diag, dtype=np.intp),
+                   np.ascontiguousarray(column, dtype=np.intp),
+                   np.empty(self.n), np.empty(self.n if self.has_weights else 0),
+                   np.ascontiguousarray(weights if self.has_weights else np.empty(0),
+                                        dtype=np.float64),
+                   np.ascontiguousarray(offset if self.has_offset else np.empty(0),
+                                        dtype=np.float64),
+                   x, np.empty(n_theta)], refs, z)
+        self.n_runs = 0
         self.n_theta = n_theta
         if self.column.shape[0] != self.n_theta or objective.perm.shape[0] != self.n_theta:
             raise ValueError("scale, column and the objective's theta must have one length")
@@ -635,6 +635,35 @@ cdef class Refit:
         self.maxeval = maxeval
         self.boundary_tol = boundary_tol
         self.runaway = runaway
+
+    cdef void _use(self, list arrays, list refs, list z) except *:
+        """Take the arrays ``__init__`` lists, and each term's level codes and z."""
+        cdef Py_ssize_t t
+        (self.off_zy, self.q, self.scale, self.diag, self.column, self.wy, self.y_raw,
+         self.weights, self.offset, self.x, self.theta) = arrays
+        if not self.has_weights:
+            self.y_raw = self.wy
+        self.refs = refs
+        self.z = z
+        self.n_terms = len(refs)
+        terms = np.zeros((3, max(self.n_terms, 1)), dtype=np.int64)
+        for t in range(self.n_terms):
+            terms[0, t] = <size_t>cnp.PyArray_DATA(refs[t])
+            terms[1, t] = <size_t>cnp.PyArray_DATA(z[t])
+            terms[2, t] = z[t].shape[1]
+        self.term_refs, self.term_z, self.term_k = terms
+
+    cdef void _pack(self) except *:
+        """Everything a refit reads in few allocations (``packed``), the rows' columns
+        copied where they are small; done at the second refit, as a plan that is
+        used again will be used in a loop (a bootstrap's)."""
+        self.objective.pack()
+        arrays = packed(*map(np.asarray, [self.off_zy, self.q, self.scale, self.diag,
+                                          self.column, self.wy]),
+                        np.asarray(self.y_raw) if self.has_weights else np.empty(0),
+                        *map(np.asarray, [self.weights, self.offset, self.x, self.theta]),
+                        *self.refs, *self.z)
+        self._use(arrays[:11], arrays[11:11 + self.n_terms], arrays[11 + self.n_terms:])
 
     def serves(self, core, bint reml, a):
         """Whether this refits ``core``'s criterion (REML or ML) on the cross-products ``a``."""
@@ -670,6 +699,9 @@ cdef class Refit:
         for i in range(n):
             if not isfinite(y[i]):
                 return REFIT_NOT_FINITE, None, 0.0, 0, 0, None, None, None
+        self.n_runs += 1
+        if self.n_runs == 2:
+            self._pack()
 
         # W (y - offset) into A (eq. 26), as LinearMixedModel.refit computes it
         for i in range(n):

@@ -361,3 +361,22 @@ def test_complex_weights(sleepstudy, as_column):
     data = sleepstudy.assign(w=w)
     raises_unchanged(DataError, "weights must be (numeric|real)", FORMULA, data,
                      weights="w" if as_column else w)
+
+
+def test_the_columns_a_formula_reads_are_looked_up_per_data_frame():
+    """What a formula reads is remembered per columns object: a fit on a frame
+    whose columns are renamed, or a new frame with the same names, is checked again."""
+    from lmmfast.modelframe import used_columns
+    from lmmfast.formula import parse_formula
+    data = lmmfast.datasets.load("sleepstudy")
+    formula = "Reaction ~ 1 + Days + (1 + Days | Subject)"
+    lmmfast.lmer(formula, data)
+    with pytest.raises(FormulaError, match="column 'Days' used in .* is not in the data"):
+        lmmfast.lmer(formula, data.rename(columns={"Days": "D"}))
+    parsed = parse_formula(formula)
+    first = used_columns(parsed, data.columns)
+    assert used_columns(parsed, data.columns) is first
+    again = used_columns(parsed, pd.Index(list(data.columns)))
+    assert again == first and again is not first
+    with pytest.raises(DataError, match="appears more than once"):
+        used_columns(parsed, pd.Index(["Reaction", "Days", "Subject", "Days"]))

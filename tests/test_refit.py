@@ -192,3 +192,30 @@ def test_packed_arrays_share_one_allocation():
     assert out[0].base is out[1].base is out[2].base
     assert out[1].ctypes.data - out[0].ctypes.data == 64
     assert out[2].ctypes.data - out[1].ctypes.data == 64
+
+
+@pytest.mark.parametrize("model", ["penicillin", "sleep_zerocorr", "insteval"])
+def test_packing_a_core_changes_no_result(model):
+    """``BlockedCholesky.pack`` moves the arrays, not their values: the factor, the
+    criterion, its gradient and Hessian are the same doubles after it."""
+    fit = reference_fit(model, "REML").copy()
+    core = fit._core
+    theta = fit._to_internal(fit.theta.to_numpy() * 1.1)
+    n = len(theta)
+
+    def state():
+        value = core.objective(theta, True)
+        grad, hess = np.empty(n), np.empty((n, n))
+        core.derivatives(True, grad, hess)
+        return value, grad, hess, core.l_values.copy(), core.lxx()
+
+    before = state()
+    core.derivatives(True, np.empty(n), np.empty((n, n)))   # work arrays with content
+    core.pack()
+    after = state()
+    assert before[0] == after[0]
+    for b, a in zip(before[1:], after[1:]):
+        np.testing.assert_array_equal(b, a)
+    core.pack()   # again: no change either
+    for b, a in zip(before[1:], state()[1:]):
+        np.testing.assert_array_equal(b, a)

@@ -373,7 +373,9 @@ class LinearMixedModel:
 
         ``start`` is theta's starting value (lme4 order; default lambda = I on
         the natural scale of each covariate, which is lme4's lambda = I for
-        intercepts and covariates of unit root mean square);
+        intercepts and covariates of unit root mean square, except that with
+        the default optimiser a random intercept starts at its
+        method-of-moments estimate, eq. 71);
         ``options`` choose the optimiser and its tolerances (fields of
         ``OptSummary``): ``optimizer`` is ``"quasi-newton"`` (trust-region
         Newton steps on the analytic gradient and the average-information
@@ -384,12 +386,16 @@ class LinearMixedModel:
         ``maxeval``.
         """
         scale = self._scale
-        # default start: lambda = I on the natural scale of each covariate
-        init = self._default_start if start is None else np.asarray(start, dtype=np.float64)
-        if init is not self._default_start and init is not self._theta and (
-                init.shape != self.lower_bounds.shape or (init < self.lower_bounds).any()):
-            raise ValueError(f"start must have {len(self.lower_bounds)} values within "
-                             "the lower bounds")
+        if start is None:   # lambda = I on the natural scale of each covariate, and
+            #                 random intercepts at their moments for Newton steps (eq. 71)
+            init = self._moment_start() if options.get("optimizer", "quasi-newton") \
+                == "quasi-newton" else self._default_start
+        else:
+            init = np.asarray(start, dtype=np.float64)
+            if init is not self._theta and (init.shape != self.lower_bounds.shape
+                                            or (init < self.lower_bounds).any()):
+                raise ValueError(f"start must have {len(self.lower_bounds)} values within "
+                                 "the lower bounds")
         summary = OptSummary(init, self.lower_bounds, **options)
         core = self._core
         perm = self._theta_perm
@@ -472,6 +478,30 @@ class LinearMixedModel:
     @cached_property
     def _default_start(self) -> np.ndarray:
         return np.concatenate([r.theta_init() for r in self.remats]) * self._scale
+
+    @cached_property
+    def _intercept_terms(self) -> list[tuple[int, int]]:
+        """(internal index, position in theta) of each term that is a random
+        intercept alone: one random effect per level, its column ones."""
+        starts = np.cumsum([0] + [r.n_theta for r in self.remats]).tolist()
+        return [(j, starts[i]) for j, i in enumerate(self._internal)
+                if self.remats[i].cnames == ["(Intercept)"]]
+
+    def _moment_start(self) -> np.ndarray:
+        """The start of the Newton steps: ``_default_start``, with each random
+        intercept's theta at its method-of-moments estimate from A (eq. 71):
+        sqrt(sigma_t^2 / sigma^2), or 0.1 where sigma_t^2 <= 0."""
+        terms = self._intercept_terms
+        moments = self._core.moment_variances([j for j, _ in terms]) if terms else None
+        if moments is None:
+            return self._default_start
+        rss, variances = moments
+        sigma2 = max(rss / self.nobs - sum(v for v in variances if v > 0),
+                     0.05 * rss / self.nobs)
+        start = self._default_start.copy()
+        for (_, pos), v in zip(terms, variances):
+            start[pos] = math.sqrt(v / sigma2) if v > 0 else 0.1
+        return start
 
     def _off_zero_columns(self, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """theta with the diagonal element of each all-zero column of lambda set to

@@ -909,6 +909,61 @@ cdef class BlockedCholesky:
         self.last_info = info
         return info
 
+    def moment_variances(self, terms):
+        """Method-of-moments variances of random intercepts from A alone (eq. 71).
+
+        ``terms``: internal indices of terms with one random effect per level,
+        an intercept.  With r = y - X beta_OLS, RSS = r^T W r and S_g the sum
+        of r over level g of term t, sigma_t^2 = (sum_g S_g^2 - RSS) /
+        sum_g n_g (n_g - 1).  Returns ``(RSS, [sigma_t^2 per term])``, or None
+        where X^T W X is not positive definite or a term has no two rows on a
+        level.  O(p^3 + p q): no pass over the rows.
+        """
+        cdef Py_ssize_t T = self.n_terms, p1 = self.p1, p = p1 - 1, i, j, g, t, nl
+        cdef const double* xy = &self.a[self.off_a[bidx(T, T)]]
+        cdef const double* blk
+        cdef double s_g, sum_s2, pairs, rss, n_g
+        chol = np.empty((max(p, 1), max(p, 1)))
+        beta_arr = np.empty(max(p, 1))
+        cdef double[:, ::1] lc = chol
+        cdef double[::1] beta = beta_arr
+        # X^T W X = L L^T (column-major in lc's rows), c = L^{-1} X^T W y
+        for j in range(p):
+            for i in range(j, p):
+                lc[j, i] = xy[i + j * p1]
+            beta[j] = xy[p + j * p1]
+        if p and potrf_l(<blas_int>p, &lc[0, 0], <blas_int>p) != 0:
+            return None
+        for i in range(p):
+            for j in range(i):
+                beta[i] -= lc[j, i] * beta[j]
+            beta[i] /= lc[i, i]
+        rss = xy[p + p * p1]
+        for i in range(p):
+            rss -= beta[i] * beta[i]
+        trsv_lt(<blas_int>p, &lc[0, 0], <blas_int>p, &beta[0])   # beta = L^{-T} c
+        if not rss > 0:
+            return None
+        out = []
+        for t in terms:
+            if self.k[t] != 1:
+                raise ValueError(f"term {t} has {self.k[t]} random effects per level, not 1")
+            nl = self.nlev[t]
+            blk = &self.a[self.off_a[bidx(T, t)]]
+            sum_s2 = 0.0
+            pairs = 0.0
+            for g in range(nl):
+                s_g = blk[p + g * p1]
+                for j in range(p):
+                    s_g -= beta[j] * blk[j + g * p1]
+                sum_s2 += s_g * s_g
+                n_g = self.a[self.off_a[bidx(t, t)] + g]
+                pairs += n_g * (n_g - 1.0)
+            if not pairs > 0:
+                return None
+            out.append((sum_s2 - rss) / pairs)
+        return rss, out
+
     def components(self):
         """``(ldL2, ldRX2, pwrss)`` of the current factor (eqs. 16-17)."""
         cdef double ld_l2, ld_rx2, pwrss

@@ -262,8 +262,8 @@ def _lean(fit: LinearMixedModel) -> LinearMixedModel:
     """A copy of a fitted model with only its parameter-level state (no rows, no factor)."""
     fit._solution   # computed while the factor is at hand
     lean = copy.copy(fit)
-    for name in ("fitted", "residuals", "_resid_quantiles", "_evaluator", "_refit_plan",
-                 "_inner_columns"):
+    for name in ("fitted", "residuals", "_resid_quantiles", "_evaluator", "_optimum_plan",
+                 "_refit_plan", "_inner_columns"):
         lean.__dict__.pop(name, None)
     lean.remats = [copy.copy(r) for r in fit.remats]
     for r in lean.remats:

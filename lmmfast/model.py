@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import blocks
 from ._cholesky import BlockedCholesky
-from ._trust_region import REFIT_STATUS, CoreObjective, Refit
+from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
 from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
 from .modelframe import Factor, model_frame
@@ -231,7 +231,7 @@ class LinearMixedModel:
         new._a = self._a.copy()
         new._core = self._make_core(new._a)
         new._solution_cache = None if self._solution_cache is None else dict(self._solution_cache)
-        for name in ("fitted", "residuals", "_evaluator", "_refit_plan"):   # (the old core's)
+        for name in ("fitted", "residuals", "_evaluator", "_optimum_plan", "_refit_plan"):
             new.__dict__.pop(name, None)
         new.optsum = copy.deepcopy(self.optsum)
         if self._theta is not None:
@@ -272,17 +272,18 @@ class LinearMixedModel:
         """``refit`` with the default optimiser, as one compiled call."""
         plan = self.__dict__.get("_refit_plan")
         if plan is None or not plan.serves(self._core, self.reml, self._a):
-            plan = self._refit_plan = self._make_refit_plan()
+            off_zy, q, off_xy = self._layout.response_offsets
+            refs, z = self._inner_columns
+            plan = self._refit_plan = Refit(self._optimum(), self._a, off_zy, q, off_xy,
+                                            list(refs), list(z), self.x, self.weights,
+                                            self.offset)
         if not (type(y) is np.ndarray and y.dtype == np.float64 and y.ndim == 1
                 and y.flags.c_contiguous):
             y = np.ascontiguousarray(np.asarray(y, dtype=np.float64).ravel())
-        if not (type(start) is np.ndarray and start.dtype == np.float64
-                and start.flags.c_contiguous):
-            start = np.ascontiguousarray(start, dtype=np.float64)
-        status, theta, fmin, n_evals, n_grad, code, hessian, initial = plan.run(
-            y, start.ravel() if start.ndim != 1 else start)
-        if status >= 2:
-            what = REFIT_STATUS[status]
+        start = _as_vector(start)
+        result = plan.run(y, start)
+        if result[0] >= 2:
+            what = RUN_STATUS[result[0]]
             if what == "bad length":
                 raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
             if what == "not finite":
@@ -291,29 +292,34 @@ class LinearMixedModel:
                              "the lower bounds")
         self.y = y
         self._y_eff = y - self.offset if self.offset is not None else y
-        if status == 1:   # "finish": y is in A; the general way from the same start
-            return self.fit(start=start)
+        if result[0] == 1:   # "finish": y is in A; the general way from the same start
+            return self.fit(start=start, optimizer="quasi-newton")
+        return self._take_optimum(result)
+
+    def _optimum(self) -> Optimum:
+        """The compiled default fit of this model (``_trust_region.Optimum``), kept."""
+        plan = self.__dict__.get("_optimum_plan")
+        if plan is not None and plan.serves(self._core, self.reml):
+            return plan
+        evaluator = self.__dict__.get("_evaluator")
+        if evaluator is None or not evaluator.serves(self._core, self.reml):
+            evaluator = self._evaluator = CoreObjective(self._core, self.reml, self._theta_perm)
+        diag, column = self._columns
+        # n_effects >= nobs: every fit is suspect of an exact fit, which fit() checks
+        runaway = -np.inf if self._n_effects >= self.nobs else 1e3
+        plan = self._optimum_plan = Optimum(   # (OptSummary's defaults)
+            evaluator, self._scale, diag, column, OptSummary.gtol, OptSummary.ftol_rel,
+            OptSummary.xtol_abs, OptSummary.maxeval, BOUNDARY_TOL, runaway)
+        return plan
+
+    def _take_optimum(self, result: tuple) -> "LinearMixedModel":
+        """The results of a compiled fit that is done (``Optimum.run``)."""
+        _, theta, fmin, n_evals, n_grad, code, hessian, initial = result
         self.optsum = OptSummary(initial, self.lower_bounds, hessian=hessian, final=theta,
                                  fmin=fmin, n_evals=n_evals, n_gradients=n_grad,
                                  return_code=code)
         self._set_theta(theta, factored=True)
         return self
-
-    def _make_refit_plan(self) -> Refit:
-        """The compiled refit of this model's design (``_trust_region.Refit``)."""
-        evaluator = self.__dict__.get("_evaluator")
-        if evaluator is None or not evaluator.serves(self._core, self.reml):
-            evaluator = self._evaluator = CoreObjective(self._core, self.reml, self._theta_perm)
-        off_zy, q, off_xy = self._layout.response_offsets
-        refs, z = self._inner_columns
-        defaults = OptSummary(self._default_start, self.lower_bounds)
-        diag, column = self._columns
-        # n_effects >= nobs: every refit is suspect of an exact fit, which fit() checks
-        runaway = np.inf if self._n_effects >= self.nobs else 1e3
-        return Refit(evaluator, self._a, off_zy, q, off_xy, list(refs), list(z), self.x,
-                     self.weights, self.offset, self._scale, diag, column,
-                     defaults.gtol, defaults.ftol_rel, defaults.xtol_abs, defaults.maxeval,
-                     BOUNDARY_TOL, runaway)
 
     @cached_property
     def _inner_columns(self) -> tuple[list, list]:
@@ -396,6 +402,10 @@ class LinearMixedModel:
                                             or (init < self.lower_bounds).any()):
                 raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                                  "the lower bounds")
+        if not options:   # the default: one compiled call, unless it hands over
+            result = self._optimum().run(_as_vector(init))
+            if result[0] == 0:
+                return self._take_optimum(result)
         summary = OptSummary(init, self.lower_bounds, **options)
         core = self._core
         perm = self._theta_perm
@@ -837,6 +847,14 @@ class LinearMixedModel:
 
     def __repr__(self) -> str:
         return self.__str__()
+
+
+def _as_vector(values) -> np.ndarray:
+    """``values`` as a C-contiguous float64 vector (itself if it is one already)."""
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1 \
+            and values.flags.c_contiguous:
+        return values
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel())
 
 
 def lmer(formula: str, data, reml: bool = True, weights=None, offset=None) -> LinearMixedModel:

@@ -543,18 +543,18 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
 
 
 
-# ------------------------------------------------------------------ refits
+# ------------------------------------------------------------ fits and refits
 
 cdef enum:
-    # what ``Refit.run`` did
-    REFIT_DONE,          # the fit is complete: theta, d and B are the optimum's
-    REFIT_FINISH,        # y is in A, but the optimiser did not converge, or theta ran
-                         # away: the caller finishes the fit its general way
-    REFIT_BAD_LENGTH,    # y has the wrong length (nothing changed)
-    REFIT_NOT_FINITE,    # y has a value that is not finite (nothing changed)
-    REFIT_BAD_START      # the start is not within the bounds (nothing changed)
+    # what ``Optimum.run`` and ``Refit.run`` did
+    RUN_DONE,          # the fit is complete: theta, d and B are the optimum's
+    RUN_FINISH,        # the optimiser did not converge, or theta ran away: the caller
+                       # finishes the fit its general way (a refit: y is in A)
+    RUN_BAD_LENGTH,    # y has the wrong length (nothing changed)
+    RUN_NOT_FINITE,    # y has a value that is not finite (nothing changed)
+    RUN_BAD_START      # the start is not within the bounds (nothing changed)
 
-REFIT_STATUS = ("done", "finish", "bad length", "not finite", "bad start")
+RUN_STATUS = ("done", "finish", "bad length", "not finite", "bad start")
 
 
 cdef inline bint _is_vector(cnp.ndarray a):
@@ -562,71 +562,40 @@ cdef inline bint _is_vector(cnp.ndarray a):
             and cnp.PyArray_IS_C_CONTIGUOUS(a))
 
 
-cdef class Refit:
-    """A model's refits to new responses with the same design, each one compiled
-    call from y to the optimum (the inner loop of a parametric bootstrap).
+cdef tuple _not_run(int status):
+    return status, None, 0.0, 0, 0, None, None, None
 
-    ``run`` writes W(y - offset) into the y parts of A (eq. 26, by
-    ``_response.pxd``'s loops, as ``_crossprod.set_response``), minimises
-    the criterion by ``_minimize``'s Newton steps from the start, with the
-    all-zero columns of lambda moved off zero, negates the columns of lambda
+
+cdef class Optimum:
+    """A model's fit with the default optimiser, from a start to the optimum as one
+    compiled call.
+
+    ``run`` moves the all-zero columns of lambda off zero, minimises the
+    criterion by ``_minimize``'s Newton steps, negates the columns of lambda
     whose diagonal ends negative (eq. 24), takes 0 for a diagonal element
     within ``boundary_tol`` of it where the criterion is no worse, and leaves
     the core's factor at the result: the same steps, in the same order, as
-    ``LinearMixedModel.fit``, which is what it replaces when all goes well.
-    It touches no Python object but its arguments, which keeps a refit that
-    follows other work (whose memory has pushed the model's out of the
-    caches) short.
+    ``LinearMixedModel.fit`` takes in Python, which is what it replaces when
+    all goes well.  It touches no Python object but its arguments, which
+    keeps a fit that follows other work (whose memory has pushed the model's
+    out of the caches) short.  ``runaway``: the largest theta / scale that is
+    not suspect of an exact fit (-inf: every fit is).
     """
     cdef readonly CoreObjective objective
-    cdef object a_obj
-    cdef double[::1] a
-    cdef list refs, z                           # the terms' columns, kept alive for:
-    cdef const cnp.int64_t[::1] term_refs, term_z, term_k   # their addresses, and k
-    cdef Py_ssize_t n_terms, n_runs
-    cdef double[::1] theta
-    cdef const cnp.int64_t[::1] off_zy, q
-    cdef Py_ssize_t off_xy, n, p, n_theta
-    cdef const double[:, ::1] x
-    cdef const double[::1] weights, offset
-    cdef bint has_weights, has_offset
-    cdef double[::1] wy, y_raw, scale
+    cdef double[::1] scale, theta
     cdef const Py_ssize_t[::1] diag, column
+    cdef Py_ssize_t n_theta, maxeval
     cdef double gtol, ftol_rel, xtol_abs, boundary_tol, runaway
-    cdef Py_ssize_t maxeval
 
-    def __init__(self, CoreObjective objective, a, off_zy, q, Py_ssize_t off_xy, list refs,
-                 list z, x, weights, offset, scale, diag, column, double gtol,
-                 double ftol_rel, double xtol_abs, Py_ssize_t maxeval,
-                 double boundary_tol, double runaway):
-        cdef Py_ssize_t t
+    def __init__(self, CoreObjective objective, scale, diag, column, double gtol,
+                 double ftol_rel, double xtol_abs, Py_ssize_t maxeval, double boundary_tol,
+                 double runaway):
         self.objective = objective
-        self.a_obj = a
-        self.a = a
-        self.off_xy = off_xy
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        self.n = x.shape[0]
-        self.p = x.shape[1]
-        refs = [np.ascontiguousarray(r, dtype=np.int64) for r in refs]
-        z = [np.ascontiguousarray(zt, dtype=np.float64) for zt in z]
-        for t in range(len(refs)):
-            if len(refs[t]) != self.n or z[t].shape[0] != self.n:
-                raise ValueError("every term needs one level and one row of z per row of X")
-        self.has_weights = weights is not None
-        self.has_offset = offset is not None
-        n_theta = len(scale)
-        self._use([np.ascontiguousarray(off_zy, dtype=np.int64),
-                   np.ascontiguousarray(q, dtype=np.int64), np.array(scale, dtype=np.float64),
-                   np.ascontiguousarray(diag, dtype=np.intp),
-                   np.ascontiguousarray(column, dtype=np.intp),
-                   np.empty(self.n), np.empty(self.n if self.has_weights else 0),
-                   np.ascontiguousarray(weights if self.has_weights else np.empty(0),
-                                        dtype=np.float64),
-                   np.ascontiguousarray(offset if self.has_offset else np.empty(0),
-                                        dtype=np.float64),
-                   x, np.empty(n_theta)], refs, z)
-        self.n_runs = 0
-        self.n_theta = n_theta
+        self.scale = np.array(scale, dtype=np.float64)
+        self.theta = np.empty(len(scale))
+        self.diag = np.ascontiguousarray(diag, dtype=np.intp)
+        self.column = np.ascontiguousarray(column, dtype=np.intp)
+        self.n_theta = len(scale)
         if self.column.shape[0] != self.n_theta or objective.perm.shape[0] != self.n_theta:
             raise ValueError("scale, column and the objective's theta must have one length")
         self.gtol = gtol
@@ -636,87 +605,51 @@ cdef class Refit:
         self.boundary_tol = boundary_tol
         self.runaway = runaway
 
-    cdef void _use(self, list arrays, list refs, list z) except *:
-        """Take the arrays ``__init__`` lists, and each term's level codes and z."""
-        cdef Py_ssize_t t
-        (self.off_zy, self.q, self.scale, self.diag, self.column, self.wy, self.y_raw,
-         self.weights, self.offset, self.x, self.theta) = arrays
-        if not self.has_weights:
-            self.y_raw = self.wy
-        self.refs = refs
-        self.z = z
-        self.n_terms = len(refs)
-        terms = np.zeros((3, max(self.n_terms, 1)), dtype=np.int64)
-        for t in range(self.n_terms):
-            terms[0, t] = <size_t>cnp.PyArray_DATA(refs[t])
-            terms[1, t] = <size_t>cnp.PyArray_DATA(z[t])
-            terms[2, t] = z[t].shape[1]
-        self.term_refs, self.term_z, self.term_k = terms
+    def serves(self, core, bint reml):
+        """Whether this fits ``core``'s criterion (REML or ML)."""
+        return self.objective.serves(core, reml)
 
     cdef void _pack(self) except *:
-        """Everything a refit reads in few allocations (``packed``), the rows' columns
-        copied where they are small; done at the second refit, as a plan that is
-        used again will be used in a loop (a bootstrap's)."""
+        """The objective's buffers and these, each in one allocation (``packed``)."""
         self.objective.pack()
-        arrays = packed(*map(np.asarray, [self.off_zy, self.q, self.scale, self.diag,
-                                          self.column, self.wy]),
-                        np.asarray(self.y_raw) if self.has_weights else np.empty(0),
-                        *map(np.asarray, [self.weights, self.offset, self.x, self.theta]),
-                        *self.refs, *self.z)
-        self._use(arrays[:11], arrays[11:11 + self.n_terms], arrays[11 + self.n_terms:])
+        self.scale, self.theta, self.diag, self.column = packed(
+            np.asarray(self.scale), np.asarray(self.theta), np.asarray(self.diag),
+            np.asarray(self.column))
 
-    def serves(self, core, bint reml, a):
-        """Whether this refits ``core``'s criterion (REML or ML) on the cross-products ``a``."""
-        return self.objective.serves(core, reml) and self.a_obj is a
+    cdef const double* _start(self, cnp.ndarray start_arr) except? NULL:
+        """The start's values, or NULL where it is not within the bounds."""
+        cdef Py_ssize_t i
+        if not _is_vector(start_arr):
+            raise TypeError("start must be a C-contiguous float64 vector")
+        cdef const double* start = <const double*>cnp.PyArray_DATA(start_arr)
+        if cnp.PyArray_DIM(start_arr, 0) != self.n_theta:
+            return NULL
+        for i in range(self.diag.shape[0]):
+            if start[self.diag[i]] < 0:
+                return NULL
+        return start
 
-    def run(self, cnp.ndarray y_arr, cnp.ndarray start_arr):
-        """Refit to ``y`` from ``start`` (theta, lme4 order), both C-contiguous
-        float64 vectors (read without the buffer protocol).
+    def run(self, cnp.ndarray start_arr):
+        """Fit from ``start`` (theta, lme4 order, a C-contiguous float64 vector,
+        read without the buffer protocol).
 
         Returns ``(status, theta, d, evaluations, derivatives, code, B, initial)``:
-        ``REFIT_STATUS[status]``, the optimum's theta (lme4 order), criterion,
+        ``RUN_STATUS[status]``, the optimum's theta (lme4 order), criterion,
         counts, the optimiser's stopping code, its B (x = theta / scale) and
-        the start it took.  Unless the status is "done" or "finish", nothing
-        has changed.
+        the start it took.
         """
-        cdef Py_ssize_t n = self.n, nt = self.n_theta, i, j, t, c, count = 0
-        cdef double f = 0.0, val, sw, s
+        cdef const double* start = self._start(start_arr)
+        if start == NULL:
+            return _not_run(RUN_BAD_START)
+        return self._run(start)
+
+    cdef tuple _run(self, const double* start):
+        cdef Py_ssize_t nt = self.n_theta, i, j, c, count = 0
+        cdef double f = 0.0, val, s
         cdef bint flipped = False, at_result = True
         cdef cnp.npy_intp dims[2]
         cdef CoreObjective fg = self.objective
         cdef _Work w = fg.work
-        if not (_is_vector(y_arr) and _is_vector(start_arr)):
-            raise TypeError("y and start must be C-contiguous float64 vectors")
-        cdef const double* y = <const double*>cnp.PyArray_DATA(y_arr)
-        cdef const double* start = <const double*>cnp.PyArray_DATA(start_arr)
-        if cnp.PyArray_DIM(y_arr, 0) != n:
-            return REFIT_BAD_LENGTH, None, 0.0, 0, 0, None, None, None
-        if cnp.PyArray_DIM(start_arr, 0) != nt:
-            return REFIT_BAD_START, None, 0.0, 0, 0, None, None, None
-        for i in range(self.diag.shape[0]):
-            if start[self.diag[i]] < 0:
-                return REFIT_BAD_START, None, 0.0, 0, 0, None, None, None
-        for i in range(n):
-            if not isfinite(y[i]):
-                return REFIT_NOT_FINITE, None, 0.0, 0, 0, None, None, None
-        self.n_runs += 1
-        if self.n_runs == 2:
-            self._pack()
-
-        # W (y - offset) into A (eq. 26), as LinearMixedModel.refit computes it
-        for i in range(n):
-            self.wy[i] = y[i] - self.offset[i] if self.has_offset else y[i]
-            if self.has_weights:
-                self.wy[i] = self.wy[i] * self.weights[i]
-                sw = sqrt(self.weights[i])
-                self.y_raw[i] = self.wy[i] / (sw * sw)
-        for t in range(self.n_terms):
-            term_response(&self.a[self.off_zy[t] + self.p], self.p + 1, self.q[t], n,
-                          self.term_k[t], <const cnp.int64_t*><size_t>self.term_refs[t],
-                          <const double*><size_t>self.term_z[t], &self.wy[0])
-        fixed_response(&self.a[0], self.off_xy, n, self.p, &self.x[0, 0] if self.p else NULL,
-                       &self.wy[0], &self.y_raw[0])
-
         # the start, all-zero columns of lambda moved off zero (eq. 69)
         dims[0] = nt
         dims[1] = nt
@@ -754,7 +687,7 @@ cdef class Refit:
                 for j in range(nt):
                     hess[i * nt + j] = hess[i * nt + j] * (w.x_new[i] * w.x_new[j])
         if stop != STOP_SUCCESS and stop != STOP_FTOL and stop != STOP_XTOL:
-            return REFIT_FINISH, None, 0.0, 0, 0, None, None, None
+            return _not_run(RUN_FINISH)
         # a diagonal element that ends near its bound: the bound, if no worse
         for c in range(self.diag.shape[0]):
             i = self.diag[c]
@@ -768,10 +701,10 @@ cdef class Refit:
                 else:
                     theta[i] = val
         if not isfinite(f):
-            return REFIT_FINISH, None, 0.0, 0, 0, None, None, None
+            return _not_run(RUN_FINISH)
         for i in range(nt):
-            if theta[i] / self.scale[i] > self.runaway:
-                return REFIT_FINISH, None, 0.0, 0, 0, None, None, None
+            if not theta[i] / self.scale[i] <= self.runaway:
+                return _not_run(RUN_FINISH)
         # the factor at the result: the last evaluation's theta, unless that was a trial
         for i in range(nt):
             at_result = at_result and fg.theta_in[i] == theta[fg.perm[i]]
@@ -780,5 +713,123 @@ cdef class Refit:
         theta_arr = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
         for i in range(nt):
             (<double*>cnp.PyArray_DATA(theta_arr))[i] = theta[i]
-        return (REFIT_DONE, theta_arr, f, count, fg.n_derivatives, CODES[stop], hess_arr,
+        return (RUN_DONE, theta_arr, f, count, fg.n_derivatives, CODES[stop], hess_arr,
                 initial)
+
+
+cdef class Refit:
+    """A model's refits to new responses with the same design, each one compiled
+    call from y to the optimum (the inner loop of a parametric bootstrap).
+
+    ``run`` writes W(y - offset) into the y parts of A (eq. 26, by
+    ``_response.pxd``'s loops, as ``_crossprod.set_response``), then fits
+    from the start as ``Optimum.run``.
+    """
+    cdef readonly Optimum optimum
+    cdef object a_obj
+    cdef double[::1] a
+    cdef list refs, z                           # the terms' columns, kept alive for:
+    cdef const cnp.int64_t[::1] term_refs, term_z, term_k   # their addresses, and k
+    cdef Py_ssize_t n_terms, n_runs
+    cdef const cnp.int64_t[::1] off_zy, q
+    cdef Py_ssize_t off_xy, n, p
+    cdef const double[:, ::1] x
+    cdef const double[::1] weights, offset
+    cdef bint has_weights, has_offset
+    cdef double[::1] wy, y_raw
+
+    def __init__(self, Optimum optimum, a, off_zy, q, Py_ssize_t off_xy, list refs, list z, x,
+                 weights, offset):
+        cdef Py_ssize_t t
+        self.optimum = optimum
+        self.a_obj = a
+        self.a = a
+        self.off_xy = off_xy
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        self.n = x.shape[0]
+        self.p = x.shape[1]
+        refs = [np.ascontiguousarray(r, dtype=np.int64) for r in refs]
+        z = [np.ascontiguousarray(zt, dtype=np.float64) for zt in z]
+        for t in range(len(refs)):
+            if len(refs[t]) != self.n or z[t].shape[0] != self.n:
+                raise ValueError("every term needs one level and one row of z per row of X")
+        self.has_weights = weights is not None
+        self.has_offset = offset is not None
+        self._use([np.ascontiguousarray(off_zy, dtype=np.int64),
+                   np.ascontiguousarray(q, dtype=np.int64),
+                   np.empty(self.n), np.empty(self.n if self.has_weights else 0),
+                   np.ascontiguousarray(weights if self.has_weights else np.empty(0),
+                                        dtype=np.float64),
+                   np.ascontiguousarray(offset if self.has_offset else np.empty(0),
+                                        dtype=np.float64),
+                   x], refs, z)
+        self.n_runs = 0
+
+    cdef void _use(self, list arrays, list refs, list z) except *:
+        """Take the arrays ``__init__`` lists, and each term's level codes and z."""
+        cdef Py_ssize_t t
+        (self.off_zy, self.q, self.wy, self.y_raw, self.weights, self.offset,
+         self.x) = arrays
+        if not self.has_weights:
+            self.y_raw = self.wy
+        self.refs = refs
+        self.z = z
+        self.n_terms = len(refs)
+        terms = np.zeros((3, max(self.n_terms, 1)), dtype=np.int64)
+        for t in range(self.n_terms):
+            terms[0, t] = <size_t>cnp.PyArray_DATA(refs[t])
+            terms[1, t] = <size_t>cnp.PyArray_DATA(z[t])
+            terms[2, t] = z[t].shape[1]
+        self.term_refs, self.term_z, self.term_k = terms
+
+    cdef void _pack(self) except *:
+        """Everything a refit reads in few allocations (``packed``), the rows' columns
+        copied where they are small; done at the second refit, as a plan that is
+        used again will be used in a loop (a bootstrap's)."""
+        self.optimum._pack()
+        arrays = packed(*map(np.asarray, [self.off_zy, self.q, self.wy]),
+                        np.asarray(self.y_raw) if self.has_weights else np.empty(0),
+                        *map(np.asarray, [self.weights, self.offset, self.x]),
+                        *self.refs, *self.z)
+        self._use(arrays[:7], arrays[7:7 + self.n_terms], arrays[7 + self.n_terms:])
+
+    def serves(self, core, bint reml, a):
+        """Whether this refits ``core``'s criterion (REML or ML) on the cross-products ``a``."""
+        return self.optimum.serves(core, reml) and self.a_obj is a
+
+    def run(self, cnp.ndarray y_arr, cnp.ndarray start_arr):
+        """Refit to ``y`` from ``start`` (theta, lme4 order), both C-contiguous
+        float64 vectors (read without the buffer protocol); returns as
+        ``Optimum.run``.  Unless the status is "done" or "finish", nothing has
+        changed.
+        """
+        cdef Py_ssize_t n = self.n, i, t
+        cdef double sw
+        if not _is_vector(y_arr):
+            raise TypeError("y must be a C-contiguous float64 vector")
+        cdef const double* y = <const double*>cnp.PyArray_DATA(y_arr)
+        if cnp.PyArray_DIM(y_arr, 0) != n:
+            return _not_run(RUN_BAD_LENGTH)
+        cdef const double* start = self.optimum._start(start_arr)
+        if start == NULL:
+            return _not_run(RUN_BAD_START)
+        for i in range(n):
+            if not isfinite(y[i]):
+                return _not_run(RUN_NOT_FINITE)
+        self.n_runs += 1
+        if self.n_runs == 2:
+            self._pack()
+        # W (y - offset) into A (eq. 26), as LinearMixedModel.refit computes it
+        for i in range(n):
+            self.wy[i] = y[i] - self.offset[i] if self.has_offset else y[i]
+            if self.has_weights:
+                self.wy[i] = self.wy[i] * self.weights[i]
+                sw = sqrt(self.weights[i])
+                self.y_raw[i] = self.wy[i] / (sw * sw)
+        for t in range(self.n_terms):
+            term_response(&self.a[self.off_zy[t] + self.p], self.p + 1, self.q[t], n,
+                          self.term_k[t], <const cnp.int64_t*><size_t>self.term_refs[t],
+                          <const double*><size_t>self.term_z[t], &self.wy[0])
+        fixed_response(&self.a[0], self.off_xy, n, self.p, &self.x[0, 0] if self.p else NULL,
+                       &self.wy[0], &self.y_raw[0])
+        return self.optimum._run(start)

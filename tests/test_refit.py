@@ -1,10 +1,10 @@
-"""Refits to a new response (eq. 26): the compiled path against the general one.
+"""Fits and refits to a new response (eq. 26): the compiled path against the general one.
 
-``LinearMixedModel.refit`` with the default optimiser is one compiled call
-(``_trust_region.Refit``).  It must take the same steps as ``fit`` does after
-the response is written into A, so every result is compared for equality, not
-closeness, with the general path (``refit(..., optimizer="quasi-newton")``,
-which passes an option and so goes the general way).
+``LinearMixedModel.fit`` and ``refit`` with the default optimiser are one
+compiled call each (``_trust_region.Optimum``, ``_trust_region.Refit``).  They
+must take the same steps as ``fit``'s Python path, so every result is
+compared for equality, not closeness, with the general path (an explicit
+``optimizer="quasi-newton"`` passes an option and so goes the general way).
 """
 
 from __future__ import annotations
@@ -40,6 +40,30 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a.fixef.to_numpy(), b.fixef.to_numpy())
     assert a.sigma == b.sigma
     np.testing.assert_array_equal(a.fitted, b.fitted)
+
+
+ALL = [(m, k) for m in reference()["models"] for k in ("REML", "ML")]
+
+
+@pytest.mark.parametrize("model,kind", ALL, ids=[f"{m}-{k}" for m, k in ALL])
+def test_compiled_fit_is_the_general_fit(model, kind):
+    spec = reference()["models"][model]
+    data = lmmfast.datasets.load(spec["dataset"])
+    fast = lmmfast.LinearMixedModel(spec["formula"], data, reml=(kind == "REML")).fit()
+    assert "_optimum_plan" in fast.__dict__
+    general = lmmfast.LinearMixedModel(spec["formula"], data, reml=(kind == "REML"))
+    general.fit(optimizer="quasi-newton")
+    assert "_optimum_plan" not in general.__dict__
+    _assert_same(fast, general)
+
+
+def test_a_fit_from_a_given_start():
+    fit = reference_fit("pastes", "ML")
+    for start in ([1.0, 1.0], [0.0, 2.0], fit.theta.to_numpy()):
+        fast = fit.copy().fit(start=start)
+        _assert_same(fast, fit.copy().fit(start=start, optimizer="quasi-newton"))
+    with pytest.raises(ValueError, match="within the lower bounds"):
+        fit.copy().fit(start=[-1.0, 1.0])
 
 
 @pytest.mark.parametrize("model,kind", CASES, ids=IDS)
@@ -162,6 +186,7 @@ def test_a_copy_refits_its_own_cross_products():
     other.refit(fit.y[::-1].copy())
     np.testing.assert_array_equal(fit._a, a_before)
     assert fit._refit_plan is plan and other._refit_plan is not plan
+    assert other._optimum_plan is not fit._optimum_plan
 
 
 def test_a_model_without_rows_cannot_refit():

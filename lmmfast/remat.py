@@ -100,17 +100,26 @@ def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
     facs = [_factor(frame, f.strip("`")) for f in term.factors]
     if len(facs) == 1:
         return facs[0].codes, list(facs[0].levels)
-    codes = np.zeros(len(frame), dtype=np.int64)
-    for fac in facs:
+    codes = facs[0].codes
+    n_combos = len(facs[0].levels)
+    for fac in facs[1:]:
         codes = codes * len(fac.levels) + fac.codes
-    present, refs = np.unique(codes, return_inverse=True)
-    parts = []
-    rest = present
-    for fac in reversed(facs):
-        rest, r = np.divmod(rest, len(fac.levels))
-        parts.append(np.asarray(fac.levels, dtype=object)[r])
-    labels = [":".join(combo) for combo in zip(*reversed(parts))]
-    return refs.astype(np.int64), labels
+        n_combos *= len(fac.levels)
+    if n_combos <= max(8 * len(codes), 1024):   # the combinations present, by counting
+        present = np.flatnonzero(np.bincount(codes, minlength=n_combos))
+        remap = np.zeros(n_combos, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        refs = remap[codes]
+    else:
+        present, refs = np.unique(codes, return_inverse=True)
+    labels = []
+    for combo in present.tolist():
+        parts = []
+        for fac in reversed(facs):
+            combo, r = divmod(combo, len(fac.levels))
+            parts.append(fac.levels[r])
+        labels.append(":".join(reversed(parts)))
+    return refs.astype(np.int64, copy=False), labels
 
 
 def build_remat(frame, term: RandomTerm) -> ReMat:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.linalg.lapack import dgeqrf
 
+from . import _crossprod
 from .errors import DataError, RankDeficiencyWarning
 from .formula import ParsedFormula
 from .materialize import design_matrix
@@ -58,8 +59,16 @@ def r_diagonal(chunks, p: int) -> np.ndarray:
     return np.concatenate([diag, np.zeros(p - len(diag))]) if len(diag) < p else diag
 
 
+SMALL_QR_COLUMNS = 16   # up to this many columns, QR by the compiled loop
+
+
 def _householder(a: np.ndarray) -> np.ndarray:
-    """LAPACK's dgeqrf of ``a`` (a copy): R on and above the diagonal."""
+    """QR of ``a`` (a copy): R on and above the diagonal.  A few columns by
+    ``_crossprod.householder_r``, more by LAPACK's dgeqrf."""
+    if a.shape[1] <= SMALL_QR_COLUMNS:
+        qr = np.array(a, dtype=np.float64, order="C")
+        _crossprod.householder_r(qr)
+        return qr
     qr, _, _, info = dgeqrf(np.asarray(a, dtype=np.float64))
     if info != 0:
         raise np.linalg.LinAlgError(f"dgeqrf failed (info = {info})")

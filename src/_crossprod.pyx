@@ -21,7 +21,7 @@ pandas chunks and from Dask partitions therefore round to the same A.
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport fma
+from libc.math cimport fma, sqrt, copysign
 
 from _linalg cimport blas_int, syrk_n
 from _response cimport term_response, fixed_response
@@ -125,6 +125,41 @@ def set_response(double[::1] a, const cnp.int64_t[::1] off_zy, const cnp.int64_t
                           &zt[0, 0], &wy[0])
     with nogil:
         fixed_response(&a[0], off_xy, n, p, &x[0, 0] if p else NULL, &wy[0], &y_raw[0])
+
+
+def householder_r(double[:, ::1] a):
+    """QR of the rows of ``a`` (m x p, row-major) by Householder reflections, in
+    place: R on and above the diagonal, as LAPACK's dgeqrf leaves it (its
+    R^T R is the cross-product block of those columns).
+
+    For the few columns of X (the rank and exact-fit checks of X and [X y]),
+    where a plain loop costs less than reaching LAPACK; R's diagonal is
+    LAPACK's up to rounding and sign.
+    """
+    cdef Py_ssize_t m = a.shape[0], p = a.shape[1], i, j, k
+    cdef double norm, alpha, beta, tau, w, inv
+    with nogil:
+        for j in range(min(m, p)):
+            norm = 0.0
+            for i in range(j + 1, m):
+                norm += a[i, j] * a[i, j]
+            if norm == 0.0:     # nothing below the diagonal: no reflection (dlarfg)
+                continue
+            alpha = a[j, j]
+            beta = -copysign(sqrt(alpha * alpha + norm), alpha)
+            tau = (beta - alpha) / beta
+            inv = 1.0 / (alpha - beta)
+            for i in range(j + 1, m):
+                a[i, j] *= inv          # v = [1, a[j+1:, j]]
+            for k in range(j + 1, p):
+                w = a[j, k]
+                for i in range(j + 1, m):
+                    w += a[i, j] * a[i, k]
+                w *= tau
+                a[j, k] -= w
+                for i in range(j + 1, m):
+                    a[i, k] -= a[i, j] * w
+            a[j, j] = beta
 
 
 def add_xy_xy(const double[:, ::1] xy, double[::1] out):

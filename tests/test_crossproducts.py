@@ -114,3 +114,21 @@ def test_term_on_the_fixed_columns_shares_x():
     other = lmmfast.lmer("Reaction ~ 1 + (1 + Days | Subject)", data)
     assert other.remats[0].z is not other.x
     assert not np.shares_memory(other.remats[0].z, other.x)
+
+
+@pytest.mark.parametrize("m,p", [(10, 3), (180, 7), (5, 8), (1000, 16), (3, 1), (1, 3), (4, 4)])
+def test_householder_r_is_lapacks_r(m, p):
+    """The compiled QR of a few columns gives LAPACK's R (dgeqrf), signs included,
+    also with a zero column, a repeated column and fewer rows than columns."""
+    from scipy.linalg.lapack import dgeqrf
+    from lmmfast import _crossprod
+    rng = np.random.default_rng(m * 100 + p)
+    a = rng.normal(size=(m, p))
+    if p > 2:
+        a[:, 1] = 0.0
+        a[:, -1] = 2.0 * a[:, 0]
+    ref = dgeqrf(a)[0]
+    mine = a.copy()
+    _crossprod.householder_r(mine)
+    k = min(m, p)
+    np.testing.assert_allclose(np.triu(mine[:k]), np.triu(ref[:k]), rtol=0, atol=1e-12)

@@ -141,18 +141,40 @@ def _category_codes(cat) -> tuple[np.ndarray, list[str], bool]:
     """Codes and labels of a Categorical, unused categories dropped; and whether it
     is already an R-style factor (string categories, all used, unordered)."""
     codes = np.asarray(cat.codes).astype(np.int64)
+    labels, strings = _category_labels(cat)
+    used = np.bincount(codes[codes >= 0], minlength=len(labels)) > 0
+    if used.all():
+        return codes, labels, (not cat.ordered and strings)
+    remap = np.cumsum(used) - 1
+    codes = np.where(codes >= 0, remap[codes], -1)
+    return codes, [lab for lab, u in zip(labels, used) if u], False
+
+
+_LABELS: dict = {}
+
+
+def _category_labels(cat) -> tuple[list[str], bool]:
+    """A Categorical's categories as strings, and whether they all are strings.
+
+    Remembered per dtype object (its categories are fixed, and the cache holds
+    it, so its id is not reused): a categorical column's labels are read out
+    of pyarrow once, not at every fit of a model to the same data.
+    """
+    dtype = cat.dtype
+    hit = _LABELS.get(id(dtype))
+    if hit is not None and hit[0] is dtype:
+        return list(hit[1]), hit[2]
     # pyarrow-backed string categories: straight to Python strings (pandas would
     # iterate them one by one)
     chunked = getattr(getattr(cat.categories, "array", None), "_pa_array", None)
     raw = chunked.to_pylist() if hasattr(chunked, "to_pylist") \
         else cat.categories.to_numpy(dtype=object).tolist()
     labels = [c if type(c) is str else str(c) for c in raw]
-    used = np.bincount(codes[codes >= 0], minlength=len(raw)) > 0
-    if used.all():
-        return codes, labels, (not cat.ordered and all(type(c) is str for c in raw))
-    remap = np.cumsum(used) - 1
-    codes = np.where(codes >= 0, remap[codes], -1)
-    return codes, [lab for lab, u in zip(labels, used) if u], False
+    strings = all(type(c) is str for c in raw)
+    if len(_LABELS) > 256:
+        _LABELS.clear()
+    _LABELS[id(dtype)] = (dtype, tuple(labels), strings)
+    return labels, strings
 
 
 def as_factor(col: pd.Series) -> pd.Categorical:

@@ -380,3 +380,23 @@ def test_the_columns_a_formula_reads_are_looked_up_per_data_frame():
     assert again == first and again is not first
     with pytest.raises(DataError, match="appears more than once"):
         used_columns(parsed, pd.Index(["Reaction", "Days", "Subject", "Days"]))
+
+
+def test_category_labels_are_remembered_per_dtype():
+    """A categorical column's labels are read once per dtype; a column with other
+    categories gets its own, and the list handed out is a copy."""
+    from lmmfast.modelframe import _category_labels
+    data = lmmfast.datasets.load("sleepstudy")
+    cat = data["Subject"].array
+    first, strings = _category_labels(cat)
+    assert strings and first == [str(c) for c in cat.categories]
+    first.append("changed")
+    assert _category_labels(cat)[0] == [str(c) for c in cat.categories]
+    other = cat.rename_categories({cat.categories[0]: "renamed"})
+    assert _category_labels(other)[0][0] == "renamed"
+    numeric = pd.Categorical([3, 1, 3])
+    assert _category_labels(numeric) == (["1", "3"], False)
+    fit = lmmfast.lmer("Reaction ~ 1 + (1 | Subject)",
+                       data.assign(Subject=data["Subject"].cat.rename_categories(
+                           lambda c: "s" + str(c))))
+    assert fit.ranef()["Subject"].index[0].startswith("s")

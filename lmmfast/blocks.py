@@ -92,8 +92,9 @@ class BlockLayout:
         T = len(refs)
         q = [nl * kk for nl, kk in zip(nlev, k)]
         nb = (T + 1) * (T + 2) // 2
-        kind_a = np.full(nb, BLOCK_DENSE, dtype=np.int64)
-        kind_l = np.full(nb, BLOCK_DENSE, dtype=np.int64)
+        kind_a = np.empty(nb, dtype=np.int64)
+        kind_a.fill(BLOCK_DENSE)
+        kind_l = kind_a.copy()
         off_a = np.zeros(nb, dtype=np.int64)
         off_l = np.zeros(nb, dtype=np.int64)
         cp_off = np.zeros(nb, dtype=np.int64)
@@ -206,7 +207,7 @@ def default_workers(layout: BlockLayout, n: int, n_chunks: int, cores: int) -> i
     only while the accumulators the further threads hold (A in double-double,
     16 bytes an entry) stay below a quarter of the rows' values [Z X y]."""
     workers = max(1, min(cores, n_chunks))
-    row_bytes = 8 * n * (layout.p1 + int(np.sum(layout.k)))
+    row_bytes = 8 * n * (layout.p1 + sum(layout.k.tolist()))
     while workers > 1 and 16 * max(layout.n_a, 1) * (workers - 1) > row_bytes // 4:
         workers -= 1
     return workers

@@ -112,7 +112,11 @@ def _schema(expr: str, frame):
         if v not in frame.columns:
             return None
         levels = _levels(frame, v)
-        cols.append((v, tuple(levels) if levels is not None else str(frame[v].dtype)))
+        if levels is not None:
+            cols.append((v, tuple(levels)))
+            continue
+        dtype = frame[v].dtype   # (numpy's str(dtype) runs several Python functions)
+        cols.append((v, dtype.str if isinstance(dtype, np.dtype) else str(dtype)))
     return expr, tuple(cols)
 
 

@@ -95,7 +95,7 @@ class LinearMixedModel:
                 self.factor_levels[name] = list(frame.data.factor(name).levels)
         for r in remats:   # a term on the fixed effects' own columns shares X's memory
             if r.cnames == xy.names and r.z.shape == self.x.shape \
-                    and np.array_equal(r.z, self.x):
+                    and (r.z == self.x).all():
                 r.z = self.x
         self._order_terms(remats)
         inner = [self.remats[i] for i in self._internal]

@@ -55,7 +55,7 @@ def r_diagonal(chunks, p: int) -> np.ndarray:
             chunk = np.vstack([np.triu(_householder(pending)[:p]), chunk])
         pending = chunk
     # the last block: R's diagonal as LAPACK leaves it, without forming R
-    diag = np.abs(np.diagonal(_householder(pending))) if len(pending) else np.zeros(0)
+    diag = np.abs(_householder(pending).diagonal()) if len(pending) else np.zeros(0)
     return np.concatenate([diag, np.zeros(p - len(diag))]) if len(diag) < p else diag
 
 
@@ -96,7 +96,7 @@ def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
     scale = np.where(norms > 0, norms, 1.0)
     # columns at unit norm, so that |R_jj| is the ratio
     diag = r_diagonal((chunk / scale for chunk in row_chunks(x)), p)
-    return np.flatnonzero((norms > 0) & (diag > tol)).astype(np.intp)
+    return ((norms > 0) & (diag > tol)).nonzero()[0].astype(np.intp)
 
 
 def response_vector(resp: str, frame) -> np.ndarray:

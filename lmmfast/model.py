@@ -277,10 +277,7 @@ class LinearMixedModel:
             plan = self._refit_plan = Refit(self._optimum(), self._a, off_zy, q, off_xy,
                                             list(refs), list(z), self.x, self.weights,
                                             self.offset)
-        if not (type(y) is np.ndarray and y.dtype == np.float64 and y.ndim == 1
-                and y.flags.c_contiguous):
-            y = np.ascontiguousarray(np.asarray(y, dtype=np.float64).ravel())
-        start = _as_vector(start)
+        y, start = _as_vector(y), _as_vector(start)
         result = plan.run(y, start)
         if result[0] >= 2:
             what = RUN_STATUS[result[0]]

@@ -946,6 +946,8 @@ cdef class BlockedCholesky:
             return None
         out = []
         for t in terms:
+            if not 0 <= t < T:
+                raise IndexError(f"term {t} is not one of the {T} terms")
             if self.k[t] != 1:
                 raise ValueError(f"term {t} has {self.k[t]} random effects per level, not 1")
             nl = self.nlev[t]

@@ -133,8 +133,9 @@ def householder_r(double[:, ::1] a):
     R^T R is the cross-product block of those columns).
 
     For the few columns of X (the rank and exact-fit checks of X and [X y]),
-    where a plain loop costs less than reaching LAPACK; R's diagonal is
-    LAPACK's up to rounding and sign.
+    where a plain loop costs less than reaching LAPACK.  The reflections are
+    LAPACK's (dlarfg: none where a column has nothing below its diagonal), so
+    R is LAPACK's up to rounding.
     """
     cdef Py_ssize_t m = a.shape[0], p = a.shape[1], i, j, k
     cdef double norm, alpha, beta, tau, w, inv

@@ -755,6 +755,9 @@ cdef class Refit:
                 raise ValueError("every term needs one level and one row of z per row of X")
         self.has_weights = weights is not None
         self.has_offset = offset is not None
+        if (self.has_weights and len(weights) != self.n) or (
+                self.has_offset and len(offset) != self.n):
+            raise ValueError("weights and offset need one value per row of X")
         self._use([np.ascontiguousarray(off_zy, dtype=np.int64),
                    np.ascontiguousarray(q, dtype=np.int64),
                    np.empty(self.n), np.empty(self.n if self.has_weights else 0),

@@ -83,29 +83,35 @@ def parameter_names(fit) -> tuple[list[str], list[str]]:
 
 
 def theta_to_sdcor(fit, theta, sigma: float) -> np.ndarray:
-    """Standard deviations and correlations (theta's layout) of sigma^2 lambda lambda^T (eq. 8)."""
-    theta = np.asarray(theta, dtype=np.float64)
-    out = np.empty(len(theta))
+    """Standard deviations and correlations (theta's layout) of sigma^2 lambda lambda^T (eq. 8).
+
+    With plain floats: each lambda is a few rows, and this runs once per
+    replicate of a bootstrap and per point of a profile.
+    """
+    values = np.asarray(theta, dtype=np.float64).tolist()
+    out = []
     for k, sl in _term_slices(fit):
-        t = theta[sl]
+        t = values[sl]
         if k == 1:
-            out[sl] = sigma * abs(t[0])
+            out.append(sigma * abs(t[0]))
             continue
-        lam = np.zeros((k, k))
-        lam[np.triu_indices(k)[::-1]] = t
-        cov = lam @ lam.T
-        sd = np.sqrt(np.diag(cov))
-        vals, pos = [], 0
+        lam = [[0.0] * k for _ in range(k)]   # lower-triangular, by columns (eq. 7)
+        pos = 0
+        for j in range(k):
+            for i in range(j, k):
+                lam[i][j] = t[pos]
+                pos += 1
+        cov = [[sum(lam[i][c] * lam[j][c] for c in range(min(i, j) + 1)) for j in range(k)]
+               for i in range(k)]
+        sd = [math.sqrt(cov[i][i]) for i in range(k)]
         for j in range(k):
             for i in range(j, k):
                 if i == j:
-                    vals.append(sigma * sd[i])
+                    out.append(sigma * sd[i])
                 else:
                     den = sd[i] * sd[j]
-                    vals.append(min(1.0, max(-1.0, cov[i, j] / den)) if den > 0 else np.nan)
-                pos += 1
-        out[sl] = vals
-    return out
+                    out.append(min(1.0, max(-1.0, cov[i][j] / den)) if den > 0 else math.nan)
+    return np.array(out, dtype=np.float64)
 
 
 def _chol_corr(corr: np.ndarray) -> tuple[np.ndarray, float]:

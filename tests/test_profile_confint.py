@@ -243,3 +243,30 @@ def test_profile_intervals_from_frame_bounds():
     ci = profile_intervals(prof)
     assert ci.loc[".sig01", "lower"] == 0.0
     assert prof[prof["parameter"] == ".sig01"]["value"].min() == 0.0
+
+
+def test_theta_to_sdcor_is_sigma_squared_lambda_lambda_t():
+    """eq. 8 in theta's layout: sd on lambda's diagonal, correlations below it;
+    against varcorr for sleepstudy and against numpy for a 3 x 3 lambda."""
+    from lmmfast.profile import theta_to_sdcor
+    fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)",
+                       lmmfast.datasets.load("sleepstudy"))
+    vc = fit.varcorr["sdcor"].to_numpy()
+    got = theta_to_sdcor(fit, fit.theta.to_numpy(), fit.sigma)
+    np.testing.assert_allclose(got, [vc[0], vc[2], vc[1]], rtol=1e-12)
+    rng = np.random.default_rng(3)
+    n, g = 300, 20
+    data = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n),
+                         "g": [f"g{i}" for i in rng.integers(0, g, n)]})
+    data["y"] = 1 + data["x"] + rng.normal(size=n)
+    fit3 = lmmfast.LinearMixedModel("y ~ x + z + (1 + x + z | g)", data)
+    theta = np.array([1.2, -0.3, 0.4, 0.8, 0.1, 0.5])
+    lam = np.zeros((3, 3))
+    lam[[0, 1, 2, 1, 2, 2], [0, 0, 0, 1, 1, 2]] = theta
+    cov = 2.0 ** 2 * lam @ lam.T
+    sd = np.sqrt(np.diag(cov))
+    want = [sd[0], cov[1, 0] / sd[1] / sd[0], cov[2, 0] / sd[2] / sd[0], sd[1],
+            cov[2, 1] / sd[2] / sd[1], sd[2]]
+    np.testing.assert_allclose(theta_to_sdcor(fit3, theta, 2.0), want, rtol=1e-13)
+    zero = theta_to_sdcor(fit3, np.array([0.0, 0.0, 0.0, 0.8, 0.1, 0.5]), 2.0)
+    assert zero[0] == 0.0 and np.isnan(zero[1]) and np.isnan(zero[2])

@@ -621,7 +621,7 @@ class LinearMixedModel:
         lxx = self._core.lxx()
         p = lxx.shape[0] - 1
         rx = lxx[:p, :p]
-        beta = np.linalg.solve(rx.T, lxx[p, :p]) if p else np.zeros(0)
+        beta = _back_substitution(rx, lxx[p, :p])
         u = self._core.solve_u(np.ascontiguousarray(beta))
         ld_l2, ld_rx2, pwrss = self._core.components()
         # u in internal order -> per term, lme4 order; b = lambda u per level
@@ -844,6 +844,23 @@ class LinearMixedModel:
 
     def __repr__(self) -> str:
         return self.__str__()
+
+
+def _back_substitution(rx: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """beta with R_X^T beta = rhs, R_X lower-triangular (eq. 21): plain floats for a
+    few columns (numpy's solve costs more than the arithmetic), LAPACK beyond."""
+    p = len(rhs)
+    if p > 16:
+        from scipy.linalg import solve_triangular
+        return solve_triangular(rx, rhs, trans="T", lower=True)
+    r = rx.tolist()
+    beta = rhs.tolist()
+    for i in range(p - 1, -1, -1):
+        acc = beta[i]
+        for j in range(i + 1, p):
+            acc -= r[j][i] * beta[j]
+        beta[i] = acc / r[i][i]
+    return np.array(beta, dtype=np.float64)
 
 
 def _as_vector(values) -> np.ndarray:

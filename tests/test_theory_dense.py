@@ -85,3 +85,17 @@ def test_closed_forms_equal_gls(dataset, formula, kw, reml):
                                atol=1e-10 * np.abs(dense["vcov_beta"]).max())
     b = np.concatenate([fit._solution["b"][i].ravel() for i in range(len(fit.remats))])
     np.testing.assert_allclose(b, dense["b"], rtol=1e-7, atol=1e-8 * max(np.abs(dense["b"]).max(), 1))
+
+
+@pytest.mark.parametrize("p", [0, 1, 3, 16, 17, 40])
+def test_beta_by_back_substitution(p):
+    """eq. 21's R_X^T beta = r_Xy, by plain floats up to 16 columns and LAPACK
+    beyond, against a general solve."""
+    from lmmfast.model import _back_substitution
+    rng = np.random.default_rng(p)
+    rx = np.tril(rng.normal(size=(p, p))) + 3.0 * np.eye(p)
+    rhs = rng.normal(size=p)
+    got = _back_substitution(rx, rhs)
+    assert got.shape == (p,)
+    if p:
+        np.testing.assert_allclose(got, np.linalg.solve(rx.T, rhs), rtol=1e-12)

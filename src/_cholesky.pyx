@@ -979,10 +979,14 @@ cdef class BlockedCholesky:
     # ------------------------------------------------------- solutions from L
     def lxx(self):
         """Copy of the dense lower-right block of L: [[R_X, 0], [l_yX, r]] (lower-triangular R_X)."""
-        cdef Py_ssize_t n = self.p1
-        b = bidx(self.n_terms, self.n_terms)
-        arr = np.asarray(self.l[self.off_l[b]:self.off_l[b] + n * n])
-        return np.tril(arr.reshape((n, n), order="F"))
+        cdef Py_ssize_t n = self.p1, i, j
+        cdef const double* src = &self.l[self.off_l[bidx(self.n_terms, self.n_terms)]]
+        out = np.zeros((n, n))
+        cdef double[:, ::1] dst = out
+        for j in range(n):
+            for i in range(j, n):
+                dst[i, j] = src[i + j * n]   # column-major lower triangle
+        return out
 
     cdef void _back_solve(self, const double* rhs, const cnp.int64_t* uoff,
                           double* u) noexcept nogil:

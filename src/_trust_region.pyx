@@ -1,6 +1,7 @@
 # cython: language_level=3
-"""The trust-region quasi-Newton loop of the optimiser (theory.md, eq. 69), and
-a model's refits to new responses as one call each (``Refit``).
+"""The trust-region quasi-Newton loop of the optimiser (theory.md, eq. 69), and a
+model's default fit and its refits to new responses as one call each
+(``Optimum``, ``Refit``).
 
 Compiled because theta is short and one evaluation of a small model takes a
 few microseconds: the optimiser's own arithmetic (an eigendecomposition of
@@ -542,7 +543,6 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
     return code
 
 
-
 # ------------------------------------------------------------ fits and refits
 
 cdef enum:
@@ -576,9 +576,9 @@ cdef class Optimum:
     within ``boundary_tol`` of it where the criterion is no worse, and leaves
     the core's factor at the result: the same steps, in the same order, as
     ``LinearMixedModel.fit`` takes in Python, which is what it replaces when
-    all goes well.  It touches no Python object but its arguments, which
-    keeps a fit that follows other work (whose memory has pushed the model's
-    out of the caches) short.  ``runaway``: the largest theta / scale that is
+    all goes well.  It calls no Python function, which keeps a fit that
+    follows other work (whose memory has pushed the model's out of the
+    caches) short: it touches few memory pages.  ``runaway``: the largest theta / scale that is
     not suspect of an exact fit (-inf: every fit is).
     """
     cdef readonly CoreObjective objective

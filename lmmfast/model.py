@@ -24,7 +24,7 @@ from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
 from .errors import ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
 from .modelframe import Factor, model_frame
-from .optimize import OptSummary, bobyqa, quasi_newton
+from .optimize import OptSummary, bobyqa
 from .remat import ReMat, build_remat
 from .varcorr import varcorr_table
 from .xymat import build_xymat, r_diagonal, row_chunks
@@ -279,17 +279,17 @@ class LinearMixedModel:
                                             self.offset)
         y, start = _as_vector(y), _as_vector(start)
         result = plan.run(y, start)
-        if result[0] >= 2:
-            what = RUN_STATUS[result[0]]
-            if what == "bad length":
-                raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
-            if what == "not finite":
-                raise DataError("the new response has non-finite values")
+        status = RUN_STATUS[result[0]]
+        if status == "bad length":
+            raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
+        if status == "not finite":
+            raise DataError("the new response has non-finite values")
+        if status == "bad start":
             raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                              "the lower bounds")
         self.y = y
         self._y_eff = y - self.offset if self.offset is not None else y
-        if result[0] == 1:   # "finish": y is in A; the general way from the same start
+        if status != "done":   # y is in A: fit finishes it from the same start
             return self.fit(start=start, optimizer="quasi-newton")
         return self._take_optimum(result)
 
@@ -309,12 +309,13 @@ class LinearMixedModel:
             OptSummary.xtol_abs, OptSummary.maxeval, BOUNDARY_TOL, runaway)
         return plan
 
-    def _take_optimum(self, result: tuple) -> "LinearMixedModel":
-        """The results of a compiled fit that is done (``Optimum.run``)."""
+    def _take_optimum(self, result: tuple, options: dict | None = None) -> "LinearMixedModel":
+        """The results of a compiled fit that is done (``Optimum.run``), with the
+        ``options`` it ran with."""
         _, theta, fmin, n_evals, n_grad, code, hessian, initial = result
-        self.optsum = OptSummary(initial, self.lower_bounds, hessian=hessian, final=theta,
-                                 fmin=fmin, n_evals=n_evals, n_gradients=n_grad,
-                                 return_code=code)
+        fields = dict(options or {}, hessian=hessian, final=theta, fmin=fmin,
+                      n_evals=n_evals, n_gradients=n_grad, return_code=code)
+        self.optsum = OptSummary(initial, self.lower_bounds, **fields)
         self._set_theta(theta, factored=True)
         return self
 
@@ -399,10 +400,6 @@ class LinearMixedModel:
                                             or (init < self.lower_bounds).any()):
                 raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                                  "the lower bounds")
-        if not options:   # the default: one compiled call, unless it hands over
-            result = self._optimum().run(_as_vector(init))
-            if result[0] == 0:
-                return self._take_optimum(result)
         summary = OptSummary(init, self.lower_bounds, **options)
         core = self._core
         perm = self._theta_perm
@@ -416,19 +413,19 @@ class LinearMixedModel:
             last[0] = buf
             return core.objective(buf, reml)
 
-        if summary.optimizer == "quasi-newton":
-            # a column of lambda that is entirely zero is a stationary point of the
-            # criterion (eq. 69): start such columns off it
-            summary.initial = self._off_zero_columns(init, scale)
-            evaluator = self.__dict__.get("_evaluator")   # kept for refits
-            if evaluator is None or not evaluator.serves(core, reml):
-                evaluator = self._evaluator = CoreObjective(core, reml, perm)
-            quasi_newton(evaluator, summary, scale=scale)
-            last[0] = evaluator.last_theta
-            summary.final, signs = self._canonical_theta(summary.final)
-            if summary.hessian is not None and (signs < 0).any():
-                summary.hessian = summary.hessian * np.outer(signs, signs)
-            if not summary.converged:   # finish derivative-free from the best point
+        status = None
+        if summary.optimizer == "quasi-newton":   # one compiled call (Optimum.run)
+            plan = self._optimum()
+            result = plan.run(_as_vector(init), (summary.gtol, summary.ftol_rel,
+                                                 summary.xtol_abs, summary.maxeval)
+                              if options else None)
+            if result[0] == 0:   # "done"
+                return self._take_optimum(result, options)
+            status = RUN_STATUS[result[0]]
+            (_, summary.final, summary.fmin, summary.n_evals, summary.n_gradients,
+             summary.return_code, summary.hessian, summary.initial) = result
+            last[0] = plan.objective.last_theta
+            if status == "finish":   # not converged: on derivative-free from its end
                 evals = summary.n_evals
                 summary.initial = summary.final
                 bobyqa(objective, summary, scale=scale)
@@ -439,9 +436,10 @@ class LinearMixedModel:
             raise ValueError(f"optimizer must be 'quasi-newton' or 'bobyqa', "
                              f"got {summary.optimizer!r}")
         theta, fmin = summary.final.copy(), summary.fmin
-        values = theta.tolist()   # (plain floats: theta is short, and this runs per refit)
+        values = theta.tolist()
         # a diagonal element that ends near its bound: take the bound if no worse
-        for i in self._columns[0].tolist():
+        # (a suspect compiled run has tried them)
+        for i in ([] if status == "suspect" else self._columns[0].tolist()):
             if 0.0 < values[i] < BOUNDARY_TOL:
                 trial = theta.copy()
                 trial[i] = 0.0
@@ -509,34 +507,6 @@ class LinearMixedModel:
         for (_, pos), v in zip(terms, variances):
             start[pos] = math.sqrt(v / sigma2) if v > 0 else 0.1
         return start
-
-    def _off_zero_columns(self, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        """theta with the diagonal element of each all-zero column of lambda set to
-        0.1 on its natural scale."""
-        diag, column = self._columns
-        nonzero = [False] * len(diag)
-        for c, t in zip(column.tolist(), theta.tolist()):
-            nonzero[c] = nonzero[c] or t != 0
-        if all(nonzero):
-            return theta
-        nonzero = np.array(nonzero)
-        theta = np.array(theta, dtype=np.float64)
-        theta[diag[~nonzero]] = 0.1 * scale[diag[~nonzero]]
-        return theta
-
-    def _canonical_theta(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """theta with every column of each lambda whose diagonal is negative negated,
-        and the signs applied (+1 or -1 per element).
-
-        lambda lambda^T, hence the criterion, is unchanged; the result meets
-        the bounds of eq. 24.
-        """
-        diag, column = self._columns
-        theta = np.asarray(theta, dtype=np.float64)
-        if min(theta[diag].tolist(), default=0.0) >= 0:   # (the usual case, cheaply)
-            return theta.copy(), np.ones(len(theta))
-        signs = np.where(theta[diag] < 0, -1.0, 1.0)[column]
-        return theta * signs, signs
 
     def _exact_fit(self) -> bool:
         """Whether W^(1/2)(y - offset) lies in the span of W^(1/2)[X Z] (sigma-hat -> 0).

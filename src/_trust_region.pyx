@@ -548,13 +548,15 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
 cdef enum:
     # what ``Optimum.run`` and ``Refit.run`` did
     RUN_DONE,          # the fit is complete: theta, d and B are the optimum's
-    RUN_FINISH,        # the optimiser did not converge, or theta ran away: the caller
-                       # finishes the fit its general way (a refit: y is in A)
+    RUN_FINISH,        # the optimiser did not converge: theta, d and B are where it
+                       # stopped, for the caller to finish derivative-free
     RUN_BAD_LENGTH,    # y has the wrong length (nothing changed)
     RUN_NOT_FINITE,    # y has a value that is not finite (nothing changed)
-    RUN_BAD_START      # the start is not within the bounds (nothing changed)
+    RUN_BAD_START,     # the start is not within the bounds (nothing changed)
+    RUN_SUSPECT        # converged, but the criterion is not finite or theta ran away:
+                       # the caller checks for an exact fit
 
-RUN_STATUS = ("done", "finish", "bad length", "not finite", "bad start")
+RUN_STATUS = ("done", "finish", "bad length", "not finite", "bad start", "suspect")
 
 
 cdef inline bint _is_vector(cnp.ndarray a):
@@ -567,19 +569,19 @@ cdef tuple _not_run(int status):
 
 
 cdef class Optimum:
-    """A model's fit with the default optimiser, from a start to the optimum as one
-    compiled call.
+    """A model's fit with the quasi-Newton optimiser, from a start to the optimum as
+    one compiled call.
 
     ``run`` moves the all-zero columns of lambda off zero, minimises the
     criterion by ``_minimize``'s Newton steps, negates the columns of lambda
     whose diagonal ends negative (eq. 24), takes 0 for a diagonal element
     within ``boundary_tol`` of it where the criterion is no worse, and leaves
-    the core's factor at the result: the same steps, in the same order, as
-    ``LinearMixedModel.fit`` takes in Python, which is what it replaces when
-    all goes well.  It calls no Python function, which keeps a fit that
+    the core's factor at the result.  ``LinearMixedModel.fit`` finishes what
+    it cannot: a run that did not converge (by BOBYQA), and a suspect one
+    (an exact fit?).  It calls no Python function, which keeps a fit that
     follows other work (whose memory has pushed the model's out of the
-    caches) short: it touches few memory pages.  ``runaway``: the largest theta / scale that is
-    not suspect of an exact fit (-inf: every fit is).
+    caches) short: it touches few memory pages.  ``runaway``: the largest
+    theta / scale that is not suspect of an exact fit (-inf: every fit is).
     """
     cdef readonly CoreObjective objective
     cdef double[::1] scale, theta
@@ -629,24 +631,60 @@ cdef class Optimum:
                 return NULL
         return start
 
-    def run(self, cnp.ndarray start_arr):
+    def run(self, cnp.ndarray start_arr, tolerances=None):
         """Fit from ``start`` (theta, lme4 order, a C-contiguous float64 vector,
-        read without the buffer protocol).
+        read without the buffer protocol); ``tolerances``: ``(gtol, ftol_rel,
+        xtol_abs, maxeval)`` for this run instead of the plan's.
 
         Returns ``(status, theta, d, evaluations, derivatives, code, B, initial)``:
         ``RUN_STATUS[status]``, the optimum's theta (lme4 order), criterion,
-        counts, the optimiser's stopping code, its B (x = theta / scale) and
-        the start it took.
+        counts, the optimiser's stopping code, its B (x = theta / scale; None
+        where the criterion was not finite at the start) and the start it took.
         """
         cdef const double* start = self._start(start_arr)
         if start == NULL:
             return _not_run(RUN_BAD_START)
-        return self._run(start)
+        if tolerances is None:
+            return self._run(start, self.gtol, self.ftol_rel, self.xtol_abs, self.maxeval)
+        gtol, ftol_rel, xtol_abs, maxeval = tolerances
+        return self._run(start, gtol, ftol_rel, xtol_abs, maxeval)
 
-    cdef tuple _run(self, const double* start):
+    def canonical(self, theta):
+        """``(theta, signs)``: every column of lambda whose diagonal is negative
+        negated (eq. 24; lambda lambda^T, hence the criterion, is unchanged), and
+        the sign applied to each element."""
+        t = np.array(theta, dtype=np.float64)
+        if t.shape != (self.n_theta,):
+            raise ValueError(f"theta must have {self.n_theta} values")
+        signs = np.ones(self.n_theta)
+        cdef double[::1] tv = t
+        cdef double[::1] sv = signs
+        self._canonical(&tv[0], &sv[0], NULL)
+        return t, signs
+
+    cdef void _canonical(self, double* theta, double* signs, double* hess) noexcept:
+        """Columns of lambda with a negative diagonal negated in ``theta``, their
+        signs into ``signs``, and B (n x n, row-major; NULL: none) with them."""
+        cdef Py_ssize_t nt = self.n_theta, i, j, c
+        cdef bint flipped = False
+        for c in range(self.diag.shape[0]):
+            flipped = flipped or theta[self.diag[c]] < 0
+        if not flipped:
+            return
+        for i in range(nt):
+            signs[i] = -1.0 if theta[self.diag[self.column[i]]] < 0 else 1.0
+        for i in range(nt):
+            theta[i] = theta[i] * signs[i]
+            if hess != NULL:
+                for j in range(nt):
+                    hess[i * nt + j] = hess[i * nt + j] * (signs[i] * signs[j])
+
+    cdef tuple _run(self, const double* start, double gtol, double ftol_rel, double xtol_abs,
+                    Py_ssize_t maxeval):
         cdef Py_ssize_t nt = self.n_theta, i, j, c, count = 0
         cdef double f = 0.0, val, s
-        cdef bint flipped = False, at_result = True
+        cdef bint at_result = True
+        cdef int status = RUN_DONE
         cdef cnp.npy_intp dims[2]
         cdef CoreObjective fg = self.objective
         cdef _Work w = fg.work
@@ -667,27 +705,22 @@ cdef class Optimum:
         cdef double[::1] theta = self.theta
         for i in range(nt):
             theta[i] = init[i] / self.scale[i]
-        cdef int stop = _minimize(fg, theta, self.scale, None, self.gtol, self.ftol_rel,
-                                  self.xtol_abs, self.maxeval, w, &count, &f)
+        cdef int stop = _minimize(fg, theta, self.scale, None, gtol, ftol_rel, xtol_abs,
+                                  maxeval, w, &count, &f)
         for i in range(nt):
             theta[i] = theta[i] * self.scale[i]
-        hess_arr = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
-        cdef double* hess = <double*>cnp.PyArray_DATA(hess_arr)
-        for i in range(nt):
-            for j in range(nt):
-                hess[i * nt + j] = w.b[i, j]
-        # columns of lambda with a negative diagonal negated (eq. 24)
-        for c in range(self.diag.shape[0]):
-            flipped = flipped or theta[self.diag[c]] < 0
-        if flipped:
+        hess_arr = None
+        cdef double* hess = NULL
+        if stop != STOP_NOT_FINITE_START:
+            hess_arr = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
+            hess = <double*>cnp.PyArray_DATA(hess_arr)
             for i in range(nt):
-                w.x_new[i] = -1.0 if theta[self.diag[self.column[i]]] < 0 else 1.0
-            for i in range(nt):
-                theta[i] = theta[i] * w.x_new[i]
                 for j in range(nt):
-                    hess[i * nt + j] = hess[i * nt + j] * (w.x_new[i] * w.x_new[j])
+                    hess[i * nt + j] = w.b[i, j]
+        # columns of lambda with a negative diagonal negated (eq. 24)
+        self._canonical(&theta[0], &w.x_new[0], hess)
         if stop != STOP_SUCCESS and stop != STOP_FTOL and stop != STOP_XTOL:
-            return _not_run(RUN_FINISH)
+            return self._result(RUN_FINISH, f, count, stop, hess_arr, initial)
         # a diagonal element that ends near its bound: the bound, if no worse
         for c in range(self.diag.shape[0]):
             i = self.diag[c]
@@ -700,21 +733,28 @@ cdef class Optimum:
                     f = s
                 else:
                     theta[i] = val
-        if not isfinite(f):
-            return _not_run(RUN_FINISH)
-        for i in range(nt):
-            if not theta[i] / self.scale[i] <= self.runaway:
-                return _not_run(RUN_FINISH)
         # the factor at the result: the last evaluation's theta, unless that was a trial
         for i in range(nt):
             at_result = at_result and fg.theta_in[i] == theta[fg.perm[i]]
         if not at_result:
             fg.value(theta)
-        theta_arr = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        if not isfinite(f):
+            status = RUN_SUSPECT
         for i in range(nt):
-            (<double*>cnp.PyArray_DATA(theta_arr))[i] = theta[i]
-        return (RUN_DONE, theta_arr, f, count, fg.n_derivatives, CODES[stop], hess_arr,
-                initial)
+            if not theta[i] / self.scale[i] <= self.runaway:
+                status = RUN_SUSPECT
+        return self._result(status, f, count, stop, hess_arr, initial)
+
+    cdef tuple _result(self, int status, double f, Py_ssize_t count, int stop, hess_arr,
+                       initial):
+        """``run``'s tuple, with theta from ``self.theta``."""
+        cdef cnp.npy_intp n = self.n_theta
+        cdef Py_ssize_t i
+        theta_arr = cnp.PyArray_EMPTY(1, &n, cnp.NPY_DOUBLE, 0)
+        for i in range(n):
+            (<double*>cnp.PyArray_DATA(theta_arr))[i] = self.theta[i]
+        return (status, theta_arr, f, count, self.objective.n_derivatives, CODES[stop],
+                hess_arr, initial)
 
 
 cdef class Refit:
@@ -835,4 +875,5 @@ cdef class Refit:
                           <const double*><size_t>self.term_z[t], &self.wy[0])
         fixed_response(&self.a[0], self.off_xy, n, self.p, &self.x[0, 0] if self.p else NULL,
                        &self.wy[0], &self.y_raw[0])
-        return self.optimum._run(start)
+        cdef Optimum opt = self.optimum
+        return opt._run(start, opt.gtol, opt.ftol_rel, opt.xtol_abs, opt.maxeval)

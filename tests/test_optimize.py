@@ -88,11 +88,11 @@ def test_start_on_a_zero_column_still_finds_an_interior_optimum():
 def test_negative_diagonal_is_flipped_to_lme4s_parameterisation():
     fit = lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)",
                                    lmmfast.datasets.load("sleepstudy"))
-    theta, signs = fit._canonical_theta(np.array([-0.9, 0.02, 0.2]))
+    theta, signs = fit._optimum().canonical(np.array([-0.9, 0.02, 0.2]))
     np.testing.assert_array_equal(theta, [0.9, -0.02, 0.2])
     np.testing.assert_array_equal(signs, [-1, -1, 1])
     assert fit.criterion(theta) == pytest.approx(fit.criterion([-0.9, 0.02, 0.2]), rel=1e-12)
-    theta, _ = fit._canonical_theta(np.array([0.9, 0.02, -0.2]))
+    theta, _ = fit._optimum().canonical(np.array([0.9, 0.02, -0.2]))
     np.testing.assert_array_equal(theta, [0.9, 0.02, 0.2])
 
 

@@ -1,10 +1,13 @@
-"""Fits and refits to a new response (eq. 26): the compiled path against the general one.
+"""Fits and refits to a new response (eq. 26) as one compiled call each.
 
-``LinearMixedModel.fit`` and ``refit`` with the default optimiser are one
-compiled call each (``_trust_region.Optimum``, ``_trust_region.Refit``).  They
-must take the same steps as ``fit``'s Python path, so every result is
-compared for equality, not closeness, with the general path (an explicit
-``optimizer="quasi-newton"`` passes an option and so goes the general way).
+``LinearMixedModel.fit`` with the quasi-Newton optimiser runs
+``_trust_region.Optimum`` (all of its steps compiled), and ``refit`` runs
+``_trust_region.Refit``, which also writes the new response into A.  A refit
+must give the same doubles as writing y into A in Python
+(``blocks.set_response``) and fitting, which a refit with an option does
+(``optimizer="quasi-newton"``), and a fit with options must give those of the
+default fit when the options are the defaults.  Where the compiled run cannot
+finish (no convergence, an exact fit), ``fit`` finishes it in Python.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 import lmmfast
 from conftest import reference, reference_fit
 from lmmfast._cholesky import PACK_BYTES, packed
+from lmmfast._trust_region import RUN_STATUS
 from lmmfast.errors import DataError, FitError
 
 SMALL = [m for m in reference()["models"] if m != "insteval"]
@@ -46,15 +50,31 @@ ALL = [(m, k) for m in reference()["models"] for k in ("REML", "ML")]
 
 
 @pytest.mark.parametrize("model,kind", ALL, ids=[f"{m}-{k}" for m, k in ALL])
-def test_compiled_fit_is_the_general_fit(model, kind):
+def test_a_fit_with_default_options_is_the_default_fit(model, kind):
     spec = reference()["models"][model]
     data = lmmfast.datasets.load(spec["dataset"])
     fast = lmmfast.LinearMixedModel(spec["formula"], data, reml=(kind == "REML")).fit()
     assert "_optimum_plan" in fast.__dict__
     general = lmmfast.LinearMixedModel(spec["formula"], data, reml=(kind == "REML"))
-    general.fit(optimizer="quasi-newton")
-    assert "_optimum_plan" not in general.__dict__
+    general.fit(optimizer="quasi-newton", gtol=1e-10, ftol_rel=1e-12)
+    assert general.optsum.gtol == 1e-10 and general.optsum.optimizer == "quasi-newton"
     _assert_same(fast, general)
+
+
+def test_a_run_that_does_not_converge_is_finished_by_bobyqa():
+    """The Newton steps stop at maxeval; BOBYQA goes on from where they ended, and
+    the factor is left at the result."""
+    data = lmmfast.datasets.load("sleepstudy")
+    m = lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)", data)
+    newton = lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)", data)
+    newton._optimum()
+    stopped = newton._optimum().run(newton._moment_start(), (1e-10, 1e-12, 1e-10, 2))
+    assert RUN_STATUS[stopped[0]] == "finish" and stopped[5] == "MAXEVAL_REACHED"
+    with pytest.warns(lmmfast.errors.ConvergenceWarning, match="MAXEVAL_REACHED"):
+        m.fit(maxeval=2)
+    np.testing.assert_array_equal(m.optsum.initial, stopped[1])   # BOBYQA's start
+    assert m.optsum.n_evals > 2 and m.optsum.return_code == "MAXEVAL_REACHED"
+    assert m.objective == m.criterion(m.theta.to_numpy())
 
 
 def test_a_fit_from_a_given_start():

@@ -400,7 +400,17 @@ class LinearMixedModel:
                                             or (init < self.lower_bounds).any()):
                 raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                                  "the lower bounds")
-        summary = OptSummary(init, self.lower_bounds, **options)
+        summary = OptSummary(init, self.lower_bounds, **options) if options else None
+        status = None
+        if summary is None or summary.optimizer == "quasi-newton":   # one compiled call
+            plan = self._optimum()
+            result = plan.run(_as_vector(init), None if summary is None else (
+                summary.gtol, summary.ftol_rel, summary.xtol_abs, summary.maxeval))
+            if result[0] == 0:   # "done"
+                return self._take_optimum(result, options)
+            status = RUN_STATUS[result[0]]
+        if summary is None:
+            summary = OptSummary(init, self.lower_bounds)
         core = self._core
         perm = self._theta_perm
         reml = self.reml
@@ -413,15 +423,7 @@ class LinearMixedModel:
             last[0] = buf
             return core.objective(buf, reml)
 
-        status = None
-        if summary.optimizer == "quasi-newton":   # one compiled call (Optimum.run)
-            plan = self._optimum()
-            result = plan.run(_as_vector(init), (summary.gtol, summary.ftol_rel,
-                                                 summary.xtol_abs, summary.maxeval)
-                              if options else None)
-            if result[0] == 0:   # "done"
-                return self._take_optimum(result, options)
-            status = RUN_STATUS[result[0]]
+        if summary.optimizer == "quasi-newton":   # what Optimum.run handed over
             (_, summary.final, summary.fmin, summary.n_evals, summary.n_gradients,
              summary.return_code, summary.hessian, summary.initial) = result
             last[0] = plan.objective.last_theta

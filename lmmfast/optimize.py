@@ -135,10 +135,10 @@ def quasi_newton(fg, summary: OptSummary, scale: np.ndarray | None = None) -> Op
     minimises the quadratic model g'p + p'Bp/2 within ||p|| <= radius (by B's
     eigendecomposition); the radius doubles after a good step that reached it
     and shrinks to a quarter of the step after a poor one.  For a
-    ``CoreObjective`` (the default), B is the approximate Hessian of eq. 70
-    from the core, eigenvalues of magnitude below 1e-8 |d| raised to that
-    floor, and a trial point costs the criterion alone: its gradient and B are
-    computed only once it is accepted.  For a Python callable, B is updated by
+    ``CoreObjective`` (a model's fit, as ``_trust_region.Optimum`` runs it), B
+    is the approximate Hessian of eq. 70 from the core, eigenvalues of
+    magnitude below 1e-8 |d| raised to that floor, and a trial point costs the
+    criterion alone: its gradient and B are computed only once it is accepted.  For a Python callable, B is updated by
     the damped BFGS formula (positive definite even where the criterion is not
     convex).
 

@@ -30,14 +30,11 @@ cdef class CoreObjective:
     """The criterion and derivatives of a ``BlockedCholesky`` (eqs. 18, 20, 66, 70)
     as the objective of ``minimize``, theta given in lme4's order and permuted
     to the core's internal order here, without a Python function per evaluation.
-
-    With ``hessian`` (the default) ``minimize`` takes Newton steps on the
-    approximate Hessian of eq. 70 and asks for derivatives only at accepted
-    points; without it, quasi-Newton steps on the gradient alone.
+    ``minimize`` takes Newton steps on the approximate Hessian of eq. 70 for
+    it and asks for derivatives only at accepted points.
     """
     cdef object core
     cdef bint reml
-    cdef readonly bint hessian
     cdef Py_ssize_t[::1] perm
     cdef double[::1] theta_in, grad_in
     cdef double[:, ::1] hess_in
@@ -45,11 +42,10 @@ cdef class CoreObjective:
     cdef _Work work                             # ``minimize``'s buffers, kept for refits
     cdef readonly Py_ssize_t n_derivatives
 
-    def __init__(self, core, bint reml, perm, bint hessian=True):
+    def __init__(self, core, bint reml, perm):
         n = len(perm)
         self.core = core
         self.reml = reml
-        self.hessian = hessian
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
         self.theta_in = np.full(n, np.nan)
         self.grad_in = np.empty(n)
@@ -74,15 +70,6 @@ cdef class CoreObjective:
         """The core's theta (internal order) at the last evaluation: its factor's."""
         return np.array(self.theta_in)
 
-    cdef double evaluate(self, const double[::1] theta, double[::1] grad) except? -1.0:
-        cdef Py_ssize_t i, n = self.perm.shape[0]
-        cdef double f = self.value(theta)
-        self.api.derivatives(self.core, self.reml, &self.grad_in[0], NULL)
-        self.n_derivatives += 1
-        for i in range(n):
-            grad[self.perm[i]] = self.grad_in[i]
-        return f
-
     cdef double value(self, const double[::1] theta) except? -1.0:
         """The criterion at theta (the core's factor is left there)."""
         cdef Py_ssize_t i, n = self.perm.shape[0]
@@ -103,11 +90,9 @@ cdef class CoreObjective:
 
 
 cdef double _evaluate(object fg, const double[::1] theta, double[::1] grad) except? -1.0:
-    """d(theta) into the return value and its gradient into ``grad``."""
+    """d(theta) of a Python callable into the return value, its gradient into ``grad``."""
     cdef double f
     cdef double[::1] g
-    if isinstance(fg, CoreObjective):
-        return (<CoreObjective>fg).evaluate(theta, grad)
     f, g_val = fg(np.asarray(theta))
     g = np.asarray(g_val, dtype=np.float64)
     grad[:] = g
@@ -423,13 +408,13 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
     end); the evaluations into ``n_evals``, d into ``f_out``; returns how it
     stopped (``STOP_*``)."""
     cdef Py_ssize_t n = x.shape[0], i, j, count = 0
-    cdef bint core = isinstance(fg, CoreObjective)
+    # a CoreObjective: Newton steps on eq. 70; a Python callable: BFGS
+    cdef bint newton = isinstance(fg, CoreObjective)
     cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
     cdef double gmax, t
     cdef bint accepted
-    cdef bint newton = core and (<CoreObjective>fg).hessian
     cdef int code = STOP_MAXEVAL
-    if core:
+    if newton:
         (<CoreObjective>fg).n_derivatives = 0
     cdef double[::1] theta = w.theta
     cdef double[::1] g = w.g

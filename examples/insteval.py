@@ -8,19 +8,22 @@ rated by many students, so students and lecturers are crossed, not nested.
 Questions: how much of the variation in ratings is due to lecturers, to
 students, to departments; which lecturers stand out, and how sure can we be?
 
-    python examples/insteval.py [OUTDIR] [--lme4]
+    python examples/insteval.py [OUTDIR] [--lme4] [--repeat N]
 
 prints the analysis and writes the plots as PNG files to OUTDIR (default
-``docs/img``).  ``--lme4`` also times lme4's fit with ``Rscript`` on this
-machine.  The walk-through is ``docs/insteval.md``.  Needs
+``docs/img``).  The fit is timed ``N`` times (default 3) and the times are
+printed as the table of ``docs/insteval.md``, with the date, the machine and
+its load; ``--lme4`` also times lme4's fit with ``Rscript`` on this machine.  The walk-through is ``docs/insteval.md``.  Needs
 ``pip install 'lmmfast[plot]'``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -67,6 +70,27 @@ def lme4_seconds_here() -> float | None:
     return float(run.stdout.split()[-1])
 
 
+def timing_table(seconds: list[float], n_evals: int, lme4_here: float | None) -> str:
+    """The Time table of docs/insteval.md, with when and where it was measured."""
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    lines = [f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
+             f"{platform.system()} with {os.cpu_count()} cores (load average "
+             f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} at the end), Python "
+             f"{platform.python_version()}, lmmfast {lmmfast.__version__}:", "",
+             "| | wall time | evaluations |", "|---|---|---|",
+             f"| lmmfast (BLAS threads: {threads}) | "
+             f"{', '.join(f'{t:.2f} s' for t in seconds)} | {n_evals} |"]
+    if lme4_here is not None:
+        lines.append(f"| lme4 (`lmer()` by Rscript on this machine) | {lme4_here:.2f} s | |")
+    if TIMINGS.is_file():
+        ref = json.loads(TIMINGS.read_text())["timings"]["insteval/REML"]
+        lines.append(f"| lme4 1.1-31, reference timings (`lme4_timings.json`, R 4.2.2, 2-core "
+                     f"x86-64), OpenBLAS / reference BLAS | {ref['median_s_openblas']:.1f} s / "
+                     f"{ref['median_s_reference_blas']:.1f} s | {ref['feval']} |")
+    return "\n".join(lines)
+
+
 def shrinkage_plot(raw: pd.Series, mode: pd.Series, counts: pd.Series):
     """Each lecturer's raw mean deviation against its conditional mode."""
     fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
@@ -98,6 +122,8 @@ def main(argv=None) -> list[Path]:
     parser.add_argument("outdir", nargs="?", default="docs/img", help="where the PNGs go")
     parser.add_argument("--lme4", action="store_true",
                         help="also time lme4's fit with Rscript on this machine")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N",
+                        help="time the fit N times (default 3)")
     args = parser.parse_args(argv)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -114,21 +140,15 @@ def main(argv=None) -> list[Path]:
           f"per lecturer: median {per_d.median():.0f} (range {per_d.min()}-{per_d.max()})")
 
     section("Fit (REML) and time")
-    t0 = time.perf_counter()
-    fit = lmmfast.lmer(FORMULA, data)
-    seconds = time.perf_counter() - t0
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"lmmfast: {seconds:.2f} s wall ({fit.n_evals} evaluations of the criterion; "
-          f"{os.cpu_count()} cores, load average {load:.1f} at the end)")
-    if TIMINGS.is_file():
-        ref = json.loads(TIMINGS.read_text())["timings"]["insteval/REML"]
-        print(f"lme4 1.1-31 (R 4.2.2, 2-core x86-64, reference timings): "
-              f"{ref['median_s_openblas']:.1f} s with OpenBLAS, "
-              f"{ref['median_s_reference_blas']:.1f} s with the reference BLAS")
-    if args.lme4:
-        here = lme4_seconds_here()
-        print("lme4 on this machine: " + (f"{here:.2f} s" if here is not None
-                                          else "not available (Rscript with lme4 needed)"))
+    seconds = []
+    for _ in range(max(1, args.repeat)):
+        t0 = time.perf_counter()
+        fit = lmmfast.lmer(FORMULA, data)
+        seconds.append(time.perf_counter() - t0)
+    here = lme4_seconds_here() if args.lme4 else None
+    if args.lme4 and here is None:
+        print("lme4 on this machine: not available (Rscript with lme4 needed)")
+    print(timing_table(seconds, fit.n_evals, here))
     print()
     print(fit.summary(ddf="satterthwaite"))
 

@@ -7,10 +7,29 @@
 [251.405, 10.467]
 """
 
-from . import datasets, errors
-from .errors import DataError, FitError, FormulaError, LmmError
-from .anova import anova
-from .model import LinearMixedModel, lmer
+
+def _require_compiled_core() -> None:
+    """ImportError saying how to build the compiled core when its modules are missing."""
+    from importlib.util import find_spec
+    from pathlib import Path
+    missing = [f"{__name__}.{name}" for name in ("_cholesky", "_crossprod", "_trust_region")
+               if find_spec(f"{__name__}.{name}") is None]
+    if missing:
+        raise ImportError(
+            f"lmmfast's compiled core is not built: {', '.join(missing)} not found in "
+            f"{Path(__file__).parent}. This looks like the source tree, not an installed "
+            "lmmfast: build and install it with `pip install .` (for development: "
+            "`pip install meson-python meson ninja cython numpy scipy` then "
+            "`pip install --no-build-isolation -e .`), and import lmmfast from outside "
+            "the source directory.", name=missing[0])
+
+
+_require_compiled_core()
+
+from . import datasets, errors  # noqa: E402
+from .errors import DataError, FitError, FormulaError, LmmError  # noqa: E402
+from .anova import anova  # noqa: E402
+from .model import LinearMixedModel, lmer  # noqa: E402
 
 __all__ = ["lmer", "LinearMixedModel", "anova", "datasets", "errors", "LmmError", "FormulaError",
            "DataError", "FitError"]

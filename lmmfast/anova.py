@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import LmmWarning
+from .arguments import as_flag, describe
+from .errors import DataError, LmmWarning
 from .profile import ml_refit
 
 __all__ = ["anova", "RefitWarning"]
@@ -57,30 +58,34 @@ def anova(*fits, names=None, refit: bool = True) -> pd.DataFrame:
     if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
         fits = tuple(fits[0])
     if len(fits) < 2:
-        raise ValueError("anova() compares two or more models; for the F tests of one "
-                         "model's fixed effects use fit.anova()")
+        raise DataError("anova() compares two or more models; for the F tests of one "
+                        "model's fixed effects use fit.anova()")
     for f in fits:
         if not hasattr(f, "loglik") or not hasattr(f, "df_params"):
             raise TypeError("anova() needs fitted LinearMixedModel objects, "
                             f"got {type(f).__name__}")
         f._require_fit()
+    refit = as_flag(refit, "refit")
     if names is None:
         names = [f"MODEL{i + 1}" for i in range(len(fits))]
+    if isinstance(names, str) or not hasattr(names, "__len__"):
+        raise DataError(f"names must be a list of {len(fits)} row labels, got {describe(names)}")
     names = [str(n) for n in names]
     if len(names) != len(fits):
-        raise ValueError(f"{len(names)} names for {len(fits)} models")
+        raise DataError(f"names has {len(names)} label{'s' * (len(names) != 1)} for "
+                        f"{len(fits)} models")
     if len(set(names)) != len(names):
-        raise ValueError(f"model names must be distinct, got {names}")
+        raise DataError(f"names: the model names must be distinct, got {names}")
     nobs = [f.nobs for f in fits]
     if len(set(nobs)) > 1:
-        raise ValueError("models were not all fitted to the same size of dataset: "
-                         + ", ".join(f"{n} has {k} observations" for n, k in zip(names, nobs)))
+        raise DataError("models were not all fitted to the same size of dataset: "
+                        + ", ".join(f"{n} has {k} observations" for n, k in zip(names, nobs)))
     y0 = fits[0].y
     for name, f in zip(names[1:], fits[1:]):
         if not np.array_equal(f.y, y0):
-            raise ValueError(f"models were fitted to different responses ({names[0]}: "
-                             f"{fits[0].response!r}, {name}: {f.response!r}) or different "
-                             "rows: their likelihoods cannot be compared")
+            raise DataError(f"models were fitted to different responses ({names[0]}: "
+                            f"{fits[0].response!r}, {name}: {f.response!r}) or different "
+                            "rows: their likelihoods cannot be compared")
 
     reml = [f.reml for f in fits]
     refitted = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -221,8 +222,13 @@ def _cores() -> int:
 
 def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarray],
                   x: np.ndarray, y: np.ndarray, sqrt_w: np.ndarray | None = None,
-                  chunk_rows: int = CHUNK_ROWS, workers: int | None = None) -> np.ndarray:
+                  chunk_rows: int = CHUNK_ROWS, workers: int | None = None,
+                  rounded: bool = True) -> np.ndarray:
     """A = [Z X y]^T W [Z X y] as a flat array, summed over chunks of rows (eq. 12).
+
+    With ``rounded=False``, the double-double accumulator of A (``n_a x 2``)
+    instead, for a working basis to be applied before rounding
+    (``conditioning.condition``).
 
     Accumulated in double-double and rounded once: the same doubles as any other
     split of the rows into pieces whose double-double partial sums are merged.
@@ -231,7 +237,8 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
     accumulator, merged at the end.  By default a thread is added only while
     the accumulators it adds (16 bytes per entry of A) stay below a quarter of
     the rows' values [Z X y]: for a large sparse A (crossed factors) the
-    memory matters more than the time.
+    memory matters more than the time.  Ctrl-C stops the kernels within a
+    second in one thread; with more, the threads stop after their current chunk.
     """
     n = len(y)
     starts = list(range(0, n, chunk_rows))
@@ -239,9 +246,13 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
         workers = default_workers(layout, n, len(starts), _cores() if len(starts) > 1 else 1)
     workers = max(1, min(workers, len(starts)))
 
+    stop_event = threading.Event()   # set by Ctrl-C in the calling thread
+
     def accumulate_rows(first: int) -> np.ndarray:
         acc = np.zeros((max(layout.n_a, 1), 2))
         for start in starts[first::workers]:
+            if stop_event.is_set():
+                break
             stop = min(n, start + chunk_rows)
             xy = np.empty((stop - start, layout.p1))
             xy[:, :-1] = x[start:stop]
@@ -254,14 +265,19 @@ def crossproducts(layout: BlockLayout, refs: list[np.ndarray], z: list[np.ndarra
             accumulate(layout, acc, [r[start:stop] for r in refs], zc, xy)
         return acc
 
+    finish = _crossprod.dd_round if rounded else (lambda acc: acc)
     if workers == 1:
-        return _crossprod.dd_round(accumulate_rows(0))
+        return finish(accumulate_rows(0))
     with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(accumulate_rows, range(workers)))
+        try:
+            parts = list(pool.map(accumulate_rows, range(workers)))
+        except BaseException:   # KeyboardInterrupt: the threads stop after their chunk
+            stop_event.set()
+            raise
     total = parts.pop(0)
     while parts:   # each merged accumulator freed before the next (and the rounding)
         _crossprod.dd_merge(total, parts.pop())
-    return _crossprod.dd_round(total)
+    return finish(total)
 
 
 def dd_sum(values: np.ndarray) -> float:

@@ -35,9 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from .arguments import as_choice, as_count, as_flag, as_n_jobs
 from .errors import LmmError, LmmWarning
 from .profile import parameter_names, theta_to_sdcor
-from .simulate import Simulator, spawn_seeds
+from .simulate import Simulator, seed_sequence, spawn_seeds
 
 __all__ = ["bootstrap"]
 
@@ -97,7 +98,7 @@ class _Job:
         self.p = fit.p
         self.n_theta = len(self.theta0)
         self.width = 2 + self.p + 2 * self.n_theta
-        self.simulator = Simulator(fit, use_re=True)
+        self.simulator = Simulator(fit, use_re=True, what="bootstrap()")
 
     def run(self, model, indices) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Refit ``model`` (a private copy of the fit) to the responses of ``indices``."""
@@ -155,8 +156,8 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
     fit : LinearMixedModel
         A fitted model; replicates are refitted by its criterion (REML or ML).
     n : int
-        Number of replicates.
-    seed : int, SeedSequence or None
+        Number of replicates (a non-negative integer).
+    seed : int, SeedSequence, Generator or None
         Replicate i uses the i-th child of ``SeedSequence(seed)``; the result
         is the same for every ``n_jobs`` and backend.
     n_jobs : int, optional
@@ -182,27 +183,18 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
         one) and ``estimates`` (the same columns for the fit itself).
     """
     fit._require_fit()
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    if n_jobs is None or n_jobs == -1:
-        n_jobs = _n_cpus()
-    n_jobs = max(1, min(int(n_jobs), max(n, 1)))
+    n = as_count(n, "n")
+    n_jobs = min(as_n_jobs(n_jobs, _n_cpus()), max(n, 1))
     if backend is None:
         backend = "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"
-    if backend not in ("process", "thread"):
-        raise ValueError(f"backend must be 'process' or 'thread', got {backend!r}")
+    backend = as_choice(backend, "backend", ("process", "thread"))
     if backend == "process" and "fork" not in multiprocessing.get_all_start_methods():
         backend = "thread"
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    progress = as_flag(progress, "progress")
 
-    if isinstance(seed, np.random.SeedSequence):
-        base = seed
-    elif isinstance(seed, np.random.Generator):
-        base = np.random.SeedSequence(int(seed.integers(2 ** 63)))
-    else:
-        base = np.random.SeedSequence(seed)
+    base = seed_sequence(seed)
     seeds = spawn_seeds(base, n)
     job = _Job(fit, seeds)
     result = np.full((n, job.width), np.nan)

@@ -4,13 +4,16 @@
 
     lmmfast fit DATA FORMULA [--ml] [--json] [--weights COL] [--offset COL] [--plot DIR]
     lmmfast datasets
+    lmmfast --version
 
 ``DATA`` is a bundled dataset (``lmmfast datasets`` lists them) or the path
 of a ``.csv`` or ``.parquet`` file.  ``fit`` prints lme4's summary of the
 fit, or with ``--json`` its numbers as one JSON object.  Errors in the
 model or the data are reported as ``lmmfast: error: ...`` with exit
 status 2; warnings (rows dropped for missing values, rank-deficient fixed
-effects) go to standard error, one line each.  ``--plot DIR`` also writes
+effects) go to standard error, one line each, also when the fit then fails.
+Output cut short by a closed pipe (``lmmfast fit ... | head``) ends the
+command quietly.  ``--plot DIR`` also writes
 the standard diagnostic plots of the fit (residuals vs fitted and normal
 QQ, a caterpillar plot of each grouping factor's conditional modes) as PNG
 files in ``DIR``; it needs matplotlib (``pip install 'lmmfast[plot]'``).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +38,7 @@ from .errors import DataError, LmmError
 __all__ = ["main", "load_data", "fit_to_dict"]
 
 PROG = "lmmfast"
+EXIT_CLOSED_PIPE = 128 + 13   # as a shell reports a process ended by SIGPIPE
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".csv.zip")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -130,11 +135,13 @@ def _cmd_fit(args) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_data(args.data)
-        fit = lmmfast.lmer(args.formula, data, reml=not args.ml,
-                           weights=args.weights, offset=args.offset)
-    for warning in caught:
-        print(f"{PROG}: warning: {_one_line(warning.message)}", file=sys.stderr)
+        try:
+            data = load_data(args.data)
+            fit = lmmfast.lmer(args.formula, data, reml=not args.ml,
+                               weights=args.weights, offset=args.offset)
+        finally:   # a failed fit's warnings explain it: shown before its error
+            for warning in caught:
+                print(f"{PROG}: warning: {_one_line(warning.message)}", file=sys.stderr)
     if args.plot is not None:
         _write_plots(fit, args.plot)
     if args.json:
@@ -167,6 +174,7 @@ def _cmd_datasets(args) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Linear mixed-effects models with lme4's numbers.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     fit = commands.add_parser(
@@ -190,15 +198,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("lmmfast")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
+
+
+def _closed_pipe() -> int:
+    """Exit status after a reader closed standard output: Python's recommended handling
+    (stdout pointed at devnull, so the flush at exit does not fail again)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # a stdout without a file descriptor
+        pass
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv=None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return args.run(args)
-    except (LmmError, OSError) as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            sys.stdout.flush()
+            return exc.code if isinstance(exc.code, int) else 2
+        try:
+            status = args.run(args)
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:
+            raise
+        except (LmmError, OSError) as exc:
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+    except BrokenPipeError:
+        return _closed_pipe()

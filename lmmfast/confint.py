@@ -29,8 +29,10 @@ import pandas as pd
 from scipy import stats
 from scipy.interpolate import CubicSpline
 
-from .errors import LmmWarning
+from .arguments import as_choice, as_probability, describe
+from .errors import DataError, LmmWarning
 from .profile import parameter_names, profile as _profile, resolve_parameters
+from .streaming import require_rows
 
 __all__ = ["confint", "profile_intervals", "percentile_intervals", "invert_zeta"]
 
@@ -239,17 +241,25 @@ def confint(fit, parm=None, level: float = 0.95, method: str = "profile", *,
         column labels such as ``["2.5 %", "97.5 %"]``).
     """
     fit._require_fit()
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    level = as_probability(level, "level")
+    method = as_choice(method, "method", ("profile", "wald", "bootstrap"), {"boot": "bootstrap"})
     names, desc = parameter_names(fit)
     n_var = len(fit.theta_names) + 1
-    idx = resolve_parameters(parm, names, desc, n_var)
-    method = method.lower()
+    idx = resolve_parameters(parm, names, desc, n_var, argument="parm")
     if method == "profile":
         if prof is None:
             # lme4 profiles to 99 % whatever the level; wider when the level asks for it
-            alphamax = min(kwargs.pop("alphamax", 0.01), 1.0 - level)
+            alphamax = min(as_probability(kwargs.pop("alphamax", 0.01), "alphamax"),
+                           1.0 - level)
             prof = _profile(fit, which=idx, alphamax=alphamax, **kwargs)
+        elif not isinstance(prof, pd.DataFrame) or not {"parameter", "value", "zeta"} \
+                <= set(prof.columns):
+            raise DataError("prof must be the DataFrame returned by lmmfast.profile of this "
+                            f"fit, got {describe(prof)}")
+        missing = [names[i] for i in idx if names[i] not in set(prof["parameter"])]
+        if missing:
+            raise DataError(f"prof has no trace of {missing}: profile them too "
+                            "(fit.profile(which=...)) or leave prof out")
         out = profile_intervals(prof, level, parm=[names[i] for i in idx])
         return out.loc[[names[i] for i in idx]]
     if method == "wald":
@@ -264,18 +274,23 @@ def confint(fit, parm=None, level: float = 0.95, method: str = "profile", *,
                 j = i - n_var
                 rows.append((names[i], desc[i], beta[j] - z * se[j], beta[j] + z * se[j]))
         return _frame(rows, level, "wald")
-    if method in ("bootstrap", "boot"):
-        if boot is None:
-            from .bootstrap import bootstrap
-            boot = bootstrap(fit, n, seed=seed, n_jobs=n_jobs, **kwargs)
-        rows = []
-        for i in idx:
-            col = desc[i]
-            if col not in boot.columns:
-                raise ValueError(f"the bootstrap results have no column {col!r}")
-            lo, hi = percentile_intervals(boot[col].to_numpy(), level)
-            rows.append((names[i], desc[i], lo, hi))
-        out = _frame(rows, level, "bootstrap")
-        out.attrs["n"] = int(np.isfinite(boot["objective"]).sum())
-        return out
-    raise ValueError(f"method must be 'profile', 'wald' or 'bootstrap', got {method!r}")
+    if boot is None:
+        from .bootstrap import bootstrap
+        require_rows(fit, "confint(method='bootstrap')",
+                     "; or use confint(method='profile') or confint(method='wald'), "
+                     "which need only the cross-products")
+        boot = bootstrap(fit, n, seed=seed, n_jobs=n_jobs, **kwargs)
+    if not isinstance(boot, pd.DataFrame) or "objective" not in boot.columns:
+        raise DataError("boot must be the DataFrame returned by lmmfast.bootstrap of this "
+                        f"fit, got {describe(boot)}")
+    rows = []
+    for i in idx:
+        col = desc[i]
+        if col not in boot.columns:
+            raise DataError(f"boot has no column {col!r}: it is not the bootstrap of this "
+                            "fit (lmmfast.bootstrap(fit, n))")
+        lo, hi = percentile_intervals(boot[col].to_numpy(), level)
+        rows.append((names[i], desc[i], lo, hi))
+    out = _frame(rows, level, "bootstrap")
+    out.attrs["n"] = int(np.isfinite(boot["objective"]).sum())
+    return out

@@ -38,6 +38,7 @@ from functools import cached_property, reduce
 import numpy as np
 import pandas as pd
 
+from .arguments import as_flag
 from .errors import DataError
 from .model import LinearMixedModel
 from .streaming import (CHUNK_ROWS, DesignSpec, _piece_columns, install, reduce_design,
@@ -304,6 +305,10 @@ class DaskLinearMixedModel(LinearMixedModel):
     bytes brought to the client while building it.
     """
 
+    ROWS_HELD_BY = "a model of a Dask DataFrame"
+    ROWS_ADVICE = ("compute the Dask DataFrame to pandas and fit that in memory, "
+                   "lmmfast.lmer(formula, ddf.compute())")
+
     @classmethod
     def from_dask(cls, formula: str, data, reml: bool = True, weights=None, offset=None,
                   *, split_every: int = SPLIT_EVERY,
@@ -383,6 +388,7 @@ def build_dask(model: LinearMixedModel, formula: str, data, reml: bool, weights,
                split_every: int = SPLIT_EVERY, chunk_rows: int = CHUNK_ROWS,
                stacklevel: int = 5) -> None:
     """Initialise ``model`` from a Dask DataFrame or Parquet path (see the module docstring)."""
+    reml = as_flag(reml, "reml")
     ddf = as_dask_frame(data)
     for value, what in ((weights, "weights"), (offset, "offset")):
         if value is not None and not isinstance(value, str):

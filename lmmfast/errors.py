@@ -46,3 +46,7 @@ class MissingValuesWarning(LmmWarning):
 
 class ConvergenceWarning(LmmWarning):
     """The optimiser stopped for a reason other than convergence."""
+
+
+class ConditioningWarning(LmmWarning):
+    """The factor of A cancels more digits than the results' tolerance allows."""

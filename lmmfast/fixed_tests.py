@@ -259,12 +259,30 @@ def _redundant_coefficients(design: _Design, rd_keys: list[tuple], p: int) -> np
     return m
 
 
+def _xtx_factor(fit) -> np.ndarray:
+    """The lower Cholesky factor of the unweighted X'X, from the rows or, for a model
+    built from A alone, from the reduction's X'X (weighted data) or from R_X at theta = 0,
+    where L_XZ = 0 and so R_X R_X^T = X'WX = X'X (eq. 11)."""
+    if getattr(fit, "x", None) is not None:
+        return np.linalg.cholesky(fit.x.T @ fit.x)
+    xtx = getattr(fit, "_xtx", None)
+    if xtx is not None:
+        return np.linalg.cholesky(xtx)
+    theta = np.asarray(fit._theta, dtype=np.float64)
+    try:
+        if fit._core.update(fit._to_internal(np.zeros_like(theta))) != 0:
+            raise InferenceError("the Cholesky factor of X'X failed: X is rank deficient")
+        return np.array(fit._fixed_factor()[0])
+    finally:
+        fit._core.update(fit._to_internal(theta))
+
+
 def _type1(fit, design: _Design) -> dict[str, np.ndarray]:
     """lmerTest's sequential (type I) hypotheses: rows of the unit upper factor of X'X."""
     p = fit.p
     if p == 0 or (p == 1 and design.has_intercept):
         return {label: np.zeros((0, 1)) for label in design.labels}
-    chol = np.linalg.cholesky(fit.x.T @ fit.x)
+    chol = _xtx_factor(fit)
     upper = (chol / np.diag(chol)).T
     upper[np.abs(upper) < 1e-6] = 0.0
     return {label: upper[cols] for label, cols in zip(design.labels, design.columns)}

@@ -7,9 +7,19 @@ the random-effects terms ``(1 + x | g)``, ``(1 | a)``, ``(1 | b:a)``.
 Expansions follow lme4 (``findbars``/``expandSlash``/``expandDoubleVerts``):
 
 * ``(e | a/b)`` is ``(e | a) + (e | b:a)``; ``(e | a/b/c)`` adds ``(e | c:b:a)``;
-* ``(1 + x || g)`` is ``(1 | g) + (0 + x | g)``: one term per column group,
-  each with its own covariance (a factor's indicator columns stay together);
+* ``(1 + x || g)`` is ``(1 | g) + (0 + x | g)``: one term per *term label*
+  of the left-hand side, each with its own covariance, so ``(1 + a*b || g)``
+  is ``(1 | g) + (0 + a | g) + (0 + b | g) + (0 + a:b | g)`` and a factor's
+  indicator columns stay together in one term (``double_vert_terms``);
 * ``(e | a:b)`` groups by the combinations of ``a`` and ``b`` present.
+
+R's spelling is translated to formulaic's before the parts are split: names
+with dots (``my.x``) and ``Q("...")`` become backquoted names, R functions
+with dots in their names (``as.numeric``) their aliases in
+``materialize.R_FUNCTIONS``, and ``^`` inside a function call is arithmetic
+power (``**``).  ``offset(expr)`` terms of the fixed part are taken out of it
+into ``ParsedFormula.offsets``.  The response is kept as written; it is an
+arithmetic expression (``response_code`` gives its Python form).
 """
 
 from __future__ import annotations
@@ -20,9 +30,22 @@ from functools import lru_cache
 
 from .errors import FormulaError
 
-__all__ = ["RandomTerm", "ParsedFormula", "parse_formula"]
+__all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "response_code", "R_ALIASES",
+           "double_vert_terms"]
 
-_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$")
+_NAME = re.compile(r"^(?:[^\W\d]|\.)[\w.]*$|^`[^`]+`$")
+
+#: R functions whose names are not Python names, and the names they are evaluated by
+R_ALIASES = {"as.numeric": "as_numeric", "as.double": "as_double",
+             "as.integer": "as_integer", "as.factor": "as_factor"}
+#: names formulaic evaluates as modules (``np.log``, ``contr.poly``): dots kept
+_MODULES = ("np", "numpy", "contr")
+
+_TOKEN = re.compile(r"""`[^`]*`|\bQ\s*\(\s*(?:'([^']*)'|"([^"]*)")\s*\)|'[^']*'|"[^"]*"|"""
+                    r"(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|"
+                    r"((?:[^\W\d]|\.(?!\d))[\w.]*)")
+_CALL = re.compile(r"\s*\(")
+_EXPONENT = re.compile(r"(?<![\w.])(?:\d+\.?\d*|\.\d+)[eE]$")
 
 
 @dataclass(frozen=True)
@@ -49,9 +72,10 @@ class ParsedFormula:
     """A formula split into response, fixed part and expanded random terms."""
 
     formula: str
-    response: str
+    response: str                    # as written, e.g. "Reaction - 200"
     fixed: str
     random: tuple[RandomTerm, ...]
+    offsets: tuple[str, ...] = ()    # the expressions of offset(...) terms
 
 
 def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
@@ -76,7 +100,7 @@ def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
             if depth < 0:
                 raise FormulaError(f"unbalanced ')' in formula part {text!r}")
         elif depth == 0 and ch in seps:
-            if ch == "-" and i > 0 and text[i - 1] in "eE" and text[:i].rstrip()[-1:].isdigit():
+            if ch == "-" and _EXPONENT.search(text, 0, i):
                 continue  # a number like 1e-3
             out.append((sep, text[start:i]))
             sep = ch
@@ -105,27 +129,69 @@ def _find_bar(inner: str) -> tuple[str, str, bool] | None:
 
 
 def _translate_power(expr: str) -> str:
-    """R's ``^`` inside ``I(...)`` is arithmetic power: write it as ``**``."""
+    """R's ``^`` inside a function call (``I(x^2)``, ``log(x^2)``) is arithmetic
+    power: write it as ``**``.  Elsewhere it is the formula operator."""
     out = []
-    i = 0
-    while i < len(expr):
-        m = re.compile(r"\bI\s*\(").match(expr, i)
-        if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "._")):
-            depth = 0
-            j = m.end() - 1
-            for j in range(m.end() - 1, len(expr)):
-                if expr[j] == "(":
-                    depth += 1
-                elif expr[j] == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-            out.append(expr[i:j + 1].replace("^", "**"))
-            i = j + 1
-        else:
-            out.append(expr[i])
-            i += 1
+    calls: list[bool] = []   # per open parenthesis: whether it opens a call
+    quoted = False
+    for i, ch in enumerate(expr):
+        if ch == "`":
+            quoted = not quoted
+        elif quoted:
+            pass
+        elif ch == "(":
+            before = expr[:i].rstrip()
+            calls.append(bool(before) and (before[-1].isalnum() or before[-1] in "._`"))
+        elif ch == ")":
+            if calls:
+                calls.pop()
+        elif ch == "^" and any(calls):
+            out.append("**")
+            continue
+        out.append(ch)
     return "".join(out)
+
+
+def _r_names(expr: str) -> str:
+    """R's names in formulaic's spelling: ``my.x`` and ``Q("a b")`` backquoted,
+    ``as.numeric(`` as its alias; strings, numbers and quoted names unchanged."""
+    def repl(m: re.Match) -> str:
+        q1, q2, number, name = m.group(1), m.group(2), m.group(3), m.group(4)
+        if q1 is not None or q2 is not None:
+            return f"`{q1 if q1 is not None else q2}`"
+        if number is not None or name is None or "." not in name:
+            return m.group(0)
+        if _CALL.match(expr, m.end()):
+            return R_ALIASES.get(name, name)
+        if name.split(".", 1)[0] in _MODULES:
+            return name
+        return f"`{name}`"
+    return _TOKEN.sub(repl, expr)
+
+
+@lru_cache(maxsize=256)
+def response_code(response: str) -> str:
+    """The response as a Python expression for formulaic's ``I()``: the left-hand
+    side is arithmetic (``Reaction - 200``, ``incidence/size``, ``y^2``)."""
+    code = _translate_power(f"I({_r_names(response)})")
+    return code[2:-1]
+
+
+_OFFSET = re.compile(r"^offset\s*\(")
+
+
+def _offset_term(text: str) -> str | None:
+    """The argument of a term ``offset(expr)``, None for another term."""
+    m = _OFFSET.match(text)
+    if not m or not text.endswith(")"):
+        return None
+    inner = text[m.end():-1]
+    depth = 0
+    for ch in inner:   # the call's parenthesis must close at the end of the term
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return None
+    return inner.strip()
 
 
 def _group_factors(group: str, source: str) -> list[tuple[str, ...]]:
@@ -147,16 +213,38 @@ def _group_factors(group: str, source: str) -> list[tuple[str, ...]]:
     return terms
 
 
-def _has_intercept(pieces: list[tuple[str, str]]) -> bool:
-    """Whether a random term's expression keeps the implicit intercept."""
-    has = True
-    for sign, piece in pieces:
+def double_vert_terms(expr: str, source: str) -> tuple[bool, list[str]]:
+    """The left-hand side ``expr`` of ``(expr || g)`` as lme4's ``expandDoubleVerts``
+    splits it: whether it has an intercept, and its term labels (R's
+    ``attr(terms(~expr), "term.labels")``: ``a*b`` gives ``a``, ``b``, ``a:b``).
+
+    A label that is one of the pieces of ``expr`` as written keeps its spelling.
+    """
+    from formulaic import Formula
+    from formulaic.parser.types import Factor
+
+    def parse(text: str):
+        try:
+            return list(Formula(text))
+        except Exception as exc:  # formulaic's parse errors share no base class
+            from .materialize import plain_message
+            raise FormulaError(f"cannot parse the left-hand side of random term {source!r}: "
+                               f"{plain_message(exc)}") from None
+
+    def label(term) -> str:
+        return ":".join(f"`{f.expr}`" if f.eval_method is Factor.EvalMethod.LOOKUP
+                        and not f.expr.isidentifier() else str(f.expr) for f in term.factors)
+
+    written = {}
+    for _, piece in _split_top(expr, "+-"):
         p = piece.strip()
-        if p in ("0", "-1") and sign in ("", "+"):
-            has = False
-        elif p == "1":
-            has = sign != "-"
-    return has
+        if p not in ("", "0", "1"):
+            terms = parse(f"0 + {p}")
+            if len(terms) == 1:
+                written.setdefault(str(terms[0]), p)
+    terms = parse(expr)
+    intercept = any(str(t) == "1" for t in terms)
+    return intercept, [written.get(str(t), label(t)) for t in terms if str(t) != "1"]
 
 
 def _expand_random(inner: str, source: str) -> list[RandomTerm]:
@@ -175,16 +263,12 @@ def _expand_random(inner: str, source: str) -> list[RandomTerm]:
         if not double:
             terms.append(RandomTerm(expr, factors, source))
             continue
-        pieces = _split_top(expr, "+-")
-        if _has_intercept(pieces):
+        intercept, labels = double_vert_terms(expr, source)
+        if intercept:
             terms.append(RandomTerm("1", factors, source))
-        for sign, piece in pieces:
-            p = piece.strip()
-            if p in ("0", "1", "-1", ""):
-                continue
-            if sign == "-":
-                raise FormulaError(f"cannot remove {p!r} in uncorrelated term {source!r}")
-            terms.append(RandomTerm(f"0 + {p}", factors, source))
+        terms.extend(RandomTerm(f"0 + {lab}", factors, source) for lab in labels)
+        if not terms:
+            raise FormulaError(f"random term {source!r} has no columns")
     return terms
 
 
@@ -210,12 +294,13 @@ def _parse(formula: str) -> ParsedFormula:
     if len(sides) != 2:
         raise FormulaError(
             f"formula {formula!r} needs exactly one '~' with the response on its left")
-    lhs, rhs = sides[0][1].strip(), sides[1][1].strip()
+    lhs, rhs = sides[0][1].strip(), _r_names(sides[1][1]).strip()
     if not lhs:
         raise FormulaError(f"formula {formula!r} has no response left of '~'")
     if not rhs:
         raise FormulaError(f"formula {formula!r} has nothing right of '~'")
     fixed_pieces: list[str] = []
+    offsets: list[str] = []
     random: list[RandomTerm] = []
     for sign, piece in _split_top(rhs, "+-"):
         text = piece.strip()
@@ -228,6 +313,13 @@ def _parse(formula: str) -> ParsedFormula:
             if sign == "-":
                 raise FormulaError(f"random term {text!r} cannot be subtracted")
             random.extend(_expand_random(inner, text))
+            continue
+        off = _offset_term(text)
+        if off is not None:
+            if sign == "-" or not off:
+                raise FormulaError(f"term {sign}{text!r} in formula {formula!r}: an offset "
+                                   "is added, write + offset(expr)")
+            offsets.append(_translate_power(f"I({off})")[2:-1])
             continue
         if "|" in text:
             raise FormulaError(
@@ -245,5 +337,5 @@ def _parse(formula: str) -> ParsedFormula:
         raise FormulaError(
             f"formula {formula!r} has no random-effects term such as (1 | g); "
             "for a model without random effects use ordinary least squares")
-    return ParsedFormula(formula, _translate_power(lhs), _translate_power(fixed),
-                         tuple(random))
+    return ParsedFormula(formula, lhs, _translate_power(fixed), tuple(random),
+                         tuple(offsets))

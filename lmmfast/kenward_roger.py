@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import LmmError
+from .streaming import require_rows
 
 __all__ = ["KenwardRogerError", "KenwardRoger", "kenward_roger", "kr_test",
            "MAX_RANDOM_EFFECTS"]
@@ -174,7 +175,8 @@ def kenward_roger(fit) -> KenwardRoger:
     """The :class:`KenwardRoger` ingredients of a REML fit (cached while the fit is unchanged).
 
     Raises :class:`KenwardRogerError` for ML fits and for models with more
-    than ``MAX_RANDOM_EFFECTS`` random effects.
+    than ``MAX_RANDOM_EFFECTS`` random effects, and a ``DataError`` for a model
+    that keeps no rows (streamed or Dask data).
     """
     fit._require_fit()
     if not fit.reml:
@@ -187,6 +189,8 @@ def kenward_roger(fit) -> KenwardRoger:
             f"Kenward-Roger's method uses dense q x q matrices; this model has q = {q} "
             f"random effects, more than the limit of {MAX_RANDOM_EFFECTS} "
             f"(lmmfast.kenward_roger.MAX_RANDOM_EFFECTS): use ddf='satterthwaite'")
+    require_rows(fit, "Kenward-Roger's method (ddf='kenward-roger')",
+                 "; or use ddf='satterthwaite', which needs only the cross-products")
     key = (fit._theta.tobytes(), float(fit._solution["pwrss"]))
     hit = _CACHE.get(fit)
     if hit is None or hit[0] != key:

@@ -8,6 +8,11 @@ indicators.  Later calls with the same expression and the same column types
 and levels rebuild the matrix from the recipe with numpy, which costs
 microseconds instead of milliseconds; the recipe is checked against
 formulaic's own matrix when it is first made.
+
+R's functions that formulaic lacks (``sqrt``, ``abs``, ``log1p``,
+``factor``, ``as.numeric``) are evaluated from ``R_FUNCTIONS``; an ordered
+factor (an ordered Categorical) is coded by R's polynomial contrasts
+(``contr.poly``, columns ``x.L``, ``x.Q``, ``x.C``, ``x^4``, ...).
 """
 
 from __future__ import annotations
@@ -18,10 +23,67 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from formulaic import Formula, model_matrix
+from formulaic.parser.types import Factor as _FormulaFactor
+from formulaic.transforms import TRANSFORMS
+from formulaic.utils.stateful_transforms import stateful_transform
+from formulaic.utils.variables import Variable
 
-from .errors import FormulaError
+from .errors import DataError, FormulaError
+from .formula import R_ALIASES
 
-__all__ = ["design_matrix", "required_variables", "identifiers", "lme4_column_name", "split_column_name"]
+__all__ = ["design_matrix", "required_variables", "identifiers", "lme4_column_name",
+           "split_column_name", "R_FUNCTIONS", "plain_message", "ordered_expression",
+           "expression_columns"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_message(exc: BaseException) -> str:
+    """An exception's message without terminal colour codes (formulaic marks the
+    place of a parse error with them)."""
+    return _ANSI.sub("", str(exc))
+
+
+def _as_numeric(x):
+    """R's ``as.numeric``: numbers as float; a factor as its level numbers 1..k."""
+    if isinstance(getattr(x, "dtype", None), pd.CategoricalDtype):
+        codes = np.asarray(x.cat.codes if isinstance(x, pd.Series) else x.codes, dtype=np.float64)
+        return np.where(codes < 0, np.nan, codes + 1.0)
+    return np.asarray(x, dtype=np.float64)
+
+
+def _as_integer(x):
+    """R's ``as.integer``: truncation towards zero (factor: level numbers)."""
+    return np.trunc(_as_numeric(x))
+
+
+@stateful_transform
+def _factor(x, _state=None):
+    """R's ``factor(x)``: a categorical with R's levels (sorted unique values).
+
+    The levels are kept in the state: on new data (``predict``) the values are
+    coded by the fit's levels, and a value that is not one of them is an error.
+    """
+    from .modelframe import as_factor
+    cat = as_factor(x if isinstance(x, pd.Series) else pd.Series(np.asarray(x)))
+    if "levels" not in _state:
+        _state["levels"] = [str(c) for c in cat.categories]
+        return cat
+    levels = _state["levels"]
+    new = [c for c in cat.categories if c not in set(levels)]
+    if new:
+        raise DataError(f"factor(): value{'s' if len(new) > 1 else ''} "
+                        f"{', '.join(map(repr, new[:10]))} not among the fit's levels "
+                        f"({', '.join(map(repr, levels[:20]))})")
+    return pd.Categorical(np.asarray(cat.astype(object)), categories=levels)
+
+
+#: R functions made available to formula expressions (names as in the formula text)
+R_FUNCTIONS = {"sqrt": np.sqrt, "abs": np.abs, "log1p": np.log1p, "expm1": np.expm1,
+               "exp": np.exp, "factor": _factor, "as_factor": _factor,
+               "as_numeric": _as_numeric, "as_double": _as_numeric, "as_integer": _as_integer}
+_R_NAMES = {alias: name for name, alias in R_ALIASES.items()}
+_SYNTACTIC_QUOTED = re.compile(r"`((?:[^\W\d]|\.(?!\d))[\w.]*)`")
 
 _RECIPES: dict = {}
 _MAX_RECIPES = 256
@@ -38,10 +100,26 @@ def lme4_column_name(name: str) -> str:
             if level.startswith("T."):
                 level = level[2:]
             if var.startswith("C(") and var.endswith(")"):
-                var = var[2:-1]
+                var = _first_argument(var[2:-1]).strip("`")
             part = var + level
-        parts.append(part.replace(" ** ", "^").replace(" / ", "/").replace(" * ", "*"))
+        part = part.replace(" ** ", "^").replace(" / ", "/").replace(" * ", "*")
+        for alias, r_name in _R_NAMES.items():
+            part = re.sub(rf"\b{alias}\(", f"{r_name}(", part)
+        parts.append(_SYNTACTIC_QUOTED.sub(r"\1", part) if "(" in part else part)
     return ":".join(parts)
+
+
+def _first_argument(args: str) -> str:
+    """``x`` of ``x, contr.poly``: the text before the first top-level comma."""
+    depth = 0
+    for i, ch in enumerate(args):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return args[:i].strip()
+    return args
 
 
 def split_column_name(name: str) -> list[str]:
@@ -64,7 +142,7 @@ def _parsed(expr: str):
     try:
         return Formula(expr)
     except Exception as exc:  # formulaic's parse errors share no base class
-        raise FormulaError(f"cannot parse {expr!r}: {exc}") from None
+        raise FormulaError(f"cannot parse {expr!r}: {plain_message(exc)}") from None
 
 
 @lru_cache(maxsize=512)
@@ -74,16 +152,33 @@ def required_variables(expr: str) -> frozenset[str]:
     formulaic does not report the arguments of stateful transforms such as
     ``center(x)``; ``identifiers`` finds those among a frame's columns.
     """
-    return frozenset(str(v) for v in _parsed(expr).required_variables)
+    out = set()
+    for term in _parsed(expr):
+        for factor in term.factors:
+            quoted = re.findall(r"`([^`]+)`", str(factor.expr))
+            for v in factor.required_variables:
+                if v.split(".", 1)[0] in TRANSFORMS or (
+                        v in R_FUNCTIONS and Variable.Role.CALLABLE in v.roles):
+                    continue
+                # formulaic reports `my.x` in Python code by its root, my
+                dotted = [q for q in quoted if q != v and q.split(".", 1)[0] == v]
+                out.update(dotted or [str(v)])
+    return frozenset(out)
 
 
-_IDENT = re.compile(r"`([^`]+)`|([A-Za-z_.][A-Za-z0-9_.]*)")
+_IDENT = re.compile(r"`([^`]+)`|((?:[^\W\d]|\.)[\w.]*)")
 
 
 @lru_cache(maxsize=512)
 def identifiers(expr: str) -> frozenset[str]:
     """Every name-like token of an expression (columns, functions, modules)."""
     return frozenset(a or b for a, b in _IDENT.findall(expr))
+
+
+def expression_columns(expr: str, columns) -> set[str]:
+    """The columns an expression reads: its variables and, among ``columns``, the
+    arguments of stateful transforms (``scale(x)``, ``poly(x, 2)``)."""
+    return set(required_variables(expr)) | (set(identifiers(expr)) & set(columns))
 
 
 def _levels(frame, var: str) -> list[str] | None:
@@ -94,6 +189,43 @@ def _levels(frame, var: str) -> list[str] | None:
     if isinstance(col.dtype, pd.CategoricalDtype):
         return list(col.cat.categories)
     return None
+
+
+def _is_ordered(frame, var: str) -> bool:
+    """Whether column ``var`` of ``frame`` is an ordered factor."""
+    col = frame[var]
+    if hasattr(col, "levels"):
+        return bool(getattr(col, "ordered", False))
+    dtype = getattr(col, "dtype", None)
+    return isinstance(dtype, pd.CategoricalDtype) and bool(dtype.ordered)
+
+
+def ordered_expression(expr: str, frame) -> str:
+    """``expr`` with each ordered factor of ``frame`` it looks up coded by R's
+    ``contr.poly``: ``C(x, contr.poly)`` (``expr`` itself when there is none)."""
+    ordered = {v for v in required_variables(expr)
+               if v in frame.columns and _is_ordered(frame, v)}
+    if not ordered:
+        return expr
+    parsed = _parsed(expr)
+    terms = []
+    intercept = False
+    for term in parsed:
+        factors = []
+        for f in term.factors:
+            text = str(f.expr)
+            if f.eval_method is _FormulaFactor.EvalMethod.LOOKUP:
+                text = f"`{text}`"
+                if f.expr in ordered:
+                    text = f"C({text}, contr.poly)"
+            elif f.eval_method is _FormulaFactor.EvalMethod.LITERAL:
+                if text == "1" and len(term.factors) == 1:
+                    intercept = True
+                    continue
+            factors.append(text)
+        if factors:
+            terms.append(":".join(factors))
+    return " + ".join(["1" if intercept else "0"] + terms)
 
 
 def _numeric(frame, var: str) -> np.ndarray:
@@ -113,7 +245,7 @@ def _schema(expr: str, frame):
             return None
         levels = _levels(frame, v)
         if levels is not None:
-            cols.append((v, tuple(levels)))
+            cols.append((v, tuple(levels), _is_ordered(frame, v)))
             continue
         dtype = frame[v].dtype   # (numpy's str(dtype) runs several Python functions)
         cols.append((v, dtype.str if isinstance(dtype, np.dtype) else str(dtype)))
@@ -190,11 +322,12 @@ def design_matrix(expr: str, frame, what: str, with_spec: bool = False):
         return (x, names, None) if with_spec else (x, names)
     pdframe = frame if isinstance(frame, pd.DataFrame) else frame.frame
     try:
-        mm = model_matrix(_parsed(expr), pdframe, na_action="ignore")
+        mm = model_matrix(_parsed(ordered_expression(expr, frame)), pdframe,
+                          na_action="ignore", context=R_FUNCTIONS)
     except FormulaError:
         raise
     except Exception as exc:
-        raise FormulaError(f"cannot build the columns of {what}: {exc}") from None
+        raise FormulaError(f"cannot build the columns of {what}: {plain_message(exc)}") from None
     x = np.asarray(mm, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != len(frame):
         x = np.broadcast_to(x.reshape(-1, x.shape[-1] if x.ndim == 2 else 1)[:1],

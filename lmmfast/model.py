@@ -20,12 +20,14 @@ import pandas as pd
 
 from . import blocks
 from ._cholesky import BlockedCholesky
+from .conditioning import DIGITS_TOL, condition, digits_lost
 from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
-from .errors import ConvergenceWarning, DataError, FitError, LmmError
+from .errors import ConditioningWarning, ConvergenceWarning, DataError, FitError, LmmError
 from .formula import parse_formula
-from .modelframe import Factor, model_frame
+from .modelframe import Factor, is_table, model_frame
 from .optimize import OptSummary, bobyqa
 from .remat import ReMat, build_remat
+from .summary import data_name, warn_if_singular
 from .varcorr import varcorr_table
 from .xymat import build_xymat, r_diagonal, row_chunks
 
@@ -37,10 +39,13 @@ EAGER_SOLVE_MIN = 100_000   # entries of L above which results are solved when t
 STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks (streaming.py)
 
 
+_COMPILED = (BlockedCholesky, CoreObjective, Optimum, Refit)   # rebuilt, never pickled
+
+
 def _as_bool(value, name: str) -> bool:
-    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
-        return bool(value)
-    raise LmmError(f"{name} must be True or False, got {value!r}")
+    """``value`` as a bool (True, False, 1 or 0); a DataError naming ``name`` otherwise."""
+    from .arguments import as_flag
+    return as_flag(value, name)
 
 
 class LinearMixedModel:
@@ -64,7 +69,9 @@ class LinearMixedModel:
 
     def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None,
                  streaming: bool | None = None):
-        if streaming or not isinstance(data, (pd.DataFrame, dict)) or (
+        # the name lme4 prints as "Data:": a bundled dataset's (datasets.load)
+        self.data_name = data_name(data)
+        if streaming or not is_table(data) or (
                 streaming is None and isinstance(data, pd.DataFrame)
                 and len(data) > STREAM_MIN_ROWS):
             from .streaming import build_elsewhere
@@ -87,6 +94,7 @@ class LinearMixedModel:
         self.row_index = frame.row_index
         self.nobs = len(self.y)
         self.offset_column = offset if isinstance(offset, str) else None
+        self.offset_given = offset is not None   # (offset(...) terms are re-evaluated)
         self.fixed_spec = xy.spec
         self.factor_levels = {}
         grouping = {f.strip("`") for t in parsed.random for f in t.factors}
@@ -104,10 +112,10 @@ class LinearMixedModel:
             self.x.shape[1] + 1)
         sqrt_w = np.sqrt(self.weights) if self.weights is not None else None
         self._y_eff = self.y - self.offset if self.offset is not None else self.y
-        a = blocks.crossproducts(layout, [r.refs for r in inner], [r.z for r in inner],
-                                 self.x, self._y_eff, sqrt_w)
+        acc = blocks.crossproducts(layout, [r.refs for r in inner], [r.z for r in inner],
+                                   self.x, self._y_eff, sqrt_w, rounded=False)
         log_det_w = blocks.dd_sum(np.log(self.weights)) if self.weights is not None else 0.0
-        self._setup_core(layout, a, log_det_w)
+        self._setup_core(layout, acc, log_det_w)
 
     @classmethod
     def from_crossproducts(cls, formula: str, *, reml: bool, remats: list[ReMat],
@@ -138,7 +146,7 @@ class LinearMixedModel:
         self.row_index = None
         self.nobs = int(nobs)
         self._order_terms(list(remats), sort=False)
-        self._setup_core(layout, np.ascontiguousarray(a, dtype=np.float64), log_det_w)
+        self._setup_core(layout, np.asarray(a, dtype=np.float64), log_det_w)
         return self
 
     # ------------------------------------------------------------- building
@@ -198,16 +206,19 @@ class LinearMixedModel:
         else:                    # only A: the OLS residual from the factor at theta = 0
             info = self._core.update(np.zeros(len(self.theta_names)))
             pwrss = self._core.components()[2] if info == 0 else 0.0
-            ytwy = self._layout.block_a(self._a, self._layout.n_terms,
-                                        self._layout.n_terms)[-1]
-            exact = not pwrss > 1e-13 * ytwy
+            exact = not pwrss > 1e-13 * self._basis.yty
         if exact:
             raise DataError(
                 f"the response {self.response!r} is fitted exactly by the fixed effects "
                 "(e.g. it is constant): the residual variance would be zero")
 
-    def _setup_core(self, layout: "blocks.BlockLayout", a: np.ndarray,
+    def _setup_core(self, layout: "blocks.BlockLayout", acc: np.ndarray,
                     log_det_w: float) -> None:
+        """The core on A in its working basis (eq. 72) from A's double-double
+        accumulator ``acc`` (``n_a x 2``; a rounded A, ``n_a``, is taken as exact)."""
+        if acc.ndim == 1:
+            acc = np.column_stack([acc, np.zeros_like(acc)])
+        a, self._basis = condition(layout, np.ascontiguousarray(acc), self.fixef_names)
         self._layout = layout
         self._a = a
         self._log_det_w = log_det_w
@@ -229,14 +240,40 @@ class LinearMixedModel:
         """An independent model with the same design (its own A and factor), not refitted."""
         new = copy.copy(self)
         new._a = self._a.copy()
-        new._core = self._make_core(new._a)
+        new._attach_core()
         new._solution_cache = None if self._solution_cache is None else dict(self._solution_cache)
         for name in ("fitted", "residuals", "_evaluator", "_optimum_plan", "_refit_plan"):
             new.__dict__.pop(name, None)
         new.optsum = copy.deepcopy(self.optsum)
-        if self._theta is not None:
-            new._core.update(new._to_internal(self._theta))
         return new
+
+    def _attach_core(self) -> None:
+        """A factor of its own on ``self._a``, at the fitted theta if there is one."""
+        self._core = self._make_core(self._a)
+        if self._theta is not None:
+            self._core.update(self._to_internal(self._theta))
+
+    def __copy__(self) -> "LinearMixedModel":
+        """A shallow copy: the same attributes, the factor shared (``copy()`` gives
+        one of its own)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __getstate__(self) -> dict:
+        """Every attribute but the compiled objects (the factor and the optimiser's
+        plans), which ``__setstate__`` rebuilds from A; for pickle and deepcopy."""
+        return {name: value for name, value in self.__dict__.items()
+                if not isinstance(value, _COMPILED)}
+
+    def __setstate__(self, state: dict) -> None:
+        """The attributes of ``__getstate__``, and a factor on A at the fitted theta
+        (none where the model carries no A, as a model shipped for predictions)."""
+        self.__dict__.update(state)
+        if self.__dict__.get("_a") is not None:
+            self._attach_core()
+        else:
+            self.__dict__.setdefault("_core", None)
 
     def refit(self, y, *, start=None, **options) -> "LinearMixedModel":
         """Refit in place to a new response with the same design; returns ``self``.
@@ -262,11 +299,19 @@ class LinearMixedModel:
             raise DataError("the new response has non-finite values")
         self.y = y
         self._y_eff = y - self.offset if self.offset is not None else y
-        wy = self._y_eff * self.weights if self.weights is not None else self._y_eff
+        x_w, offset_w = self._working_rows
+        y_w = y - offset_w if offset_w is not None else y
+        wy = y_w * self.weights if self.weights is not None else y_w
         refs, z = self._inner_columns
-        blocks.set_response(self._layout, self._a, refs, z, self.x, wy,
+        blocks.set_response(self._layout, self._a, refs, z, x_w, wy,
                             np.sqrt(self.weights) if self.weights is not None else None)
         return self.fit(start=start, **options)
+
+    @cached_property
+    def _working_rows(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """X M and offset + X gamma: the rows of a new response's y parts of A in
+        the working basis (eq. 72)."""
+        return self._basis.x_work(self.x), self._basis.offset_work(self.x, self.offset)
 
     def _refit_compiled(self, y, start) -> "LinearMixedModel":
         """``refit`` with the default optimiser, as one compiled call."""
@@ -274,9 +319,9 @@ class LinearMixedModel:
         if plan is None or not plan.serves(self._core, self.reml, self._a):
             off_zy, q, off_xy = self._layout.response_offsets
             refs, z = self._inner_columns
+            x_w, offset_w = self._working_rows
             plan = self._refit_plan = Refit(self._optimum(), self._a, off_zy, q, off_xy,
-                                            list(refs), list(z), self.x, self.weights,
-                                            self.offset)
+                                            list(refs), list(z), x_w, self.weights, offset_w)
         y, start = _as_vector(y), _as_vector(start)
         result = plan.run(y, start)
         status = RUN_STATUS[result[0]]
@@ -308,6 +353,25 @@ class LinearMixedModel:
             evaluator, self._scale, diag, column, OptSummary.gtol, OptSummary.ftol_rel,
             OptSummary.xtol_abs, OptSummary.maxeval, BOUNDARY_TOL, runaway)
         return plan
+
+    def _checked(self) -> "LinearMixedModel":
+        """The fit's warnings (lost digits, a singular fit); returns ``self``."""
+        self._check_digits()
+        warn_if_singular(self)
+        return self
+
+    def _check_digits(self) -> None:
+        """Warn where the factor at the fitted theta cancels more digits of A than
+        ``DIGITS_TOL`` allows (eq. 75)."""
+        lay = self._layout
+        xy = lay.block_a(self._a, lay.n_terms, lay.n_terms)[::lay.p1 + 1]
+        lost = digits_lost(self._core.lxx(), xy)
+        if lost > DIGITS_TOL:
+            warnings.warn(
+                f"the fixed effects or the response are so ill-conditioned that results "
+                f"may be accurate only to about {lost:.0e} (relative): check for nearly "
+                "collinear fixed-effect columns, or rescale them", ConditioningWarning,
+                stacklevel=3)
 
     def _take_optimum(self, result: tuple, options: dict | None = None) -> "LinearMixedModel":
         """The results of a compiled fit that is done (``Optimum.run``), with the
@@ -407,7 +471,8 @@ class LinearMixedModel:
             result = plan.run(_as_vector(init), None if summary is None else (
                 summary.gtol, summary.ftol_rel, summary.xtol_abs, summary.maxeval))
             if result[0] == 0:   # "done"
-                return self._take_optimum(result, options)
+                self._take_optimum(result, options)
+                return self._checked()
             status = RUN_STATUS[result[0]]
         if summary is None:
             summary = OptSummary(init, self.lower_bounds)
@@ -467,7 +532,7 @@ class LinearMixedModel:
         self.optsum = summary
         self._set_theta(theta, factored=last[0] is not None
                         and last[0].tolist() == theta[perm].tolist())
-        return self
+        return self._checked()
 
     @cached_property
     def _columns(self) -> tuple[np.ndarray, np.ndarray]:
@@ -588,13 +653,20 @@ class LinearMixedModel:
             raise FitError("the model has not been fitted: call fit() first")
 
     # -------------------------------------------------------------- results
+    def _fixed_factor(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """R_X (lower, L_XX of X's own basis), beta-hat, and beta-hat in the core's
+        working basis, from the current factor (eqs. 21, 73, 74)."""
+        lxx_w = self._core.lxx()
+        p = lxx_w.shape[0] - 1
+        beta_w = _back_substitution(lxx_w[:p, :p], lxx_w[p, :p])
+        if self._basis.identity:
+            return lxx_w[:p, :p], beta_w, beta_w
+        return self._basis.lxx(lxx_w)[:p, :p], self._basis.beta(beta_w), beta_w
+
     def _solve(self) -> dict:
         """beta-hat, u, b and the criterion's pieces from the current factor (eqs. 16-22)."""
-        lxx = self._core.lxx()
-        p = lxx.shape[0] - 1
-        rx = lxx[:p, :p]
-        beta = _back_substitution(rx, lxx[p, :p])
-        u = self._core.solve_u(np.ascontiguousarray(beta))
+        rx, beta, beta_w = self._fixed_factor()
+        u = self._core.solve_u(np.ascontiguousarray(beta_w))
         ld_l2, ld_rx2, pwrss = self._core.components()
         # u in internal order -> per term, lme4 order; b = lambda u per level
         u_terms, b_terms = {}, []
@@ -801,7 +873,8 @@ class LinearMixedModel:
         """
         from .predict import predict
         return predict(self, newdata=newdata, re_form=re_form,
-                       allow_new_levels=allow_new_levels, offset=offset)
+                       allow_new_levels=_as_bool(allow_new_levels, "allow_new_levels"),
+                       offset=offset)
 
     # ---------------------------------------------------------- presentation
     def summary(self, ddf: str | None = None) -> str:

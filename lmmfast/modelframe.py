@@ -5,7 +5,12 @@ weights and the offset refer to is looked up, rows with a missing value in
 any of them are dropped (``na.omit``) and counted, and every categorical
 column becomes a factor with R's level order (the category order of a
 Categorical; sorted unique values otherwise; unused levels dropped).  The
-caller's DataFrame is never modified.
+caller's DataFrame is never modified.  Besides a pandas DataFrame, the data
+may be a dict of equal-length columns, a polars DataFrame or a pyarrow Table:
+only the columns the model uses are converted to pandas.  An ordered
+Categorical stays an ordered factor (coded by R's ``contr.poly``).  The
+``offset(expr)`` terms of the formula are evaluated on the kept rows and
+added to the ``offset`` argument, as lme4 does.
 
 The frame is held as numpy arrays (``Columns``): each column is read out of
 the caller's DataFrame once, and a pandas DataFrame is made from the arrays
@@ -22,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FormulaError, MissingValuesWarning
-from .formula import ParsedFormula
-from .materialize import identifiers, required_variables
+from .formula import ParsedFormula, response_code
+from .materialize import design_matrix, identifiers, required_variables
 
-__all__ = ["Columns", "Factor", "ModelFrame", "model_frame", "as_factor", "factor_codes"]
+__all__ = ["Columns", "Factor", "ModelFrame", "model_frame", "as_factor", "factor_codes",
+           "formula_offset", "total_offset", "used_frame", "is_table", "as_pandas"]
 
 
 @dataclass
@@ -34,9 +40,11 @@ class Factor:
 
     codes: np.ndarray     # int64, one per row
     levels: list[str]
+    ordered: bool = False  # an ordered factor (R's contr.poly contrasts)
 
     def categorical(self) -> pd.Categorical:
-        return pd.Categorical.from_codes(self.codes, categories=self.levels, validate=False)
+        return pd.Categorical.from_codes(self.codes, categories=self.levels,
+                                         ordered=self.ordered, validate=False)
 
 
 class Columns:
@@ -116,8 +124,9 @@ def factor_codes(values: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     Levels are the sorted unique values (numbers numerically, labels as
     strings, integer-valued floats without ``.0``); booleans give FALSE, TRUE.
     """
-    if values.dtype.kind == "b":
-        return values.astype(np.int64), ["FALSE", "TRUE"]
+    if values.dtype.kind == "b" or (values.dtype == object and len(values)
+                                    and pd.api.types.infer_dtype(values) == "boolean"):
+        return values.astype(bool).astype(np.int64), ["FALSE", "TRUE"]
     codes, uniq = pd.factorize(values, sort=False)
     uniq = np.asarray(uniq)
     try:
@@ -180,13 +189,14 @@ def _category_labels(cat) -> tuple[list[str], bool]:
 def as_factor(col: pd.Series) -> pd.Categorical:
     """A column as an R-style factor: category order kept, else sorted unique values.
 
-    Unused categories are dropped, as ``factor()`` does.  Integer-valued
+    Unused categories are dropped, as ``factor()`` does; an ordered one stays
+    ordered.  Integer-valued
     columns sort numerically; labels are strings.
     """
     if isinstance(col.dtype, pd.CategoricalDtype):
         codes, labels, plain = _category_codes(col.array)
-        return col.array if plain else pd.Categorical.from_codes(codes, categories=labels,
-                                                                 validate=False)
+        return col.array if plain else pd.Categorical.from_codes(
+            codes, categories=labels, ordered=bool(col.dtype.ordered), validate=False)
     codes, labels = factor_codes(_values(col), str(col.name))
     return pd.Categorical.from_codes(codes, categories=labels, validate=False)
 
@@ -199,6 +209,10 @@ def _values(col) -> np.ndarray:
     dtype = col.dtype
     if pd.api.types.is_string_dtype(dtype) and dtype != object:
         return col.to_numpy(dtype=object, na_value=None)
+    if dtype.kind == "b" and not isinstance(dtype, np.dtype):   # nullable boolean
+        if np.asarray(pd.isna(col)).any():
+            return col.to_numpy(dtype=object, na_value=None)
+        return col.to_numpy(dtype=bool)
     if dtype.kind in "iufb" and not isinstance(dtype, np.dtype):
         if np.asarray(pd.isna(col)).any():
             return col.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -281,11 +295,15 @@ def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
         dup = columns[columns.duplicated()][0]
         raise DataError(f"column {dup!r} appears more than once in the data")
     needed: dict[str, str] = {}
-    for v in _variables(parsed.response, "the response"):
+    for v in _variables(f"I({response_code(parsed.response)})", "the response"):
         needed.setdefault(v, "the response")
     for v in _variables(parsed.fixed, "the fixed-effects part"):
         needed.setdefault(v, f"the fixed-effects term {parsed.fixed!r}")
-    exprs = [parsed.response, parsed.fixed] + [t.expr for t in parsed.random]
+    for expr in parsed.offsets:
+        for v in _variables(f"I({expr})", f"offset({expr})"):
+            needed.setdefault(v, f"the term offset({expr})")
+    exprs = ([parsed.response, parsed.fixed] + list(parsed.offsets)
+             + [t.expr for t in parsed.random])
     for v in sorted(set().union(*(identifiers(e) for e in exprs)) & set(columns)):
         needed.setdefault(v, "a transform")   # arguments of stateful transforms
     for term in parsed.random:
@@ -304,17 +322,123 @@ def used_columns(parsed: ParsedFormula, columns: pd.Index) -> dict[str, str]:
     return needed
 
 
+def _table_columns(data) -> list | None:
+    """Column names of a polars DataFrame or a pyarrow Table; None for anything else.
+
+    Recognised by module name and methods, so that neither library is imported.
+    """
+    module = type(data).__module__.split(".", 1)[0]
+    if module == "polars" and hasattr(data, "to_pandas") and hasattr(data, "select"):
+        return list(data.columns)
+    if module == "pyarrow" and hasattr(data, "column_names") and hasattr(data, "to_pandas"):
+        return list(data.column_names)
+    return None
+
+
+def is_table(data) -> bool:
+    """Whether ``data`` is in-memory tabular data ``model_frame`` reads: a pandas or
+    polars DataFrame, a pyarrow Table or a dict of columns."""
+    return isinstance(data, (pd.DataFrame, dict)) or _table_columns(data) is not None
+
+
+def _dict_frame(data: dict, names) -> pd.DataFrame:
+    """The columns ``names`` of a dict of columns as a DataFrame; unequal lengths are
+    an error naming them."""
+    lengths = {k: len(v) for k, v in data.items() if np.ndim(v) > 0 and hasattr(v, "__len__")}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{k!r}: {n}" for k, n in list(lengths.items())[:10])
+        raise DataError(f"the data dict's columns have different lengths ({shown}); "
+                        "every column needs one value per row")
+    try:
+        return pd.DataFrame({k: data[k] for k in names if k in data})
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"cannot make a data frame of the data dict: {exc}") from None
+
+
+def as_pandas(data, names=None) -> pd.DataFrame:
+    """``data`` (pandas, dict, polars, pyarrow) as a pandas DataFrame; of a dict,
+    polars DataFrame or pyarrow Table only the columns ``names`` (all if None)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, dict):
+        return _dict_frame(data, list(data) if names is None else names)
+    table = _table_columns(data)
+    if table is None:
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__} (a dict "
+                        "of columns, a polars DataFrame or a pyarrow Table also do)")
+    names = table if names is None else [n for n in names if n in set(table)]
+    return data.select(names).to_pandas()
+
+
+def _argument_columns(*args) -> list[str]:
+    return [a for a in args if isinstance(a, str)]
+
+
+def _check_not_time(name: str, col, part: str) -> None:
+    """Dates, times and time differences are not numbers a formula can use: an error
+    saying how to convert the column."""
+    kind = getattr(col.dtype, "kind", None)
+    if kind not in ("M", "m"):
+        return
+    if kind == "M":
+        how = (f"e.g. to days since the first date: (data[{name!r}] - data[{name!r}].min()) "
+               "/ pd.Timedelta(days=1)")
+        what = "dates/times"
+    else:
+        how = f"e.g. to days: data[{name!r}] / pd.Timedelta(days=1)"
+        what = "time differences"
+    raise DataError(f"column {name!r} used in {part} holds {what} (dtype {col.dtype}); "
+                    f"the model needs numbers: convert it, {how}")
+
+
+def formula_offset(parsed: ParsedFormula, frame) -> np.ndarray | None:
+    """The sum of the formula's ``offset(expr)`` terms on ``frame`` (None if none)."""
+    total = None
+    for expr in parsed.offsets:
+        values, _ = design_matrix(f"0 + I({expr})", frame, f"the term offset({expr})")
+        if values.shape[1] != 1:
+            raise DataError(f"offset({expr}) must be one numeric column, it gives "
+                            f"{values.shape[1]}")
+        total = values[:, 0] if total is None else total + values[:, 0]
+    return total
+
+
+def total_offset(parsed: ParsedFormula, frame, offset: np.ndarray | None) -> np.ndarray | None:
+    """The ``offset`` argument's values plus the formula's ``offset(expr)`` terms on
+    the model-frame rows ``frame``, as lme4 sums them; a non-finite term is an error."""
+    if not parsed.offsets:
+        return offset
+    terms = formula_offset(parsed, frame)
+    if not np.isfinite(terms).all():
+        i = int(np.flatnonzero(~np.isfinite(terms))[0])
+        raise DataError(f"the offset terms {', '.join(f'offset({e})' for e in parsed.offsets)}"
+                        f" give a non-finite value ({terms[i]}) at row {i}")
+    return terms if offset is None else offset + terms
+
+
+def used_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> pd.DataFrame:
+    """``data`` as a pandas DataFrame: a pandas frame itself; of a dict, polars
+    DataFrame or pyarrow Table the columns the model uses (and the weights and
+    offset columns named)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    names = data.keys() if isinstance(data, dict) else _table_columns(data)
+    if names is None:
+        as_pandas(data)   # the error naming the type
+    needed = used_columns(parsed, pd.Index(list(names)))
+    return as_pandas(data, list(needed) + _argument_columns(weights, offset))
+
+
 def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> ModelFrame:
     """Validate and subset ``data`` for ``parsed``; drop rows with missing values."""
-    if not isinstance(data, pd.DataFrame):
-        if isinstance(data, dict):
-            data = pd.DataFrame(data)
-        else:
-            raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = used_frame(parsed, data, weights, offset)
     if len(data) == 0:
         raise DataError("the data frame has no rows")
     needed = used_columns(parsed, data.columns)
     columns = {name: _column_array(data, name) for name in needed}
+    for name, col in columns.items():
+        if not needed[name].startswith("the grouping"):
+            _check_not_time(name, col, needed[name])
     resp = columns.get(parsed.response)
     if resp is not None and (not pd.api.types.is_numeric_dtype(resp.dtype)
                              or resp.dtype.kind in "bc"):
@@ -368,10 +492,11 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
     for name, values in raw.items():
         if isinstance(values, pd.Categorical):
             codes, labels, _ = _category_codes(values)
-            cols[name] = Factor(codes, labels)
+            cols[name] = Factor(codes, labels, bool(values.ordered))
         elif values.dtype == object or values.dtype.kind == "b":
             cols[name] = Factor(*factor_codes(values, name))
         else:
             cols[name] = values
-    return ModelFrame(Columns(cols, len(row_index)), w, off, n_dropped, row_index,
+    frame = Columns(cols, len(row_index))
+    return ModelFrame(frame, w, total_offset(parsed, frame, off), n_dropped, row_index,
                       tuple(na_cols))

@@ -27,6 +27,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .arguments import as_choice, as_count, as_flag, as_positive, as_probability, describe
+from .errors import DataError
+from .simulate import seed_sequence
+from .streaming import require_rows
+
 __all__ = ["subject_panels", "caterpillar", "residual_plots", "profile_zeta",
            "save_diagnostics"]
 
@@ -59,14 +64,14 @@ def _remat(fit, group):
     fit._require_fit()
     remats = list(getattr(fit, "remats", []))
     if not remats:
-        raise ValueError("the fit has no random-effects terms")
+        raise DataError("the fit has no random-effects terms")
     if group is None:
         return remats[0]
     for r in remats:
         if r.group == group:
             return r
-    raise ValueError(f"no grouping factor {group!r} in the fit; it has "
-                     f"{sorted({r.group for r in remats})}")
+    raise DataError(f"group: no grouping factor {group!r} in the fit; it has "
+                    f"{sorted({r.group for r in remats})}")
 
 
 # ------------------------------------------------------------------- panels
@@ -86,8 +91,8 @@ def _covariate(fit, remat, x, data):
         if name in fit.fixef_names:
             return np.asarray(fit.x[:, list(fit.fixef_names).index(name)], dtype=float), name
     if x is None:
-        raise ValueError("the fit has no covariate to put on the x axis; give x=")
-    raise ValueError(f"{x!r} is neither a column of the model matrices nor of data=")
+        raise DataError("the fit has no covariate to put on the x axis; give x=")
+    raise DataError(f"x: {x!r} is neither a column of the model matrices nor of data=")
 
 
 def subject_panels(fit, group: str | None = None, x: str | None = None, *, data=None,
@@ -121,7 +126,11 @@ def subject_panels(fit, group: str | None = None, x: str | None = None, *, data=
     a model that is linear in ``x`` they are the fitted straight lines.
     """
     plt = _pyplot()
+    order = as_choice(order, "order", ("slope", "intercept", "mean", "level"))
+    ncols = None if ncols is None else as_count(ncols, "ncols", minimum=1)
+    ols = as_flag(ols, "ols")
     remat = _remat(fit, group)
+    require_rows(fit, "subject_panels()")
     xs, xname = _covariate(fit, remat, x, data)
     y = np.asarray(fit.y, dtype=float)
     cond = np.asarray(fit.fitted, dtype=float)
@@ -136,8 +145,6 @@ def subject_panels(fit, group: str | None = None, x: str | None = None, *, data=
         slope, icpt = np.polyfit(xv, cond[sel], 1)
         return slope, icpt
 
-    if order not in ("slope", "intercept", "mean", "level"):
-        raise ValueError(f"order must be 'slope', 'intercept', 'mean' or 'level', got {order!r}")
     if order != "level":
         key = {}
         for lv in levels:
@@ -211,8 +218,10 @@ def caterpillar(fit, group: str | None = None, n: int | None = None, order: str 
     sharing the level order.
     """
     plt = _pyplot()
-    if order not in ("value", "width"):
-        raise ValueError(f"order must be 'value' or 'width', got {order!r}")
+    order = as_choice(order, "order", ("value", "width"))
+    n = None if n is None else as_count(n, "n", minimum=1)
+    level = as_probability(level, "level")
+    label_limit = as_count(label_limit, "label_limit")
     remat = _remat(fit, group)
     frames = fit.ranef(condvar=True)
     modes = frames[remat.group]
@@ -236,8 +245,8 @@ def caterpillar(fit, group: str | None = None, n: int | None = None, order: str 
     height = max(2.6, min(0.17 * m + 1.2, 12.0)) if labelled else 4.2
     if ax is not None:
         if k != 1:
-            raise ValueError(f"{remat.group} has {k} random effects per level; "
-                             "draw them without ax= (one panel each)")
+            raise DataError(f"ax: {remat.group} has {k} random effects per level; "
+                            "draw them without ax= (one panel each)")
         fig, axes = ax.figure, [ax]
     else:
         fig, axes = plt.subplots(1, k, sharey=True, squeeze=False,
@@ -295,6 +304,10 @@ def residual_plots(fit, axes=None, *, max_points: int = 20_000, seed: int = 0):
     """
     plt = _pyplot()
     fit._require_fit()
+    max_points = as_count(max_points, "max_points", minimum=1)
+    rng = seed_sequence(seed)
+    if axes is not None and (not hasattr(axes, "__len__") or len(axes) != 2):
+        raise DataError(f"axes must be two matplotlib Axes, got {describe(axes)}")
     fitted = np.asarray(fit.fitted, dtype=float)
     resid = np.asarray(fit.residuals, dtype=float)
     scaled = resid / fit.sigma
@@ -309,7 +322,7 @@ def residual_plots(fit, axes=None, *, max_points: int = 20_000, seed: int = 0):
 
     shown = np.arange(nobs)
     if nobs > max_points:
-        shown = np.sort(np.random.default_rng(seed).choice(nobs, max_points, replace=False))
+        shown = np.sort(np.random.default_rng(rng).choice(nobs, max_points, replace=False))
     small = len(shown) <= 2000
     ax_r.scatter(fitted[shown], resid[shown], s=12 if small else 3, alpha=0.7 if small else 0.15,
                  color=_POINT, lw=0, rasterized=not small)
@@ -369,15 +382,24 @@ def profile_zeta(fit_or_profile, parameters=None, *, levels=(0.5, 0.8, 0.9, 0.95
     from estimate -/+ z * se.
     """
     plt = _pyplot()
+    levels = tuple(as_probability(lv, "levels") for lv in np.atleast_1d(levels).tolist())
+    ncols = None if ncols is None else as_count(ncols, "ncols", minimum=1)
+    absolute = as_flag(absolute, "absolute")
     prof = fit_or_profile
     if not isinstance(prof, pd.DataFrame):
+        if not hasattr(prof, "profile"):
+            raise DataError("fit_or_profile must be a fitted model or the DataFrame of its "
+                            f"profile(), got {describe(prof)}")
         prof = prof.profile()
+    if "parameter" not in prof.columns:
+        raise DataError("fit_or_profile must be a fitted model or the DataFrame of its "
+                        "profile(); this DataFrame has no 'parameter' column")
     names = list(dict.fromkeys(prof["parameter"]))
     if parameters is not None:
         wanted = [parameters] if isinstance(parameters, str) else list(parameters)
         missing = [p for p in wanted if p not in names]
         if missing:
-            raise ValueError(f"no profile of {missing}; profiled: {names}")
+            raise DataError(f"parameters: no profile of {missing}; profiled: {names}")
         names = wanted
     desc = prof.attrs.get("descriptive", {})
     est = prof.attrs.get("estimates", {})
@@ -455,6 +477,8 @@ def save_diagnostics(fit, directory, *, dpi: int = 110, max_levels: int = 60) ->
     labelled).  Returns the paths written.
     """
     plt = _pyplot()
+    dpi = as_positive(dpi, "dpi")
+    max_levels = as_count(max_levels, "max_levels", minimum=1)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -29,7 +29,8 @@ with the fit's codings, and o_i the offset.
 * Offset: with ``newdata``, the ``offset`` argument (a column name of
   ``newdata``, one value per row, or a scalar); without it, the fit's offset
   column when the model records its name (``fit.offset_column``).  A model
-  fitted with an offset given as values needs ``offset=``.  (lme4 1.1-31
+  fitted with an offset given as values needs ``offset=``.  The formula's
+  ``offset(expr)`` terms are evaluated on ``newdata`` and added.  (lme4 1.1-31
   re-evaluates offsets written as ``offset(x)`` in the formula on the new
   data, and drops the ``offset=`` argument of ``lmer``; the rule here is the
   former.)
@@ -47,7 +48,9 @@ from formulaic import Formula
 
 from .errors import DataError, FormulaError
 from .formula import RandomTerm, parse_formula
-from .materialize import design_matrix, lme4_column_name
+from .materialize import (R_FUNCTIONS, design_matrix, expression_columns, lme4_column_name,
+                          plain_message, required_variables)
+from .modelframe import as_pandas, formula_offset, is_table
 
 __all__ = ["predict", "parse_re_form"]
 
@@ -245,9 +248,9 @@ def _columns(expr: str, frame: pd.DataFrame, what: str, spec=None) -> tuple[np.n
     if spec is None:
         return design_matrix(expr, frame, what)
     try:
-        mm = spec.get_model_matrix(frame, na_action="ignore")
+        mm = spec.get_model_matrix(frame, na_action="ignore", context=R_FUNCTIONS)
     except Exception as exc:
-        raise FormulaError(f"cannot evaluate {what} on newdata: {exc}") from None
+        raise FormulaError(f"cannot evaluate {what} on newdata: {plain_message(exc)}") from None
     x = np.asarray(mm, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
@@ -272,7 +275,7 @@ def _offset_values(fit, newdata: pd.DataFrame, offset) -> np.ndarray | float:
         name = getattr(fit, "offset_column", None)
         if isinstance(name, str):
             offset = name
-        elif fit.offset is not None:
+        elif fit.offset is not None and getattr(fit, "offset_given", True):
             raise DataError("the model was fitted with an offset whose column it does not "
                             "record: give the offset for newdata with offset= (a column "
                             "name of newdata or one value per row)")
@@ -291,6 +294,18 @@ def _offset_values(fit, newdata: pd.DataFrame, offset) -> np.ndarray | float:
     if arr.shape != (n,):
         raise DataError(f"offset has {arr.size} values, newdata has {n} rows")
     return arr
+
+
+def _formula_offset(parsed, newdata: pd.DataFrame) -> np.ndarray | float:
+    """The formula's ``offset(expr)`` terms evaluated on ``newdata`` (0 if none)."""
+    if not parsed.offsets:
+        return 0.0
+    names = set().union(*(required_variables(f"I({e})") for e in parsed.offsets))
+    missing = sorted(names - set(newdata.columns))
+    if missing:
+        raise DataError(f"column {missing[0]!r} used in the formula's offset term is not "
+                        "in newdata")
+    return formula_offset(parsed, newdata[sorted(names)].reset_index(drop=True))
 
 
 # ---------------------------------------------------------- random effects
@@ -388,7 +403,7 @@ def _ranef_on_fit_rows(fit, terms, ranef) -> np.ndarray:
         z_all = np.hstack([r.z for r in group_remats])
         names_all = [c for r in group_remats for c in r.cnames]
         if cnames is None:
-            variables = {str(v) for v in Formula(term.expr).required_variables}
+            variables = set(required_variables(term.expr))
             surrogate = pd.DataFrame({v: np.ones(2) for v in variables}, index=pd.RangeIndex(2))
             _, cnames = _columns(term.expr, surrogate, f"the random term {term.source}")
             if any(c not in names_all for c in cnames):
@@ -448,8 +463,8 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
             pred = pred + _ranef_on_fit_rows(fit, terms, _group_ranef(fit))
         return pred
 
-    if isinstance(newdata, dict):
-        newdata = pd.DataFrame(newdata)
+    if is_table(newdata) and not isinstance(newdata, pd.DataFrame):   # dict, polars, pyarrow
+        newdata = as_pandas(newdata)
     if not isinstance(newdata, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
     n = len(newdata)
@@ -457,22 +472,23 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
 
     # fixed part: X with the fit's codings, its columns in fixef order
     names_x = list(fit.fixef_names) + list(fit.dropped_columns)
-    fixed_vars = {str(v) for v in Formula(parsed.fixed).required_variables}
+    fixed_vars = expression_columns(parsed.fixed, newdata.columns)
     frame, miss = _coded_frame(fit, newdata, fixed_vars, names_x, "the fixed-effects part")
     x, xnames = _columns(parsed.fixed, frame, f"the fixed-effects part {parsed.fixed!r}",
                          getattr(fit, "fixed_spec", None))
     x = _select(x, xnames, list(fit.fixef_names), "fixed-effects columns")
-    pred = x @ beta + _offset_values(fit, newdata, offset)
+    pred = x @ beta + _offset_values(fit, newdata, offset) + _formula_offset(parsed, newdata)
 
     # random part
     ranef = _group_ranef(fit) if terms else {}
     for term, cnames, idx in terms:
         b, have = ranef[term.group]
         group_names = [c for r in fit.remats if r.group == term.group for c in r.cnames]
-        re_vars = {str(v) for v in Formula(term.expr).required_variables}
+        re_vars = expression_columns(term.expr, newdata.columns)
         zframe, zmiss = _coded_frame(fit, newdata, re_vars, group_names,
                                      f"the random term {term.source}")
-        z, znames = _columns(term.expr, zframe, f"the random term {term.source}")
+        z, znames = _columns(term.expr, zframe, f"the random term {term.source}",
+                             None if idx is None else getattr(fit.remats[idx], "spec", None))
         if cnames is None:
             cnames = znames
         _check_columns(term.group, cnames, have, term.source)

@@ -39,7 +39,8 @@ import pandas as pd
 from scipy import stats
 from scipy.linalg import solve_triangular
 
-from .errors import FitError, LmmWarning
+from .arguments import as_count, as_positive, as_probability, describe
+from .errors import DataError, FitError, LmmWarning
 
 INVALID_PENALTY = 1e4
 """Added to the deviance per unit by which standard deviations and correlations
@@ -194,34 +195,41 @@ def ml_refit(fit):
     return ml.fit(start=np.maximum(fit.theta.to_numpy(), fit.lower_bounds))
 
 
-def resolve_parameters(which, names: list[str], descriptive: list[str], n_var: int) -> list[int]:
+def resolve_parameters(which, names: list[str], descriptive: list[str], n_var: int,
+                       argument: str = "which") -> list[int]:
     """Indices of the parameters selected by ``which`` (lme4's ``parm``/``which``).
 
     ``None``: all; ``"theta_"``: the variance parameters (incl. sigma);
     ``"beta_"``: the fixed effects; otherwise names (lme4's or descriptive)
-    or 0-based indices, in any mix.
+    or 0-based indices, in any mix.  ``argument`` names ``which`` in errors.
     """
     if which is None:
         return list(range(len(names)))
-    if isinstance(which, str):
+    if isinstance(which, (str, int, np.integer)):
         if which == "theta_":
             return list(range(n_var))
         if which == "beta_":
             return list(range(n_var, len(names)))
         which = [which]
+    try:
+        which = list(which)
+    except TypeError:
+        raise DataError(f"{argument} must be a parameter name, an index or a list of them, "
+                        f"got {describe(which)}") from None
     out = []
     for w in which:
-        if isinstance(w, (int, np.integer)) and not isinstance(w, bool):
+        if isinstance(w, (int, np.integer)) and not isinstance(w, (bool, np.bool_)):
             if not 0 <= w < len(names):
-                raise ValueError(f"parameter index {w} out of range 0..{len(names) - 1}")
+                raise DataError(f"{argument}: parameter index {w} out of range "
+                                f"0..{len(names) - 1}")
             idx = int(w)
-        elif w in names:
+        elif isinstance(w, str) and w in names:
             idx = names.index(w)
-        elif w in descriptive:
+        elif isinstance(w, str) and w in descriptive:
             idx = descriptive.index(w)
         else:
-            raise ValueError(f"unknown parameter {w!r}; parameters are {names} "
-                             f"(or {descriptive})")
+            raise DataError(f"{argument}: unknown parameter {describe(w)}; parameters are "
+                            f"{names} (or {descriptive})")
         if idx not in out:
             out.append(idx)
     return sorted(out)
@@ -253,10 +261,7 @@ class _MLDeviance:
         return ld_l2 - self.ld_w + pwrss / s2 + self.n * math.log(2 * math.pi * s2)
 
     def _rx_beta(self):
-        lxx = self._core.lxx()
-        p = self.p
-        rx = lxx[:p, :p]
-        beta = solve_triangular(rx.T, lxx[p, :p], lower=False) if p else np.zeros(0)
+        rx, beta, _ = self._model._fixed_factor()
         return rx, beta
 
     def beta_hat(self, theta) -> np.ndarray:
@@ -386,6 +391,15 @@ def profile(fit, which=None, *, alphamax: float = 0.01, maxpts: int = 100, delta
         at the estimates) and ``cutoff``.
     """
     fit._require_fit()
+    selected = resolve_parameters(which, *parameter_names(fit), len(fit.theta_names) + 1)
+    alphamax = as_probability(alphamax, "alphamax")
+    maxpts = as_count(maxpts, "maxpts", minimum=1)
+    maxeval = as_count(maxeval, "maxeval", minimum=1)
+    delta = None if delta is None else as_positive(delta, "delta")
+    delta_cutoff = as_positive(delta_cutoff, "delta_cutoff")
+    maxmult = as_positive(maxmult, "maxmult")
+    devtol = as_positive(devtol, "devtol", allow_zero=True)
+    ftol_abs = as_positive(ftol_abs, "ftol_abs")
     ml = ml_refit(fit)
     names, desc = parameter_names(ml)
     n_theta = len(ml.theta_names)
@@ -407,7 +421,6 @@ def profile(fit, which=None, *, alphamax: float = 0.01, maxpts: int = 100, delta
     upper = np.concatenate([np.where(theta_lower == 0, np.inf, 1.0), [np.inf],
                             np.full(p, np.inf)])
     is_sd = np.concatenate([theta_lower == 0, [True]])
-    selected = resolve_parameters(which, names, desc, n_var)
 
     check = dev.at_sigma(_sdcor_theta(ml, opt[:n_theta], sigma_hat)[0], sigma_hat)
     if not abs(check - base) <= 1e-6 * max(1.0, abs(base)):

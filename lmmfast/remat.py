@@ -32,6 +32,7 @@ class ReMat:
     levels: list[str]           # level labels, in order
     z: np.ndarray               # n x k float64, C-contiguous
     source: str                 # the formula term it came from
+    spec: object = None         # formulaic's ModelSpec of z (its transforms' state), if built so
 
     @property
     def k(self) -> int:
@@ -88,7 +89,8 @@ def _factor(frame, name: str) -> Factor:
     if isinstance(frame, Columns):
         return frame.factor(name)
     cat = as_factor(frame[name])
-    return Factor(np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories])
+    return Factor(np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories],
+                  bool(cat.ordered))
 
 
 def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
@@ -125,7 +127,8 @@ def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
 def build_remat(frame, term: RandomTerm) -> ReMat:
     """The random-effects term ``term`` evaluated on the model frame (``Columns`` or a DataFrame)."""
     refs, levels = _group_codes(frame, term)
-    z, cnames = design_matrix(term.expr, frame, f"random term {term.source}")
+    z, cnames, spec = design_matrix(term.expr, frame, f"random term {term.source}",
+                                    with_spec=True)
     if cnames == ["(Intercept)"] and isinstance(frame, Columns):
         return ReMat(term.group, cnames, refs, levels, frame.ones, term.source)
     z = np.ascontiguousarray(z)
@@ -133,4 +136,4 @@ def build_remat(frame, term: RandomTerm) -> ReMat:
         raise FormulaError(f"random term {term.source} has no columns")
     if not np.isfinite(z).all():
         raise DataError(f"random term {term.source} has non-finite values in its columns")
-    return ReMat(term.group, cnames, refs, levels, z, term.source)
+    return ReMat(term.group, cnames, refs, levels, z, term.source, spec)

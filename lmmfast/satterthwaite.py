@@ -75,7 +75,7 @@ def _evaluator(fit):
             raise FitError(f"the Cholesky factor failed at theta = {theta} (info {info}) "
                            "while differentiating for Satterthwaite's method")
         ld_l2, ld_rx2, pwrss = core.components()
-        rx_inv = np.linalg.inv(core.lxx()[:p, :p])
+        rx_inv = np.linalg.inv(fit._fixed_factor()[0])
         logdets = ld_l2 + (ld_rx2 if fit.reml else 0.0)
         return np.concatenate([[logdets, pwrss], (rx_inv.T @ rx_inv).ravel()])
 

@@ -20,27 +20,46 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["simulate", "Simulator", "spawn_seeds"]
+from .arguments import as_count, as_flag, describe
+from .errors import DataError
+from .streaming import require_rows
+
+__all__ = ["simulate", "Simulator", "spawn_seeds", "seed_sequence"]
+
+
+def seed_sequence(seed) -> np.random.SeedSequence:
+    """The SeedSequence of ``seed``: None, a non-negative int or sequence of them, a
+    SeedSequence or a numpy Generator (which draws the entropy); a DataError otherwise."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence(int(seed.integers(2 ** 63)))
+    if not isinstance(seed, (bool, np.bool_, str, bytes, float, np.floating)):
+        try:
+            return np.random.SeedSequence(seed)
+        except (TypeError, ValueError):
+            pass
+    raise DataError(f"seed must be None, a non-negative integer (or a sequence of them), a "
+                    f"numpy SeedSequence or a numpy Generator, got {describe(seed)}")
 
 
 def spawn_seeds(seed, n: int) -> list[np.random.SeedSequence]:
-    """``n`` independent child seeds of ``seed`` (int, sequence of ints, SeedSequence or None)."""
-    if isinstance(seed, np.random.SeedSequence):
+    """``n`` independent child seeds of ``seed`` (see ``seed_sequence``)."""
+    base = seed_sequence(seed)
+    if base is seed:   # a copy: spawning advances the caller's SeedSequence
         base = np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key,
                                       pool_size=seed.pool_size)
-    elif isinstance(seed, np.random.Generator):
-        base = np.random.SeedSequence(int(seed.integers(2 ** 63)))
-    else:
-        base = np.random.SeedSequence(seed)
     return base.spawn(int(n))
 
 
 class Simulator:
     """Draws responses from a fit (eq. 48), with the fit's design and estimates fixed once."""
 
-    def __init__(self, fit, use_re: bool = True):
+    def __init__(self, fit, use_re: bool = True, what: str = "simulate()"):
         fit._require_fit()
-        self.use_re = bool(use_re)
+        self.use_re = as_flag(use_re, "use_re")
+        if self.use_re or getattr(fit, "_ddf", None) is not None:
+            require_rows(fit, what)
         sigma = fit.sigma
         if self.use_re:
             mean = fit.x @ fit.fixef.to_numpy()
@@ -80,7 +99,7 @@ def simulate(fit, n: int = 1, seed=None, use_re: bool = True) -> np.ndarray:
         A fitted model; its estimates (REML or ML) are the true values.
     n : int
         Number of responses.
-    seed : int, SeedSequence or None
+    seed : int, SeedSequence, Generator or None
         Column j uses the j-th child of ``SeedSequence(seed)``.
     use_re : bool
         True (default, lme4's ``re.form = NA``): new random effects
@@ -88,10 +107,10 @@ def simulate(fit, n: int = 1, seed=None, use_re: bool = True) -> np.ndarray:
         conditional modes instead of new random effects (lme4's ``use.u = TRUE``),
         i.e. fitted values plus noise.
     """
-    if int(n) < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+    n = as_count(n, "n")
+    seeds = spawn_seeds(seed, n)
     sim = Simulator(fit, use_re=use_re)
-    out = np.empty((fit.nobs, int(n)))
-    for j, ss in enumerate(spawn_seeds(seed, n)):
+    out = np.empty((fit.nobs, n))
+    for j, ss in enumerate(seeds):
         out[:, j] = sim.draw(np.random.default_rng(ss))
     return out

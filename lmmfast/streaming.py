@@ -5,7 +5,10 @@ the rows themselves can be visited one piece at a time.  ``DesignSpec`` holds
 what is global to a data set (the formula, the used columns and the levels of
 every factor) and turns any piece of rows into the model-frame rows, X, y and
 the random-effects terms exactly as the in-memory path does for the whole
-frame.  A reduction visits the pieces a few times:
+frame (ordered factors by ``contr.poly``, the formula's ``offset(expr)`` terms
+added to the offset).  What depends on all rows at once (``scale``, ``poly``,
+``factor()`` of a numeric column, ...) is refused with a FormulaError that
+points to the in-memory path.  A reduction visits the pieces a few times:
 
 1. levels: the levels of every factor (grouping factors and factors of the
    fixed part) among the complete rows, and the rows with missing values;
@@ -25,8 +28,10 @@ chunks (used automatically above ``STREAM_MIN_ROWS`` rows): X, Z and y are
 never held for all rows.  Every parameter-level result is as in memory;
 ``fitted``, ``residuals`` and ``predict()`` are recomputed chunk by chunk from
 the caller's frame (which must not change in between); ``x``, ``y`` and the
-terms' ``refs``/``z`` are not kept, so ``refit``, ``simulate`` and
-``bootstrap`` (which need them) are not available.
+terms' ``refs``/``z`` are not kept, so ``refit``, ``simulate``,
+``bootstrap`` and Kenward-Roger's df (which need them) raise a DataError
+saying what to do instead (``require_rows``).  Satterthwaite's t and F tests,
+Wald and profile intervals need only A.
 """
 
 from __future__ import annotations
@@ -34,28 +39,40 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property, reduce
+from functools import cached_property, partial, reduce
 
 import numpy as np
 import pandas as pd
 from formulaic.transforms import TRANSFORMS
 
 from . import _crossprod, blocks
+from .arguments import as_flag
 from .errors import DataError, FormulaError, MissingValuesWarning, RankDeficiencyWarning
-from .formula import ParsedFormula, parse_formula
+from .formula import R_ALIASES, ParsedFormula, parse_formula, response_code
 from .materialize import design_matrix
 from .model import STREAM_MIN_ROWS, LinearMixedModel
-from .modelframe import _column_or_array, _is_categorical, as_factor, used_columns
+from .materialize import R_FUNCTIONS
+from .modelframe import (_column_or_array, _is_categorical, as_factor, is_table, total_offset,
+                         used_columns, used_frame)
 from .remat import ReMat
+from .summary import data_name
 from .xymat import RANK_TOL, response_vector
 
 __all__ = ["STREAM_MIN_ROWS", "CHUNK_ROWS", "DesignSpec", "ChunkReducer",
-           "StreamedLinearMixedModel", "independent_columns_gram", "reduce_design"]
+           "StreamedLinearMixedModel", "independent_columns_gram", "reduce_design",
+           "require_rows"]
 
 CHUNK_ROWS = 262_144          # rows per chunk (and per sub-chunk of a partition)
 
-_STATEFUL = sorted(name for name, fn in TRANSFORMS.items()
-                   if getattr(fn, "__is_stateful_transform__", False))
+#: transforms whose values depend on all rows (centre, scale, knots; lag shifts rows)
+_STATEFUL = sorted({name for name, fn in TRANSFORMS.items()
+                    if getattr(fn, "__is_stateful_transform__", False)} | {"lag"})
+#: R's factor() and as.factor(): their levels are those of the rows at hand
+_FACTOR_CALLS = sorted(name for name, fn in R_FUNCTIONS.items()
+                       if getattr(fn, "__is_stateful_transform__", False))
+_R_NAME = {alias: name for name, alias in R_ALIASES.items()}
+IN_MEMORY = ("fit the data in memory instead (LinearMixedModel(..., streaming=False); "
+             "a Dask frame: lmmfast.lmer(formula, ddf.compute()))")
 _CALL = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*\(")
 
 
@@ -67,12 +84,14 @@ class FactorCoding:
     ``kind`` is ``"category"`` (a Categorical whose categories keep their
     order, unused ones dropped), ``"bool"`` (FALSE, TRUE) or ``"values"``
     (sorted unique values, ``values`` in level order), as ``as_factor``.
+    ``ordered``: an ordered Categorical, coded by R's ``contr.poly`` as in memory.
     """
 
     name: str
     kind: str
     labels: list[str]
     values: np.ndarray | None = None
+    ordered: bool = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -108,7 +127,7 @@ class FactorCoding:
     def categorical(self, col: pd.Series) -> pd.Categorical:
         """The column as the model frame's factor (R's levels of the whole data)."""
         return pd.Categorical.from_codes(self.codes(col), categories=self.labels,
-                                         validate=False)
+                                         ordered=self.ordered, validate=False)
 
 
 def _piece_levels_of(col: pd.Series):
@@ -140,11 +159,16 @@ def _merge_level(a, b):
 
 def _coding(name: str, level, dtype) -> FactorCoding:
     kind, payload, used = level
+    ordered = isinstance(dtype, pd.CategoricalDtype) and bool(dtype.ordered)
     if kind == "bool":
         return FactorCoding(name, "bool", ["FALSE", "TRUE"])
     if kind == "category":
         return FactorCoding(name, "category",
-                            [str(c) for c, u in zip(payload, used) if u])
+                            [str(c) for c, u in zip(payload, used) if u], ordered=ordered)
+    if ordered:
+        raise DataError(f"the ordered factor column {name!r} has different categories in "
+                        "different pieces of the data, so its level order is not known: give "
+                        "every piece the same categories (e.g. astype with one CategoricalDtype)")
     uniq = np.asarray(payload)
     try:
         series = pd.Series(uniq, dtype=dtype, name=name)
@@ -165,7 +189,7 @@ class Rows:
 
     frame: pd.DataFrame
     weights: np.ndarray | None
-    offset: np.ndarray | None
+    offset: np.ndarray | None    # the offset; coded rows: plus the formula's offset terms
     index: pd.Index              # the rows' labels in the piece
     keep: np.ndarray | None      # the piece's complete rows (None: all of them)
     n_bad: int                   # rows dropped for missing values
@@ -195,6 +219,8 @@ class DesignSpec:
     present: dict = field(default_factory=dict)   # term -> sorted combination codes
     x_names: list[str] | None = None
     cnames: list[list[str]] | None = None   # each term's column names
+    fixed_spec: object = None             # formulaic's ModelSpecs of X and of each term's z
+    term_specs: list | None = None        # (None where the columns were built without one)
     k: list[int] | None = None
     nlevels: list[int] | None = None
     order: list[int] | None = None        # lme4's term order (indices into parsed.random)
@@ -234,7 +260,12 @@ class DesignSpec:
 
     # ------------------------------------------------------------ one piece
     def rows(self, piece: pd.DataFrame, weights=None, offset=None, coded: bool = True) -> Rows:
-        """The model-frame rows of ``piece`` (as ``model_frame`` on the whole data)."""
+        """The model-frame rows of ``piece`` (as ``model_frame`` on the whole data).
+
+        ``coded``: factors coded with the levels of the whole data, and the
+        formula's ``offset(expr)`` terms added to the offset; else the factor
+        columns as they are and the offset argument alone.
+        """
         w = _column_or_array(self.weights_column or weights, piece, "weights") \
             if self.has_weights else None
         off = _column_or_array(self.offset_column or offset, piece, "offset") \
@@ -266,6 +297,7 @@ class DesignSpec:
         if coded:
             for name in self.frame_factors:
                 frame[name] = self.codings[name].categorical(frame[name])
+            off = total_offset(self.parsed, frame, off)
         return Rows(frame, w, off, index, keep, n_bad, na_cols)
 
     def term_refs(self, frame: pd.DataFrame, i: int) -> np.ndarray:
@@ -322,10 +354,13 @@ class DesignSpec:
     def set_structure(self, meta: pd.DataFrame) -> None:
         """X's columns, each term's k and levels, and the term orders."""
         rows = self.rows(meta.iloc[:0], np.zeros(0), np.zeros(0))
-        _, self.x_names = design_matrix(self.parsed.fixed, rows.frame,
-                                        f"the fixed-effects part {self.parsed.fixed!r}")
-        self.cnames = [design_matrix(t.expr, rows.frame, f"random term {t.source}")[1]
-                       for t in self.parsed.random]
+        _, self.x_names, self.fixed_spec = design_matrix(
+            self.parsed.fixed, rows.frame, f"the fixed-effects part {self.parsed.fixed!r}",
+            with_spec=True)
+        terms = [design_matrix(t.expr, rows.frame, f"random term {t.source}", with_spec=True)
+                 for t in self.parsed.random]
+        self.cnames = [names for _, names, _ in terms]
+        self.term_specs = [spec for _, _, spec in terms]
         self.k = [self.term_z(rows.frame, i).shape[1] for i in range(len(self.parsed.random))]
         self.nlevels = [len(self.present[i]) if i in self.present
                         else len(self.codings[t.factors[0].strip("`")].labels)
@@ -359,7 +394,7 @@ class DesignSpec:
         for i in self.order:
             term = self.parsed.random[i]
             out.append(ReMat(term.group, list(self.cnames[i]), empty, self.term_levels(i),
-                             np.zeros((0, self.k[i])), term.source))
+                             np.zeros((0, self.k[i])), term.source, self.term_specs[i]))
         return out
 
     def term_levels(self, i: int) -> list[str]:
@@ -384,22 +419,34 @@ class DesignSpec:
 
 
 def _check_stateless(parsed: ParsedFormula, factors: list[str]) -> None:
-    """Transforms whose result depends on all rows (center, scale, poly, ...) and
-    ``C()`` of a numeric column cannot be evaluated piece by piece."""
-    for expr, what in [(parsed.fixed, "the fixed-effects part")] + \
-            [(t.expr, f"the random term {t.source}") for t in parsed.random]:
+    """Transforms whose result depends on all rows (center, scale, poly, lag, ...),
+    ``factor()``/``as.factor()`` and ``C()`` of a numeric column cannot be
+    evaluated piece by piece: a FormulaError saying what to do instead."""
+    parts = [(f"I({response_code(parsed.response)})", f"the response {parsed.response!r}"),
+             (parsed.fixed, "the fixed-effects part")] + \
+        [(f"I({e})", f"the term offset({e})") for e in parsed.offsets] + \
+        [(t.expr, f"the random term {t.source}") for t in parsed.random]
+    for expr, what in parts:
         for name in _CALL.findall(expr):
             if name in _STATEFUL:
                 raise FormulaError(
                     f"{what} uses {name}(), whose value depends on all rows: it cannot be "
                     "evaluated on data in pieces (partitioned or streamed); add the "
-                    "transformed column to the data instead")
+                    f"transformed column to the data, or {IN_MEMORY}")
+            if name in _FACTOR_CALLS:
+                shown = _R_NAME.get(name, name)
+                raise FormulaError(
+                    f"{what} uses {shown}(), whose levels are those of the rows it sees: it "
+                    "cannot be evaluated on data in pieces (partitioned or streamed); make the "
+                    "column a pandas Categorical (its levels are then read from all rows), "
+                    f"or {IN_MEMORY}")
         for arg in re.findall(r"(?<![\w.])C\(\s*([^,)]+)", expr):
             var = arg.strip().strip("`")
             if var not in factors:
                 raise FormulaError(
                     f"{what} uses C({var}) of a numeric column: its levels would depend on "
-                    "the piece of the data; make the column a categorical instead")
+                    "the piece of the data; make the column a categorical, or "
+                    f"{IN_MEMORY}")
 
 
 # ---------------------------------------------------------------- passes
@@ -525,10 +572,14 @@ def merge_partials(a: dict, b: dict) -> dict:
     return out
 
 
-def finish_partial(part: dict) -> dict:
-    """A partial rounded to doubles: A, the unweighted X^T X (or None), the sums of
-    squares of z, sum(log w), n."""
-    return {"a": _crossprod.dd_round(part["acc"]), "zz": _crossprod.dd_round(part["zz"]),
+def finish_partial(layout, part: dict) -> dict:
+    """A partial finished: A rounded to doubles but for its last block row
+    (Z^T W [X y] and [X y]^T W [X y], from ``tail`` on), kept in double-double
+    for the working basis (``conditioning``); rounded, the unweighted X^T X (or
+    None), the sums of squares of z, sum(log w), n."""
+    tail = int(layout.off_a[layout.n_terms * (layout.n_terms + 1) // 2])
+    return {"a": _crossprod.dd_round(part["acc"][:tail]), "acc_xy": part["acc"][tail:],
+            "zz": _crossprod.dd_round(part["zz"]),
             "xtx": None if part["xtx"] is None else _crossprod.dd_round(part["xtx"]),
             "logw": float(_crossprod.dd_round(part["logw"])[0]), "n": int(part["n"])}
 
@@ -571,20 +622,22 @@ def _gram(block: np.ndarray, p1: int) -> np.ndarray:
 
 
 def _drop_columns(spec: DesignSpec, a: np.ndarray, keep: np.ndarray) -> tuple:
-    """A and its layout without the X columns not in ``keep``."""
+    """A (or its double-double accumulator, ``n_a x 2``) and its layout without
+    the X columns not in ``keep``."""
     full = spec.layout
     p1 = full.p1
     sel = np.append(keep, p1 - 1)
     layout = spec.build_layout(len(sel))
-    out = np.zeros(max(layout.n_a, 1))
+    tail = a.shape[1:]
+    out = np.zeros((max(layout.n_a, 1),) + tail)
     T = full.n_terms
     for s in range(T + 1):
         for t in range(s + 1):
             src = full.block_a(a, s, t)
             if s == T and t == T:
-                new = src.reshape(p1, p1)[np.ix_(sel, sel)].ravel()
+                new = src.reshape((p1, p1) + tail)[np.ix_(sel, sel)].reshape((-1,) + tail)
             elif s == T:
-                new = src.reshape(-1, p1)[:, sel].ravel()
+                new = src.reshape((-1, p1) + tail)[:, sel].reshape((-1,) + tail)
             else:
                 new = src
             layout.block_a(out, s, t)[:] = new
@@ -660,15 +713,20 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> dict:
     if spec.candidates:
         spec.set_patterns(reducer.run(spec, piece_pattern, merge_sets))
     spec.layout = spec.build_layout()
-    sums = reducer.run(spec, piece_crossproducts, merge_partials, finish_partial)
+    sums = reducer.run(spec, piece_crossproducts, merge_partials,
+                       partial(finish_partial, spec.layout))
+    acc = np.zeros((max(spec.layout.n_a, 1), 2))   # A's accumulator again, exact in its tail
+    acc[:len(sums["a"]), 0] = sums["a"]
+    acc[len(sums["a"]):] = sums["acc_xy"]
     p1 = spec.layout.p1
-    xx = spec.layout.block_a(sums["a"], spec.layout.n_terms, spec.layout.n_terms)
+    xx = spec.layout.block_a(_crossprod.dd_round(acc), spec.layout.n_terms,
+                             spec.layout.n_terms)
     gram = _gram(sums["xtx"], p1 - 1) if sums["xtx"] is not None \
         else _gram(xx, p1)[:p1 - 1, :p1 - 1]
     keep = independent_columns_gram(gram)
     names = list(spec.x_names)
     dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
-    layout, a = spec.layout, sums["a"]
+    layout, a = spec.layout, acc
     if dropped:
         warnings.warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
@@ -678,7 +736,8 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> dict:
     return dict(remats=spec.remats(), fixef_names=[names[j] for j in keep], layout=layout,
                 a=a, nobs=sums["n"], log_det_w=sums["logw"], response=spec.parsed.response,
                 n_dropped=levels["n_bad"], dropped_columns=dropped, keep=keep,
-                z_sumsq=sums["zz"])
+                z_sumsq=sums["zz"],
+                xtx=None if sums["xtx"] is None else gram[np.ix_(keep, keep)])
 
 
 def install(model: LinearMixedModel, cls: type, formula: str, reml: bool, spec: DesignSpec,
@@ -686,18 +745,21 @@ def install(model: LinearMixedModel, cls: type, formula: str, reml: bool, spec: 
     """Make ``model`` (being initialised) the model of the reduced data, of class ``cls``."""
     keep = reduced.pop("keep")
     z_sumsq = reduced.pop("z_sumsq")
+    xtx = reduced.pop("xtx")
     built = LinearMixedModel.from_crossproducts(formula, reml=reml, **reduced)
     model.__dict__.update(built.__dict__)
     if type(model) is LinearMixedModel:
         model.__class__ = cls
     model._spec = spec
     model._keep = keep
+    model._xtx = xtx   # the unweighted X'X of weighted data (else None: X'X is in A)
     starts = np.cumsum([0] + spec.k)
     model._z_sumsq = [z_sumsq[starts[i]:starts[i + 1]] for i in spec.order]
     model.factor_levels = spec.factor_levels
-    model.fixed_spec = None
+    model.fixed_spec = spec.fixed_spec   # the codings predict() uses for newdata
     model.weights_column = spec.weights_column
     model.offset_column = spec.offset_column
+    model.offset_given = spec.has_offset   # (offset(...) terms are re-evaluated)
 
 
 # ----------------------------------------------------------- row results
@@ -738,14 +800,32 @@ def row_parameters(model: LinearMixedModel) -> tuple[np.ndarray, dict]:
     return sol["beta"], {i: b for i, b in zip(spec.order, sol["b"])}
 
 
+def require_rows(fit, what: str, instead: str = "") -> None:
+    """Raise a DataError when ``fit`` holds no rows (X, Z, y) and ``what`` needs them.
+
+    A model reduced to A (streamed or Dask data) keeps only A; the message says
+    how to get a model with rows, and ``instead`` what else would do.
+    """
+    if getattr(fit, "x", None) is not None:
+        return
+    held = getattr(fit, "ROWS_HELD_BY", "a model built from its cross-products")
+    advice = getattr(fit, "ROWS_ADVICE", "fit the data in memory with lmmfast.lmer")
+    raise DataError(f"{what} needs the model's rows (X, Z and y), which {held} does not keep: "
+                    f"{advice}{instead}")
+
+
 class StreamedLinearMixedModel(LinearMixedModel):
     """A model of a pandas frame reduced in row chunks (see the module docstring)."""
+
+    ROWS_HELD_BY = "a model reduced in row chunks (streaming=True)"
+    ROWS_ADVICE = "fit the data in memory, LinearMixedModel(formula, data, streaming=False).fit()"
 
     @classmethod
     def from_frame(cls, formula: str, data, reml: bool = True, weights=None, offset=None,
                    *, chunk_rows: int = CHUNK_ROWS) -> "StreamedLinearMixedModel":
         """The (unfitted) model of the pandas frame ``data``, in chunks of ``chunk_rows`` rows."""
         self = cls.__new__(cls)
+        self.data_name = data_name(data)
         build_streamed(self, formula, data, reml, weights, offset, chunk_rows, stacklevel=3)
         return self
 
@@ -800,23 +880,22 @@ class StreamedLinearMixedModel(LinearMixedModel):
 
 def build_streamed(model: LinearMixedModel, formula: str, data, reml: bool,
                    weights, offset, chunk_rows: int = CHUNK_ROWS, stacklevel: int = 5) -> None:
-    """Initialise ``model`` from ``data`` (a pandas frame) reduced in row chunks."""
-    if isinstance(data, dict):
-        data = pd.DataFrame(data)
-    if not isinstance(data, pd.DataFrame):
-        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    """Initialise ``model`` from ``data`` reduced in row chunks: a pandas frame, or
+    the used columns of a dict, polars DataFrame or pyarrow Table."""
+    reml = as_flag(reml, "reml")
+    data = used_frame(parse_formula(formula), data, weights, offset)
     reducer = ChunkReducer(data, weights, offset, chunk_rows)
     spec = DesignSpec.from_meta(formula, data.iloc[:0], weights, offset, chunk_rows)
     reduced = reduce_design(spec, reducer, stacklevel=stacklevel)
     install(model, StreamedLinearMixedModel, formula, reml, spec, reduced)
     model._source = reducer
     model.weights = model.offset = None
-    if spec.has_weights or spec.has_offset:
-        kept = [spec.rows(piece, w, off, coded=False)
+    if spec.has_weights or spec.has_offset or spec.parsed.offsets:
+        kept = [spec.rows(piece, w, off)
                 for piece, w, off in reducer.pieces(_piece_columns(spec))]
         if spec.has_weights:
             model.weights = np.concatenate([r.weights for r in kept])
-        if spec.has_offset:
+        if spec.has_offset or spec.parsed.offsets:
             model.offset = np.concatenate([r.offset for r in kept])
     model.row_index = data.index if not model.n_dropped else None
 
@@ -846,13 +925,10 @@ def build_elsewhere(model: LinearMixedModel, formula: str, data, reml: bool, wei
     if distributed.is_partitioned(data):
         distributed.build_dask(model, formula, data, reml, weights, offset)
         return True
-    if streaming is False:
+    if streaming is False or not is_table(data):
         return False
-    if isinstance(data, dict):
-        data = pd.DataFrame(data)
-    if not isinstance(data, pd.DataFrame):
-        return False
-    if streaming is None and not streamable(formula, data.iloc[:0]):
+    if streaming is None and not (isinstance(data, pd.DataFrame)
+                                  and streamable(formula, data.iloc[:0])):
         return False
     build_streamed(model, formula, data, reml, weights, offset)
     return True

@@ -9,26 +9,38 @@ correlation labels follow ``abbreviate``.
 >>> import lmmfast
 >>> fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)",
 ...                    lmmfast.datasets.load("sleepstudy"))
->>> print(format_summary(fit).splitlines()[3])
+>>> for line in format_summary(fit).splitlines()[1:5]:
+...     print(line)
+Formula: Reaction ~ 1 + Days + (1 + Days | Subject)
+   Data: sleepstudy
+<BLANKLINE>
 REML criterion at convergence: 1743.6
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from .errors import FormulaError, LmmWarning
+from .formula import _find_bar, _split_top, double_vert_terms
 from .varcorr import group_labels
 
-__all__ = ["format_summary", "format_pvalues", "CORRELATION_MAX"]
+__all__ = ["format_summary", "format_pvalues", "format_quantiles", "lme4_formula",
+           "data_name", "warn_if_singular", "CORRELATION_MAX", "SINGULAR_MESSAGE"]
 
 CORRELATION_MAX = 12
 """Largest number of fixed effects whose correlation matrix is printed (lme4.summary.cor.max)."""
 
 _KP_MAX = 22
+
+SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
+"""lme4's message for a fit with a variance estimated as 0 or a correlation as +/-1."""
 
 
 # --------------------------------------------------------------------------
@@ -74,7 +86,7 @@ def format_numbers(values, digits: int = 7, nsmall: int = 0) -> list[str]:
     >>> format_numbers([1763.94, 174.0], digits=7)
     ['1763.94', ' 174.00']
     """
-    values = [float(v) for v in values]
+    values = [float(v) + 0.0 for v in values]   # R prints a negative zero as 0
     finite = [v for v in values if math.isfinite(v)]
     if finite:
         neg = False
@@ -106,12 +118,18 @@ def format_numbers(values, digits: int = 7, nsmall: int = 0) -> list[str]:
 
 
 def _zapsmall(values: np.ndarray, digits: int) -> np.ndarray:
-    """R's ``zapsmall``: round so that values tiny next to the largest become 0."""
+    """R's ``zapsmall(values, digits)``: round so that values tiny next to the largest become 0.
+
+    R's rule: ``round(x, max(0, digits - log10(mx)))``, ``mx`` the largest
+    magnitude, where ``round`` takes the nearest whole number of decimals
+    (``floor(d + 0.5)``): 5 digits keep 5 decimals for ``mx`` = 2.68, 4 for
+    ``mx`` = 5.18 and 3 for ``mx`` = 132.5.
+    """
     values = np.asarray(values, dtype=np.float64)
     finite = np.abs(values[np.isfinite(values)])
     mx = finite.max() if finite.size else 0.0
-    places = max(0, digits - math.ceil(math.log10(mx))) if mx > 0 else digits
-    return np.round(values, places)
+    places = max(0.0, digits - math.log10(mx)) if mx > 0 else digits
+    return np.round(values, math.floor(places + 0.5))
 
 
 def _starts_word(s: list[str], i: int) -> bool:
@@ -168,6 +186,44 @@ def abbreviate(names, minlength: int) -> list[str]:
         minlength += 1
     lookup = dict(zip(unique, result))
     return [lookup[n] for n in names]
+
+
+# --------------------------------------------------------------------------
+# The formula as lme4 prints it
+
+
+def _double_vert_text(term: str) -> str | None:
+    """lme4's ``expandDoubleVerts`` text of a term ``(e || g)``; None for another term."""
+    if not (term.startswith("(") and term.endswith(")")):
+        return None
+    inner = term[1:-1]
+    bar = _find_bar(inner) if _split_top(inner, "")[0][1] == inner else None
+    if bar is None or not bar[2]:
+        return None
+    expr, group, _ = bar
+    try:
+        intercept, labels = double_vert_terms(expr.strip(), term)
+    except FormulaError:
+        return None
+    exprs = (["1"] if intercept else []) + [f"0 + {lab}" for lab in labels]
+    group = re.sub(r"\s*([:/])\s*", r"\1", group.strip())
+    return "(" + " + ".join(f"({e} | {group})" for e in exprs) + ")"
+
+
+def lme4_formula(formula: str) -> str:
+    """The formula as lme4 prints it: each ``(e || g)`` expanded as lme4 expands it.
+
+    >>> lme4_formula("Reaction ~ Days + (Days || Subject)")
+    'Reaction ~ Days + ((1 | Subject) + (0 + Days | Subject))'
+    """
+    sides = _split_top(formula, "~")
+    if len(sides) != 2:
+        return formula
+    for _, piece in _split_top(sides[1][1], "+-"):
+        expanded = _double_vert_text(piece.strip())
+        if expanded is not None:
+            formula = formula.replace(piece.strip(), expanded)
+    return formula
 
 
 # --------------------------------------------------------------------------
@@ -232,9 +288,10 @@ def _header(fit, call: dict, ddf: str | None = None) -> list[str]:
     else:
         title = f"Linear mixed model fit by {method}. t-tests use {_DDF_TITLES[ddf]} method"
         lines = _title_lines(title, "lmerModLmerTest")
-    lines.append(f"Formula: {fit.formula}")
-    if call.get("data"):
-        lines.append(f"   Data: {call['data']}")
+    lines.append(f"Formula: {lme4_formula(fit.formula)}")
+    data = call.get("data") or getattr(fit, "data_name", None)
+    if data:
+        lines.append(f"   Data: {data}")
     for label, attribute in (("Weights", "weights"), (" Offset", "offset")):
         if getattr(fit, attribute) is not None:
             lines.append(f"{label}: {call.get(attribute) or 'supplied'}")
@@ -260,12 +317,25 @@ def scaled_residuals(fit) -> np.ndarray:
     return resid / fit.sigma
 
 
-def _residuals(fit, digits: int) -> list[str]:
-    resid = scaled_residuals(fit)
-    resid = resid[np.isfinite(resid)]
-    quantiles = _zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), digits + 1)
+def format_quantiles(values, digits: int = 4) -> list[str]:
+    """The two lines lme4 prints for the quantiles of residuals (``.prt.resids``).
+
+    ``print(zapsmall(quantile(values), digits + 1), digits = digits)``: the
+    five quantiles rounded by R's ``zapsmall``, then printed with a common
+    number of decimals that shows each to ``digits`` significant digits.
+
+    >>> format_quantiles([-2.4517815, -0.59687, -0.0948516, 0.6069559, 2.679714])[1]
+    '-2.45178 -0.59687 -0.09485  0.60696  2.67971'
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    quantiles = _zapsmall(np.quantile(values, [0, 0.25, 0.5, 0.75, 1]), digits + 1)
     names = ["Min", "1Q", "Median", "3Q", "Max"]
-    return ["Scaled residuals:"] + _named_values(names, format_numbers(quantiles, digits))
+    return _named_values(names, format_numbers(quantiles, digits))
+
+
+def _residuals(fit, digits: int) -> list[str]:
+    return ["Scaled residuals:"] + format_quantiles(scaled_residuals(fit), digits)
 
 
 @dataclass
@@ -467,6 +537,7 @@ def _fixef_correlation(fit) -> list[str]:
 
 
 def _notes(fit) -> list[str]:
+    """lme4's closing lines: "fit warnings:", the optimizer's code and lme4's messages."""
     lines = []
     dropped = list(fit.dropped_columns)
     if dropped:
@@ -477,10 +548,27 @@ def _notes(fit) -> list[str]:
     if not fit.converged:
         lines.append(f"optimizer did not converge: {fit.optimizer_message} "
                      f"after {fit.n_evals} evaluations")
+    elif fit.is_singular:
+        optimizer = getattr(getattr(fit, "optsum", None), "optimizer", "quasi-newton")
+        lines.append(f"optimizer ({optimizer}) convergence code: 0 (OK)")
     if fit.is_singular:
-        lines.append("boundary (singular) fit: a variance is estimated as 0 "
-                     "or a correlation as +/-1")
+        lines.append(SINGULAR_MESSAGE)
     return lines
+
+
+def data_name(data) -> str | None:
+    """The name a summary prints as lme4's ``Data:``: a frame's ``attrs["name"]``
+    (a bundled dataset's, set by ``datasets.load``), else None."""
+    attrs = getattr(data, "attrs", None)
+    name = attrs.get("name") if isinstance(attrs, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def warn_if_singular(fit) -> None:
+    """lme4's message at the end of a singular fit, as an ``LmmWarning``."""
+    if fit.is_singular:
+        warnings.warn(f"{SINGULAR_MESSAGE}: a variance is estimated as 0 or a correlation "
+                      "as +/-1 (see fit.varcorr)", LmmWarning, stacklevel=3)
 
 
 def format_summary(fit, digits: int = 4, *, call: dict | None = None,
@@ -490,7 +578,13 @@ def format_summary(fit, digits: int = 4, *, call: dict | None = None,
     ``digits`` is the number of significant digits of the residual, variance
     and coefficient tables (lme4's default, 4).  ``call`` optionally names the
     model's inputs as lme4 prints its call: ``{"data": ..., "weights": ...,
-    "offset": ...}`` (e.g. the dataset and the column names).  ``ddf``
+    "offset": ...}`` (e.g. the dataset and the column names).  Without
+    ``call["data"]`` the ``Data:`` line names the data frame's
+    ``attrs["name"]`` (set by ``datasets.load``), and is left out when the
+    frame has no name (lme4 prints the expression given as ``data``, which a
+    Python function cannot see).  The formula is printed as lme4 prints it,
+    ``(1 + x || g)`` as ``((1 | g) + (0 + x | g))``; a singular fit ends with
+    lme4's optimizer line and ``SINGULAR_MESSAGE``.  ``ddf``
     (``"satterthwaite"`` or ``"kenward-roger"``) adds the df and
     ``Pr(>|t|)`` columns of lmerTest's summary, with significance stars.
     """
@@ -504,6 +598,6 @@ def format_summary(fit, digits: int = 4, *, call: dict | None = None,
         _random_effects(fit, digits) + _observations(fit),
         _fixed_effects(fit, digits, ddf),
         _fixef_correlation(fit),
-        _notes(fit),
     ]
-    return "\n\n".join("\n".join(lines) for lines in sections if lines)
+    text = "\n\n".join("\n".join(lines) for lines in sections if lines)
+    return "\n".join([text] + _notes(fit))   # lme4: no blank line before its notes

@@ -43,7 +43,7 @@ from cpython.pycapsule cimport PyCapsule_New
 from _core_api cimport CoreApi
 from _linalg cimport (blas_int, gemm_nt, gemm_nn, gemm_tn, symm_ll, syrk_n,
                        trsm_rlt, trsm_lln, trmm_lln, trmm_rln, trsv_lt, gemv_t, gemv_n,
-                       potrf_l, lauum_l)
+                       potrf_l, lauum_l, interrupted, raise_pending)
 
 cnp.import_array()
 
@@ -51,6 +51,12 @@ cdef enum:
     BLOCKDIAG = 0
     DENSE = 1
     SPARSE = 2
+
+# ``_update``'s info when Ctrl-C (a pending exception) stopped it; factors with
+# more than SIGNAL_CHECK_SIZE values of L ask for signals between their steps
+cdef enum:
+    INTERRUPTED = -(1 << 30)
+    SIGNAL_CHECK_SIZE = 1 << 16
 
 BLOCK_BLOCKDIAG = BLOCKDIAG
 BLOCK_DENSE = DENSE
@@ -473,6 +479,32 @@ cdef class BlockedCholesky:
             self.l_values)
         self.l = self.l_values
 
+    # ---------------------------------------------------------- pickle, copy
+    def __reduce__(self):
+        """The constructor's arguments (A itself: a shallow copy shares it, as the
+        constructor does; pickle and deepcopy copy it) and the factor's state,
+        so that the restored core holds the same L(theta)."""
+        args = (np.array(self.nlev), np.array(self.k), self.p1, np.array(self.kind_a),
+                np.array(self.kind_l), np.array(self.off_a), np.array(self.off_l),
+                np.array(self.sp_cp), np.array(self.sp_ri), np.array(self.colptr),
+                np.array(self.rowidx), self.a_values, self.l_values.shape[0], self.nobs,
+                self.log_det_w)
+        state = (np.array(self.l_values), np.array(self.lam), self.last_info,
+                 self.sel_panel_columns)
+        return _restored_core, (args, state)
+
+    def __setstate__(self, state):
+        """Take the factor state of ``__reduce__``: L, lambda and the last LAPACK info."""
+        l_values, lam, last_info, sel_panel_columns = state
+        if l_values.shape[0] != self.l.shape[0] or lam.shape[0] != self.lam.shape[0]:
+            raise ValueError("the factor state does not match this core's layout")
+        self.l_values[:] = l_values
+        np.asarray(self.lam)[:] = lam
+        self.last_info = last_info
+        self.sel_panel_columns = sel_panel_columns
+        self.g_current = False
+        self.comp_valid = False
+
     # ------------------------------------------------------------------ sizes
     cdef inline Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil:
         return self.q[s] if s < self.n_terms else self.p1
@@ -795,18 +827,25 @@ cdef class BlockedCholesky:
         return potrf_l(<blas_int>n, p, <blas_int>n)
 
     cdef int _update(self, const double* theta) noexcept nogil:
-        """Recompute L for theta (eq. 15); returns 0 or the failing LAPACK info."""
+        """Recompute L for theta (eq. 15); returns 0, the failing LAPACK info, or
+        INTERRUPTED when a signal handler raised between two steps of a large
+        factor (L is then incomplete: the next update recomputes it)."""
         cdef Py_ssize_t T = self.n_terms, t, r, s
         cdef int info
+        cdef bint check = self.l.shape[0] > SIGNAL_CHECK_SIZE
         self.g_current = False
         self.comp_valid = False
         self._set_lambda(theta)
         self._scale_copy()
         for t in range(T + 1):
             for r in range(t):
+                if check and interrupted():
+                    return INTERRUPTED
                 self._rank_update(t, r)
                 for s in range(t + 1, T + 1):
                     self._gemm_update(s, t, r)
+            if check and interrupted():
+                return INTERRUPTED
             info = self._chol_diag(t)
             if info != 0:
                 # a failure in the last column only means a zero residual
@@ -875,6 +914,8 @@ cdef class BlockedCholesky:
         """Update L for theta and return the criterion, +inf where that fails."""
         cdef int info = self._update(theta)
         self.last_info = info
+        if info == INTERRUPTED:
+            return -1.0   # the error value of the C entry point: the exception is set
         if info != 0:
             return INFINITY
         return self._criterion(reml)
@@ -890,6 +931,8 @@ cdef class BlockedCholesky:
                              f"expected {self.n_theta}")
         with nogil:
             val = self._value(&theta[0] if self.n_theta > 0 else NULL, reml)
+        if self.last_info == INTERRUPTED:
+            raise_pending()
         return val
 
     @property
@@ -907,6 +950,8 @@ cdef class BlockedCholesky:
         with nogil:
             info = self._update(&theta[0] if self.n_theta > 0 else NULL)
         self.last_info = info
+        if info == INTERRUPTED:
+            raise_pending()
         return info
 
     def moment_variances(self, terms):
@@ -1741,6 +1786,8 @@ cdef class BlockedCholesky:
                              f"expected {self.n_theta}")
         with nogil:
             val = self._value(&theta[0] if self.n_theta > 0 else NULL, reml)
+        if self.last_info == INTERRUPTED:
+            raise_pending()
         self._derivatives(reml, &grad[0] if self.n_theta > 0 else &dummy, NULL)
         return val
 
@@ -2064,6 +2111,19 @@ cdef class BlockedCholesky:
                                 h[pos * n + pos2] += g[i + i2 * kt] + g[i2 + i * kt]
                             pos2 += 1
                     pos += 1
+
+
+def _restored_core(args, state):
+    """A ``BlockedCholesky`` from its ``__reduce__``: built from the constructor's
+    arguments, then given the factor state."""
+    core = BlockedCholesky(*args)
+    core.__setstate__(state)
+    return core
+
+
+# pickles name the package's module (the extension registers itself as ``_cholesky`` too,
+# which a fresh interpreter cannot import before lmmfast)
+_restored_core.__module__ = __name__
 
 
 # ------------------------------------------- C entry points for the optimiser

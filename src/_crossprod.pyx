@@ -23,7 +23,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport fma, sqrt, copysign
 
-from _linalg cimport blas_int, syrk_n
+from _linalg cimport blas_int, syrk_n, interrupted, raise_pending, SIGNAL_CHECK_WORK
 from _response cimport term_response, fixed_response
 
 cnp.import_array()
@@ -264,30 +264,81 @@ def add_offdiag_sparse_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_
 
 def add_xy_z_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 const double[:, ::1] xy, double[:, ::1] acc):
-    """``add_xy_z`` into a double-double accumulator."""
+    """``add_xy_z`` into a double-double accumulator, skipping the zeros of
+    [X y] (adding an exact zero leaves a double-double as it is)."""
     cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
-    cdef Py_ssize_t r, b, i, col0
-    cdef double zb
+    cdef Py_ssize_t r, b, i, col0, work = 0
+    cdef double zb, xi
+    cdef bint stopped = False
     with nogil:
         for r in range(n):
             col0 = refs[r] * k
             for b in range(k):
                 zb = z[r, b]
                 for i in range(p1):
-                    _dd_add_prod(&acc[i + (col0 + b) * p1, 0], xy[r, i], zb)
+                    xi = xy[r, i]
+                    if xi != 0.0:
+                        _dd_add_prod(&acc[i + (col0 + b) * p1, 0], xi, zb)
+            work += k * p1
+            if work > SIGNAL_CHECK_WORK:
+                work = 0
+                if interrupted():
+                    stopped = True
+                    break
+    if stopped:
+        raise_pending()
+
+
+cdef enum:
+    SMALL_ROW = 64
 
 
 def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
     """Lower triangle of [X y]^T [X y] (p1 x p1, column-major) into a
-    double-double accumulator; the strict upper triangle is not touched."""
-    cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1], r, i, j
-    cdef double xj
+    double-double accumulator; the strict upper triangle is not touched.
+
+    Only the products of a row's nonzero entries are added: a factor's
+    indicator columns have one nonzero a row, so the work is O(n nnz^2) rather
+    than O(n p1^2).  Adding an exact zero leaves a double-double as it is, so
+    the sums are those of every product, whatever the rows' split.
+    """
+    cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1], r, i, j, m, col, work = 0
+    cdef double xi, xj
+    cdef bint stopped = False
+    # a row's nonzero entries: on the stack for a few columns, else in arrays
+    cdef Py_ssize_t ix_few[SMALL_ROW]
+    cdef double v_few[SMALL_ROW]
+    cdef Py_ssize_t* ix = ix_few
+    cdef double* v = v_few
+    cdef Py_ssize_t[::1] ix_many
+    cdef double[::1] v_many
+    if p1 > SMALL_ROW:
+        ix_many = np.empty(p1, dtype=np.intp)
+        v_many = np.empty(p1)
+        ix = &ix_many[0]
+        v = &v_many[0]
     with nogil:
         for r in range(n):
-            for j in range(p1):
-                xj = xy[r, j]
-                for i in range(j, p1):
-                    _dd_add_prod(&acc[i + j * p1, 0], xy[r, i], xj)
+            m = 0
+            for i in range(p1):
+                xi = xy[r, i]
+                if xi != 0.0:
+                    ix[m] = i
+                    v[m] = xi
+                    m += 1
+            for j in range(m):
+                col = ix[j] * p1
+                xj = v[j]
+                for i in range(j, m):
+                    _dd_add_prod(&acc[ix[i] + col, 0], v[i], xj)
+            work += p1 + m * m
+            if work > SIGNAL_CHECK_WORK:
+                work = 0
+                if interrupted():
+                    stopped = True
+                    break
+    if stopped:
+        raise_pending()
 
 
 def add_sum_dd(const double[::1] values, double[::1] acc):
@@ -317,3 +368,28 @@ def dd_round(const double[:, ::1] acc):
         for i in range(m):
             o[i] = acc[i, 0] + acc[i, 1]
     return out
+
+
+
+def dd_left_multiply(double[:, ::1] acc, Py_ssize_t off, Py_ssize_t p1, Py_ssize_t ncols,
+                     const double[:, ::1] t):
+    """B <- t^T B in double-double, for the p1 x ncols column-major block B of the
+    accumulator ``acc`` at ``off``: the rows of A that belong to [X y] in a new
+    basis [X y] t (theory.md, eq. 72)."""
+    cdef Py_ssize_t c, i, k, base
+    cdef double[:, ::1] tmp = np.empty((p1, 2))
+    if t.shape[0] != p1 or t.shape[1] != p1:
+        raise ValueError(f"t must be {p1} x {p1}, got {t.shape[0]} x {t.shape[1]}")
+    with nogil:
+        for c in range(ncols):
+            base = off + c * p1
+            for i in range(p1):
+                tmp[i, 0] = 0.0
+                tmp[i, 1] = 0.0
+                for k in range(p1):
+                    if t[k, i] != 0.0:
+                        _dd_add_prod(&tmp[i, 0], t[k, i], acc[base + k, 0])
+                        _dd_add_prod(&tmp[i, 0], t[k, i], acc[base + k, 1])
+            for i in range(p1):
+                acc[base + i, 0] = tmp[i, 0]
+                acc[base + i, 1] = tmp[i, 1]

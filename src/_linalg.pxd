@@ -11,6 +11,29 @@ from scipy.linalg cimport cython_lapack as lapack
 
 ctypedef int blas_int
 
+cdef extern from "Python.h":
+    int PyErr_CheckSignals()
+    void* PyErr_Occurred()
+
+
+# Long loops of the core ask for pending signals (Ctrl-C) about every this many
+# inner iterations, so that an interrupt stops a build or a fit within a second.
+cdef enum:
+    SIGNAL_CHECK_WORK = 1 << 22
+
+
+cdef inline bint interrupted() noexcept nogil:
+    """Run Python's signal handlers; True when one raised (KeyboardInterrupt
+    from Ctrl-C) or an exception is already pending: the caller stops and
+    lets its Python caller propagate the exception."""
+    with gil:
+        return PyErr_Occurred() != NULL or PyErr_CheckSignals() != 0
+
+
+cdef inline int raise_pending() except -1:
+    """Propagate the exception ``interrupted`` found (it is set already)."""
+    return -1
+
 # BLAS calls (and dpotrf) whose work is at most this many multiply-adds are
 # done by the plain loops below: OpenBLAS takes a work buffer under a mutex on
 # every such call, which costs more than the arithmetic of a small model's

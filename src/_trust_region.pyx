@@ -13,8 +13,9 @@ calls the compiled core directly.
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport sqrt, fabs, isfinite
+from libc.math cimport sqrt, fabs, isfinite, log, M_PI
 
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from _core_api cimport CoreApi
@@ -41,10 +42,12 @@ cdef class CoreObjective:
     cdef CoreApi* api                           # the core's C entry points
     cdef _Work work                             # ``minimize``'s buffers, kept for refits
     cdef readonly Py_ssize_t n_derivatives
+    cdef readonly double magnitude              # n (1 + log 2 pi): see ``_minimize``
 
     def __init__(self, core, bint reml, perm):
         n = len(perm)
         self.core = core
+        self.magnitude = core.nobs * (1.0 + log(2.0 * M_PI))
         self.reml = reml
         self.perm = np.ascontiguousarray(perm, dtype=np.intp)
         self.theta_in = np.full(n, np.nan)
@@ -64,6 +67,16 @@ cdef class CoreObjective:
     def serves(self, core, bint reml):
         """Whether this objective evaluates ``core``'s criterion (REML or ML)."""
         return self.core is core and self.reml == reml
+
+    def __reduce__(self):
+        """Rebuilt on its core (the C entry points are the core's), with the count of
+        derivatives and the theta of the last evaluation."""
+        return _rebuilt, ("CoreObjective", (self.core, self.reml, np.array(self.perm)),
+                          (self.n_derivatives, np.array(self.theta_in)))
+
+    def __setstate__(self, state):
+        self.n_derivatives, theta_in = state
+        np.asarray(self.theta_in)[:] = theta_in
 
     @property
     def last_theta(self):
@@ -406,10 +419,14 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
                    _Work w, Py_ssize_t* n_evals, double* f_out) except -1:
     """``minimize``'s loop on x in place (x = theta / scale at the start and at the
     end); the evaluations into ``n_evals``, d into ``f_out``; returns how it
-    stopped (``STOP_*``)."""
+    stopped (``STOP_*``).  ``gtol`` and ``ftol_rel`` are relative to |d|, or for
+    the core's criterion to n (1 + log 2 pi), its size for a response in units
+    of sigma: d itself moves by 2 n log c when y is scaled by c, and a stopping
+    rule relative to it would not be invariant to y's units."""
     cdef Py_ssize_t n = x.shape[0], i, j, count = 0
     # a CoreObjective: Newton steps on eq. 70; a Python callable: BFGS
     cdef bint newton = isinstance(fg, CoreObjective)
+    cdef double magnitude = (<CoreObjective>fg).magnitude if newton else -1.0
     cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
     cdef double gmax, t
     cdef bint accepted
@@ -449,12 +466,13 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
     radius = 0.5 * sqrt(<double>n)
 
     while count < maxeval:
+        PyErr_CheckSignals()   # Ctrl-C stops the loop between two iterations
         gmax = 0.0
         for i in range(n):
             t = fabs(g[i]) * max(fabs(x[i]), 1.0)
             if t > gmax:
                 gmax = t
-        if gmax <= gtol * max(fabs(f), 1.0):
+        if gmax <= gtol * (magnitude if newton else max(fabs(f), 1.0)):
             code = STOP_SUCCESS
             break
         if _trust_region_step(&g[0], &b[0, 0], radius, w) != 0:
@@ -467,7 +485,7 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
                 w.bs[i] += b[i, j] * p[j]
             predicted -= g[i] * p[i] + 0.5 * p[i] * w.bs[i]
         norm = _norm(p, n)
-        if predicted <= 0.1 * ftol_rel * fabs(f) and radius > norm:
+        if predicted <= 0.1 * ftol_rel * (magnitude if newton else fabs(f)) and radius > norm:
             code = STOP_FTOL   # the model's minimum is inside: nothing left to gain
             break
         for i in range(n):
@@ -515,7 +533,8 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
             if t <= xtol_abs:
                 code = STOP_XTOL
                 break
-            if actual <= ftol_rel * fabs(f) and predicted <= 10 * ftol_rel * fabs(f):
+            if actual <= ftol_rel * (magnitude if newton else fabs(f)) \
+                    and predicted <= 10 * ftol_rel * (magnitude if newton else fabs(f)):
                 code = STOP_FTOL
                 break
             if newton:
@@ -595,6 +614,13 @@ cdef class Optimum:
     def serves(self, core, bint reml):
         """Whether this fits ``core``'s criterion (REML or ML)."""
         return self.objective.serves(core, reml)
+
+    def __reduce__(self):
+        """Rebuilt from the constructor's arguments (``theta`` is a run's buffer)."""
+        return _rebuilt, ("Optimum", (self.objective, np.array(self.scale), np.array(self.diag),
+                                      np.array(self.column), self.gtol, self.ftol_rel,
+                                      self.xtol_abs, self.maxeval, self.boundary_tol,
+                                      self.runaway), None)
 
     cdef void _pack(self) except *:
         """The objective's buffers and these, each in one allocation (``packed``)."""
@@ -825,6 +851,16 @@ cdef class Refit:
         """Whether this refits ``core``'s criterion (REML or ML) on the cross-products ``a``."""
         return self.optimum.serves(core, reml) and self.a_obj is a
 
+    def __reduce__(self):
+        """Rebuilt from the constructor's arguments: the cross-products it writes into
+        and the rows' columns (the response buffers are a run's)."""
+        return _rebuilt, ("Refit", (self.optimum, self.a_obj, np.array(self.off_zy),
+                                    np.array(self.q), self.off_xy, list(self.refs),
+                                    list(self.z), np.asarray(self.x),
+                                    np.asarray(self.weights) if self.has_weights else None,
+                                    np.asarray(self.offset) if self.has_offset else None),
+                          None)
+
     def run(self, cnp.ndarray y_arr, cnp.ndarray start_arr):
         """Refit to ``y`` from ``start`` (theta, lme4 order), both C-contiguous
         float64 vectors (read without the buffer protocol); returns as
@@ -862,3 +898,16 @@ cdef class Refit:
                        &self.wy[0], &self.y_raw[0])
         cdef Optimum opt = self.optimum
         return opt._run(start, opt.gtol, opt.ftol_rel, opt.xtol_abs, opt.maxeval)
+
+
+def _rebuilt(name, args, state):
+    """An ``Optimum``, ``Refit`` or ``CoreObjective`` from its ``__reduce__``."""
+    obj = {"CoreObjective": CoreObjective, "Optimum": Optimum, "Refit": Refit}[name](*args)
+    if state is not None:
+        obj.__setstate__(state)
+    return obj
+
+
+# pickles name the package's module (the extension registers itself as ``_trust_region``
+# too, which a fresh interpreter cannot import before lmmfast)
+_rebuilt.__module__ = __name__

@@ -17,6 +17,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
+def shared_reference(*parts: str) -> Path:
+    """A file or folder of ``../shared/reference``; skips the test, saying why, when absent."""
+    path = SHARED_REFERENCE.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs lme4's reference data {path}, from the project's shared "
+                    "folder shared/reference, beside this checkout; it is not present here")
+    return path
+
+
 @lru_cache(maxsize=None)
 def reference() -> dict:
     """lme4's fits of the reference suite (a copy of shared/reference/lme4_results.json)."""

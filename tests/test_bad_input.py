@@ -400,3 +400,185 @@ def test_category_labels_are_remembered_per_dtype():
                        data.assign(Subject=data["Subject"].cat.rename_categories(
                            lambda c: "s" + str(c))))
     assert fit.ranef()["Subject"].index[0].startswith("s")
+
+
+# -------------------------------------------------- arguments of the methods
+@pytest.mark.parametrize("reml,shown", [
+    (np.array([True, False]), r"an array of shape \(2,\)"),
+    ("yes", "'yes'"),
+    (2, "2"),
+    (None, "None"),
+    (0.5, "0.5"),
+], ids=["array", "string", "two", "none", "fraction"])
+def test_reml_must_be_a_bool(sleepstudy, reml, shown):
+    raises_unchanged(DataError, rf"reml must be True or False, got {shown}",
+                     FORMULA, sleepstudy, reml=reml)
+
+
+@pytest.mark.parametrize("reml", [True, False, 1, 0, np.bool_(True), np.array(False)])
+def test_reml_accepts_bools_and_zero_one(sleepstudy, reml):
+    assert lmmfast.lmer("Reaction ~ Days + (1 | Subject)", sleepstudy, reml=reml).reml \
+        is bool(reml)
+
+
+@pytest.fixture(scope="module")
+def fit():
+    return lmmfast.lmer(FORMULA, lmmfast.datasets.load("sleepstudy"))
+
+
+BAD_ARGUMENTS = [
+    # simulate
+    ("simulate-seed-string", lambda f: f.simulate(2, seed="abc"), r"seed must be .* got 'abc'"),
+    ("simulate-seed-negative", lambda f: f.simulate(2, seed=-1), r"seed must be .* got -1"),
+    ("simulate-seed-float", lambda f: f.simulate(2, seed=1.5), r"seed must be .* got 1.5"),
+    ("simulate-n-fraction", lambda f: f.simulate(2.5), r"n must be an integer >= 0, got 2.5"),
+    ("simulate-n-negative", lambda f: f.simulate(-1), r"n must be an integer >= 0, got -1"),
+    ("simulate-n-string", lambda f: f.simulate("3"), r"n must be an integer >= 0, got '3'"),
+    ("simulate-use_re", lambda f: f.simulate(1, use_re="no"), r"use_re must be True or False"),
+    # bootstrap
+    ("bootstrap-n-fraction", lambda f: f.bootstrap(2.5, seed=1),
+     r"n must be an integer >= 0, got 2.5"),
+    ("bootstrap-n-negative", lambda f: f.bootstrap(-3), r"n must be an integer >= 0, got -3"),
+    ("bootstrap-n-bool", lambda f: f.bootstrap(True), r"n must be an integer >= 0, got True"),
+    ("bootstrap-seed", lambda f: f.bootstrap(2, seed="abc"), r"seed must be .* got 'abc'"),
+    ("bootstrap-n_jobs-zero", lambda f: f.bootstrap(2, n_jobs=0),
+     r"n_jobs must be a positive integer, or None or -1 .* got 0"),
+    ("bootstrap-n_jobs-fraction", lambda f: f.bootstrap(2, n_jobs=1.5), r"n_jobs .* got 1.5"),
+    ("bootstrap-backend", lambda f: f.bootstrap(2, backend="gpu"),
+     r"backend must be one of 'process', 'thread', got 'gpu'"),
+    ("bootstrap-progress", lambda f: f.bootstrap(2, progress="yes"),
+     r"progress must be True or False"),
+    # confint
+    ("confint-method", lambda f: f.confint(method="exact"),
+     r"method must be one of 'profile', 'wald', 'bootstrap', got 'exact'"),
+    ("confint-method-type", lambda f: f.confint(method=3), r"method must be one of .* got 3"),
+    ("confint-level-above-one", lambda f: f.confint(level=95, method="wald"),
+     r"level must be a number between 0 and 1 .* got 95"),
+    ("confint-level-string", lambda f: f.confint(level="0.95", method="wald"),
+     r"level must be a number between 0 and 1 .* got '0.95'"),
+    ("confint-parm-name", lambda f: f.confint(parm="Dayz", method="wald"),
+     r"parm: unknown parameter 'Dayz'; parameters are"),
+    ("confint-parm-index", lambda f: f.confint(parm=[0, 17], method="wald"),
+     r"parm: parameter index 17 out of range 0..5"),
+    ("confint-parm-type", lambda f: f.confint(parm=2.5, method="wald"),
+     r"parm must be a parameter name, an index or a list of them, got 2.5"),
+    ("confint-boot-n", lambda f: f.confint(method="bootstrap", n=2.5),
+     r"n must be an integer >= 0, got 2.5"),
+    ("confint-boot-frame", lambda f: f.confint(method="bootstrap", boot=[1, 2]),
+     r"boot must be the DataFrame returned by lmmfast.bootstrap"),
+    ("confint-prof-frame", lambda f: f.confint(prof="profile"),
+     r"prof must be the DataFrame returned by lmmfast.profile"),
+    ("confint-alphamax", lambda f: f.confint(alphamax=2), r"alphamax must be a number between"),
+    # profile
+    ("profile-which", lambda f: f.profile(which=".sig09"),
+     r"which: unknown parameter '.sig09'"),
+    ("profile-alphamax", lambda f: f.profile(alphamax=0), r"alphamax must be a number between"),
+    ("profile-maxpts", lambda f: f.profile(maxpts=2.5), r"maxpts must be a positive integer"),
+    ("profile-delta", lambda f: f.profile(delta=-1), r"delta must be a finite number > 0"),
+    ("profile-devtol", lambda f: f.profile(devtol="small"),
+     r"devtol must be a finite number >= 0"),
+    # F tests, likelihood-ratio tests
+    ("anova-ddf", lambda f: f.anova(ddf="bonferroni"), r"unknown ddf 'bonferroni'"),
+    ("anova-ddf-none", lambda f: f.anova(ddf=None), r"use ddf='satterthwaite'"),
+    ("coef_table-ddf", lambda f: f.coef_table(ddf=1), r"unknown ddf 1"),
+    ("lrt-one-model", lambda f: lmmfast.anova(f), r"two or more models"),
+    ("lrt-names", lambda f: lmmfast.anova(f, f, names=["a"]),
+     r"names has 1 label for 2 models"),
+    ("lrt-names-string", lambda f: lmmfast.anova(f, f, names="ab"),
+     r"names must be a list of 2 row labels"),
+    ("lrt-names-distinct", lambda f: lmmfast.anova(f, f, names=["a", "a"]),
+     r"names: the model names must be distinct"),
+    ("lrt-refit", lambda f: lmmfast.anova(f, f, refit="no"), r"refit must be True or False"),
+    # predict
+    ("predict-allow_new_levels", lambda f: f.predict(allow_new_levels="yes"),
+     r"allow_new_levels must be True or False, got 'yes'"),
+]
+
+
+@pytest.mark.parametrize("call,match", [(c, m) for _, c, m in BAD_ARGUMENTS],
+                         ids=[name for name, _, _ in BAD_ARGUMENTS])
+def test_bad_method_argument(fit, call, match):
+    """Each bad argument gives a DataError (also a ValueError) naming it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LmmWarning)
+        with pytest.raises(lmmfast.LmmError, match=match) as info:
+            call(fit)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("seed", [None, 3, [1, 2], np.random.SeedSequence(4),
+                                  np.random.default_rng(5), np.int64(6)],
+                         ids=["none", "int", "list", "seedsequence", "generator", "numpy-int"])
+def test_simulate_accepts_every_kind_of_seed(fit, seed):
+    assert fit.simulate(2, seed=seed).shape == (fit.nobs, 2)
+
+
+def test_bootstrap_count_may_be_an_integral_float(fit):
+    assert fit.bootstrap(2.0, seed=1, n_jobs=1).shape[0] == 2
+
+
+BAD_PLOT_ARGUMENTS = [
+    ("caterpillar-order", lambda p, f: p.caterpillar(f, order="size"),
+     r"order must be one of 'value', 'width', got 'size'"),
+    ("caterpillar-n", lambda p, f: p.caterpillar(f, n=0), r"n must be a positive integer"),
+    ("caterpillar-level", lambda p, f: p.caterpillar(f, level=1.5),
+     r"level must be a number between 0 and 1"),
+    ("caterpillar-group", lambda p, f: p.caterpillar(f, group="Subj"),
+     r"group: no grouping factor 'Subj'"),
+    ("subject_panels-order", lambda p, f: p.subject_panels(f, order="size"),
+     r"order must be one of 'slope', 'intercept', 'mean', 'level', got 'size'"),
+    ("subject_panels-ncols", lambda p, f: p.subject_panels(f, ncols=0),
+     r"ncols must be a positive integer"),
+    ("subject_panels-x", lambda p, f: p.subject_panels(f, x="Dayz"),
+     r"x: 'Dayz' is neither a column"),
+    ("residual_plots-max_points", lambda p, f: p.residual_plots(f, max_points=0),
+     r"max_points must be a positive integer"),
+    ("residual_plots-seed", lambda p, f: p.residual_plots(f, seed="abc"),
+     r"seed must be .* got 'abc'"),
+    ("profile_zeta-levels", lambda p, f: p.profile_zeta(f, levels=(0.5, 95)),
+     r"levels must be a number between 0 and 1 .* got 95"),
+    ("profile_zeta-input", lambda p, f: p.profile_zeta("fit"),
+     r"fit_or_profile must be a fitted model or the DataFrame of its profile"),
+    ("save_diagnostics-dpi", lambda p, f: p.save_diagnostics(f, "unused", dpi=-10),
+     r"dpi must be a finite number > 0"),
+    ("save_diagnostics-max_levels", lambda p, f: p.save_diagnostics(f, "unused", max_levels=0),
+     r"max_levels must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("call,match", [(c, m) for _, c, m in BAD_PLOT_ARGUMENTS],
+                         ids=[name for name, _, _ in BAD_PLOT_ARGUMENTS])
+def test_bad_plot_argument(fit, call, match):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    from lmmfast import plot
+    with pytest.raises(DataError, match=match):
+        call(plot, fit)
+
+
+# ------------------------------------------------------ an unbuilt source tree
+def test_import_from_an_unbuilt_source_tree(tmp_path):
+    """Without the compiled modules the import says the core is not built and how to
+    build it (not Python's 'partially initialized module ... circular import')."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    source = Path(lmmfast.__file__).parent
+    shutil.copytree(source, tmp_path / "lmmfast",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    assert not list((tmp_path / "lmmfast").glob("_cholesky*"))
+    code = ("import sys\n"
+            # the editable install's finder would import the built package instead
+            "sys.meta_path[:] = [f for f in sys.meta_path\n"
+            "                    if 'lmmfast' not in repr(f).lower()]\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "import lmmfast\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: lmmfast's compiled core is not built"), done.stderr
+    assert "lmmfast._cholesky" in last and "pip install ." in last
+    assert "--no-build-isolation -e ." in last and "circular import" not in done.stderr

@@ -220,3 +220,46 @@ def test_datasets_command(capsys):
     status, out, err = run(capsys, "datasets")
     assert status == 0 and err == ""
     assert out.splitlines() == lmmfast.datasets.names()
+
+
+# --------------------------------------------------------------------------
+# version, closed pipes, warnings of a failed fit
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+    status, out, err = run(capsys, "--version")
+    assert status == 0 and err == ""
+    assert out == f"lmmfast {version('lmmfast')}\n"
+    assert out == f"lmmfast {lmmfast.__version__}\n"
+
+
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "summary"])
+def test_closed_pipe_ends_quietly(tmp_path, json_output):
+    """``lmmfast fit ... | head``: the reader goes away before the output is written;
+    no traceback or error message, and the status of a process ended by SIGPIPE."""
+    argv = [sys.executable, "-m", "lmmfast", "fit", "sleepstudy", SLEEP]
+    proc = subprocess.Popen(argv + (["--json"] if json_output else []), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()          # before the child (still importing) writes anything
+    _, err = proc.communicate(timeout=600)
+    err = err.decode()
+    assert "Traceback" not in err and "Broken pipe" not in err and "Exception" not in err, err
+    assert err == ""
+    assert proc.returncode == 141
+
+
+def test_warnings_of_a_failed_fit_are_shown(tmp_path, capsys):
+    """The warnings raised before a fit fails (here: rows dropped, leaving a constant
+    response) explain the error; they come first, then the error, status 2."""
+    data = sleepstudy_frame().assign(Reaction=250.0)
+    data.loc[[3, 5], "Days"] = np.nan
+    path = tmp_path / "constant.csv"
+    data.to_csv(path, index=False)
+    status, out, err = run(capsys, "fit", str(path), "Reaction ~ Days + (1 | Subject)")
+    assert status == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0] == ("lmmfast: warning: 2 rows with missing values dropped (in 'Days'); "
+                        "178 rows remain")
+    assert lines[1].startswith("lmmfast: error: the response 'Reaction' is fitted exactly")

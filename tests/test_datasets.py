@@ -3,27 +3,20 @@
 import doctest
 import json
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import reference, shared_reference
 from lmmfast import datasets
 from lmmfast.errors import DataError
 
-REFERENCE = Path("/work/shared/reference")
 SCHEMA = json.loads(
     (resources.files("lmmfast.datasets") / "data" / "schema.json").read_text(encoding="utf-8")
 )
 NAMES = sorted(SCHEMA)
 NUMERIC_DTYPES = {"numeric": np.float64, "integer": np.int64}
-
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "data").is_dir() or not (REFERENCE / "lme4_results.json").is_file(),
-    reason="lme4 reference data not available",
-)
-
 
 @pytest.fixture(scope="module")
 def frames():
@@ -56,7 +49,8 @@ def test_column_types(frames, name):
         assert values.notna().all(), column["name"]
         if column["type"] == "factor":
             assert isinstance(values.dtype, pd.CategoricalDtype), column["name"]
-            assert not values.cat.ordered
+            # ordered only where R's is and lmmfast keeps it so (cake$temperature)
+            assert values.cat.ordered == ((name, column["name"]) == ("cake", "temperature"))
             assert all(type(label) is str for label in values.cat.categories)
         else:
             assert values.dtype == NUMERIC_DTYPES[column["type"]], column["name"]
@@ -94,10 +88,10 @@ def test_numeric_looking_labels_stay_strings(frames):
     assert frames["cake"]["temperature"].iloc[0] == "175"
 
 
-@needs_reference
 @pytest.mark.parametrize("name", NAMES)
 def test_values_match_reference_csv(frames, name):
-    reference = pd.read_csv(REFERENCE / "data" / f"{name}.csv", dtype=str)
+    """The bundled data equal R's export of it in ../shared/reference/data."""
+    reference = pd.read_csv(shared_reference("data", f"{name}.csv"), dtype=str)
     frame = frames[name]
     assert list(frame.columns) == list(reference.columns)
     for column in SCHEMA[name]["columns"]:
@@ -111,9 +105,8 @@ def test_values_match_reference_csv(frames, name):
             assert frame[label].to_numpy().tobytes() == expected.tobytes(), label
 
 
-@needs_reference
 def test_schema_matches_lme4_results():
-    results = json.loads((REFERENCE / "lme4_results.json").read_text(encoding="utf-8"))
+    results = reference()
     assert set(SCHEMA) == set(results["datasets"])
     for name, dataset in results["datasets"].items():
         assert SCHEMA[name]["nrow"] == dataset["nrow"], name
@@ -167,3 +160,16 @@ def test_docstring_examples():
     result = doctest.testmod(datasets)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_load_names_the_frame():
+    """``attrs["name"]`` is the canonical name, which summaries print as lme4's Data line."""
+    assert datasets.load("SLEEPSTUDY").attrs == {"name": "sleepstudy"}
+    first = datasets.load("Dyestuff")
+    first.attrs["name"] = "changed"
+    assert datasets.load("Dyestuff").attrs["name"] == "Dyestuff", "each load is a new frame"
+
+
+def test_shared_reference_skip_says_what_is_missing():
+    with pytest.raises(pytest.skip.Exception, match=r"shared/reference, beside this checkout"):
+        shared_reference("no-such-file.csv")

@@ -187,6 +187,38 @@ def test_errors_name_the_problem(client):
         lmmfast.lmer(formula, dd.from_pandas(const, npartitions=2))
 
 
+def test_anova_from_the_cross_products_equals_pandas(client):
+    """Satterthwaite's F tests need only A: a Dask fit gives the pandas fit's table,
+    weighted (the reduction's unweighted X'X) or not (R_X at theta = 0)."""
+    for model in ("sleep_weights", "sleep_factor_slope", "cake_interaction"):
+        spec = extra_reference()["models"][model]
+        df = load_extra_data(model)
+        ref = lmmfast.lmer(spec["formula"], df, weights=spec["weights_column"])
+        fit = lmmfast.lmer(spec["formula"], dd.from_pandas(df, npartitions=3),
+                           weights=spec["weights_column"])
+        ours, theirs = fit.anova(), ref.anova()
+        assert list(ours.index) == list(theirs.index)
+        np.testing.assert_allclose(ours.to_numpy(float), theirs.to_numpy(float), rtol=1e-10)
+
+
+def test_methods_that_need_rows_say_what_to_do(client):
+    formula, df = _spec("sleep_slope")
+    fit = lmmfast.lmer(formula, dd.from_pandas(df, npartitions=2))
+    calls = [(lambda: fit.simulate(2, seed=1), r"simulate\(\)"),
+             (lambda: fit.simulate(2, seed=1, use_re=False), r"simulate\(\)"),
+             (lambda: fit.bootstrap(3, seed=1), r"bootstrap\(\)"),
+             (lambda: fit.confint(method="bootstrap", n=3),
+              r"confint\(method='bootstrap'\).*confint\(method='profile'\)"),
+             (lambda: fit.anova(ddf="KR"), r"Kenward-Roger.*ddf='satterthwaite'")]
+    for call, match in calls:
+        with pytest.raises(DataError, match=match) as info:
+            call()
+        message = str(info.value)
+        assert "needs the model's rows" in message and "ddf.compute()" in message, message
+    with pytest.raises(DataError, match="reml must be True or False"):
+        lmmfast.lmer(formula, dd.from_pandas(df, npartitions=2), reml=np.array([1, 0]))
+
+
 def test_rank_check_from_the_gram_matrix_keeps_earlier_columns():
     from lmmfast.streaming import independent_columns_gram
     from lmmfast.xymat import independent_columns
@@ -225,3 +257,38 @@ def test_without_dask_the_error_says_what_to_install(tmp_path):
     assert "pip install 'lmmfast[dask]'" in out
     objective = float(out.split("objective")[1])
     assert objective == pytest.approx(reference_fit("dyestuff", "REML").objective, rel=1e-12)
+
+
+DASK_HABITS = [
+    ("Reaction - 200 ~ Days + (1 | Subject)", "sleepstudy"),
+    ("log(Reaction) ~ sqrt(Days) + I(Days^2) + (1 | Subject)", "sleepstudy"),
+    ("Reaction ~ Days + offset(Days) + offset(log(Days + 1)) + (1 | Subject)", "sleepstudy"),
+    ("angle ~ recipe * temperature + (temperature || replicate)", "cake"),
+]
+
+
+@pytest.mark.parametrize("formula,dataset", DASK_HABITS)
+def test_formula_habits_dask_equals_pandas(client, formula, dataset):
+    """Response arithmetic, R's functions, offset terms and ordered factors (contr.poly)
+    on partitions give the in-memory fit."""
+    df = lmmfast.datasets.load(dataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LmmWarning)
+        ref = lmmfast.lmer(formula, df)
+        fit = lmmfast.lmer(formula, dd.from_pandas(df, npartitions=3))
+    # (numpy's log and sqrt of a partition may differ in the last bit from the whole's)
+    assert list(fit.fixef.index) == list(ref.fixef.index)
+    assert list(fit.theta.index) == list(ref.theta.index)
+    assert fit.objective == pytest.approx(ref.objective, rel=RTOL)
+    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=RTOL)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=RTOL, atol=1e-10)
+    np.testing.assert_allclose(fit.fitted.compute().to_numpy(), ref.fitted, rtol=1e-10)
+
+
+def test_row_dependent_transforms_need_the_in_memory_path(client):
+    ddf = dd.from_pandas(lmmfast.datasets.load("sleepstudy"), npartitions=3)
+    for formula, match in (("Reaction ~ factor(Days) + (1 | Subject)", r"factor\(\)"),
+                           ("scale(Reaction) ~ Days + (1 | Subject)", r"scale\(\)")):
+        with pytest.raises(lmmfast.FormulaError, match=match) as info:
+            lmmfast.lmer(formula, ddf)
+        assert "ddf.compute()" in str(info.value)

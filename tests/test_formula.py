@@ -11,6 +11,7 @@ from lmmfast.errors import FormulaError
 from lmmfast.formula import parse_formula
 from lmmfast.modelframe import as_factor
 from lmmfast.materialize import lme4_column_name
+from lmmfast.summary import lme4_formula
 
 
 def _terms(formula):
@@ -121,3 +122,60 @@ def test_random_slope_of_factor_and_uncorrelated_factor(sleepstudy):
     assert [r.cnames for r in m.remats] == [["(Intercept)"], ["phaseearly", "phaselate"]]
     assert m.theta_names == ["Subject.(Intercept)", "Subject.phaseearly",
                              "Subject.phaselate.phaseearly", "Subject.phaselate"]
+
+
+@pytest.mark.parametrize("formula,response,fixed,terms", [
+    ("my.y ~ my.x + (1 | my.g)", "my.y", "`my.x`", [("1", "my.g")]),
+    ("y ~ as.numeric(x) + (1 | g)", "y", "as_numeric(x)", [("1", "g")]),
+    ("y ~ Q('a b') + (Q(\"a b\") | Q('g h'))", "y", "`a b`", [("`a b`", "g h")]),
+    ("y ~ x + (1 | sujeté)", "y", "x", [("1", "sujeté")]),
+    ("y - 200 ~ log(x^2) + C(f, contr.poly) + (1 | g)", "y - 200",
+     "log(x**2) + C(f, contr.poly)", [("1", "g")]),
+    ("y ~ np.log(x) + 1e-3 + (1 | g)", "y", "np.log(x) + 1e-3", [("1", "g")]),
+])
+def test_r_spelling_translated(formula, response, fixed, terms):
+    """R's names and calls in formulaic's spelling; the response kept as written."""
+    f = parse_formula(formula)
+    assert (f.response, f.fixed, _terms(formula)) == (response, fixed, terms)
+
+
+def test_lme4_names_of_r_functions_and_poly_contrasts():
+    assert lme4_column_name("C(temperature, contr.poly)[.L]") == "temperature.L"
+    assert lme4_column_name("recipe[T.B]:C(`temperature`, contr.poly)[^4]") == \
+        "recipeB:temperature^4"
+    assert lme4_column_name("as_numeric(Days)") == "as.numeric(Days)"
+    assert lme4_column_name("I(`my.x` ** 2)") == "I(my.x^2)"
+    assert lme4_column_name("factor(Days)[T.3]") == "factor(Days)3"
+
+
+@pytest.mark.parametrize("formula,terms", [
+    # lme4's expandDoubleVerts: one term per term label of the left-hand side
+    ("y ~ (1 + a*b || g)", [("1", "g"), ("0 + a", "g"), ("0 + b", "g"), ("0 + a:b", "g")]),
+    ("y ~ (0 + a*b || g)", [("0 + a", "g"), ("0 + b", "g"), ("0 + a:b", "g")]),
+    ("y ~ (1 + a*b - a:b || g)", [("1", "g"), ("0 + a", "g"), ("0 + b", "g")]),
+    ("y ~ (x - 1 || g)", [("0 + x", "g")]),
+    ("y ~ (a + a:b + a || g)", [("1", "g"), ("0 + a", "g"), ("0 + a:b", "g")]),
+    ("y ~ (I(x^2) + b:a || g)", [("1", "g"), ("0 + I(x**2)", "g"), ("0 + b:a", "g")]),
+])
+def test_double_bar_expands_by_term_labels(formula, terms):
+    assert _terms(formula) == terms
+
+
+def test_double_bar_of_interaction_fits_as_its_expansion(sleepstudy):
+    """(1 + Days*phase || Subject) is four uncorrelated terms, as lme4 makes it; the
+    factor phase keeps its two columns in one term, (1 + phase || g) as in lme4."""
+    df = sleepstudy.assign(phase=pd.Categorical(np.where(sleepstudy.Days < 5, "early", "late")))
+    m = lmmfast.LinearMixedModel("Reaction ~ Days*phase + (1 + Days*phase || Subject)", df)
+    assert [r.cnames for r in m.remats] == [
+        ["(Intercept)"], ["Days"], ["phaseearly", "phaselate"],
+        ["Days:phaseearly", "Days:phaselate"]]   # R's model.matrix(~ 0 + Days:phase)
+    assert m.theta_names[:2] == ["Subject.(Intercept)", "Subject.Days"]
+    explicit = lmmfast.LinearMixedModel(
+        "Reaction ~ Days*phase + (1 | Subject) + (0 + Days | Subject) + (0 + phase | Subject)"
+        " + (0 + Days:phase | Subject)", df)
+    theta = np.array([0.9, 0.2, 0.7, 0.1, 0.8, 0.3, 0.05, 0.4])
+    assert m.criterion(theta) == explicit.criterion(theta)
+    assert lme4_formula("y ~ x + (1 + a*b || g)") == \
+        "y ~ x + ((1 | g) + (0 + a | g) + (0 + b | g) + (0 + a:b | g))"
+    with pytest.raises(lmmfast.FormulaError, match=r"\(0 \|\| g\)"):
+        parse_formula("y ~ x + (0 || g)")

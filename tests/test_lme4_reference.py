@@ -124,9 +124,7 @@ def test_devcomp_components(model, kind):
 
 def test_reference_copy_matches_shared():
     """The committed copy of the reference equals shared/reference (when present)."""
-    from conftest import SHARED_REFERENCE
+    from conftest import shared_reference
     import json
-    path = SHARED_REFERENCE / "lme4_results.json"
-    if not path.exists():
-        pytest.skip("shared/reference is not beside this checkout")
+    path = shared_reference("lme4_results.json")
     assert json.loads(path.read_text())["models"] == reference()["models"]

@@ -164,3 +164,4 @@ def test_insteval_example(tmp_path, capsys):
                           "insteval_residuals.png"])
     assert "Variance decomposition" in out
     assert "0.2652" in out                         # lme4: d (Intercept) variance 0.2652
+    assert "| lmmfast (BLAS threads: " in out      # the timing table of docs/insteval.md

@@ -16,10 +16,12 @@ InstEval      73421  s (2972), d (1128), studage, lectage, service, dept, y
 cbpp             56  herd (15), incidence, size, period (4)
 ============  =====  ====================================================
 
-Factors are unordered pandas Categoricals with R's level order (R's ordered
-factors ``cake$temperature``, ``InstEval$studage`` and ``InstEval$lectage``
-included, as lme4's reference fits use them unordered); their categories are
-strings, also where the labels look like numbers ("308").
+Factors are pandas Categoricals with R's level order; their categories are
+strings, also where the labels look like numbers ("308").  ``cake$temperature``
+is ordered, as in R (so a model codes it by polynomial contrasts,
+``temperature.L``, ...); the other factors are unordered (``InstEval$studage``
+and ``InstEval$lectage``, ordered in R, included, as lme4's reference fits use
+them unordered).
 
 >>> from lmmfast import datasets
 >>> datasets.load("sleepstudy").shape
@@ -41,6 +43,7 @@ __all__ = ["load", "names", "simulate"]
 
 _DATA = resources.files(__name__) / "data"
 _NUMERIC_DTYPES = {"numeric": "float64", "integer": "int64"}
+_ORDERED = {("cake", "temperature")}   # ordered factors of R's data that load ordered
 
 
 @cache
@@ -67,21 +70,24 @@ def _r_level_order(labels):
         return sorted(labels)
 
 
-def _column_dtype(column):
-    """Return the dtype to read a schema column with."""
+def _column_dtype(column, dataset):
+    """Return the dtype to read a schema column of ``dataset`` with."""
     if column["type"] != "factor":
         return _NUMERIC_DTYPES[column["type"]]
     if "levels" in column:
-        return pd.CategoricalDtype(column["levels"], ordered=False)
+        return pd.CategoricalDtype(column["levels"],
+                                   ordered=(dataset, column["name"]) in _ORDERED)
     return "str"
 
 
 def load(name):
     """Return the dataset ``name`` as a new DataFrame.
 
-    The lookup ignores case. Factor columns are unordered Categoricals with
-    R's level order and string categories, ``numeric`` columns float64 and
+    The lookup ignores case. Factor columns are Categoricals with R's level
+    order and string categories (``cake$temperature`` ordered), ``numeric`` columns float64 and
     ``integer`` columns int64; rows are in the R package's order.
+    ``attrs["name"]`` is the dataset's name, which a fit's summary prints as
+    lme4's ``Data:`` line.
 
     >>> from lmmfast import datasets
     >>> df = datasets.load("Dyestuff")
@@ -99,7 +105,7 @@ def load(name):
     if canonical is None:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(names())}")
     spec = schema[canonical]
-    dtypes = {column["name"]: _column_dtype(column) for column in spec["columns"]}
+    dtypes = {column["name"]: _column_dtype(column, canonical) for column in spec["columns"]}
     compression = "gzip" if spec["file"].endswith(".gz") else None
     with (_DATA / spec["file"]).open("rb") as handle:
         frame = pd.read_csv(handle, dtype=dtypes, compression=compression)
@@ -108,4 +114,5 @@ def load(name):
             factor = frame[column].astype("category")
             labels = _r_level_order(factor.cat.categories)
             frame[column] = factor.cat.reorder_categories(labels)
+    frame.attrs["name"] = canonical   # printed by summaries as lme4's "Data: sleepstudy"
     return frame

@@ -1,10 +1,11 @@
-"""Time lmmfast against lme4 (R) and statsmodels' MixedLM on the reference suite.
+"""Time lmmfast against lme4 (R) and the Python peers on the reference suite.
 
 Usage::
 
     python benchmarks/compare.py                        # every model, REML and ML
     python benchmarks/compare.py --models sleep_slope,penicillin --reps 20
     python benchmarks/compare.py --markdown --json results.json
+    python benchmarks/compare.py --busy 2               # idle, then with 2 busy processes
 
 What is timed, for each tool, is one call from a pandas/R data frame and a
 formula to the fitted model, as a user makes it:
@@ -16,6 +17,12 @@ formula to the fitted model, as a user makes it:
   R process per model reads the data once, then answers one request per
   line on its standard input ("fit REML", "refit ML", ...) with a JSON line;
   the Python driver interleaves these requests with the Python fits;
+* mixedlm (PyPI, Rust backend): ``mixedlm.lmer(formula, data, REML=...)``
+  with lme4's formula;
+* lme-python (PyPI, Rust): ``lme_python.lmer(formula, data, reml=...)`` with
+  lme4's formula, except that ``(1 + Days || Subject)``, which it does not
+  parse, is written as lme4 expands it, ``(1 | Subject) + (0 + Days |
+  Subject)``; skipped on insteval, where one fit takes > 300 s;
 * statsmodels: ``MixedLM.from_formula(...).fit(reml=...)``: random
   intercept/slope by one group through ``groups=`` and ``re_formula``
   (``||`` as ``re_formula="1"`` plus a ``vc_formula`` slope); crossed and
@@ -27,9 +34,11 @@ Rounds are interleaved: in every round each tool fits the model once, in an
 order that rotates from round to round, after ``--warmup`` untimed rounds.
 The table shows the median seconds of each tool, the ratios peer / lmmfast
 (> 1: lmmfast is faster), the objective evaluations (lmmfast ``n_evals``,
-lme4 ``fit@optinfo$feval``) and the objective differences lmmfast - lme4 and
-lmmfast - statsmodels (REML criterion or deviance; statsmodels' ``-2 llf``);
-a negative difference means lmmfast reached a lower criterion.
+lme4 ``fit@optinfo$feval``) and, for every tool, its objective minus lme4's
+(REML criterion or deviance; -2 log-likelihood of each Python tool), so that
+a fast fit that stops short of lme4's optimum shows: > 0 means the tool
+stopped at a higher criterion than lme4.  Without R, the differences are
+taken to lme4's stored fits (``tests/fixtures/lme4_results.json``).
 
 The refit rows time ``boot.refit(y_new, start=theta0)`` for sleep_slope, as
 ``lmmfast.bootstrap`` refits: ``boot = fit.copy()`` is made once, untimed, and
@@ -37,6 +46,14 @@ refitted in place in every round, each time from the original fit's theta
 ``theta0``; against lme4's ``refit(fit, newresp = y_new)`` (one new response:
 the observed ``Reaction`` plus N(0, 25^2) noise, seeded; lme4's refit also
 starts from the original fit's theta).
+
+``--busy N`` runs the suite twice in one run: first idle, then with N
+CPU-bound child processes of its own spinning (stopped when the run ends,
+also on Ctrl-C or SIGTERM).  In both phases every round also times lmmfast on
+one thread (``lmmfast.lmer(..., n_threads=1)`` when ``lmer`` takes that
+argument, else the call inside ``threadpoolctl``'s one-thread BLAS limit),
+and a last table sets lmmfast's idle and busy times side by side, each with
+its ratio to the one-thread time of the same phase.
 
 ``--json FILE`` keeps every timing, the process CPU seconds of each call
 (Python ``time.process_time``; R ``proc.time()`` user + system, 1 ms
@@ -54,18 +71,25 @@ Peers that are not installed are skipped with a line saying so.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import importlib
+import importlib.metadata
+import inspect
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -79,6 +103,8 @@ LARGE = {"insteval"}
 FITS = ("REML", "ML")
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 REFIT_MODEL = "sleep_slope"
+LME4_STORED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "lme4_results.json"
+ONE_THREAD = "lmmfast 1 thread"
 SM_INSTEVAL_REASON = ("statsmodels MixedLM on insteval (3 crossed variance components, "
                       "4,114 random effects, 73,421 rows) takes > 300 s per fit "
                       "(shared/reference/python_peers.md)")
@@ -252,6 +278,147 @@ class RSession:
         self._stderr.close()
 
 
+# ---------------------------------------------------------------- Python peers
+
+# lme-python does not parse ``||``: the model written as lme4 expands it
+LMEPY_FORMULA = {"sleep_zerocorr": "Reaction ~ 1 + Days + (1 | Subject) + (0 + Days | Subject)"}
+
+
+def mixedlm_fit(model: str, formula: str, data: pd.DataFrame, reml: bool):
+    import mixedlm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mixedlm.lmer(formula, data, REML=reml)
+
+
+def lmepy_fit(model: str, formula: str, data: pd.DataFrame, reml: bool):
+    import lme_python
+
+    return lme_python.lmer(LMEPY_FORMULA.get(model, formula), data, reml=reml)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A Python package fitting the reference models: how to call it and read its criterion."""
+
+    name: str                      # column header
+    short: str                     # in the ratio and difference headers
+    module: str                    # what is imported
+    pip: str                       # what is installed
+    fit: Callable                  # (model, formula, data, reml) -> result
+    objective: Callable            # result -> -2 log-likelihood (REML: REML criterion)
+    skip: dict = field(default_factory=dict)   # model -> why it is not run
+
+    def available(self) -> tuple[bool, str]:
+        """(importable, version or the reason it is skipped)."""
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError:
+            return False, f"not installed (pip install {self.pip})"
+        except Exception as exc:  # a broken install: say so, run the rest
+            return False, f"import {self.module} failed: {type(exc).__name__}: {exc}"
+        version = getattr(mod, "__version__", None)
+        if version is None:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                version = importlib.metadata.version(self.pip)
+        return True, str(version)
+
+    def summary(self, res) -> dict:
+        return {"objective": self.objective(res)}
+
+
+PEERS = (
+    Peer("statsmodels", "sm", "statsmodels", "statsmodels",
+         lambda model, formula, data, reml: sm_fit(model, data, reml),
+         lambda res: -2.0 * float(res.llf), {"insteval": SM_INSTEVAL_REASON}),
+    Peer("mixedlm", "mixedlm", "mixedlm", "mixedlm", mixedlm_fit,
+         lambda res: -2.0 * float(res.logLik().value)),
+    Peer("lme-python", "lme-python", "lme_python", "lme-python", lmepy_fit,
+         lambda res: -2.0 * float(res.log_likelihood),
+         {"insteval": "lme-python on insteval takes > 300 s per fit "
+                      "(shared/reference/python_peers.md)"}),
+)
+
+
+def available_peers(notes: list[str]) -> tuple[list[Peer], dict[str, str]]:
+    """The installed peers and their versions; a note for each one skipped."""
+    found, versions = [], {}
+    for peer in PEERS:
+        ok, what = peer.available()
+        if ok:
+            found.append(peer)
+            versions[peer.name] = what
+        else:
+            notes.append(f"{peer.name} skipped: {what}")
+    return found, versions
+
+
+# ------------------------------------------------------------------ busy machine
+
+# spins until stopped, or until its parent is gone (so it cannot outlive a killed run)
+BUSY_LOOP = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+             "    for _ in range(1000000):\n        pass\n")
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """``n`` CPU-bound child processes spinning while the block runs; yields their pids."""
+    procs: list[subprocess.Popen] = []
+
+    def stop() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=10)
+
+    atexit.register(stop)
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        yield [proc.pid for proc in procs]
+    finally:
+        stop()
+        atexit.unregister(stop)
+
+
+_BLAS_CONTROLLER = None
+
+
+def one_thread_how(func: Callable) -> str | None:
+    """How ``func`` is run on one thread, or None when it cannot be."""
+    if "n_threads" in inspect.signature(func).parameters:
+        return "n_threads=1"
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return None
+    return "threadpoolctl BLAS limit 1"
+
+
+def one_thread_tool(func: Callable, summarise: Callable, *args, **kwargs) -> Callable:
+    """A tool timing ``func(*args, **kwargs)`` on one thread (see ``one_thread_how``).
+
+    With threadpoolctl, the limit is set before the clock starts and lifted
+    after it stops."""
+    if one_thread_how(func) == "n_threads=1":
+        return tool_of(lambda: func(*args, n_threads=1, **kwargs), summarise)
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS_CONTROLLER = ThreadpoolController()
+    timed = tool_of(lambda: func(*args, **kwargs), summarise)
+
+    def tool():
+        with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+            return timed()
+    return tool
+
+
 # ----------------------------------------------------------------------- driving
 
 
@@ -263,10 +430,30 @@ def _time(fn):
     return t1 - t0, c1 - c0, out
 
 
-def _r_time(session: "RSession", what: str):
-    """(wall seconds, CPU seconds, reply) of one request, as timed inside R."""
-    out = session.request(what)
-    return out["seconds"], out["cpu_seconds"], out
+def tool_of(call: Callable, summarise: Callable) -> Callable:
+    """A tool: () -> (wall seconds, CPU seconds, summary) of one timed ``call()``;
+    ``summarise`` (untimed) turns its result into {"objective": ..., ...}."""
+    def tool():
+        seconds, cpu_seconds, out = _time(call)
+        return seconds, cpu_seconds, summarise(out)
+    return tool
+
+
+def lmmfast_summary(fit) -> dict:
+    return {"objective": float(fit.objective), "n_evals": int(fit.n_evals)}
+
+
+def r_tool(session: "RSession", what: str) -> Callable:
+    """A tool sending one request to R: its wall and CPU seconds as timed inside R."""
+    def tool():
+        out = session.request(what)
+        info = {"objective": float(out.get("objective_fresh", out["objective"])),
+                "n_evals": int(out["feval"])}
+        if "objective_fresh" in out:
+            info["refit"] = {k: out[k] for k in ("objective", "objective_fresh",
+                                                 "dims_REML", "p")}
+        return out["seconds"], out["cpu_seconds"], info
+    return tool
 
 
 def sm_insteval_capped(fit: str, cap: float) -> dict:
@@ -288,39 +475,61 @@ def sm_one(model: str, fit: str) -> None:
     print(json.dumps({"seconds": seconds, "objective": -2.0 * float(res.llf)}))
 
 
+def stored_lme4_objective(model: str, fit: str) -> float | None:
+    """lme4's objective of ``model``/``fit`` from the stored reference fits, if any."""
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        models = json.loads(LME4_STORED.read_text())["models"]
+        return float(models[model]["fits"][fit]["objective"])
+    return None
+
+
+def round_orders(tools: list[str]) -> tuple[list[str], list[str]]:
+    """The cyclic order of the tools in even rounds and in odd rounds.
+
+    A fit right after the same fit runs with warm caches (about twice as fast
+    on the small models), so lmmfast on one thread is not put next to lmmfast:
+    it goes half-way round the cycle, each follows another tool, and the two
+    swap places every other round so that each follows both of those tools.
+    With three tools (the refit rows) they cannot be kept apart: each then
+    follows the other in every other round."""
+    if ONE_THREAD not in tools or len(tools) < 3:
+        return tools, tools
+    order = [t for t in tools if t != ONE_THREAD]
+    order.insert(len(order) // 2 + 1, ONE_THREAD)
+    i, j = order.index("lmmfast"), order.index(ONE_THREAD)
+    swapped = list(order)
+    swapped[i], swapped[j] = order[j], order[i]
+    return order, swapped
+
+
 def run_row(model: str, fit: str, tools: dict, reps: int, warmup: int) -> dict:
     """Interleaved rounds of every tool on one model and fit; returns the row."""
     times: dict[str, list[float]] = {t: [] for t in tools}
     cpu: dict[str, list[float]] = {t: [] for t in tools}
-    last: dict[str, object] = {}
-    order = list(tools)
+    last: dict[str, dict] = {}
+    order, swapped = round_orders(list(tools))
     for rnd in range(warmup + reps):
         k = rnd % len(order)
-        for tool in order[k:] + order[:k]:
-            seconds, cpu_seconds, out = tools[tool]()
-            last[tool] = out
+        cycle = order if rnd % 2 == 0 else swapped
+        for tool in cycle[k:] + cycle[:k]:
+            seconds, cpu_seconds, last[tool] = tools[tool]()
             if rnd >= warmup:
                 times[tool].append(seconds)
                 cpu[tool].append(cpu_seconds)
     row = {"model": model, "fit": fit, "reps": reps, "times": times, "cpu_times": cpu,
            "median": {t: statistics.median(v) for t, v in times.items()},
-           "median_cpu": {t: statistics.median(v) for t, v in cpu.items()}}
-    ours = last["lmmfast"]
-    row["n_evals"] = {"lmmfast": int(ours.n_evals)}
-    row["objective"] = {"lmmfast": float(ours.objective)}
+           "median_cpu": {t: statistics.median(v) for t, v in cpu.items()},
+           "objective": {t: out["objective"] for t, out in last.items()},
+           "n_evals": {t: out["n_evals"] for t, out in last.items() if "n_evals" in out},
+           "notes": {}}
     if "lme4" in last:
-        theirs = last["lme4"]
-        row["n_evals"]["lme4"] = int(theirs["feval"])
-        row["objective"]["lme4"] = float(theirs.get("objective_fresh", theirs["objective"]))
-        if "objective_fresh" in theirs:
-            row["lme4_refit"] = {k: theirs[k] for k in ("objective", "objective_fresh",
-                                                         "dims_REML", "p")}
-    if "statsmodels" in last:
-        row["objective"]["statsmodels"] = -2.0 * float(last["statsmodels"].llf)
+        row["lme4_objective"], row["lme4_objective_from"] = row["objective"]["lme4"], "lme4"
+        if "refit" in last["lme4"]:
+            row["lme4_refit"] = last["lme4"]["refit"]
     return row
 
 
-def run_model(model: str, fits: list[str], args, rscript: str | None, sm_ok: bool,
+def run_model(model: str, fits: list[str], args, rscript: str | None, peers: list[Peer],
               workdir: Path, meta: dict, footnotes: list[str]) -> list[dict]:
     """The rows of one model: each fit, and the refit rows for ``REFIT_MODEL``."""
     dataset, formula = MODELS[model]
@@ -340,28 +549,41 @@ def run_model(model: str, fits: list[str], args, rscript: str | None, sm_ok: boo
                            "y_new" if do_refit else None)
         meta.setdefault("R", {k: v for k, v in session.info.items()
                               if k not in ("ready", "nrow")})
+    sm_capped = args.sm_insteval_cap is not None and model in LARGE
     rows = []
     try:
         for fit in fits:
             reml = fit == "REML"
-            tools = {"lmmfast": lambda: _time(lambda: lmmfast.lmer(formula, data, reml=reml))}
+            tools = {"lmmfast": tool_of(lambda: lmmfast.lmer(formula, data, reml=reml),
+                                        lmmfast_summary)}
+            if args.one_thread:
+                tools[ONE_THREAD] = one_thread_tool(lmmfast.lmer, lmmfast_summary,
+                                                    formula, data, reml=reml)
             if session is not None:
-                tools["lme4"] = lambda: _r_time(session, f"fit {fit}")
-            if sm_ok and model not in LARGE:
-                tools["statsmodels"] = lambda: _time(lambda: sm_fit(model, data, reml))
+                tools["lme4"] = r_tool(session, f"fit {fit}")
+            skipped = {}
+            for peer in peers:
+                if model in peer.skip:
+                    skipped[peer.name] = "skipped (> 300 s)"
+                    continue
+                tools[peer.name] = tool_of(
+                    lambda peer=peer: peer.fit(model, formula, data, reml), peer.summary)
             print(f"{model} {fit} ...", file=sys.stderr, flush=True)
             row = run_row(model, fit, tools, reps, args.warmup)
-            if sm_ok and model in LARGE:
-                if args.sm_insteval_cap is None:
-                    row["sm_note"] = "skipped (> 300 s)"
+            row["notes"].update(skipped)
+            if "lme4_objective" not in row:
+                stored = stored_lme4_objective(model, fit)
+                if stored is not None:
+                    row["lme4_objective"], row["lme4_objective_from"] = stored, "stored"
+            if sm_capped and "statsmodels" in skipped:
+                res = sm_insteval_capped(fit, args.sm_insteval_cap)
+                if res.get("capped"):
+                    row["notes"]["statsmodels"] = f"> {args.sm_insteval_cap:g} s"
                 else:
-                    res = sm_insteval_capped(fit, args.sm_insteval_cap)
-                    if res.get("capped"):
-                        row["sm_note"] = f"> {args.sm_insteval_cap:g} s"
-                    else:
-                        row["median"]["statsmodels"] = res["seconds"]
-                        row["times"]["statsmodels"] = [res["seconds"]]
-                        row["objective"]["statsmodels"] = res["objective"]
+                    del row["notes"]["statsmodels"]
+                    row["median"]["statsmodels"] = res["seconds"]
+                    row["times"]["statsmodels"] = [res["seconds"]]
+                    row["objective"]["statsmodels"] = res["objective"]
             rows.append(row)
             if not do_refit:
                 continue
@@ -369,21 +591,31 @@ def run_model(model: str, fits: list[str], args, rscript: str | None, sm_ok: boo
             # as lmmfast.bootstrap refits: one copy (made once, untimed), refitted in
             # place in every round, each time from the original fit's theta
             boot, theta0 = base.copy(), base.theta.to_numpy()
-            rtools = {"lmmfast": lambda: _time(lambda: boot.refit(y_new, start=theta0))}
+            rtools = {"lmmfast": tool_of(lambda: boot.refit(y_new, start=theta0),
+                                         lmmfast_summary)}
+            if args.one_thread:
+                # a model made with n_threads=1 where lmer takes it keeps it in its refits
+                one = ({"n_threads": 1} if one_thread_how(lmmfast.lmer) == "n_threads=1"
+                       else {})
+                boot1 = lmmfast.lmer(formula, data, reml=reml, **one).copy()
+                rtools[ONE_THREAD] = (
+                    tool_of(lambda: boot1.refit(y_new, start=theta0), lmmfast_summary) if one
+                    else one_thread_tool(boot1.refit, lmmfast_summary, y_new, start=theta0))
             if session is not None:
-                rtools["lme4"] = lambda: _r_time(session, f"refit {fit}")
+                rtools["lme4"] = r_tool(session, f"refit {fit}")
             print(f"{model} {fit} refit ...", file=sys.stderr, flush=True)
             rrow = run_row(f"{model} refit", fit, rtools, reps, args.warmup)
-            rrow["sm_note"] = "n/a" if sm_ok else None
+            rrow["notes"].update({peer.name: "n/a" for peer in peers})
             rows.append(rrow)
             lr = rrow.get("lme4_refit")
             if reml and lr and lr["dims_REML"] != lr["p"]:
-                footnotes.append(
-                    f"{model} refit REML: lme4's refit() reports a REML criterion of "
-                    f"{lr['objective']:.4f}; it optimises with REML degrees of freedom "
-                    f"n - {lr['dims_REML']} instead of n - {lr['p']} "
-                    f"(devcomp$dims['REML'] = {lr['dims_REML']}); its Δobj uses the "
-                    "criterion of a freshly built lmer() at lme4's refit θ instead")
+                note = (f"{model} refit REML: lme4's refit() reports a REML criterion of "
+                        f"{lr['objective']:.4f}; it optimises with REML degrees of freedom "
+                        f"n - {lr['dims_REML']} instead of n - {lr['p']} "
+                        f"(devcomp$dims['REML'] = {lr['dims_REML']}); its Δobj uses the "
+                        "criterion of a freshly built lmer() at lme4's refit θ instead")
+                if note not in footnotes:
+                    footnotes.append(note)
     finally:
         if session is not None:
             session.close()
@@ -438,35 +670,63 @@ def fmt_diff(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{a - b:+.1e}"
 
 
-COLUMNS = ["model", "fit", "lmmfast", "lme4", "statsmodels", "lme4/lmmfast",
-           "sm/lmmfast", "evals lmmfast", "evals lme4", "Δobj lme4", "Δobj sm"]
+SHORT = {"lmmfast": "lmmfast", "lme4": "lme4", **{p.name: p.short for p in PEERS}}
 
 
-def table_rows(rows: list[dict]) -> list[list[str]]:
-    out = []
+def tools_in(rows: list[dict], candidates) -> list[str]:
+    """The tools of ``candidates`` that were run, or skipped with a note, in ``rows``."""
+    return [t for t in candidates if any(t in r["median"] or t in r["notes"] for r in rows)]
+
+
+def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the table of one phase."""
+    peers = tools_in(rows, ["lme4", *(p.name for p in PEERS)])
+    timed = tools_in(rows, ["lmmfast", ONE_THREAD]) + peers
+    differenced = ["lmmfast"] + [p for p in peers if p != "lme4"]
+    header = (["model", "fit"] + timed + [f"{SHORT[p]}/lmmfast" for p in peers]
+              + ["evals lmmfast"] + (["evals lme4"] if "lme4" in peers else [])
+              + [f"Δobj {SHORT[t]}" for t in differenced])
+    body = []
     for r in rows:
         med, obj, ev = r["median"], r["objective"], r["n_evals"]
-        out.append([r["model"], r["fit"], fmt_s(med.get("lmmfast")), fmt_s(med.get("lme4")),
-                    r.get("sm_note") or fmt_s(med.get("statsmodels")),
-                    fmt_ratio(med.get("lme4"), med.get("lmmfast")),
-                    fmt_ratio(med.get("statsmodels"), med.get("lmmfast")),
-                    str(ev.get("lmmfast", "-")), str(ev.get("lme4", "-")),
-                    fmt_diff(obj.get("lmmfast"), obj.get("lme4")),
-                    fmt_diff(obj.get("lmmfast"), obj.get("statsmodels"))])
-    return out
+        ref = r.get("lme4_objective")
+        cells = [r["model"], r["fit"]]
+        cells += [r["notes"].get(t) or fmt_s(med.get(t)) for t in timed]
+        cells += [fmt_ratio(med.get(p), med.get("lmmfast")) for p in peers]
+        cells += [str(ev.get("lmmfast", "-"))]
+        cells += [str(ev.get("lme4", "-"))] if "lme4" in peers else []
+        cells += [fmt_diff(obj.get(t), ref) for t in differenced]
+        body.append(cells)
+    return header, body
 
 
-def render(rows: list[dict], markdown: bool) -> str:
-    body = table_rows(rows)
+def busy_rows(idle: list[dict], busy: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of lmmfast's idle and busy times, each against one thread."""
+    header = ["model", "fit", "idle lmmfast", f"idle {ONE_THREAD}", "idle lmmfast/1 thread",
+              "busy lmmfast", f"busy {ONE_THREAD}", "busy lmmfast/1 thread",
+              "lmmfast busy/idle"]
+    busy_of = {(r["model"], r["fit"]): r["median"] for r in busy}
+    body = []
+    for r in idle:
+        i, b = r["median"], busy_of.get((r["model"], r["fit"]), {})
+        body.append([r["model"], r["fit"], fmt_s(i.get("lmmfast")), fmt_s(i.get(ONE_THREAD)),
+                     fmt_ratio(i.get("lmmfast"), i.get(ONE_THREAD)),
+                     fmt_s(b.get("lmmfast")), fmt_s(b.get(ONE_THREAD)),
+                     fmt_ratio(b.get("lmmfast"), b.get(ONE_THREAD)),
+                     fmt_ratio(b.get("lmmfast"), i.get("lmmfast"))])
+    return header, body
+
+
+def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |",
-                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|"]
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(b) + " |" for b in body]
         return "\n".join(lines)
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(COLUMNS)]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(b) for b in body])
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
 def main(argv=None) -> int:
@@ -478,6 +738,10 @@ def main(argv=None) -> int:
     ap.add_argument("--large-reps", type=int, default=3, help="timed rounds for insteval (3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (1)")
     ap.add_argument("--no-refit", action="store_true", help="skip the refit rows")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="run every model idle, then again with N CPU-bound processes of "
+                         "this script's own spinning; both phases also time lmmfast on one "
+                         "thread (default: 0, one idle phase)")
     ap.add_argument("--blas-threads", type=int, default=None, metavar="N",
                     help="limit BLAS threads of every tool to N (OPENBLAS_NUM_THREADS, "
                          "OMP_NUM_THREADS, MKL_NUM_THREADS; R inherits them); default: "
@@ -485,13 +749,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sm-insteval-cap", type=float, default=None, metavar="SECONDS",
                     help="run statsmodels on insteval once per fit, stopped after SECONDS "
                          "(default: skip it)")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--json", metavar="FILE", help="write every timing and result to FILE")
     ap.add_argument("--sm-one", nargs=2, metavar=("MODEL", "FIT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.sm_one:
         sm_one(*args.sm_one)
         return 0
+    if args.busy < 0:
+        ap.error("--busy takes a number of processes >= 0")
     if args.blas_threads is not None:
         wanted = {v: str(args.blas_threads) for v in BLAS_THREAD_VARS}
         if any(os.environ.get(k) != v for k, v in wanted.items()):
@@ -511,39 +777,65 @@ def main(argv=None) -> int:
     notes: list[str] = []
     r_ok, r_what = r_status()
     if not r_ok:
-        notes.append(f"lme4 skipped: {r_what}")
-    try:
-        import statsmodels
-        sm_ok, sm_version = True, statsmodels.__version__
-    except ImportError:
-        sm_ok, sm_version = False, None
-        notes.append("statsmodels skipped: not installed (pip install statsmodels)")
-    if sm_ok and "insteval" in models:
-        if args.sm_insteval_cap is None:
-            notes.append(f"statsmodels skipped on insteval: {SM_INSTEVAL_REASON}; "
-                         "--sm-insteval-cap SECONDS runs it once per fit with a time cap")
-        else:
-            notes.append(f"statsmodels on insteval: one fit per fit type, in a child "
-                         f"process stopped after {args.sm_insteval_cap:g} s")
+        notes.append(f"lme4 skipped: {r_what}; Δobj is taken to lme4's stored fits "
+                     f"({LME4_STORED.relative_to(LME4_STORED.parents[2])})")
+    peers, versions = available_peers(notes)
+    for peer in peers:
+        for model, reason in peer.skip.items():
+            if model not in models:
+                continue
+            if peer.name == "statsmodels" and args.sm_insteval_cap is not None:
+                notes.append(f"statsmodels on insteval: one fit per fit type, in a child "
+                             f"process stopped after {args.sm_insteval_cap:g} s")
+            else:
+                notes.append(f"{peer.name} skipped on {model}: {reason}"
+                             + ("; --sm-insteval-cap SECONDS runs it once per fit with a "
+                                "time cap" if peer.name == "statsmodels" else ""))
+    args.one_thread = args.busy > 0
+    one_thread = one_thread_how(lmmfast.lmer) if args.one_thread else None
+    if args.one_thread and one_thread is None:
+        args.one_thread = False
+        notes.append("lmmfast on one thread skipped: lmmfast.lmer has no n_threads= "
+                     "argument and threadpoolctl is not installed (pip install threadpoolctl)")
+    elif args.one_thread:
+        notes.append(f"{ONE_THREAD}: {one_thread}")
     for n in notes:
         print(n, flush=True)
 
     meta = {"machine": machine_info(), "loadavg_start": os.getloadavg(),
             "blas_threads_env": {k: os.environ.get(k) for k in BLAS_THREAD_VARS},
-            "statsmodels": sm_version, "reps": args.reps, "large_reps": args.large_reps,
-            "warmup": args.warmup, "notes": notes}
+            "statsmodels": versions.get("statsmodels"), "peers": versions,
+            "reps": args.reps, "large_reps": args.large_reps, "warmup": args.warmup,
+            "busy": args.busy, "one_thread": one_thread, "notes": notes, "phases": {}}
+    phases = ["idle", "busy"] if args.busy else ["idle"]
     rows: list[dict] = []
     footnotes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="lmmfast-compare-") as tmp:
-        for model in models:
-            rows += run_model(model, fits, args, r_what if r_ok else None, sm_ok,
-                              Path(tmp), meta, footnotes)
+    # a SIGTERM unwinds like Ctrl-C, so that the busy processes are stopped
+    on_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        with tempfile.TemporaryDirectory(prefix="lmmfast-compare-") as tmp:
+            for phase in phases:
+                n_busy = args.busy if phase == "busy" else 0
+                if args.busy:
+                    print(f"phase {phase}: {n_busy} busy process(es)", file=sys.stderr,
+                          flush=True)
+                with busy_processes(n_busy) as pids:
+                    info = {"busy_pids": pids, "loadavg_start": os.getloadavg()}
+                    for model in models:
+                        for row in run_model(model, fits, args, r_what if r_ok else None,
+                                             peers, Path(tmp), meta, footnotes):
+                            row["phase"] = phase
+                            rows.append(row)
+                    info["loadavg_end"] = os.getloadavg()
+                meta["phases"][phase] = info
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
 
     meta["loadavg_end"] = os.getloadavg()
     m = meta["machine"]
     print(f"\nmachine: {m['nproc']} cores, {m['cpu']}; Python {m['python']}, "
           f"lmmfast {m['lmmfast']}, numpy {m['numpy']}"
-          + (f", statsmodels {sm_version}" if sm_version else ""))
+          + "".join(f", {name} {v}" for name, v in versions.items()))
     if "R" in meta:
         r = meta["R"]
         print(f"R: {r['R']}, lme4 {r['lme4']}, Matrix {r['Matrix']}, BLAS {r['blas']}")
@@ -555,8 +847,21 @@ def main(argv=None) -> int:
           + ", ".join(f"{x:.2f}" for x in meta["loadavg_end"]))
     print(f"median of {args.reps} interleaved rounds ({args.large_reps} for insteval) after "
           f"{args.warmup} warm-up round(s); peer/lmmfast > 1: lmmfast faster; "
-          "Δobj = lmmfast - peer (REML criterion or deviance; < 0: lmmfast lower)\n")
-    print(render(rows, args.markdown))
+          "Δobj = tool - lme4 (REML criterion or deviance; > 0: the tool stopped at a "
+          "higher criterion than lme4)")
+    for phase in phases:
+        if args.busy:
+            title = ("idle: no busy processes" if phase == "idle"
+                     else f"busy: {args.busy} CPU-bound process(es) spinning")
+            print(("\n### " if args.markdown else "\n") + title)
+        print("\n" + render(*table_rows([r for r in rows if r["phase"] == phase]),
+                            args.markdown))
+    if args.busy:
+        print(("\n### " if args.markdown else "\n") + "lmmfast idle and busy, against one "
+              "thread (default/1 thread > 1: one thread is faster)")
+        print("\n" + render(*busy_rows([r for r in rows if r["phase"] == "idle"],
+                                       [r for r in rows if r["phase"] == "busy"]),
+                            args.markdown))
     for note in footnotes:
         print(("\n" if args.markdown else "") + "note: " + note)
     meta["footnotes"] = footnotes

@@ -35,7 +35,9 @@ size is that design's), one table row with:
   theta away from the start: the true theta of the simulated designs, half
   the default start for InstEval;
 * ``evals``, ``fit`` and ``setup+fit``: one ``lmmfast.lmer``-equivalent call,
-  ``LinearMixedModel(formula, data).fit()``, timed in its two parts;
+  ``LinearMixedModel(formula, data).fit()``, timed in its two parts; below
+  the table, how many of the evaluations had derivatives, and the median
+  seconds of the gradient (eq. 66) and of the Hessian (eq. 70) at the optimum;
 * ``flop/eval``: the floating-point operations of one evaluation of the
   blocked factorisation, counted from the model's ``BlockLayout`` by
   ``factorization_flops`` (see its docstring), and ``GFLOP/s`` =
@@ -603,6 +605,19 @@ def measure(name: str, setup_reps: int, eval_reps: int, fit_options: dict,
     m.fit(**fit_options)
     t2 = time.perf_counter()
     opt = m.optsum
+    # the derivatives at the optimum: the gradient (eq. 66), then the Hessian (eq. 70) with it
+    core, theta_in, n_th = m._core, m._to_internal(m._theta), len(m._theta)
+    grad, hess, t_grad, t_hess = np.empty(n_th), np.empty((n_th, n_th)), [], []
+    for _ in range(3):
+        core.objective(theta_in, m.reml)
+        ta = time.perf_counter()
+        core.derivatives(m.reml, grad)
+        tb = time.perf_counter()
+        core.derivatives(m.reml, grad, hess)   # the gradient's K_t are reused
+        t_grad.append(tb - ta)
+        t_hess.append(time.perf_counter() - tb)
+    res.update(gradient_s=statistics.median(t_grad), hessian_s=statistics.median(t_hess),
+               n_derivatives=int(getattr(opt, "n_gradients", 0)))
     res.update(lmer_setup_s=t1 - t0, fit_s=t2 - t1, total_s=t2 - t0, n_evals=int(m.n_evals),
                objective=float(m.objective), theta_fit=[float(x) for x in m.theta],
                optimizer=str(getattr(opt, "optimizer", "bobyqa")),
@@ -740,7 +755,9 @@ def notes(r: dict) -> list[str]:
     if "fit_s" in r:
         per_eval_fit = r["fit_s"] / max(r["n_evals"], 1)
         out.append(f"fit: optimizer {r['optimizer']} ({r['return_code']}), {r['n_evals']} "
-                   f"evaluations, fit / evaluations = {fmt_s(per_eval_fit)} against "
+                   f"evaluations ({r.get('n_derivatives', '?')} with derivatives: gradient "
+                   f"{fmt_s(r.get('gradient_s', float('nan')))}, Hessian "
+                   f"{fmt_s(r.get('hessian_s', float('nan')))} at the optimum), fit / evaluations = {fmt_s(per_eval_fit)} against "
                    f"{fmt_s(r['eval_s'])} for one criterion() call; setup is "
                    f"{100 * r['lmer_setup_s'] / r['total_s']:.0f} % of setup + fit; objective "
                    f"{r['objective']:.4f}, theta " + ", ".join(f"{x:.4g}" for x in r["theta_fit"]))

@@ -19,13 +19,16 @@ one at a time (measured on 2 cores, sleepstudy, 1,000 replicates: threads
 gave no speed-up), while forked worker processes each run their own refits.
 ``backend="process"`` (the default where ``fork`` is available) forks
 ``n_jobs`` workers that inherit the fit; ``backend="thread"`` uses threads.
+Each worker runs its BLAS on one thread, and ``n_jobs`` defaults to the
+cores this process may use, so workers x BLAS threads never exceed them; a
+serial run (``n_jobs=1``) uses the BLAS threads a fit of the model would
+(lmmfast.threads).
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import sys
 import threading
 import time
@@ -39,6 +42,7 @@ from .arguments import as_choice, as_count, as_flag, as_n_jobs
 from .errors import LmmError, LmmWarning
 from .profile import parameter_names, theta_to_sdcor
 from .simulate import Simulator, seed_sequence, spawn_seeds
+from .threads import allowed_cores, blas_threads, limit_blas, set_blas_threads
 
 __all__ = ["bootstrap"]
 
@@ -135,11 +139,9 @@ def _process_block(indices):
     return job.run(model, indices)
 
 
-def _n_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def _worker_init() -> None:
+    """A forked worker: its BLAS on one thread (the workers share the cores)."""
+    set_blas_threads(1)
 
 
 def _blocks(n: int, n_jobs: int) -> list[np.ndarray]:
@@ -161,7 +163,8 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
         Replicate i uses the i-th child of ``SeedSequence(seed)``; the result
         is the same for every ``n_jobs`` and backend.
     n_jobs : int, optional
-        Workers; default (None or -1) all available cores.
+        Workers; default (None or -1) all the cores this process may use.
+        Each runs its BLAS on one thread.
     progress : bool, optional
         Progress bar on stderr; default: when stderr is a terminal.  Uses
         tqdm if it is installed.
@@ -184,7 +187,7 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
     """
     fit._require_fit()
     n = as_count(n, "n")
-    n_jobs = min(as_n_jobs(n_jobs, _n_cpus()), max(n, 1))
+    n_jobs = min(as_n_jobs(n_jobs, allowed_cores()), max(n, 1))
     if backend is None:
         backend = "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"
     backend = as_choice(backend, "backend", ("process", "thread"))
@@ -225,11 +228,12 @@ def _run(job, fit, blocks, n, n_jobs, backend, result, bar) -> tuple[int, int]:
     try:
         if n_jobs == 1 or n == 0:
             model = fit.copy()
-            for blk in blocks:
-                idx, rows, w, f = job.run(model, blk)
-                result[idx] = rows
-                n_warn, n_fail = n_warn + w, n_fail + f
-                bar.update(len(idx))
+            with blas_threads(fit._layout, fit.n_threads):
+                for blk in blocks:
+                    idx, rows, w, f = job.run(model, blk)
+                    result[idx] = rows
+                    n_warn, n_fail = n_warn + w, n_fail + f
+                    bar.update(len(idx))
         elif backend == "thread":
             local = threading.local()
 
@@ -238,7 +242,7 @@ def _run(job, fit, blocks, n, n_jobs, backend, result, bar) -> tuple[int, int]:
                     local.model = fit.copy()
                 return job.run(local.model, blk)
 
-            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            with limit_blas(1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 for idx, rows, w, f in pool.map(work, blocks):
                     result[idx] = rows
                     n_warn, n_fail = n_warn + w, n_fail + f
@@ -249,7 +253,7 @@ def _run(job, fit, blocks, n, n_jobs, backend, result, bar) -> tuple[int, int]:
             try:
                 ctx = multiprocessing.get_context("fork")
                 warnings.simplefilter("ignore", DeprecationWarning)
-                pool = ctx.Pool(processes=n_jobs)
+                pool = ctx.Pool(processes=n_jobs, initializer=_worker_init)
                 try:
                     for idx, rows, w, f in pool.imap_unordered(_process_block, blocks):
                         result[idx] = rows

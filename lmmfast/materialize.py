@@ -1,13 +1,18 @@
 """Model matrices from formula expressions: formulaic, with a cached fast path.
 
 formulaic interprets the Wilkinson formula (terms, their order, which factors
-get treatment contrasts and which full indicator coding).  For expressions
-whose factors are all plain columns, the column *recipe* formulaic produced
-is remembered: each output column is a product of numeric columns and level
-indicators.  Later calls with the same expression and the same column types
-and levels rebuild the matrix from the recipe with numpy, which costs
-microseconds instead of milliseconds; the recipe is checked against
-formulaic's own matrix when it is first made.
+get treatment contrasts and which full indicator coding).  The column
+*recipe* formulaic produced is remembered: each output column is a product
+of numeric columns, level indicators and columns of Python factors
+(``I(x**2)``, ``log(x + 1)``, ``scale(x)``, ``poly(x, 2)``, ``factor(x)``),
+the latter compiled once as formulaic's ``stateful_eval`` compiles them.
+Later calls with the same expression and the same column types and levels
+rebuild the matrix from the recipe with numpy, which costs microseconds
+instead of milliseconds; stateful transforms compute their state from the
+new data, and the ModelSpec returned carries it for ``predict``.  The recipe
+is checked against formulaic's own matrix and transform state when it is
+first made; a value that no longer fits it (a factor with other levels)
+sends the call back to formulaic.
 
 R's functions that formulaic lacks (``sqrt``, ``abs``, ``log1p``,
 ``factor``, ``as.numeric``) are evaluated from ``R_FUNCTIONS``; an ordered
@@ -17,7 +22,9 @@ factor (an ordered Categorical) is coded by R's polynomial contrasts
 
 from __future__ import annotations
 
+import ast
 import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -25,7 +32,8 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.parser.types import Factor as _FormulaFactor
 from formulaic.transforms import TRANSFORMS
-from formulaic.utils.stateful_transforms import stateful_transform
+from formulaic.utils.code import format_expr, sanitize_variable_names
+from formulaic.utils.stateful_transforms import _is_stateful_transform, stateful_transform
 from formulaic.utils.variables import Variable
 
 from .errors import DataError, FormulaError
@@ -239,9 +247,12 @@ def _codes(frame, var: str) -> np.ndarray:
 
 
 def _schema(expr: str, frame):
+    """The cache key of ``expr`` on ``frame``: the expression and the type (and
+    levels) of each column it reads, transform arguments included."""
     cols = []
-    for v in sorted(required_variables(expr)):
-        if v not in frame.columns:
+    names = frame.columns
+    for v in sorted(required_variables(expr) | (identifiers(expr) & set(names))):
+        if v not in names:
             return None
         levels = _levels(frame, v)
         if levels is not None:
@@ -252,57 +263,205 @@ def _schema(expr: str, frame):
     return expr, tuple(cols)
 
 
-def _recipe_from(spec, frame):
-    """Per output column: a tuple of (column, level or None) factors; None if not plain."""
-    recipe = []
-    for structure in spec.structure:
-        factors = list(structure.term.factors)
-        if any(f.eval_method.value not in ("lookup", "literal") for f in factors):
+_FUNCTIONS = {**TRANSFORMS, **R_FUNCTIONS}   # formulaic's evaluation context, data aside
+
+
+@dataclass(frozen=True, eq=False)
+class _CompiledFactor:
+    """A Python factor of a formula (``I(x**2)``, ``log(x + 1)``, ``scale(x)``)
+    compiled as formulaic's ``stateful_eval`` compiles it: backquoted names
+    sanitised, each stateful transform call given its ``_state`` (keyed as
+    formulaic keys ``transform_state``), ``_metadata``, ``_spec`` and ``_context``.
+    """
+
+    expr: str
+    code: object
+    aliases: tuple            # (sanitised name, column name)
+    stateful: tuple           # the transform_state keys of its stateful calls
+    metadata: object          # formulaic's factor metadata
+    columns: tuple = ()       # the column names of a multi-column value
+    categories: tuple | None = None   # the levels of a categorical value
+
+
+def _compile_factor(factor) -> _CompiledFactor:
+    expr = str(factor.expr)
+    aliases: dict = {}
+    text = sanitize_variable_names(expr, {}, aliases)
+    tree = ast.parse(text, mode="eval")
+    stateful = {format_expr(node): node for node in ast.walk(tree)
+                if _is_stateful_transform(node, _FUNCTIONS)}
+    keys = []
+    for name, node in stateful.items():
+        name = name.replace('"', r'\\\\"')
+        keys.append(name)
+        for kw, value in (("_context", "__FORMULAIC_CONTEXT__"),
+                          ("_metadata", f'__FORMULAIC_METADATA__.get("{name}")'),
+                          ("_state", f'__FORMULAIC_STATE__["{name}"]'),
+                          ("_spec", "__FORMULAIC_SPEC__")):
+            node.keywords.append(ast.keyword(kw, ast.parse(value, mode="eval").body))
+    code = compile(ast.fix_missing_locations(tree), "", "eval")
+    return _CompiledFactor(expr, code, tuple(aliases.items()), tuple(keys), factor.metadata)
+
+
+def _column_value(frame, var: str):
+    """Column ``var`` as formulaic's evaluation sees it (a factor as a Categorical)."""
+    col = frame[var]
+    return col.categorical() if hasattr(col, "levels") else col
+
+
+def _evaluate(cf: _CompiledFactor, frame, state: dict, spec):
+    """The value of a compiled factor on ``frame``, its stateful transforms
+    reading and filling ``state`` (formulaic's ``transform_state``)."""
+    ns = dict(_FUNCTIONS)
+    names = frame.columns
+    for name in cf.code.co_names:
+        if name in names:
+            ns[name] = _column_value(frame, name)
+    for alias, var in cf.aliases:
+        if var in names:
+            ns[alias] = _column_value(frame, var)
+    for key in cf.stateful:
+        state.setdefault(key, {})
+    ns.update(__FORMULAIC_CONTEXT__=ns, __FORMULAIC_METADATA__={cf.expr: cf.metadata},
+              __FORMULAIC_SPEC__=spec, __FORMULAIC_STATE__=state)
+    return eval(cf.code, {}, ns)  # nosec: the expression formulaic evaluated for this formula
+
+
+def _categories(value):
+    """The levels of a categorical value, None for a numeric one."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(dtype, pd.CategoricalDtype):
+        return tuple(dtype.categories)
+    return None
+
+
+def _factor_columns(cf: _CompiledFactor, value, n: int):
+    """A compiled factor's value as columns: level codes of a categorical value
+    (checked against the recorded levels) or a 2-D float array; None when the
+    value is not of the recorded kind."""
+    if cf.categories is not None:
+        if _categories(value) != cf.categories:
             return None
-        lookups = [f.expr for f in factors if f.eval_method.value == "lookup"]
+        codes = value.cat.codes if isinstance(value, pd.Series) else value.codes
+        codes = np.asarray(codes)
+        return codes if codes.shape == (n,) else None
+    if _categories(value) is not None:
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] != max(len(cf.columns), 1):
+        return None
+    return arr
+
+
+def _recipe_from(spec, frame):
+    """Per output column: a tuple of factors ``(source, index)``; None if the
+    columns are not products of plain columns, level indicators and Python
+    factors' values.
+
+    ``source`` is a column name or a ``_CompiledFactor``; ``index`` is None
+    for a numeric column, a level number for an indicator, a column number of
+    a Python factor's value.
+    """
+    recipe = []
+    compiled: dict = {}
+    for structure in spec.structure:
+        factors = [f for f in structure.term.factors if f.eval_method.value != "literal"]
+        if any(f.eval_method.value not in ("lookup", "python") for f in factors):
+            return None
+        for f in factors:
+            if f.eval_method.value == "python" and f.expr not in compiled:
+                try:
+                    cf = _compile_factor(f)
+                    value = _evaluate(cf, frame, {}, spec)
+                except Exception:
+                    return None
+                cats = _categories(value)
+                names = getattr(getattr(value, "__formulaic_metadata__", None),
+                                "column_names", None) or ()
+                compiled[f.expr] = replace(cf, columns=tuple(map(str, names)),
+                                           categories=cats)
         for colname in structure.columns:
             if colname == "Intercept":
                 recipe.append(())
                 continue
             parts = split_column_name(colname)
-            if len(parts) != len(lookups):
+            if len(parts) != len(factors):
                 return None
             col_recipe = []
-            for part, var in zip(parts, lookups):
-                cats = _levels(frame, var)
+            for part, f in zip(parts, factors):
+                var = f.expr
+                cf = compiled.get(var)
+                cats = list(cf.categories) if cf is not None and cf.categories is not None \
+                    else (_levels(frame, var) if cf is None else None)
                 if part == var and cats is None:
-                    col_recipe.append((var, None))
+                    col_recipe.append((cf or var, None))
                 elif part.startswith(var + "[") and part.endswith("]"):
                     level = part[len(var) + 1:-1]
+                    if cats is None and cf is not None and level in cf.columns:
+                        col_recipe.append((cf, cf.columns.index(level)))
+                        continue
                     if level.startswith("T."):
                         level = level[2:]
                     if cats is None or level not in cats:
                         return None
-                    col_recipe.append((var, cats.index(level)))
+                    col_recipe.append((cf or var, cats.index(level)))
                 else:
                     return None
             recipe.append(tuple(col_recipe))
     return recipe
 
 
-def _apply(recipe, frame) -> np.ndarray:
+def _apply(recipe, frame, spec=None):
+    """The model matrix of a recipe on ``frame`` and the transform state its
+    Python factors filled; None when a factor's value does not fit the recipe."""
     n = len(frame)
     out = np.empty((n, len(recipe)))
     cache: dict = {}
+    state: dict = {}
     for j, factors in enumerate(recipe):
         col = out[:, j]
         col.fill(1.0)
-        for var, level in factors:
-            if level is None:
-                if var not in cache:
-                    cache[var] = _numeric(frame, var)
-                col *= cache[var]
+        for source, index in factors:
+            if isinstance(source, _CompiledFactor):
+                if source not in cache:
+                    value = _factor_columns(source, _evaluate(source, frame, state, spec), n)
+                    if value is None:
+                        return None
+                    cache[source] = value
+                value = cache[source]
+                if source.categories is not None:
+                    col *= value == index
+                else:
+                    col *= value[:, index or 0]
+            elif index is None:
+                if source not in cache:
+                    cache[source] = _numeric(frame, source)
+                col *= cache[source]
             else:
-                key = (var, "codes")
+                key = (source, "codes")
                 if key not in cache:
-                    cache[key] = _codes(frame, var)
-                col *= cache[key] == level
-    return out
+                    cache[key] = _codes(frame, source)
+                col *= cache[key] == index
+    return out, state
+
+
+def _fast(hit, frame, with_spec: bool):
+    """The model matrix (and spec) of a cached recipe on ``frame``; None to fall
+    back to formulaic."""
+    recipe, names, spec = hit
+    try:
+        built = _apply(recipe, frame, spec)
+    except Exception:
+        return None
+    if built is None:
+        return None
+    x, state = built
+    if not with_spec:
+        return x, names
+    python = any(isinstance(s, _CompiledFactor) for col in recipe for s, _ in col)
+    return x, names, (spec.update(transform_state=state) if python else None)
 
 
 def design_matrix(expr: str, frame, what: str, with_spec: bool = False):
@@ -311,15 +470,17 @@ def design_matrix(expr: str, frame, what: str, with_spec: bool = False):
     ``frame`` is a pandas DataFrame or a model frame's ``Columns``.
 
     ``what`` names the formula part in error messages.  With ``with_spec`` also
-    formulaic's ModelSpec when formulaic built the matrix (None on the fast path,
-    whose columns are plain columns and level indicators).
+    formulaic's ModelSpec (with this frame's transform state) when the columns
+    involve Python factors, None when they are plain columns and level
+    indicators only.
     """
     key = _schema(expr, frame)
     hit = _RECIPES.get(key) if key is not None else None
     if hit is not None and hit[0] is not None:
-        recipe, names = hit
-        x = _apply(recipe, frame)
-        return (x, names, None) if with_spec else (x, names)
+        fast = _fast(hit, frame, with_spec)
+        if fast is not None:
+            return fast
+        hit = None
     pdframe = frame if isinstance(frame, pd.DataFrame) else frame.frame
     try:
         mm = model_matrix(_parsed(ordered_expression(expr, frame)), pdframe,
@@ -333,11 +494,32 @@ def design_matrix(expr: str, frame, what: str, with_spec: bool = False):
         x = np.broadcast_to(x.reshape(-1, x.shape[-1] if x.ndim == 2 else 1)[:1],
                             (len(frame), x.shape[-1] if x.ndim == 2 else 1)).copy()
     names = [lme4_column_name(c) for c in mm.columns]
+    spec = mm.model_spec
     if key is not None and hit is None:
-        recipe = _recipe_from(mm.model_spec, frame)
-        if recipe is not None and not np.array_equal(_apply(recipe, frame), x):
-            recipe = None
+        recipe = _recipe_from(spec, frame)
+        if recipe is not None:
+            try:
+                built = _apply(recipe, frame, spec)
+            except Exception:
+                built = None
+            if built is None or not np.array_equal(built[0], x) \
+                    or not _same_state(built[1], spec.transform_state):
+                recipe = None
         if len(_RECIPES) >= _MAX_RECIPES:
             _RECIPES.clear()
-        _RECIPES[key] = (recipe, names)
-    return (x, names, mm.model_spec) if with_spec else (x, names)
+        _RECIPES[key] = (recipe, names, spec)
+    if with_spec:
+        return x, names, spec
+    return x, names
+
+
+def _same_state(a, b) -> bool:
+    """Whether two transform states hold the same keys and values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(u, v) for u, v in zip(a, b))
+    try:
+        return bool(np.array_equal(a, b))
+    except Exception:
+        return a == b

@@ -28,6 +28,7 @@ from .modelframe import Factor, is_table, model_frame
 from .optimize import OptSummary, bobyqa
 from .remat import ReMat, build_remat
 from .summary import data_name, warn_if_singular
+from .threads import as_n_threads, blas_threads
 from .varcorr import varcorr_table
 from .xymat import build_xymat, r_diagonal, row_chunks
 
@@ -40,6 +41,11 @@ STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks (
 
 
 _COMPILED = (BlockedCholesky, CoreObjective, Optimum, Refit)   # rebuilt, never pickled
+
+
+def _factor_state(core: BlockedCholesky) -> tuple:
+    """L(theta) and lambda of ``core`` as its ``__reduce__`` keeps them (copies)."""
+    return core.__reduce__()[1][1]
 
 
 def _as_bool(value, name: str) -> bool:
@@ -65,10 +71,16 @@ class LinearMixedModel:
     streaming : bool, optional
         Reduce a pandas frame to A in row chunks without holding X and Z for
         all rows (lmmfast.streaming); by default above ``STREAM_MIN_ROWS`` rows.
+    n_threads : int, optional
+        Most BLAS threads of the fit (lmmfast.threads); default None: chosen
+        from the size of L's dense blocks and the free cores.
     """
 
+    n_threads: int | None = None
+
     def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None,
-                 streaming: bool | None = None):
+                 streaming: bool | None = None, *, n_threads: int | None = None):
+        self.n_threads = as_n_threads(n_threads)
         # the name lme4 prints as "Data:": a bundled dataset's (datasets.load)
         self.data_name = data_name(data)
         if streaming or not is_table(data) or (
@@ -240,17 +252,21 @@ class LinearMixedModel:
         """An independent model with the same design (its own A and factor), not refitted."""
         new = copy.copy(self)
         new._a = self._a.copy()
-        new._attach_core()
+        new._attach_core(_factor_state(self._core))
         new._solution_cache = None if self._solution_cache is None else dict(self._solution_cache)
         for name in ("fitted", "residuals", "_evaluator", "_optimum_plan", "_refit_plan"):
             new.__dict__.pop(name, None)
         new.optsum = copy.deepcopy(self.optsum)
         return new
 
-    def _attach_core(self) -> None:
-        """A factor of its own on ``self._a``, at the fitted theta if there is one."""
+    def _attach_core(self, factor_state=None) -> None:
+        """A factor of its own on ``self._a``: in ``factor_state`` (another core's
+        L(theta), as its ``__reduce__`` gives it: the same to the bit), else
+        factored at the fitted theta if there is one."""
         self._core = self._make_core(self._a)
-        if self._theta is not None:
+        if factor_state is not None:
+            self._core.__setstate__(factor_state)
+        elif self._theta is not None:
             self._core.update(self._to_internal(self._theta))
 
     def __copy__(self) -> "LinearMixedModel":
@@ -261,19 +277,27 @@ class LinearMixedModel:
         return new
 
     def __getstate__(self) -> dict:
-        """Every attribute but the compiled objects (the factor and the optimiser's
-        plans), which ``__setstate__`` rebuilds from A; for pickle and deepcopy."""
-        return {name: value for name, value in self.__dict__.items()
-                if not isinstance(value, _COMPILED)}
+        """Every attribute but the compiled objects (the optimiser's plans, rebuilt
+        when next needed, and the factor, rebuilt on A by ``__setstate__`` with its
+        state L(theta) as it was: not refactored, so the same to the bit whatever
+        the BLAS threads); for pickle and deepcopy."""
+        state = {name: value for name, value in self.__dict__.items()
+                 if not isinstance(value, _COMPILED)}
+        core = self.__dict__.get("_core")
+        if isinstance(core, BlockedCholesky):
+            state["_core_state"] = _factor_state(core)
+        return state
 
     def __setstate__(self, state: dict) -> None:
-        """The attributes of ``__getstate__``, and a factor on A at the fitted theta
+        """The attributes of ``__getstate__``, and a factor on A in the state it had
         (none where the model carries no A, as a model shipped for predictions)."""
+        state = dict(state)
+        core_state = state.pop("_core_state", None)
         self.__dict__.update(state)
-        if self.__dict__.get("_a") is not None:
-            self._attach_core()
-        else:
+        if self.__dict__.get("_a") is None:
             self.__dict__.setdefault("_core", None)
+        else:
+            self._attach_core(core_state)
 
     def refit(self, y, *, start=None, **options) -> "LinearMixedModel":
         """Refit in place to a new response with the same design; returns ``self``.
@@ -436,8 +460,18 @@ class LinearMixedModel:
         return value, grad
 
     # ------------------------------------------------------------------ fit
-    def fit(self, *, start=None, **options) -> "LinearMixedModel":
+    def fit(self, *, start=None, n_threads=None, **options) -> "LinearMixedModel":
         """Minimise the profiled criterion over theta (eq. 24); returns ``self``.
+
+        ``n_threads``: most BLAS threads (default: the model's ``n_threads``,
+        else chosen by lmmfast.threads); see ``_fit`` for the rest.
+        """
+        n = self.n_threads if n_threads is None else as_n_threads(n_threads)
+        with blas_threads(self._layout, n):
+            return self._fit(start=start, **options)
+
+    def _fit(self, *, start=None, **options) -> "LinearMixedModel":
+        """The fit of ``fit``, with the BLAS threads already chosen.
 
         ``start`` is theta's starting value (lme4 order; default lambda = I on
         the natural scale of each covariate, which is lme4's lambda = I for
@@ -528,7 +562,7 @@ class LinearMixedModel:
             raise FitError(f"the criterion is not finite at the optimum (theta = {theta})")
         if not summary.converged:
             warnings.warn(f"the optimiser stopped with {summary.return_code} after "
-                          f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=2)
+                          f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=3)
         self.optsum = summary
         self._set_theta(theta, factored=last[0] is not None
                         and last[0].tolist() == theta[perm].tolist())
@@ -916,8 +950,12 @@ def _as_vector(values) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel())
 
 
-def lmer(formula: str, data, reml: bool = True, weights=None, offset=None) -> LinearMixedModel:
+def lmer(formula: str, data, reml: bool = True, weights=None, offset=None, *,
+         n_threads: int | None = None) -> LinearMixedModel:
     """Fit a linear mixed-effects model, as lme4's ``lmer``.
+
+    ``n_threads``: most BLAS threads of the fit (default: chosen by
+    lmmfast.threads from the work and the free cores).
 
     >>> import lmmfast
     >>> fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)",
@@ -925,4 +963,5 @@ def lmer(formula: str, data, reml: bool = True, weights=None, offset=None) -> Li
     >>> round(fit.objective, 4)
     1743.6283
     """
-    return LinearMixedModel(formula, data, reml=reml, weights=weights, offset=offset).fit()
+    return LinearMixedModel(formula, data, reml=reml, weights=weights, offset=offset,
+                            n_threads=n_threads).fit()

@@ -428,7 +428,8 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
     cdef bint newton = isinstance(fg, CoreObjective)
     cdef double magnitude = (<CoreObjective>fg).magnitude if newton else -1.0
     cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
-    cdef double gmax, t
+    cdef double gmax, t, step_radius, rate
+    cdef double prev_actual = -1.0   # the decrease of the last accepted Newton step
     cdef bint accepted
     cdef int code = STOP_MAXEVAL
     if newton:
@@ -517,6 +518,7 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
                 for i in range(n):
                     for j in range(n):
                         b[i, j] += w.y[i] * w.y[j] / sy - w.bs[i] * w.bs[j] / sbs
+        step_radius = radius
         if ratio < 0.25:
             radius = 0.25 * norm
         elif ratio > 0.75 and norm >= 0.99 * radius:
@@ -538,6 +540,17 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
                 code = STOP_FTOL
                 break
             if newton:
+                # two interior Newton steps, the second predicted well and
+                # ``rate`` of the first: the gap left, about rate / (1 - rate) of
+                # the second, below the decrease that stops the loop at its top;
+                # stop without the derivatives that would only confirm it
+                # (theory.md, eq. 69: the last step without derivatives)
+                rate = actual / prev_actual if prev_actual > 0 else 1.0
+                if rate <= 0.1 and fabs(ratio - 1.0) <= 0.25 and norm < 0.99 * step_radius \
+                        and rate / (1.0 - rate) * actual <= 0.1 * ftol_rel * magnitude:
+                    code = STOP_FTOL
+                    break
+                prev_actual = actual if norm < 0.99 * step_radius else -1.0
                 _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
         elif radius <= xtol_abs:
             code = STOP_ROUNDOFF

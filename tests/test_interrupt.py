@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import textwrap
 import time
@@ -57,8 +58,10 @@ FIT = """
 def _interrupt_after(code: str, delay: float = 1.0) -> tuple[float, list[str], str, int]:
     """Run ``code`` in a child, send SIGINT ``delay`` s after it prints "ready";
     returns the seconds until it printed "interrupted", its output, stderr, code."""
+    # (run outside the checkout: its lmmfast/ would shadow the installed package)
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=tempfile.gettempdir())
     try:
         assert child.stdout.readline().strip() == "ready"
         time.sleep(delay)

@@ -171,3 +171,28 @@ def test_step_eigendecomposition(n):
         np.testing.assert_allclose(lam, np.linalg.eigvalsh(a), atol=1e-13 * scale)
         np.testing.assert_allclose(v.T @ v, np.eye(n), atol=1e-13)
         np.testing.assert_allclose(v @ np.diag(lam) @ v.T, a, atol=1e-13 * scale)
+
+
+@pytest.mark.parametrize("model, kind", [("insteval", "REML"), ("insteval", "ML"),
+                                         ("sleep_slope", "ML"), ("penicillin", "REML"),
+                                         ("cake", "REML")])
+def test_last_newton_step_needs_no_derivatives(model, kind):
+    """Where two Newton steps show the gap left below the tolerance, the run stops
+    at the accepted point without its derivatives (eq. 69, stopping): one
+    evaluation of the derivatives fewer than of the criterion, and at that point
+    the Newton decrease that the skipped derivatives predict is below the
+    stopping threshold, so they would have stopped the run there too."""
+    import math
+    fit = reference_fit(model, kind)
+    reml = kind == "REML"
+    assert fit.optsum.return_code == "FTOL_REACHED"
+    assert fit.optsum.n_gradients == fit.n_evals - 1
+    n = len(fit._theta)
+    core, theta = fit._core, fit._to_internal(fit._theta)
+    grad, hess = np.empty(n), np.empty((n, n))
+    assert core.objective(theta, reml) == pytest.approx(fit.objective, rel=1e-12)   # (BLAS threads)
+    core.derivatives(reml, grad, hess)
+    scale = fit._to_internal(fit._scale)
+    gx, hx = grad * scale, hess * np.outer(scale, scale)
+    predicted = 0.5 * gx @ np.linalg.solve(hx, gx)
+    assert 0 <= predicted <= 0.1 * OptSummary.ftol_rel * fit.nobs * (1 + math.log(2 * math.pi))

@@ -52,7 +52,7 @@ def _assert_same_arrays(ours, ref):
     assert np.array_equal(ours.vcov, ref.vcov)
     assert ours.sigma == ref.sigma
     assert ours.optsum.n_evals == ref.optsum.n_evals
-    fresh, sol = ours._solve(), ref._solution
+    fresh, sol = ours._solve(), ref._solve()   # both from the factor as it is now
     assert np.array_equal(fresh["beta"], sol["beta"])
     assert (fresh["ld_l2"], fresh["ld_rx2"], fresh["pwrss"]) == \
         (sol["ld_l2"], sol["ld_rx2"], sol["pwrss"])
@@ -244,12 +244,13 @@ def test_no_crash_in_a_fresh_interpreter(call, tmp_path):
         open(sys.argv[1], "wb").write(pickle.dumps((model, model._core)))
     """)
     path = tmp_path / "saved.pkl"
+    # (run in tmp_path: the checkout's lmmfast/ would shadow the installed package)
     run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     load = subprocess.run(
         [sys.executable, "-c", "import pickle, sys; m, c = pickle.load(open(sys.argv[1], 'rb'));"
          " print(type(m).__name__, c.components())", str(path)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert load.returncode == 0, load.stderr[-2000:]
     assert load.stdout.startswith("LinearMixedModel")

@@ -4,7 +4,10 @@ Every error raised for bad input is one of these, and its message names the
 column, term or value at fault.
 """
 
+import re
+
 __all__ = [
+    "plain_message",
     "LmmError",
     "FormulaError",
     "DataError",
@@ -13,7 +16,16 @@ __all__ = [
     "RankDeficiencyWarning",
     "MissingValuesWarning",
     "ConvergenceWarning",
+    "ConditioningWarning",
 ]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_message(exc: BaseException) -> str:
+    """An exception's message without terminal colour codes (formulaic marks the
+    place of a parse error with them)."""
+    return _ANSI.sub("", str(exc))
 
 
 class LmmError(ValueError):

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import FormulaError
+from .errors import FormulaError, plain_message
 
 __all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "response_code", "R_ALIASES",
            "double_vert_terms"]
@@ -227,7 +227,6 @@ def double_vert_terms(expr: str, source: str) -> tuple[bool, list[str]]:
         try:
             return list(Formula(text))
         except Exception as exc:  # formulaic's parse errors share no base class
-            from .materialize import plain_message
             raise FormulaError(f"cannot parse the left-hand side of random term {source!r}: "
                                f"{plain_message(exc)}") from None
 

@@ -36,21 +36,13 @@ from formulaic.utils.code import format_expr, sanitize_variable_names
 from formulaic.utils.stateful_transforms import _is_stateful_transform, stateful_transform
 from formulaic.utils.variables import Variable
 
-from .errors import DataError, FormulaError
+from .errors import DataError, FormulaError, plain_message
+from .factors import as_factor
 from .formula import R_ALIASES
 
 __all__ = ["design_matrix", "required_variables", "identifiers", "lme4_column_name",
-           "split_column_name", "R_FUNCTIONS", "plain_message", "ordered_expression",
+           "split_column_name", "R_FUNCTIONS", "ordered_expression",
            "expression_columns"]
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def plain_message(exc: BaseException) -> str:
-    """An exception's message without terminal colour codes (formulaic marks the
-    place of a parse error with them)."""
-    return _ANSI.sub("", str(exc))
-
 
 def _as_numeric(x):
     """R's ``as.numeric``: numbers as float; a factor as its level numbers 1..k."""
@@ -72,7 +64,6 @@ def _factor(x, _state=None):
     The levels are kept in the state: on new data (``predict``) the values are
     coded by the fit's levels, and a value that is not one of them is an error.
     """
-    from .modelframe import as_factor
     cat = as_factor(x if isinstance(x, pd.Series) else pd.Series(np.asarray(x)))
     if "levels" not in _state:
         _state["levels"] = [str(c) for c in cat.categories]

@@ -22,7 +22,7 @@ from . import blocks
 from ._cholesky import BlockedCholesky
 from .conditioning import DIGITS_TOL, condition, digits_lost
 from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
-from .errors import ConditioningWarning, ConvergenceWarning, DataError, FitError, LmmError
+from .errors import ConditioningWarning, ConvergenceWarning, DataError, FitError
 from .formula import parse_formula
 from .modelframe import Factor, is_table, model_frame
 from .optimize import OptSummary, bobyqa

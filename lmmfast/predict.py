@@ -46,10 +46,10 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula
 
-from .errors import DataError, FormulaError
+from .errors import DataError, FormulaError, plain_message
 from .formula import RandomTerm, parse_formula
 from .materialize import (R_FUNCTIONS, design_matrix, expression_columns, lme4_column_name,
-                          plain_message, required_variables)
+                          required_variables)
 from .modelframe import as_pandas, formula_offset, is_table
 
 __all__ = ["predict", "parse_re_form"]

@@ -67,7 +67,6 @@ def richardson(estimates) -> np.ndarray:
 def _evaluator(fit):
     """Psi(theta) = [ldL2 (+ ldRX2 for REML), pwrss, vec((R_X R_X^T)^{-1})] from the factor."""
     core = fit._core
-    p = fit.p
 
     def evaluate(theta: np.ndarray) -> np.ndarray:
         info = core.update(fit._to_internal(theta))

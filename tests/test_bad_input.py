@@ -385,7 +385,7 @@ def test_the_columns_a_formula_reads_are_looked_up_per_data_frame():
 def test_category_labels_are_remembered_per_dtype():
     """A categorical column's labels are read once per dtype; a column with other
     categories gets its own, and the list handed out is a copy."""
-    from lmmfast.modelframe import _category_labels
+    from lmmfast.factors import _category_labels
     data = lmmfast.datasets.load("sleepstudy")
     cat = data["Subject"].array
     first, strings = _category_labels(cat)

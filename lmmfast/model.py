@@ -20,12 +20,14 @@ import pandas as pd
 
 from . import blocks
 from ._cholesky import BlockedCholesky
+from .arguments import as_choice
 from .conditioning import DIGITS_TOL, condition, digits_lost
+from .convergence import Convergence, allfit, check_convergence, warn_convergence
 from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
 from .errors import ConditioningWarning, ConvergenceWarning, DataError, FitError
 from .formula import parse_formula
 from .modelframe import Factor, is_table, model_frame
-from .optimize import OptSummary, bobyqa
+from .optimize import OPTIMIZER_ALIASES, OPTIMIZERS, OptSummary, bobyqa, lbfgsb, nelder_mead
 from .remat import ReMat, build_remat
 from .summary import data_name, warn_if_singular
 from .threads import as_n_threads, blas_threads
@@ -379,9 +381,11 @@ class LinearMixedModel:
         return plan
 
     def _checked(self) -> "LinearMixedModel":
-        """The fit's warnings (lost digits, a singular fit); returns ``self``."""
+        """The fit's warnings (lost digits, a singular fit, lme4's convergence
+        checks: lmmfast.convergence); returns ``self``."""
         self._check_digits()
         warn_if_singular(self)
+        warn_convergence(self)
         return self
 
     def _check_digits(self) -> None:
@@ -482,12 +486,17 @@ class LinearMixedModel:
         ``OptSummary``): ``optimizer`` is ``"quasi-newton"`` (trust-region
         Newton steps on the analytic gradient and the average-information
         Hessian, eqs. 66, 69, 70; the default, finished by BOBYQA if it stops
-        without converging) or ``"bobyqa"`` (derivative-free, as lme4);
+        without converging), ``"bobyqa"`` (derivative-free, as lme4),
+        ``"nelder-mead"`` (NLopt's simplex) or ``"l-bfgs-b"`` (SciPy's, on the
+        analytic gradient); a DataError for any other name;
         ``gtol`` (quasi-Newton),
         ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step`` (BOBYQA),
         ``maxeval``.
         """
         scale = self._scale
+        if "optimizer" in options:
+            options["optimizer"] = as_choice(options["optimizer"], "optimizer", OPTIMIZERS,
+                                             OPTIMIZER_ALIASES)
         if start is None:   # lambda = I on the natural scale of each covariate, and
             #                 random intercepts at their moments for Newton steps (eq. 71)
             init = self._moment_start() if options.get("optimizer", "quasi-newton") \
@@ -533,9 +542,18 @@ class LinearMixedModel:
                 summary.n_evals += evals
         elif summary.optimizer == "bobyqa":
             bobyqa(objective, summary, scale=scale)
-        else:
-            raise ValueError(f"optimizer must be 'quasi-newton' or 'bobyqa', "
-                             f"got {summary.optimizer!r}")
+        elif summary.optimizer == "nelder-mead":
+            nelder_mead(objective, summary, scale=scale)
+        else:   # "l-bfgs-b"
+            grad_in, grad = np.empty(len(init)), np.empty(len(init))
+
+            def objective_gradient(theta):
+                buf[:] = theta[perm]
+                last[0] = buf
+                value = core.gradient(buf, reml, grad_in)
+                grad[perm] = grad_in
+                return value, grad.copy()
+            lbfgsb(objective_gradient, summary, scale=scale)
         theta, fmin = summary.final.copy(), summary.fmin
         values = theta.tolist()
         # a diagonal element that ends near its bound: take the bound if no worse
@@ -666,7 +684,7 @@ class LinearMixedModel:
         if info != 0:
             raise FitError(f"the Cholesky factor failed at theta = {theta} (info {info})")
         self._theta = theta
-        for name in ("vcov", "varcorr", "fitted", "residuals"):
+        for name in ("vcov", "varcorr", "fitted", "residuals", "convergence"):
             self.__dict__.pop(name, None)
         self._solution_cache = None
         if self._layout.n_l > EAGER_SOLVE_MIN:   # while the factor is at hand
@@ -738,6 +756,18 @@ class LinearMixedModel:
     def optimizer_message(self) -> str:
         self._require_fit()
         return self.optsum.return_code
+
+    @cached_property
+    def convergence(self) -> "Convergence":
+        """lme4's convergence checks at the fit (scaled gradient, Hessian,
+        singularity; lmmfast.convergence, eqs. 85-88), as a ``Convergence``."""
+        self._require_fit()
+        return check_convergence(self)
+
+    def allfit(self, optimizers=None) -> pd.DataFrame:
+        """Refit with every optimiser (or those named), as lme4's ``allFit``: one
+        row per optimiser with objective, time, evaluations, theta and fixef."""
+        return allfit(self, optimizers)
 
     @property
     def objective(self) -> float:
@@ -877,6 +907,38 @@ class LinearMixedModel:
         from .fixed_tests import anova_table
         return anova_table(self, ddf=ddf)
 
+    def r2(self) -> dict[str, float]:
+        """Nakagawa's conditional and marginal R² (performance's ``r2_nakagawa``)."""
+        from .r2 import r2_nakagawa
+        return r2_nakagawa(self)
+
+    def icc(self) -> dict[str, float]:
+        """Adjusted and unadjusted intraclass correlation (performance's ``icc``)."""
+        from .r2 import icc
+        return icc(self)
+
+    def ranova(self, data, weights=None, offset=None, reduce_terms: bool = True) -> pd.DataFrame:
+        """LRT of each random-effects term reduced by one (lmerTest's ``ranova``);
+        ``data``, ``weights``, ``offset``: as the model was fitted with."""
+        from .ranova import ranova
+        return ranova(self, data, weights=weights, offset=offset, reduce_terms=reduce_terms)
+
+    def emmeans(self, specs, by=None, at=None, ddf: str = "kenward-roger", level: float = 0.95):
+        """Estimated marginal means as R's emmeans: ``.table`` and ``.contrast(method, adjust)``."""
+        from .emmeans import emmeans
+        return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level)
+
+    def tidy(self, effects=("fixed", "ran_pars"), conf_int: bool = False,
+             conf_level: float = 0.95, ddf: str | None = "satterthwaite") -> pd.DataFrame:
+        """broom.mixed's ``tidy``: one row per fixed effect, variance parameter or conditional mode."""
+        from .tidy import tidy
+        return tidy(self, effects=effects, conf_int=conf_int, conf_level=conf_level, ddf=ddf)
+
+    def glance(self) -> pd.DataFrame:
+        """broom.mixed's ``glance``: nobs, sigma, logLik, AIC, BIC, REMLcrit or deviance, df.residual."""
+        from .tidy import glance
+        return glance(self)
+
     def confint(self, parm=None, level: float = 0.95, method: str = "profile",
                 **kwargs) -> pd.DataFrame:
         """Confidence intervals (``"wald"``, ``"profile"`` or ``"bootstrap"``) as lme4's ``confint``."""
@@ -899,16 +961,18 @@ class LinearMixedModel:
         return simulate(self, n, seed=seed, **kwargs)
 
     def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
-                offset=None) -> np.ndarray:
+                offset=None, se_fit: bool = False, interval=None, level: float = 0.95):
         """Predictions as lme4's ``predict``: conditional on the random effects unless ``re_form="~0"``.
 
         ``offset``: the new rows' offset (a column name or values); by default the
-        fit's offset column, when the fit was given one by name.
+        fit's offset column, when the fit was given one by name.  ``se_fit=True``
+        or ``interval="confidence"`` (population level, ``re_form="~0"``) return a
+        DataFrame with ``fit``, ``se.fit`` and Wald limits ``lwr``, ``upr`` at ``level``.
         """
         from .predict import predict
         return predict(self, newdata=newdata, re_form=re_form,
                        allow_new_levels=_as_bool(allow_new_levels, "allow_new_levels"),
-                       offset=offset)
+                       offset=offset, se_fit=se_fit, interval=interval, level=level)
 
     # ---------------------------------------------------------- presentation
     def summary(self, ddf: str | None = None) -> str:

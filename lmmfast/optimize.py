@@ -9,7 +9,11 @@ lower bounds 0 on the diagonal of each lambda:
   eq. 70, and derivatives are computed only at accepted points; with a Python
   callable they are quasi-Newton steps (damped BFGS, eq. 69);
 * ``bobyqa``: Powell's derivative-free quadratic-model method from NLopt (as
-  lme4 and MixedModels.jl use).
+  lme4 and MixedModels.jl use);
+* ``nelder_mead``: NLopt's derivative-free simplex method, with BOBYQA's
+  bounds and tolerances (one of lme4's ``allFit`` optimisers);
+* ``lbfgsb``: SciPy's limited-memory BFGS with bounds, on the analytic
+  gradient.
 
 The record of a run (start, end, evaluations, return code) is an ``OptSummary``.
 """
@@ -22,8 +26,16 @@ import nlopt
 import numpy as np
 
 from ._trust_region import minimize
+from .convergence import GRADIENT_TOL
 
-__all__ = ["OptSummary", "bobyqa", "quasi_newton"]
+__all__ = ["OPTIMIZERS", "OptSummary", "bobyqa", "lbfgsb", "nelder_mead", "quasi_newton"]
+
+OPTIMIZERS = ("quasi-newton", "bobyqa", "nelder-mead", "l-bfgs-b")
+"""The names ``fit(optimizer=...)`` accepts, the default first."""
+
+OPTIMIZER_ALIASES = {"quasi_newton": "quasi-newton",
+                     "nelder_mead": "nelder-mead", "neldermead": "nelder-mead",
+                     "l_bfgs_b": "l-bfgs-b", "lbfgsb": "l-bfgs-b"}
 
 _RETURN_CODES = {
     nlopt.SUCCESS: "SUCCESS",
@@ -60,8 +72,10 @@ class OptSummary:
         return self.return_code in ("SUCCESS", "FTOL_REACHED", "XTOL_REACHED")
 
 
-def _run(objective, x0, lower, step, summary: OptSummary, count: list, best: list) -> str:
-    """One BOBYQA run from x0 in coordinates scaled by ``step`` (theta = x * scale)."""
+def _run(objective, x0, lower, step, summary: OptSummary, count: list, best: list,
+         algorithm=nlopt.LN_BOBYQA) -> str:
+    """One run of an NLopt ``algorithm`` (BOBYQA by default) from x0, in
+    coordinates scaled by ``best[2]`` (theta = x * scale), first step ``step``."""
     n = len(x0)
 
     def f(x, grad):
@@ -71,7 +85,7 @@ def _run(objective, x0, lower, step, summary: OptSummary, count: list, best: lis
             best[0], best[1] = val, x * best[2]
         return val if np.isfinite(val) else 1e300
 
-    opt = nlopt.opt(nlopt.LN_BOBYQA, n)
+    opt = nlopt.opt(algorithm, n)
     opt.set_lower_bounds(lower)
     opt.set_min_objective(f)
     opt.set_ftol_rel(summary.ftol_rel)
@@ -178,4 +192,89 @@ def quasi_newton(fg, summary: OptSummary, scale: np.ndarray | None = None) -> Op
     summary.n_gradients = getattr(fg, "n_derivatives", count)
     summary.return_code = code
     summary.hessian = b
+    return summary
+
+
+def nelder_mead(objective, summary: OptSummary, max_restarts: int = 3,
+                scale: np.ndarray | None = None) -> OptSummary:
+    """Minimise ``objective(theta)`` by NLopt's Nelder-Mead simplex method (eq. 24).
+
+    The bounds, tolerances, scaling and first step are BOBYQA's.  A simplex can
+    collapse before it reaches the minimum, so each run is followed by a run
+    from its best point, until one no longer improves the criterion (at most
+    ``max_restarts``).  Every evaluation is counted.
+    """
+    n = len(summary.initial)
+    count = [1]
+    x0 = np.asarray(summary.initial, dtype=np.float64)
+    s0 = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+    best = [objective(x0), x0.copy(), s0]
+    code = _run(objective, x0 / s0, summary.lower / s0, summary.initial_step, summary,
+                count, best, nlopt.LN_NELDERMEAD)
+    for _ in range(max_restarts):
+        if count[0] >= summary.maxeval or code not in ("FTOL_REACHED", "XTOL_REACHED",
+                                                        "SUCCESS"):
+            break
+        before = best[0]
+        code = _run(objective, best[1] / s0, summary.lower / s0, 0.1, summary, count, best,
+                    nlopt.LN_NELDERMEAD)
+        if not best[0] < before - summary.ftol_rel * abs(before):
+            break
+    summary.final = np.asarray(best[1], dtype=np.float64)
+    summary.fmin = float(best[0])
+    summary.n_evals = count[0]
+    summary.return_code = code
+    return summary
+
+
+def lbfgsb(fg, summary: OptSummary, scale: np.ndarray | None = None) -> OptSummary:
+    """Minimise ``fg(theta) -> (d, gradient)`` by SciPy's L-BFGS-B (eq. 24, 66).
+
+    Works on x = theta / ``scale`` within the lower bounds; stops when the
+    relative decrease of a step is below ``ftol_rel`` (``FTOL_REACHED``) or the
+    projected gradient below ``gtol`` relative to the criterion (``SUCCESS``).
+    Every evaluation (each with its gradient) is counted.
+    """
+    from scipy.optimize import minimize as scipy_minimize
+
+    n = len(summary.initial)
+    s0 = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+    x0 = np.asarray(summary.initial, dtype=np.float64) / s0
+    count = [0]
+    best = [np.inf, x0 * s0]
+
+    def f(x):
+        count[0] += 1
+        val, grad = fg(x * s0)
+        if not np.isfinite(val):
+            return 1e300, np.zeros(n)
+        if val < best[0]:
+            best[0], best[1] = val, x * s0
+        return val, grad * s0
+
+    f0 = f(x0)[0]
+    bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(summary.lower, s0)]
+    result = scipy_minimize(f, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                            options=dict(maxfun=max(summary.maxeval - 1, 1),
+                                         ftol=summary.ftol_rel,
+                                         gtol=summary.gtol * max(abs(f0), 1.0)))
+    message = str(result.message).upper()
+    # a line search that finds no decrease within rounding error ("ABNORMAL") has
+    # reached the minimum when the projected gradient passes lme4's check
+    grad = np.asarray(result.jac, dtype=np.float64) / s0
+    at_bound = np.isfinite(summary.lower) & (result.x * s0 <= summary.lower) & (grad > 0)
+    flat = np.all(np.abs(np.where(at_bound, 0.0, grad)) <= GRADIENT_TOL)
+    if count[0] >= summary.maxeval or "LIMIT" in message:
+        code = "MAXEVAL_REACHED"
+    elif "REDUCTION_OF_F" in message.replace(" ", "_") or ("ABNORMAL" in message and flat):
+        code = "FTOL_REACHED"
+    elif result.success:
+        code = "SUCCESS"
+    else:
+        code = "ROUNDOFF_LIMITED" if "ABNORMAL" in message else "FAILURE"
+    summary.final = np.asarray(best[1], dtype=np.float64)
+    summary.fmin = float(best[0])
+    summary.n_evals = count[0]
+    summary.n_gradients = count[0]
+    summary.return_code = code
     return summary

@@ -35,6 +35,11 @@ with the fit's codings, and o_i the offset.
   data, and drops the ``offset=`` argument of ``lmer``; the rule here is the
   former.)
 
+* Standard errors: with ``se_fit=True`` or ``interval="confidence"`` a
+  population-level prediction (``re_form="~0"``) comes with
+  sqrt(x_i V(beta-hat) x_i^T) (eq. 90) and normal Wald limits, in a DataFrame
+  with columns ``fit``, ``se.fit``, ``lwr``, ``upr``.
+
 ``newdata`` is never modified.
 """
 
@@ -45,7 +50,9 @@ import numbers
 import numpy as np
 import pandas as pd
 from formulaic import Formula
+from scipy import stats
 
+from .arguments import as_choice, as_flag, as_probability
 from .errors import DataError, FormulaError, plain_message
 from .formula import RandomTerm, parse_formula
 from .materialize import (R_FUNCTIONS, design_matrix, expression_columns, lme4_column_name,
@@ -420,7 +427,7 @@ def _ranef_on_fit_rows(fit, terms, ranef) -> np.ndarray:
 
 # ------------------------------------------------------------------ predict
 def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
-            offset=None) -> np.ndarray:
+            offset=None, se_fit: bool = False, interval=None, level: float = 0.95):
     """Predictions as lme4's ``predict(fit, newdata, re.form, allow.new.levels)`` (eq. 63).
 
     Parameters
@@ -437,13 +444,25 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
         a missing grouping value) at the population level of that term.
     offset : str, array-like or float, optional
         Offset for ``newdata`` (a column name, one value per row or a scalar).
+    se_fit : bool
+        Also return the standard error of each population-level prediction,
+        sqrt(x_i V(beta-hat) x_i^T) (eq. 90); needs ``re_form="~0"`` (or NA).
+    interval : None or "confidence"
+        Add Wald limits ``lwr``, ``upr``: prediction -/+ z_{(1+level)/2} se.fit.
+    level : float
+        Confidence level of ``interval``.
 
     Returns
     -------
-    numpy.ndarray
-        One prediction per row (NaN where a value the prediction needs is missing).
+    numpy.ndarray or pandas.DataFrame
+        One prediction per row (NaN where a value the prediction needs is
+        missing); with ``se_fit`` or ``interval``, a DataFrame with columns
+        ``fit``, ``se.fit`` (if ``se_fit``), ``lwr``, ``upr`` (if ``interval``)
+        and the rows of ``newdata`` (or of the fit) as index.
     """
     fit._require_fit()
+    if se_fit or interval is not None:
+        return _with_uncertainty(fit, newdata, re_form, offset, se_fit, interval, level)
     sol = fit._solution
     beta = sol["beta"]
     terms = _selected_terms(fit, re_form)
@@ -463,20 +482,10 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
             pred = pred + _ranef_on_fit_rows(fit, terms, _group_ranef(fit))
         return pred
 
-    if is_table(newdata) and not isinstance(newdata, pd.DataFrame):   # dict, polars, pyarrow
-        newdata = as_pandas(newdata)
-    if not isinstance(newdata, pd.DataFrame):
-        raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+    newdata = _as_frame(newdata)
     n = len(newdata)
     parsed = parse_formula(fit.formula)
-
-    # fixed part: X with the fit's codings, its columns in fixef order
-    names_x = list(fit.fixef_names) + list(fit.dropped_columns)
-    fixed_vars = expression_columns(parsed.fixed, newdata.columns)
-    frame, miss = _coded_frame(fit, newdata, fixed_vars, names_x, "the fixed-effects part")
-    x, xnames = _columns(parsed.fixed, frame, f"the fixed-effects part {parsed.fixed!r}",
-                         getattr(fit, "fixed_spec", None))
-    x = _select(x, xnames, list(fit.fixef_names), "fixed-effects columns")
+    x, miss = _fixed_rows(fit, newdata, parsed)
     pred = x @ beta + _offset_values(fit, newdata, offset) + _formula_offset(parsed, newdata)
 
     # random part
@@ -506,3 +515,55 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
     pred = np.asarray(pred, dtype=np.float64)
     pred[miss] = np.nan
     return pred
+
+
+def _as_frame(newdata) -> pd.DataFrame:
+    """``newdata`` as a pandas DataFrame (dicts, polars and Arrow tables converted)."""
+    if is_table(newdata) and not isinstance(newdata, pd.DataFrame):   # dict, polars, pyarrow
+        newdata = as_pandas(newdata)
+    if not isinstance(newdata, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+    return newdata
+
+
+def _fixed_rows(fit, newdata: pd.DataFrame, parsed) -> tuple[np.ndarray, np.ndarray]:
+    """X of ``newdata`` with the fit's codings, columns in fixef order, and its rows with a missing value."""
+    names_x = list(fit.fixef_names) + list(fit.dropped_columns)
+    fixed_vars = expression_columns(parsed.fixed, newdata.columns)
+    frame, miss = _coded_frame(fit, newdata, fixed_vars, names_x, "the fixed-effects part")
+    x, xnames = _columns(parsed.fixed, frame, f"the fixed-effects part {parsed.fixed!r}",
+                         getattr(fit, "fixed_spec", None))
+    return _select(x, xnames, list(fit.fixef_names), "fixed-effects columns"), miss
+
+
+# ----------------------------------------------------- standard errors
+def _with_uncertainty(fit, newdata, re_form, offset, se_fit, interval, level) -> pd.DataFrame:
+    """Population-level predictions with sqrt(x_i V x_i^T) (eq. 90) and Wald limits."""
+    se_fit = as_flag(se_fit, "se_fit")
+    if interval is not None:
+        interval = as_choice(interval, "interval", ("confidence",))
+    level = as_probability(level, "level")
+    if parse_re_form(re_form) != ():
+        raise DataError("se_fit and interval are available for population-level predictions "
+                        "only: give re_form='~0' (or NA); the uncertainty of the conditional "
+                        f"modes is not included (got re_form={re_form!r})")
+    if newdata is None:
+        pred = predict(fit, None, re_form=re_form, offset=offset)
+        x, index = fit.x, pd.RangeIndex(fit.nobs)
+    else:
+        newdata = _as_frame(newdata)
+        pred = predict(fit, newdata, re_form=re_form, offset=offset)
+        x, miss = _fixed_rows(fit, newdata, parse_formula(fit.formula))
+        x = np.array(x, dtype=np.float64)
+        x[miss] = np.nan
+        index = newdata.index.copy()
+    se = np.sqrt(np.einsum("ij,jk,ik->i", x, fit.vcov.to_numpy(), x))
+    se[np.isnan(pred)] = np.nan
+    out = {"fit": pred}
+    if se_fit:
+        out["se.fit"] = se
+    if interval is not None:
+        z = stats.norm.ppf(0.5 + level / 2.0)
+        out["lwr"] = pred - z * se
+        out["upr"] = pred + z * se
+    return pd.DataFrame(out, index=index)

@@ -545,15 +545,17 @@ def _notes(fit) -> list[str]:
         lines += ["fit warnings:",
                   f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
                   f"column{plural} ({', '.join(map(str, dropped))})"]
+    from .convergence import derivative_messages
+    messages = derivative_messages(fit)   # lme4's checks of gradient and Hessian
     if not fit.converged:
         lines.append(f"optimizer did not converge: {fit.optimizer_message} "
                      f"after {fit.n_evals} evaluations")
-    elif fit.is_singular:
+    elif fit.is_singular or messages:
         optimizer = getattr(getattr(fit, "optsum", None), "optimizer", "quasi-newton")
         lines.append(f"optimizer ({optimizer}) convergence code: 0 (OK)")
     if fit.is_singular:
         lines.append(SINGULAR_MESSAGE)
-    return lines
+    return lines + messages
 
 
 def data_name(data) -> str | None:
@@ -584,7 +586,8 @@ def format_summary(fit, digits: int = 4, *, call: dict | None = None,
     frame has no name (lme4 prints the expression given as ``data``, which a
     Python function cannot see).  The formula is printed as lme4 prints it,
     ``(1 + x || g)`` as ``((1 | g) + (0 + x | g))``; a singular fit ends with
-    lme4's optimizer line and ``SINGULAR_MESSAGE``.  ``ddf``
+    lme4's optimizer line and ``SINGULAR_MESSAGE``, and a fit that fails lme4's
+    convergence checks (lmmfast.convergence) with its messages.  ``ddf``
     (``"satterthwaite"`` or ``"kenward-roger"``) adds the df and
     ``Pr(>|t|)`` columns of lmerTest's summary, with significance stars.
     """

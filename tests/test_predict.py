@@ -225,3 +225,60 @@ def test_factor_valued_random_slope_subset():
     pop = fit.predict(nd, re_form="NA")
     assert_rel(intercept - pop, [b["(Intercept)"]] * 2, 1e-10, "intercepts")
     assert_rel(full - pop, [b["(Intercept)"], b["(Intercept)"] + b["phaselate"]], 1e-10, "all")
+
+
+# ------------------------------------------------- standard errors (eq. 90)
+def test_se_fit_is_dense_x_vcov_xt():
+    fit = reference_fit("sleep_slope", "REML")
+    new = pd.DataFrame({"Days": np.arange(10.0)}, index=list("abcdefghij"))
+    got = fit.predict(new, re_form="~0", se_fit=True)
+    assert list(got.columns) == ["fit", "se.fit"] and list(got.index) == list("abcdefghij")
+    x = np.column_stack([np.ones(10), np.arange(10.0)])
+    dense = x @ fit.vcov.to_numpy() @ x.T
+    np.testing.assert_allclose(got["se.fit"], np.sqrt(np.diag(dense)), rtol=1e-12)
+    np.testing.assert_allclose(got["fit"], fit.predict(new, re_form="~0"), rtol=1e-12)
+    # at Days = 0 the prediction is the intercept: its SE is the intercept's
+    se = fit.coef_table()["Std. Error"]
+    assert got["se.fit"].iloc[0] == pytest.approx(se["(Intercept)"], rel=1e-12)
+
+
+def test_se_fit_on_fit_rows_and_factor_design():
+    fit = _fit("cake", "angle ~ recipe * temperature + (1 | recipe:replicate)", None)
+    got = fit.predict(re_form=np.nan, se_fit=True)
+    dense = fit.x @ fit.vcov.to_numpy() @ fit.x.T
+    np.testing.assert_allclose(got["se.fit"], np.sqrt(np.diag(dense)), rtol=1e-10)
+    cells = pd.DataFrame({"recipe": ["C", "A"], "temperature": [225, 175]})
+    one = fit.predict(cells, re_form="~0", se_fit=True)
+    data = _data("cake")
+    rows = fit.x[[np.flatnonzero((data["recipe"].astype(str) == r).to_numpy()
+                                 & (data["temperature"].astype(str) == str(t)).to_numpy())[0]
+                  for r, t in zip(cells["recipe"], cells["temperature"])]]
+    np.testing.assert_allclose(one["se.fit"], np.sqrt(np.diag(rows @ fit.vcov.to_numpy()
+                                                              @ rows.T)), rtol=1e-10)
+
+
+def test_confidence_interval_is_wald_normal():
+    fit = reference_fit("sleep_slope", "REML")
+    new = pd.DataFrame({"Days": [0.0, 4.5, np.nan]})
+    got = fit.predict(new, re_form="NA", se_fit=True, interval="confidence", level=0.9)
+    assert list(got.columns) == ["fit", "se.fit", "lwr", "upr"]
+    z = 1.6448536269514722
+    np.testing.assert_allclose(got["upr"][:2], got["fit"][:2] + z * got["se.fit"][:2], rtol=1e-12)
+    np.testing.assert_allclose(got["lwr"][:2], got["fit"][:2] - z * got["se.fit"][:2], rtol=1e-12)
+    assert got.iloc[2].isna().all()                          # missing Days: NaN throughout
+    only = fit.predict(new, re_form="~0", interval="confidence")
+    assert list(only.columns) == ["fit", "lwr", "upr"]
+    assert isinstance(fit.predict(new, re_form="~0"), np.ndarray)   # unchanged without se_fit
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(se_fit=True), "re_form"),
+    (dict(se_fit=True, re_form="~ (1 | Subject)"), "re_form"),
+    (dict(re_form="~0", interval="prediction"), "interval"),
+    (dict(re_form="~0", se_fit=True, level=1.5), "level"),
+    (dict(re_form="~0", se_fit="yes"), "se_fit"),
+])
+def test_se_fit_bad_arguments(kwargs, match):
+    fit = reference_fit("sleep_slope", "REML")
+    with pytest.raises(DataError, match=match):
+        fit.predict(pd.DataFrame({"Days": [1.0], "Subject": ["308"]}), **kwargs)

@@ -111,3 +111,29 @@ def assert_varcorr(ours: pd.DataFrame, ref_rows: list[dict], rtol: float) -> Non
         if row.sdcor is not None and np.isfinite(float(row.sdcor)):
             assert abs(ours.sdcor.iloc[i] - float(row.sdcor)) <= rtol, \
                 f"correlation {row.grp} {row.var1}:{row.var2}"
+
+
+@lru_cache(maxsize=None)
+def posthoc() -> dict:
+    """R's post-fit results (emmeans, performance, lmerTest, broom.mixed) for three
+    REML fits: a copy of shared/reference/posthoc/posthoc_results.json."""
+    return json.loads((FIXTURES / "posthoc_results.json").read_text())
+
+
+def lme4_theta(fit, tidy: dict) -> np.ndarray:
+    """theta from broom.mixed's sd__/cor__ rows: each term's covariance factor over sigma."""
+    rows = [(g, t, e) for g, t, e, eff in zip(tidy["group"], tidy["term"], tidy["estimate"],
+                                               tidy["effect"]) if eff == "ran_pars"]
+    sigma = next(e for g, t, e in rows if g == "Residual")
+    theta = []
+    for r in fit.remats:
+        sd = {t[4:]: e for g, t, e in rows if g == r.group and t.startswith("sd__")}
+        cor = {t[5:]: e for g, t, e in rows if g == r.group and t.startswith("cor__")}
+        s = np.array([sd[c] for c in r.cnames])
+        corr = np.eye(r.k)
+        for a in range(r.k):
+            for b in range(a):
+                corr[a, b] = corr[b, a] = cor[f"{r.cnames[b]}.{r.cnames[a]}"]
+        chol = np.linalg.cholesky(corr * np.outer(s, s)) / sigma
+        theta += [chol[a, b] for b in range(r.k) for a in range(b, r.k)]
+    return np.array(theta)

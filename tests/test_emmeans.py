@@ -15,24 +15,18 @@ the intercept, which broom.mixed's ``tidy`` holds.
 
 from __future__ import annotations
 
-import json
 from functools import cache
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES, assert_rel
+from conftest import assert_rel, lme4_theta, posthoc
 from scipy import stats
 
 import lmmfast
 from lmmfast.emmeans import EMMeans, contrast_coefficients
 from lmmfast.errors import DataError, FitError, LmmError
 from lmmfast.kenward_roger import kenward_roger, kr_test
-
-
-@cache
-def posthoc() -> dict:
-    return json.loads((FIXTURES / "posthoc_results.json").read_text())
 
 
 CASES = [(m, i) for m, spec in posthoc()["models"].items() for i in range(len(spec["emmeans"]))]
@@ -44,25 +38,6 @@ def own_fit(model: str) -> lmmfast.LinearMixedModel:
     spec = posthoc()["models"][model]
     return lmmfast.lmer(spec["formula"], lmmfast.datasets.load(spec["dataset"]),
                         reml=spec["reml"])
-
-
-def lme4_theta(fit, tidy: dict) -> np.ndarray:
-    """theta from broom.mixed's sd__/cor__ rows: each term's covariance factor over sigma."""
-    rows = [(g, t, e) for g, t, e, eff in zip(tidy["group"], tidy["term"], tidy["estimate"],
-                                               tidy["effect"]) if eff == "ran_pars"]
-    sigma = next(e for g, t, e in rows if g == "Residual")
-    theta = []
-    for r in fit.remats:
-        sd = {t[4:]: e for g, t, e in rows if g == r.group and t.startswith("sd__")}
-        cor = {t[5:]: e for g, t, e in rows if g == r.group and t.startswith("cor__")}
-        s = np.array([sd[c] for c in r.cnames])
-        corr = np.eye(r.k)
-        for a in range(r.k):
-            for b in range(a):
-                corr[a, b] = corr[b, a] = cor[f"{r.cnames[b]}.{r.cnames[a]}"]
-        chol = np.linalg.cholesky(corr * np.outer(s, s)) / sigma
-        theta += [chol[a, b] for b in range(r.k) for a in range(b, r.k)]
-    return np.array(theta)
 
 
 @cache

@@ -13,7 +13,7 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import assert_rel
-from test_emmeans import lme4_theta, posthoc
+from conftest import lme4_theta, posthoc
 
 import lmmfast
 from lmmfast.errors import FitError

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import assert_rel
 from scipy import stats
-from test_emmeans import posthoc
+from conftest import posthoc
 
 import lmmfast
 from lmmfast.errors import DataError, FitError

@@ -23,7 +23,7 @@ import pytest
 import lmmfast
 from lmmfast.errors import DataError
 from lmmfast.fixed_tests import InferenceError
-from conftest import FIXTURES, assert_rel
+from conftest import FIXTURES, assert_rel, lme4_theta
 
 POSTHOC = json.loads((FIXTURES / "posthoc_results.json").read_text())["models"]
 MODELS = list(POSTHOC)
@@ -42,30 +42,10 @@ def fitted(name: str) -> lmmfast.LinearMixedModel:
     return lmmfast.lmer(POSTHOC[name]["formula"], _data(name), reml=POSTHOC[name]["reml"])
 
 
-def _lme4_theta(ref: dict) -> np.ndarray:
-    """theta from broom's ran_pars rows: lambda = chol(covariance) / sigma, column-major."""
-    rows = [(g, t, e) for eff, g, t, e in zip(ref["effect"], ref["group"], ref["term"],
-                                              ref["estimate"]) if eff == "ran_pars"]
-    sigma = next(e for g, t, e in rows if g == "Residual")
-    theta = []
-    for group in dict.fromkeys(g for g, _, _ in rows if g != "Residual"):
-        sd = {t[4:]: e for g, t, e in rows if g == group and t.startswith("sd__")}
-        names = list(sd)
-        cov = np.diag([sd[n] ** 2 for n in names])
-        for g, t, e in rows:
-            if g == group and t.startswith("cor__"):
-                a, b = next((a, b) for a in names for b in names if t == f"cor__{a}.{b}")
-                i, j = names.index(a), names.index(b)
-                cov[i, j] = cov[j, i] = e * sd[a] * sd[b]
-        lam = np.linalg.cholesky(cov) / sigma
-        theta += [lam[i, j] for j in range(len(names)) for i in range(j, len(names))]
-    return np.array(theta)
-
-
 @lru_cache(maxsize=None)
 def at_lme4_optimum(name: str) -> lmmfast.LinearMixedModel:
     fit = fitted(name).copy()
-    fit._set_theta(_lme4_theta(POSTHOC[name]["tidy"]))
+    fit._set_theta(lme4_theta(fit, POSTHOC[name]["tidy"]))
     return fit
 
 

@@ -133,9 +133,15 @@ def bobyqa(objective, summary: OptSummary, max_restarts: int = 3,
         best[2] = np.ones(n)
         if not best[0] < before - 1e-10 * abs(before):
             break
+    return _finished(summary, best, count[0], code)
+
+
+def _finished(summary: OptSummary, best: list, n_evals: int, code: str) -> OptSummary:
+    """``summary`` with the best point of a run (``best`` = [d, theta, ...]), its
+    evaluations and return code."""
     summary.final = np.asarray(best[1], dtype=np.float64)
     summary.fmin = float(best[0])
-    summary.n_evals = count[0]
+    summary.n_evals = n_evals
     summary.return_code = code
     return summary
 
@@ -220,11 +226,7 @@ def nelder_mead(objective, summary: OptSummary, max_restarts: int = 3,
                     nlopt.LN_NELDERMEAD)
         if not best[0] < before - summary.ftol_rel * abs(before):
             break
-    summary.final = np.asarray(best[1], dtype=np.float64)
-    summary.fmin = float(best[0])
-    summary.n_evals = count[0]
-    summary.return_code = code
-    return summary
+    return _finished(summary, best, count[0], code)
 
 
 def lbfgsb(fg, summary: OptSummary, scale: np.ndarray | None = None) -> OptSummary:
@@ -272,9 +274,6 @@ def lbfgsb(fg, summary: OptSummary, scale: np.ndarray | None = None) -> OptSumma
         code = "SUCCESS"
     else:
         code = "ROUNDOFF_LIMITED" if "ABNORMAL" in message else "FAILURE"
-    summary.final = np.asarray(best[1], dtype=np.float64)
-    summary.fmin = float(best[0])
-    summary.n_evals = count[0]
+    _finished(summary, best, count[0], code)
     summary.n_gradients = count[0]
-    summary.return_code = code
     return summary

@@ -137,3 +137,19 @@ def lme4_theta(fit, tidy: dict) -> np.ndarray:
         chol = np.linalg.cholesky(corr * np.outer(s, s)) / sigma
         theta += [chol[a, b] for b in range(r.k) for a in range(b, r.k)]
     return np.array(theta)
+
+
+@lru_cache(maxsize=None)
+def posthoc_fit(model: str) -> lmmfast.LinearMixedModel:
+    """lmmfast's fit of a model of R's post-fit fixture."""
+    spec = posthoc()["models"][model]
+    return lmmfast.lmer(spec["formula"], lmmfast.datasets.load(spec["dataset"]),
+                        reml=spec["reml"])
+
+
+@lru_cache(maxsize=None)
+def posthoc_fit_at_lme4(model: str) -> lmmfast.LinearMixedModel:
+    """That fit moved to lme4's optimum (theta from broom.mixed's sd/cor rows)."""
+    fit = posthoc_fit(model).copy()
+    fit._set_theta(lme4_theta(fit, posthoc()["models"][model]["tidy"]))
+    return fit

@@ -15,12 +15,11 @@ the intercept, which broom.mixed's ``tidy`` holds.
 
 from __future__ import annotations
 
-from functools import cache
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_rel, lme4_theta, posthoc
+from conftest import assert_rel, posthoc, posthoc_fit, posthoc_fit_at_lme4
 from scipy import stats
 
 import lmmfast
@@ -33,18 +32,7 @@ CASES = [(m, i) for m, spec in posthoc()["models"].items() for i in range(len(sp
 CASE_IDS = [f"{m}-{posthoc()['models'][m]['emmeans'][i]['spec']['specs']}" for m, i in CASES]
 
 
-@cache
-def own_fit(model: str) -> lmmfast.LinearMixedModel:
-    spec = posthoc()["models"][model]
-    return lmmfast.lmer(spec["formula"], lmmfast.datasets.load(spec["dataset"]),
-                        reml=spec["reml"])
-
-
-@cache
-def lme4_fit(model: str) -> lmmfast.LinearMixedModel:
-    fit = own_fit(model).copy()
-    fit._set_theta(lme4_theta(fit, posthoc()["models"][model]["tidy"]))
-    return fit
+own_fit, lme4_fit = posthoc_fit, posthoc_fit_at_lme4
 
 
 def run(fit, spec: dict) -> tuple[EMMeans, pd.DataFrame]:

@@ -8,12 +8,11 @@ fixture) every value agrees to 1e-6 relative; at this library's own optimum
 
 from __future__ import annotations
 
-from functools import cache
 
 import numpy as np
 import pytest
 from conftest import assert_rel
-from conftest import lme4_theta, posthoc
+from conftest import posthoc, posthoc_fit, posthoc_fit_at_lme4
 
 import lmmfast
 from lmmfast.errors import FitError
@@ -22,18 +21,7 @@ from lmmfast.r2 import icc, r2_nakagawa, variance_components
 MODELS = ["cake", "sleep_slope", "penicillin"]
 
 
-@cache
-def own_fit(model: str) -> lmmfast.LinearMixedModel:
-    spec = posthoc()["models"][model]
-    return lmmfast.lmer(spec["formula"], lmmfast.datasets.load(spec["dataset"]),
-                        reml=spec["reml"])
-
-
-@cache
-def lme4_fit(model: str) -> lmmfast.LinearMixedModel:
-    fit = own_fit(model).copy()
-    fit._set_theta(lme4_theta(fit, posthoc()["models"][model]["tidy"]))
-    return fit
+own_fit, lme4_fit = posthoc_fit, posthoc_fit_at_lme4
 
 
 def check(fit, model: str, rtol: float) -> None:

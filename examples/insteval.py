@@ -53,6 +53,13 @@ def section(title: str) -> None:
     print(f"\n{'=' * 72}\n{title}\n{'=' * 72}")
 
 
+def show(table: pd.DataFrame) -> str:
+    """An emmeans table as emmeans prints it: rounded, p-values below 1e-4 as "<.0001"."""
+    out = table.copy()
+    out["p.value"] = [f"{p:.4f}" if p >= 1e-4 else "<.0001" for p in out["p.value"]]
+    return out.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
 def save(fig, outdir: Path, name: str, written: list[Path]) -> None:
     path = outdir / name
     fig.savefig(path, dpi=110)
@@ -167,6 +174,19 @@ def main(argv=None) -> list[Path]:
           f"{same_lecturer:.3f}")
     print(f"correlation of two ratings by the same student of lecturers in different "
           f"departments: {v['s'] / total:.3f}")
+
+    section("R² (Nakagawa) and ICC")
+    r2, icc = fit.r2(), fit.icc()
+    print(f"R2 conditional {r2['R2_conditional']:.4f}, marginal {r2['R2_marginal']:.4f}")
+    print(f"ICC adjusted {icc['ICC_adjusted']:.4f}, unadjusted {icc['ICC_unadjusted']:.4f}")
+    print(f"(s + d + dept) / (s + d + dept + Residual) = "
+          f"{(v['s'] + v['d'] + v['dept']) / total:.4f}")
+
+    section("Service courses: marginal means and contrast (Satterthwaite's df)")
+    means = fit.emmeans("~ service", ddf="satterthwaite")
+    print(show(means.table))
+    print()
+    print(show(means.contrast("pairwise")))
 
     section("Shrinkage of the lecturers' effects")
     re = fit.ranef(condvar=True)

@@ -42,6 +42,15 @@ def section(title: str) -> None:
     print(f"\n{'=' * 72}\n{title}\n{'=' * 72}")
 
 
+def show(table: pd.DataFrame) -> str:
+    """An emmeans table as emmeans prints it: rounded, p-values below 1e-4 as "<.0001"."""
+    out = table.copy()
+    for column in out.columns[:list(out.columns).index("SE") - 1]:
+        out[column] = [f"{v:g}" if isinstance(v, float) else v for v in out[column]]
+    out["p.value"] = [f"{p:.4f}" if p >= 1e-4 else "<.0001" for p in out["p.value"]]
+    return out.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
 def save(fig, outdir: Path, name: str, written: list[Path]) -> None:
     path = outdir / name
     fig.savefig(path, dpi=110)
@@ -86,6 +95,32 @@ def main(argv=None) -> list[Path]:
     section("Variance components")
     vc = fit.varcorr
     print(vc.round(4).to_string(index=False))
+
+    section("Convergence (lme4's checks at the fitted theta)")
+    conv = fit.convergence
+    print(f"checks passed: {conv.ok}; singular fit: {conv.singular}; "
+          f"derivative checks run: {conv.checked}")
+    print(f"scaled gradient {conv.scaled_grad:.2e} (lme4's tolerance 2e-03), "
+          f"max |gradient| {conv.max_grad:.2e}")
+    print(f"Hessian eigenvalues {conv.hessian_min_eigen:.1f} to {conv.hessian_max_eigen:.1f}, "
+          f"positive definite: {conv.hessian_pd}")
+    print(f"messages: {'; '.join(conv.messages) or 'none'}")
+
+    section("R² (Nakagawa) and ICC")
+    r2, icc = fit.r2(), fit.icc()
+    print(f"R2 conditional {r2['R2_conditional']:.4f}, marginal {r2['R2_marginal']:.4f}")
+    print(f"ICC adjusted {icc['ICC_adjusted']:.4f}, unadjusted {icc['ICC_unadjusted']:.4f}")
+
+    section("Tidy table of the estimates (95% t intervals, Satterthwaite's df)")
+    tidy = fit.tidy(conf_int=True).to_string(index=False, na_rep="",
+                                             float_format=lambda v: f"{v:.4g}")
+    print("\n".join(line.rstrip() for line in tidy.splitlines()))
+
+    section("Reaction time after 3, 6 and 9 days against baseline (Kenward-Roger df)")
+    means = fit.emmeans("~ Days", at={"Days": [0, 3, 6, 9]})
+    print(show(means.table))
+    print()
+    print(show(means.contrast("trt.vs.ctrl", adjust="holm")))
 
     section("95% confidence intervals: Wald, profile and parametric bootstrap")
     wald = fit.confint(method="wald")

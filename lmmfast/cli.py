@@ -3,6 +3,7 @@
 ::
 
     lmmfast fit DATA FORMULA [--ml] [--json] [--weights COL] [--offset COL] [--plot DIR]
+                [--emmeans SPEC [--ddf DDF] [--contrast METHOD [--adjust ADJ]]] [--r2]
     lmmfast datasets
     lmmfast --version
 
@@ -17,6 +18,11 @@ command quietly.  ``--plot DIR`` also writes
 the standard diagnostic plots of the fit (residuals vs fitted and normal
 QQ, a caterpillar plot of each grouping factor's conditional modes) as PNG
 files in ``DIR``; it needs matplotlib (``pip install 'lmmfast[plot]'``).
+``--emmeans SPEC`` (e.g. ``"~ recipe"``) adds emmeans' marginal means, and
+``--contrast METHOD`` their contrasts (``--adjust`` the multiplicity
+adjustment); ``--r2`` adds Nakagawa's R² and the ICC.  They are printed after
+the summary, or held by the JSON object's ``emmeans``, ``contrasts``, ``r2``
+and ``icc`` keys.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
+from .arguments import as_choice
 from .errors import DataError, LmmError
 
 __all__ = ["main", "load_data", "fit_to_dict"]
@@ -100,6 +107,12 @@ def _json_value(value):
     return str(value)
 
 
+def _json_records(table: pd.DataFrame) -> list[dict]:
+    """A table as JSON-ready row dicts keyed by its column names."""
+    return [{str(col): _json_value(row[col]) for col in table.columns}
+            for row in table.to_dict("records")]
+
+
 def fit_to_dict(fit) -> dict:
     """The numbers of a fitted model as a JSON-ready dict."""
     stderr = fit.stderr.reindex(fit.fixef.index)
@@ -115,8 +128,7 @@ def fit_to_dict(fit) -> dict:
         "fixef": {str(k): {"estimate": _json_value(v), "se": _json_value(stderr[k])}
                   for k, v in fit.fixef.items()},
         "sigma": _json_value(fit.sigma),
-        "varcorr": [{col: _json_value(row[col]) for col in fit.varcorr.columns}
-                    for row in fit.varcorr.to_dict("records")],
+        "varcorr": _json_records(fit.varcorr),
         "is_singular": bool(fit.is_singular),
         "converged": bool(fit.converged),
         "n_evals": int(fit.n_evals),
@@ -129,10 +141,115 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+# ------------------------------------------------------------ post-fit tables
+def _check_post_fit(args) -> None:
+    """Reject --ddf/--contrast/--adjust without what they refine, and unknown choices."""
+    from .emmeans import ADJUSTMENTS, CONTRAST_METHODS, DDF_METHODS
+    if args.emmeans is None:
+        for flag, value in (("--contrast", args.contrast), ("--ddf", args.ddf)):
+            if value is not None:
+                raise DataError(f"{flag} needs --emmeans SPEC, e.g. --emmeans '~ recipe'")
+    if args.adjust is not None and args.contrast is None:
+        raise DataError("--adjust needs --contrast METHOD, e.g. --contrast pairwise")
+    if args.ddf is not None:
+        as_choice(args.ddf, "--ddf", DDF_METHODS, {"kr": "kenward-roger"})
+    if args.contrast is not None:
+        as_choice(args.contrast, "--contrast", CONTRAST_METHODS)
+    if args.adjust is not None:
+        as_choice(args.adjust, "--adjust", ADJUSTMENTS)
+
+
+def _post_fit(fit, args) -> dict:
+    """The tables asked for by --emmeans/--contrast and --r2, by their JSON key."""
+    out = {}
+    if args.emmeans is not None:
+        ddf = {} if args.ddf is None else {"ddf": args.ddf}
+        means = fit.emmeans(args.emmeans, **ddf)
+        out["emmeans"] = means
+        if args.contrast is not None:
+            from .emmeans import _DEFAULT_ADJUST
+            out["contrasts"] = means.contrast(args.contrast, adjust=args.adjust)
+            method = args.contrast.strip().lower()
+            out["adjust"] = (args.adjust or _DEFAULT_ADJUST[method]).strip().lower()
+    if args.r2:
+        out["r2"], out["icc"] = fit.r2(), fit.icc()
+    return out
+
+
+def _r_digits(values: np.ndarray, digits: int = 4, most: int = 7) -> int:
+    """Decimals R's ``format(x, digits=)`` shows: the fewest that give every value
+    ``digits`` significant digits (at most ``most``)."""
+    finite = np.abs(values[np.isfinite(values) & (values != 0)])
+    decimals = 0
+    for v in finite:
+        d = int(min(most, max(0, digits - 1 - math.floor(math.log10(v)))))
+        while d > 0 and round(v, d - 1) == round(v, d):
+            d -= 1
+        decimals = max(decimals, d)
+    return decimals
+
+
+def _format_p(p: float) -> str:
+    """A p-value as emmeans prints it."""
+    if not np.isfinite(p):
+        return "NaN"
+    return "<.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _format_table(table: pd.DataFrame) -> str:
+    """A table with R's number formatting: four significant digits per column, p-values
+    as emmeans shows them."""
+    formatters = {}
+    for col in table.columns:
+        if col == "p.value":
+            formatters[col] = _format_p
+        elif pd.api.types.is_float_dtype(table[col]):
+            decimals = _r_digits(table[col].to_numpy(dtype=float))
+            formatters[col] = lambda v, d=decimals: "Inf" if v == np.inf else f"{v:.{d}f}"
+    return table.to_string(index=False, formatters=formatters)
+
+
+def _format_post_fit(tables: dict) -> str:
+    """The --emmeans/--contrast and --r2 results as R prints them."""
+    blocks = []
+    if "emmeans" in tables:
+        means = tables["emmeans"]
+        blocks.append(f"$emmeans\n{_format_table(means.table)}\n\n"
+                      f"Degrees-of-freedom method: {means.ddf}\n"
+                      f"Confidence level used: {means.level:g}")
+    if "contrasts" in tables:
+        contrasts = tables["contrasts"]
+        blocks.append(f"$contrasts\n{_format_table(contrasts)}\n\n"
+                      f"P value adjustment: {tables['adjust']}")
+    if "r2" in tables:
+        r2, icc = tables["r2"], tables["icc"]
+        blocks.append("# R2 for Mixed Models\n\n"
+                      f"  Conditional R2: {r2['R2_conditional']:.3f}\n"
+                      f"     Marginal R2: {r2['R2_marginal']:.3f}\n\n"
+                      "# Intraclass Correlation Coefficient\n\n"
+                      f"    Adjusted ICC: {icc['ICC_adjusted']:.3f}\n"
+                      f"  Unadjusted ICC: {icc['ICC_unadjusted']:.3f}")
+    return "\n\n".join(blocks)
+
+
+def _post_fit_json(tables: dict) -> dict:
+    """The --emmeans/--contrast and --r2 results as JSON-ready values."""
+    out = {}
+    if "emmeans" in tables:
+        out["emmeans"] = _json_records(tables["emmeans"].table)
+    if "contrasts" in tables:
+        out["contrasts"] = _json_records(tables["contrasts"])
+    for key in ("r2", "icc"):
+        if key in tables:
+            out[key] = {k: _json_value(v) for k, v in tables[key].items()}
+    return out
+
+
 def _cmd_fit(args) -> int:
     import lmmfast
     from .summary import format_summary
 
+    _check_post_fit(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -142,13 +259,18 @@ def _cmd_fit(args) -> int:
         finally:   # a failed fit's warnings explain it: shown before its error
             for warning in caught:
                 print(f"{PROG}: warning: {_one_line(warning.message)}", file=sys.stderr)
+    tables = _post_fit(fit, args)
     if args.plot is not None:
         _write_plots(fit, args.plot)
     if args.json:
-        print(json.dumps(fit_to_dict(fit), indent=2, allow_nan=False))
+        result = fit_to_dict(fit) | _post_fit_json(tables)
+        print(json.dumps(result, indent=2, allow_nan=False))
     else:
         call = {"data": args.data, "weights": args.weights, "offset": args.offset}
         print(format_summary(fit, call=call))
+        if tables:
+            print()
+            print(_format_post_fit(tables))
     return 0
 
 
@@ -190,6 +312,19 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--offset", metavar="COL", help="column of the offset")
     fit.add_argument("--plot", metavar="DIR",
                      help="write diagnostic plots (PNG) of the fit to DIR (needs matplotlib)")
+    fit.add_argument("--emmeans", metavar="SPEC",
+                     help='estimated marginal means (R\'s emmeans), e.g. "~ recipe" or '
+                          '"~ temperature | recipe"')
+    fit.add_argument("--ddf", metavar="DDF",
+                     help="df of --emmeans: kenward-roger (default), satterthwaite or asymptotic")
+    fit.add_argument("--contrast", metavar="METHOD",
+                     help="contrasts of the --emmeans means: pairwise, revpairwise, "
+                          "trt.vs.ctrl, consec or poly")
+    fit.add_argument("--adjust", metavar="ADJ",
+                     help="p-value adjustment of --contrast: tukey, holm, bonferroni, sidak "
+                          "or none (default: tukey for pairwise methods, none for poly)")
+    fit.add_argument("--r2", action="store_true",
+                     help="Nakagawa's conditional and marginal R² and the ICC")
     fit.set_defaults(run=_cmd_fit)
 
     listing = commands.add_parser("datasets", help="list the bundled datasets",

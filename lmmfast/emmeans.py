@@ -28,6 +28,8 @@ from .satterthwaite import contrast_df, varpar_covariance
 
 __all__ = ["EMMeans", "contrast_coefficients", "emmeans"]
 
+TUKEY_DF_INFINITE = 25_000   # R's ptukey treats larger df as infinite
+
 DDF_METHODS = ("kenward-roger", "satterthwaite", "asymptotic")
 CONTRAST_METHODS = ("pairwise", "revpairwise", "trt.vs.ctrl", "consec", "poly")
 ADJUSTMENTS = ("tukey", "holm", "bonferroni", "sidak", "none")
@@ -186,9 +188,10 @@ def _statistics(estimate, se, df, level: float, adjust: str = "none",
         t = estimate / se
     raw = 2.0 * stats.t.sf(np.abs(t), df)
     alpha = 1.0 - level
-    if adjust == "tukey":
-        p = stats.studentized_range.sf(np.abs(t) * np.sqrt(2.0), means, df)
-        crit = stats.studentized_range.ppf(level, means, df) / np.sqrt(2.0)
+    if adjust == "tukey":   # df above 25,000 as infinite, as R's ptukey (its dlarg)
+        q_df = np.where(np.asarray(df, dtype=float) > TUKEY_DF_INFINITE, np.inf, df)
+        p = stats.studentized_range.sf(np.abs(t) * np.sqrt(2.0), means, q_df)
+        crit = stats.studentized_range.ppf(level, means, q_df) / np.sqrt(2.0)
     else:
         if adjust in ("holm", "bonferroni"):
             crit = stats.t.ppf(1.0 - alpha / (2.0 * family), df)

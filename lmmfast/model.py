@@ -974,6 +974,13 @@ class LinearMixedModel:
                        allow_new_levels=_as_bool(allow_new_levels, "allow_new_levels"),
                        offset=offset, se_fit=se_fit, interval=interval, level=level)
 
+    def marginal_effects(self, term, by=None, at=None, n: int = 10, level: float = 0.95):
+        """ggeffects' ``ggpredict`` table: population-level predictions over ``term``'s values,
+        one line per value of ``by``, other variables at their mean or reference level
+        (``at=`` fixes them); see :mod:`lmmfast.effects`."""
+        from .effects import marginal_effects
+        return marginal_effects(self, term, by=by, at=at, n=n, level=level)
+
     # ---------------------------------------------------------- presentation
     def summary(self, ddf: str | None = None) -> str:
         """lme4-style summary text; ``ddf="satterthwaite"`` adds df and p-values as lmerTest."""

@@ -14,6 +14,9 @@ matplotlib ``Figure``:
   QQ plot of the scaled residuals.
 * :func:`profile_zeta` -- the profile zeta traces of the parameters (lme4's
   ``xyplot(profile(fit))``).
+* :func:`marginal_effects` -- predictions over a term's values with their
+  confidence band, one line per group (ggeffects' ``plot(ggpredict(...))``);
+  it returns the ``Axes``.
 * :func:`save_diagnostics` -- the standard diagnostic plots of a fit written
   as PNG files (used by ``lmmfast fit --plot DIR``).
 """
@@ -33,7 +36,7 @@ from .simulate import seed_sequence
 from .streaming import require_rows
 
 __all__ = ["subject_panels", "caterpillar", "residual_plots", "profile_zeta",
-           "save_diagnostics"]
+           "marginal_effects", "save_diagnostics"]
 
 _POINT = "#1f4e79"
 _FIT = "#c0392b"
@@ -467,6 +470,77 @@ def _crossings(values, zetas, q):
 
 
 # -------------------------------------------------------------- diagnostics
+# --------------------------------------------------------- marginal effects
+def marginal_effects(table_or_fit, term=None, ax=None, *, by=None, at=None,
+                     level: float = 0.95, alpha: float = 0.2):
+    """Draw a marginal effects table: the predictions and their confidence band per group.
+
+    Parameters
+    ----------
+    table_or_fit : DataFrame or LinearMixedModel
+        A table from ``fit.marginal_effects(...)``, or a fit, whose table for
+        ``term`` (with ``by``, ``at``, ``level``) is computed first.
+    term : str or list of str, optional
+        The term of a fit (required then); with a table, only the x-axis label.
+    ax : matplotlib Axes, optional
+        Draw here.
+    alpha : float
+        Opacity of the bands.
+
+    A numeric term gives one line and one ``fill_between`` band per group; a
+    factor term points with error bars, shifted a little per group.  Returns
+    the ``Axes``.
+    """
+    if isinstance(table_or_fit, pd.DataFrame):
+        table = table_or_fit
+    elif hasattr(table_or_fit, "marginal_effects"):
+        if term is None:
+            raise DataError("term: give the variable whose marginal effects to draw, "
+                            "e.g. term='Days'")
+        table = table_or_fit.marginal_effects(term, by=by, at=at, level=level)
+    else:
+        raise DataError("table_or_fit must be a table from fit.marginal_effects() or a "
+                        f"fitted model, got {describe(table_or_fit)}")
+    missing = [c for c in ("x", "predicted", "conf.low", "conf.high", "group")
+               if c not in table.columns]
+    if missing:
+        raise DataError(f"table_or_fit: the table has no column {missing[0]!r}; give a "
+                        "table from fit.marginal_effects()")
+    alpha = as_probability(alpha, "alpha")
+    _, ax = _new_axes(ax, (5.5, 4.0))
+    xname = table.attrs.get("term") or (term if isinstance(term, str) else "x")
+    groups = list(pd.unique(table["group"]))
+    factor = bool(table.attrs.get("factor", not pd.api.types.is_numeric_dtype(table["x"])))
+    cycle = [c["color"] for c in _pyplot().rcParams["axes.prop_cycle"]]
+    many = len(groups) > 1
+    if factor:
+        levels = list(pd.unique(table["x"]))
+        width = 0.5 / max(len(groups), 1)
+    for k, g in enumerate(groups):
+        rows = table[table["group"] == g]
+        color = cycle[k % len(cycle)] if many else _FIT
+        label = str(g) if many else None
+        if factor:
+            pos = np.array([levels.index(v) for v in rows["x"]], dtype=float)
+            pos += (k - (len(groups) - 1) / 2) * width
+            y = rows["predicted"].to_numpy(float)
+            err = [y - rows["conf.low"].to_numpy(float), rows["conf.high"].to_numpy(float) - y]
+            ax.errorbar(pos, y, yerr=err, fmt="o", color=color, capsize=3, label=label)
+        else:
+            x = rows["x"].to_numpy(float)
+            ax.fill_between(x, rows["conf.low"].to_numpy(float),
+                            rows["conf.high"].to_numpy(float), color=color, alpha=alpha,
+                            linewidth=0)
+            ax.plot(x, rows["predicted"].to_numpy(float), color=color, label=label)
+    if factor:
+        ax.set_xticks(range(len(levels)), [str(v) for v in levels])
+    ax.set_xlabel(xname)
+    ax.set_ylabel(table.attrs.get("response") or "predicted")
+    if many:
+        ax.legend(title=table.attrs.get("by") or "group", frameon=False)
+    return ax
+
+
 def save_diagnostics(fit, directory, *, dpi: int = 110, max_levels: int = 60) -> list[Path]:
     """Write the standard diagnostic plots of a fit as PNG files in ``directory``.
 

@@ -263,3 +263,120 @@ def test_warnings_of_a_failed_fit_are_shown(tmp_path, capsys):
     assert lines[0] == ("lmmfast: warning: 2 rows with missing values dropped (in 'Days'); "
                         "178 rows remain")
     assert lines[1].startswith("lmmfast: error: the response 'Reaction' is fitted exactly")
+
+
+# --------------------------------------------------------------------------
+# post-fit tables: --emmeans, --contrast, --adjust, --r2
+
+CAKE = "angle ~ recipe * temperature + (1 | recipe:replicate)"
+
+
+def posthoc_reference(model: str) -> dict:
+    path = Path(__file__).parent / "fixtures" / "posthoc_results.json"
+    return json.loads(path.read_text())["models"][model]
+
+
+def assert_records_equal(records: list[dict], table) -> None:
+    """JSON rows against a DataFrame: same columns in order, same values (NaN as null)."""
+    assert [list(r) for r in records] == [list(table.columns)] * len(table)
+    for record, row in zip(records, table.to_dict("records")):
+        for col, value in row.items():
+            if isinstance(value, float):
+                assert record[col] == (None if not np.isfinite(value) else value), col
+            else:
+                assert record[col] == str(value), col
+
+
+@pytest.mark.parametrize("formula", [CAKE, "angle ~ recipe * temp + (1 | recipe:replicate)"],
+                         ids=["factor", "numeric"])
+def test_emmeans_and_contrasts_json(capsys, formula):
+    status, out, err = run(capsys, "fit", "cake", formula, "--emmeans", "~ recipe",
+                           "--contrast", "pairwise", "--adjust", "tukey", "--json")
+    assert status == 0 and err == ""
+    result = json.loads(out)
+    fit = lmmfast.lmer(formula, lmmfast.datasets.load("cake"))
+    means = fit.emmeans("~ recipe")
+    assert_records_equal(result["emmeans"], means.table)
+    assert_records_equal(result["contrasts"], means.contrast("pairwise", adjust="tukey"))
+    assert "r2" not in result and "icc" not in result
+    if formula != CAKE:
+        return
+    # and R's emmeans (kenward-roger df, Tukey's p), at this library's optimum
+    ref = posthoc_reference("cake")["emmeans"][0]
+    assert ref["spec"] == {"specs": "~ recipe", "df": "kenward-roger",
+                           "contrast": "pairwise", "adjust": "tukey"}
+    for key in ("emmeans", "contrasts"):
+        rows = result[key]
+        for col, expected in ref[key].items():
+            got = [r[col] for r in rows]
+            if isinstance(expected[0], str):
+                assert got == expected
+            else:
+                assert_rel(got, expected, 1e-3 if col == "p.value" else 1e-4, f"{key} {col}")
+
+
+def test_emmeans_default_adjust_and_ddf(capsys):
+    status, out, _ = run(capsys, "fit", "cake", CAKE, "--emmeans", "~ recipe",
+                         "--ddf", "asymptotic", "--contrast", "pairwise", "--json")
+    assert status == 0
+    result = json.loads(out)
+    means = lmmfast.lmer(CAKE, lmmfast.datasets.load("cake")).emmeans(
+        "~ recipe", ddf="asymptotic")
+    assert_records_equal(result["emmeans"], means.table)
+    assert_records_equal(result["contrasts"], means.contrast("pairwise"))   # tukey
+    assert result["emmeans"][0]["df"] is None       # infinite df: null, as NaN
+    assert "z.ratio" in result["contrasts"][0]
+
+
+def test_emmeans_printed_after_summary(capsys):
+    status, out, err = run(capsys, "fit", "cake", CAKE, "--emmeans", "~ recipe",
+                           "--contrast", "pairwise", "--adjust", "tukey")
+    assert status == 0 and err == ""
+    assert out.startswith("Linear mixed model fit by REML ['lmerMod']\n")
+    summary, tables = out.split("\n$emmeans\n")
+    assert "Random effects:" in summary and "$" not in summary
+    lines = tables.splitlines()
+    assert lines[0].split() == ["recipe", "emmean", "SE", "df", "lower.CL", "upper.CL",
+                                "t.ratio", "p.value"]
+    assert lines[1].split() == ["A", "33.12", "1.737", "42", "29.62", "36.63", "19.07", "<.0001"]
+    assert "Degrees-of-freedom method: kenward-roger" in lines
+    start = lines.index("$contrasts")
+    assert lines[start + 1].split()[:2] == ["contrast", "estimate"]
+    assert lines[start + 2].split()[:3] == ["A", "-", "B"]
+    assert lines[start + 2].split()[-1] == "0.8200"
+    assert "P value adjustment: tukey" in lines
+    widths = {len(line) for line in lines[start + 1:start + 5]}
+    assert len(widths) == 1          # aligned columns
+
+
+def test_r2(capsys):
+    status, out, err = run(capsys, "fit", "sleepstudy", SLEEP, "--r2", "--json")
+    assert status == 0 and err == ""
+    result = json.loads(out)
+    fit = lmmfast.lmer(SLEEP, lmmfast.datasets.load("sleepstudy"))
+    assert result["r2"] == fit.r2() and result["icc"] == fit.icc()
+    ref = posthoc_reference("sleep_slope")
+    assert_rel(result["r2"]["R2_conditional"], ref["r2_nakagawa"]["conditional"], 1e-4, "R2")
+    assert_rel(result["icc"]["ICC_adjusted"], ref["icc"]["adjusted"], 1e-4, "ICC")
+    assert "emmeans" not in result and "contrasts" not in result
+
+    status, out, _ = run(capsys, "fit", "sleepstudy", SLEEP, "--r2")
+    assert status == 0
+    assert "# R2 for Mixed Models\n\n  Conditional R2: 0.799\n     Marginal R2: 0.279\n" in out
+    assert "    Adjusted ICC: 0.722\n  Unadjusted ICC: 0.521\n" in out
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--contrast", "pairwise"], ["--contrast needs --emmeans"]),
+    (["--ddf", "satterthwaite"], ["--ddf needs --emmeans"]),
+    (["--emmeans", "~ recipe", "--adjust", "holm"], ["--adjust needs --contrast"]),
+    (["--emmeans", "~ recipe", "--contrast", "pairs"], ["--contrast", "'pairs'", "'pairwise'"]),
+    (["--emmeans", "~ recipe", "--contrast", "pairwise", "--adjust", "scheffe"],
+     ["--adjust", "'scheffe'", "'holm'"]),
+    (["--emmeans", "~ recipe", "--ddf", "kr2"], ["--ddf", "'kr2'"]),
+    (["--emmeans", "~ flavour"], ["'flavour'", "recipe"]),
+    (["--emmeans", "~ recipe", "--contrast", "consec", "--adjust", "tukey"], ["tukey"]),
+], ids=["contrast-alone", "ddf-alone", "adjust-alone", "method", "adjust", "ddf",
+        "column", "tukey-consec"])
+def test_post_fit_errors(capsys, argv, fragments):
+    assert_error(*run(capsys, "fit", "cake", CAKE, *argv), *fragments)

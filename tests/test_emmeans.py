@@ -256,3 +256,21 @@ def test_input_data_unchanged(cake):
     before = lmmfast.datasets.load("cake")
     cake.emmeans("~ recipe", at={"temperature": ["175", "185"]}, ddf="asymptotic")
     pd.testing.assert_frame_equal(before, lmmfast.datasets.load("cake"))
+
+
+def test_tukey_with_very_large_df_is_not_zero():
+    """scipy's studentized range underflows to 0 in the far tail at df ~ 4e4; above
+    25,000 df it is taken as infinite, as R's ptukey does: two means, so Tukey's p
+    equals the two-sided normal p."""
+    rng = np.random.default_rng(2)
+    n = 40_000
+    g = rng.integers(0, 50, n)
+    f = rng.integers(0, 2, n)
+    y = 0.07 * f + rng.normal(size=50)[g] + rng.normal(size=n)
+    df = pd.DataFrame({"y": y, "f": pd.Categorical(f), "g": pd.Categorical(g)})
+    fit = lmmfast.lmer("y ~ f + (1 | g)", df)
+    con = fit.emmeans("~ f", ddf="satterthwaite").contrast("pairwise", adjust="tukey")
+    t = float(con["t.ratio"].iloc[0])
+    assert float(con["df"].iloc[0]) > 25_000
+    assert con["p.value"].iloc[0] > 0
+    assert con["p.value"].iloc[0] == pytest.approx(2 * stats.norm.sf(abs(t)), rel=1e-6)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +33,34 @@ def load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def printed_section(out: str, title: str) -> str:
+    """The text an example prints under a section title (up to the next section)."""
+    parts = [part.strip("\n") for part in out.split("=" * 72)]
+    assert title in parts, f"no section {title!r} in the output"
+    return parts[parts.index(title) + 1]
+
+
+def printed_numbers(text: str, start: str) -> list[float]:
+    """The numbers on the printed line that starts with ``start``."""
+    lines = [line for line in text.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"expected one line starting {start!r} in\n{text}"
+    values = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", lines[0])]
+    assert values and all(math.isfinite(v) for v in values), lines[0]
+    return values
+
+
+def printed_table(text: str, header: str) -> list[list[str]]:
+    """The rows of a printed table whose header line starts with ``header``."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.lstrip().startswith(header))
+    rows = []
+    for line in lines[first + 1:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
 
 
 def assert_pngs(paths, expected_names):
@@ -154,6 +184,41 @@ def test_sleepstudy_example(tmp_path, capsys):
     assert "lowest AIC: uncorrelated" in out
     assert "Satterthwaite" in out
 
+    fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days || Subject)",
+                       lmmfast.datasets.load("sleepstudy"))
+    conv = printed_section(out, "Convergence (lme4's checks at the fitted theta)")
+    assert "checks passed: True; singular fit: False; derivative checks run: True" in conv
+    assert "messages: none" in conv
+    assert printed_numbers(conv, "scaled gradient")[0] < 2e-3
+
+    r2 = printed_section(out, "R² (Nakagawa) and ICC")
+    conditional, marginal = printed_numbers(r2, "R2 conditional")
+    adjusted, unadjusted = printed_numbers(r2, "ICC adjusted")
+    assert 0 < marginal < conditional < 1 and 0 < unadjusted < adjusted < 1
+    expected = list(fit.r2().values()) + list(fit.icc().values())
+    assert [conditional, marginal, adjusted, unadjusted] == pytest.approx(expected, abs=1e-4)
+
+    tidy = printed_table(printed_section(
+        out, "Tidy table of the estimates (95% t intervals, Satterthwaite's df)"), "effect")
+    assert [row[:2] for row in tidy] == [["fixed", "(Intercept)"], ["fixed", "Days"],
+                                        ["ran_pars", "Subject"], ["ran_pars", "Subject.1"],
+                                        ["ran_pars", "Residual"]]
+    low, high = float(tidy[1][-2]), float(tidy[1][-1])
+    assert low < 10.467 < high                     # lme4: Days 10.467
+
+    days = printed_section(
+        out, "Reaction time after 3, 6 and 9 days against baseline (Kenward-Roger df)")
+    means = printed_table(days, "Days  emmean")
+    assert [row[0] for row in means] == ["0", "3", "6", "9"]
+    assert float(means[0][1]) == pytest.approx(251.405, abs=1e-3)   # lme4: (Intercept)
+    contrasts = printed_table(days, "contrast")
+    assert [" ".join(row[:3]) for row in contrasts] == [
+        "Days3 - Days0", "Days6 - Days0", "Days9 - Days0"]
+    slope = 10.467286                              # lme4: Days
+    assert [float(row[3]) for row in contrasts] == pytest.approx(
+        [3 * slope, 6 * slope, 9 * slope], abs=1e-3)
+    assert {row[8] for row in contrasts} == {"6.712"}   # each a multiple of the slope
+
 
 def test_insteval_example(tmp_path, capsys):
     example = load_example("insteval")
@@ -165,3 +230,27 @@ def test_insteval_example(tmp_path, capsys):
     assert "Variance decomposition" in out
     assert "0.2652" in out                         # lme4: d (Intercept) variance 0.2652
     assert "| lmmfast (BLAS threads: " in out      # the timing table of docs/insteval.md
+
+    r2 = printed_section(out, "R² (Nakagawa) and ICC")
+    conditional, marginal = printed_numbers(r2, "R2 conditional")
+    adjusted, unadjusted = printed_numbers(r2, "ICC adjusted")
+    assert 0 < marginal < 0.01 < unadjusted < adjusted < conditional < 1
+    # the ICC's random variance is the sum over the three crossed terms; lme4's
+    # variances s 0.105998, d 0.265221, dept 0.006912, residual 1.3865
+    random = 0.105998 + 0.265221 + 0.006912
+    assert adjusted == pytest.approx(random / (random + 1.3865), abs=1e-4)
+    assert printed_numbers(r2, "(s + d + dept)") == pytest.approx([adjusted], abs=1e-4)
+
+    service = printed_section(
+        out, "Service courses: marginal means and contrast (Satterthwaite's df)")
+    means = printed_table(service, "service  emmean")
+    assert [row[0] for row in means] == ["0", "1"]
+    assert float(means[0][1]) == pytest.approx(3.2826, abs=1e-4)     # lme4: (Intercept)
+    assert float(means[1][1]) == pytest.approx(3.2826 - 0.0926, abs=2e-4)
+    contrasts = printed_table(service, "contrast")
+    assert len(contrasts) == 1 and contrasts[0][:3] == ["0", "-", "1"]
+    estimate, se, df = (float(v) for v in contrasts[0][3:6])
+    assert estimate == pytest.approx(0.09264, abs=1e-4)   # lme4: service1 -9.264e-02
+    assert se == pytest.approx(0.01339, abs=1e-4)
+    assert df == pytest.approx(37614, rel=1e-3)            # lmerTest: 3.761e+04
+    assert contrasts[0][-1] == "<.0001"

@@ -93,6 +93,9 @@ class LinearMixedModel:
                 return
         self.formula = formula
         self.reml = _as_bool(reml, "reml")
+        # the data as given (a reference, not kept by pickles): what refits of other
+        # models on the same data (ranova) read again, as lme4 keeps its frame
+        self._call = {"data": data, "weights": weights, "offset": offset}
         parsed = parse_formula(formula)
         frame = model_frame(parsed, data, weights, offset)
         xy = build_xymat(parsed, frame.data)
@@ -284,7 +287,7 @@ class LinearMixedModel:
         state L(theta) as it was: not refactored, so the same to the bit whatever
         the BLAS threads); for pickle and deepcopy."""
         state = {name: value for name, value in self.__dict__.items()
-                 if not isinstance(value, _COMPILED)}
+                 if not isinstance(value, _COMPILED) and name != "_call"}
         core = self.__dict__.get("_core")
         if isinstance(core, BlockedCholesky):
             state["_core_state"] = _factor_state(core)
@@ -917,10 +920,22 @@ class LinearMixedModel:
         from .r2 import icc
         return icc(self)
 
-    def ranova(self, data, weights=None, offset=None, reduce_terms: bool = True) -> pd.DataFrame:
-        """LRT of each random-effects term reduced by one (lmerTest's ``ranova``);
-        ``data``, ``weights``, ``offset``: as the model was fitted with."""
+    def ranova(self, data=None, weights=None, offset=None,
+               reduce_terms: bool = True) -> pd.DataFrame:
+        """LRT of each random-effects term reduced by one (lmerTest's ``ranova``).
+
+        The reduced models are refitted to the data the model was built from;
+        ``data``, ``weights``, ``offset`` give it again where the model does not
+        hold it (one restored from a pickle)."""
         from .ranova import ranova
+        if data is None:
+            call = self.__dict__.get("_call")
+            if call is None:
+                raise FitError("ranova() refits reduced models to the model's data, which "
+                               "this model does not hold (restored from a pickle, or built "
+                               "from cross-products): pass data= (and weights=, offset= as "
+                               "the model was fitted with)")
+            data, weights, offset = call["data"], call["weights"], call["offset"]
         return ranova(self, data, weights=weights, offset=offset, reduce_terms=reduce_terms)
 
     def emmeans(self, specs, by=None, at=None, ddf: str = "kenward-roger", level: float = 0.95):

@@ -156,3 +156,15 @@ def test_ml_fit_uses_ml_likelihoods():
 def test_repeated_term_raises():
     with pytest.raises(DataError, match="write each term once"):
         reduced_formulas("y ~ x + (1 | g) + (1 | g)")
+
+
+def test_ranova_without_data_refits_to_the_models_own_data():
+    """fit.ranova() reads the data the model was built from; a pickled model asks for it."""
+    import pickle
+    df = lmmfast.datasets.load("sleepstudy")
+    fit = lmmfast.lmer("Reaction ~ Days + (Days | Subject)", df)
+    pd.testing.assert_frame_equal(fit.ranova(), fit.ranova(df))
+    restored = pickle.loads(pickle.dumps(fit))
+    with pytest.raises(FitError, match="pass data="):
+        restored.ranova()
+    pd.testing.assert_frame_equal(restored.ranova(df), fit.ranova(df))

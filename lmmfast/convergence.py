@@ -21,13 +21,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConvergenceWarning, DataError, FitError, LmmWarning
+from .optimize import GRADIENT_TOL
 from .summary import SINGULAR_MESSAGE
 
 __all__ = ["Convergence", "check_convergence", "checks_apply", "warn_convergence",
            "derivative_messages", "allfit", "GRADIENT_TOL", "HESSIAN_TOL"]
-
-GRADIENT_TOL = 2e-3
-"""lme4's ``check.conv.grad`` tolerance on the scaled gradient."""
 
 HESSIAN_TOL = 1e-6
 """lme4's ``check.conv.hess`` tolerance on the Hessian's eigenvalues."""

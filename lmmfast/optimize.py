@@ -26,7 +26,6 @@ import nlopt
 import numpy as np
 
 from ._trust_region import minimize
-from .convergence import GRADIENT_TOL
 
 __all__ = ["OPTIMIZERS", "OptSummary", "bobyqa", "lbfgsb", "nelder_mead", "quasi_newton"]
 
@@ -45,6 +44,9 @@ _RETURN_CODES = {
     nlopt.MAXEVAL_REACHED: "MAXEVAL_REACHED",
     nlopt.MAXTIME_REACHED: "MAXTIME_REACHED",
 }
+
+GRADIENT_TOL = 2e-3
+"""lme4's ``check.conv.grad`` tolerance on the scaled gradient (lmmfast.convergence, eq. 86)."""
 
 
 @dataclass

@@ -41,7 +41,7 @@ import pandas as pd
 from .arguments import as_flag
 from .errors import DataError
 from .model import LinearMixedModel
-from .streaming import (CHUNK_ROWS, DesignSpec, _piece_columns, install, reduce_design,
+from .streaming import (CHUNK_ROWS, DesignSpec, piece_columns, install, reduce_design,
                         reduced_theta_scale, row_parameters, row_values, sorted_unique)
 
 __all__ = ["DaskLinearMixedModel", "DaskReducer", "is_partitioned", "predict", "INSTALL_HINT"]
@@ -152,7 +152,7 @@ class DaskReducer:
     def run(self, spec: DesignSpec, fn, merge, finish=None):
         dask, _ = _import_dask()
         from dask.sizeof import sizeof
-        parts = self.ddf[_piece_columns(spec)].to_delayed()
+        parts = self.ddf[piece_columns(spec)].to_delayed()
         spec_d = shared(spec, "lmmfast-spec")
         level = [dask.delayed(_call, pure=True)(fn, spec_d, p) for p in parts]
         final = tree_reduce(level, merge, self.split_every)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .arguments import as_count, as_probability, describe
-from .emmeans import _fixed_variables
+from .emmeans import fixed_variables
 from .errors import DataError
 from .formula import parse_formula
 
@@ -137,7 +137,7 @@ def marginal_effects(fit, term, by=None, at=None, n: int = 10,
     if not isinstance(at, dict):
         raise DataError(f"at must be a dict of variable -> value(s), got {describe(at)}")
     parsed = parse_formula(fit.formula)
-    variables = _fixed_variables(parsed.fixed)
+    variables = fixed_variables(parsed.fixed)
     shown = ", ".join(map(repr, variables)) or "none"
     for name, what in [(term, "term"), (by, "by")] + [(v, "at") for v in at]:
         if name is not None and name not in variables:

@@ -23,7 +23,7 @@ from .errors import DataError, FitError
 from .formula import parse_formula
 from .kenward_roger import kenward_roger, kr_test
 from .materialize import R_FUNCTIONS, TRANSFORMS, identifiers, required_variables
-from .predict import _coded_frame, _columns, _select
+from .predict import coded_frame, _columns, _select
 from .satterthwaite import contrast_df, varpar_covariance
 
 __all__ = ["EMMeans", "contrast_coefficients", "emmeans"]
@@ -76,7 +76,7 @@ def _parse_specs(specs, by) -> tuple[list[str], list[str]]:
     return names, by_names
 
 
-def _fixed_variables(fixed: str) -> list[str]:
+def fixed_variables(fixed: str) -> list[str]:
     """The data variables the fixed part reads (arguments of transforms included)."""
     calls = set(R_FUNCTIONS) | set(TRANSFORMS)
     found = set(required_variables(fixed))
@@ -143,7 +143,7 @@ def _grid_matrix(fit, fixed: str, variables: list[str], values: dict,
         if is_factor[v]:
             frame[v] = pd.Categorical(grid[v], categories=fit.factor_levels[v])
     names = list(fit.fixef_names) + list(fit.dropped_columns)
-    coded, _ = _coded_frame(fit, frame, set(variables), names, "the reference grid")
+    coded, _ = coded_frame(fit, frame, set(variables), names, "the reference grid")
     x, xnames = _columns(fixed, coded, "the fixed-effects part on the reference grid",
                          getattr(fit, "fixed_spec", None))
     return grid, _select(x, xnames, list(fit.fixef_names), "reference grid")
@@ -391,7 +391,7 @@ def emmeans(fit, specs, by=None, at=None, ddf: str = "kenward-roger",
                        f"{', '.join(map(repr, dropped))}) are not available: "
                        "refit without the aliased terms")
     fixed = parse_formula(fit.formula).fixed
-    variables = _fixed_variables(fixed)
+    variables = fixed_variables(fixed)
     for name, what in [(v, "specs") for v in spec] + [(v, "by") for v in by_names] \
             + [(v, "at") for v in at]:
         if name not in variables:

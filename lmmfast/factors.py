@@ -43,7 +43,7 @@ def factor_codes(values: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     return codes, labels
 
 
-def _category_codes(cat) -> tuple[np.ndarray, list[str], bool]:
+def category_codes(cat) -> tuple[np.ndarray, list[str], bool]:
     """Codes and labels of a Categorical, unused categories dropped; and whether it
     is already an R-style factor (string categories, all used, unordered)."""
     codes = np.asarray(cat.codes).astype(np.int64)
@@ -91,7 +91,7 @@ def as_factor(col: pd.Series) -> pd.Categorical:
     columns sort numerically; labels are strings.
     """
     if isinstance(col.dtype, pd.CategoricalDtype):
-        codes, labels, plain = _category_codes(col.array)
+        codes, labels, plain = category_codes(col.array)
         return col.array if plain else pd.Categorical.from_codes(
             codes, categories=labels, ordered=bool(col.dtype.ordered), validate=False)
     codes, labels = factor_codes(_values(col), str(col.name))

@@ -78,7 +78,7 @@ class ParsedFormula:
     offsets: tuple[str, ...] = ()    # the expressions of offset(...) terms
 
 
-def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
+def split_top(text: str, seps: str) -> list[tuple[str, str]]:
     """Split ``text`` at top-level characters in ``seps``; returns (sep, piece) pairs.
 
     The first piece has separator ``""``.  Parentheses and backquotes nest.
@@ -113,7 +113,7 @@ def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
     return out
 
 
-def _find_bar(inner: str) -> tuple[str, str, bool] | None:
+def find_bar(inner: str) -> tuple[str, str, bool] | None:
     """Split ``expr | group`` or ``expr || group`` at the top level, if present."""
     depth = 0
     for i, ch in enumerate(inner):
@@ -235,7 +235,7 @@ def double_vert_terms(expr: str, source: str) -> tuple[bool, list[str]]:
                         and not f.expr.isidentifier() else str(f.expr) for f in term.factors)
 
     written = {}
-    for _, piece in _split_top(expr, "+-"):
+    for _, piece in split_top(expr, "+-"):
         p = piece.strip()
         if p not in ("", "0", "1"):
             terms = parse(f"0 + {p}")
@@ -247,7 +247,7 @@ def double_vert_terms(expr: str, source: str) -> tuple[bool, list[str]]:
 
 
 def _expand_random(inner: str, source: str) -> list[RandomTerm]:
-    bar = _find_bar(inner)
+    bar = find_bar(inner)
     assert bar is not None
     expr, group, double = bar
     expr = _translate_power(expr.strip())
@@ -289,7 +289,7 @@ def parse_formula(formula: str) -> ParsedFormula:
 
 
 def _parse(formula: str) -> ParsedFormula:
-    sides = _split_top(formula, "~")
+    sides = split_top(formula, "~")
     if len(sides) != 2:
         raise FormulaError(
             f"formula {formula!r} needs exactly one '~' with the response on its left")
@@ -301,14 +301,14 @@ def _parse(formula: str) -> ParsedFormula:
     fixed_pieces: list[str] = []
     offsets: list[str] = []
     random: list[RandomTerm] = []
-    for sign, piece in _split_top(rhs, "+-"):
+    for sign, piece in split_top(rhs, "+-"):
         text = piece.strip()
         if not text:
             if sign == "" and len(rhs) and rhs.lstrip().startswith("-"):
                 continue
             raise FormulaError(f"empty term in formula {formula!r}")
         inner = text[1:-1] if text.startswith("(") and text.endswith(")") else None
-        if inner is not None and _split_top(inner, "")[0][1] == inner and _find_bar(inner):
+        if inner is not None and split_top(inner, "")[0][1] == inner and find_bar(inner):
             if sign == "-":
                 raise FormulaError(f"random term {text!r} cannot be subtracted")
             random.extend(_expand_random(inner, text))

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FormulaError, MissingValuesWarning
-from .factors import _category_codes, _values, as_factor, factor_codes
+from .factors import category_codes, _values, as_factor, factor_codes
 from .formula import ParsedFormula, response_code
 from .materialize import design_matrix, identifiers, required_variables
 
@@ -132,7 +132,7 @@ def _column_array(data: pd.DataFrame, name: str):
     return values
 
 
-def _is_categorical(col: pd.Series) -> bool:
+def is_categorical(col: pd.Series) -> bool:
     return (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object
             or pd.api.types.is_string_dtype(col.dtype) or col.dtype.kind == "b")
 
@@ -145,7 +145,7 @@ def _missing(values) -> np.ndarray:
     return np.asarray(pd.isna(values), dtype=bool)
 
 
-def _column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
+def column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -342,8 +342,8 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
     if resp is not None and (not pd.api.types.is_numeric_dtype(resp.dtype)
                              or resp.dtype.kind in "bc"):
         raise DataError(f"response {parsed.response!r} must be numeric, got dtype {resp.dtype}")
-    w = _column_or_array(weights, data, "weights")
-    off = _column_or_array(offset, data, "offset")
+    w = column_or_array(weights, data, "weights")
+    off = column_or_array(offset, data, "offset")
 
     raw: dict = {}
     rows_bad = None
@@ -390,7 +390,7 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
     cols: dict = {}
     for name, values in raw.items():
         if isinstance(values, pd.Categorical):
-            codes, labels, _ = _category_codes(values)
+            codes, labels, _ = category_codes(values)
             cols[name] = Factor(codes, labels, bool(values.ordered))
         elif values.dtype == object or values.dtype.kind == "b":
             cols[name] = Factor(*factor_codes(values, name))

@@ -213,7 +213,7 @@ def _may_precede(label: str, first_named: str, col: pd.Series) -> bool:
     return label < first_named
 
 
-def _coded_frame(fit, newdata: pd.DataFrame, variables: set[str], names: list[str],
+def coded_frame(fit, newdata: pd.DataFrame, variables: set[str], names: list[str],
                  what: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The columns ``variables`` of ``newdata`` coded as in the fit, and the rows with a missing value."""
     n = len(newdata)
@@ -494,7 +494,7 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
         b, have = ranef[term.group]
         group_names = [c for r in fit.remats if r.group == term.group for c in r.cnames]
         re_vars = expression_columns(term.expr, newdata.columns)
-        zframe, zmiss = _coded_frame(fit, newdata, re_vars, group_names,
+        zframe, zmiss = coded_frame(fit, newdata, re_vars, group_names,
                                      f"the random term {term.source}")
         z, znames = _columns(term.expr, zframe, f"the random term {term.source}",
                              None if idx is None else getattr(fit.remats[idx], "spec", None))
@@ -530,7 +530,7 @@ def _fixed_rows(fit, newdata: pd.DataFrame, parsed) -> tuple[np.ndarray, np.ndar
     """X of ``newdata`` with the fit's codings, columns in fixef order, and its rows with a missing value."""
     names_x = list(fit.fixef_names) + list(fit.dropped_columns)
     fixed_vars = expression_columns(parsed.fixed, newdata.columns)
-    frame, miss = _coded_frame(fit, newdata, fixed_vars, names_x, "the fixed-effects part")
+    frame, miss = coded_frame(fit, newdata, fixed_vars, names_x, "the fixed-effects part")
     x, xnames = _columns(parsed.fixed, frame, f"the fixed-effects part {parsed.fixed!r}",
                          getattr(fit, "fixed_spec", None))
     return _select(x, xnames, list(fit.fixef_names), "fixed-effects columns"), miss

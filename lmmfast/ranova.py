@@ -25,7 +25,7 @@ from scipy import stats
 
 from .arguments import as_flag
 from .errors import DataError, FitError
-from .formula import _find_bar, _split_top, double_vert_terms, parse_formula
+from .formula import find_bar, split_top, double_vert_terms, parse_formula
 
 __all__ = ["lm_loglik", "ranova", "reduced_formulas"]
 
@@ -36,10 +36,10 @@ _QUOTED = re.compile(r"`((?:[A-Za-z]|\.(?!\d))[\w.]*)`")
 
 def _deparse(expr: str) -> str:
     """A left-hand side as R's ``deparse`` prints it: ``1 + Days``, ``my.x``, ``x^2``."""
-    pieces = _split_top(expr, "+-")
+    pieces = split_top(expr, "+-")
     text = ""
     for sep, piece in pieces:
-        piece = " * ".join(" ".join(f.split()) for _, f in _split_top(piece, "*"))
+        piece = " * ".join(" ".join(f.split()) for _, f in split_top(piece, "*"))
         if not piece and not sep:
             continue
         text = f"{text} {sep} {piece}" if text else (f"{sep}{piece}" if sep == "-" else piece)
@@ -52,7 +52,7 @@ def _findbars_order(random) -> list:
     out, run = [], []
     for term in list(random) + [None]:
         if run and (term is None or term.source != run[0].source):
-            bar = _find_bar(run[0].source.strip()[1:-1])
+            bar = find_bar(run[0].source.strip()[1:-1])
             nested = bar is not None and "/" in bar[1] and not bar[2]
             out.extend(reversed(run) if nested else run)
             run = []
@@ -63,7 +63,7 @@ def _findbars_order(random) -> list:
 
 def _drop_scope(labels: list[str]) -> list[str]:
     """The labels no other label contains (R's ``drop.scope``): ``a*b`` gives ``a:b``."""
-    factors = [frozenset(p.strip() for _, p in _split_top(lab, ":")) for lab in labels]
+    factors = [frozenset(p.strip() for _, p in split_top(lab, ":")) for lab in labels]
     return [lab for lab, f in zip(labels, factors)
             if not any(f < other for other in factors)]
 

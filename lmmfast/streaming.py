@@ -52,7 +52,7 @@ from .formula import R_ALIASES, ParsedFormula, parse_formula, response_code
 from .materialize import design_matrix
 from .model import STREAM_MIN_ROWS, LinearMixedModel
 from .materialize import R_FUNCTIONS
-from .modelframe import (_column_or_array, _is_categorical, as_factor, is_table, total_offset,
+from .modelframe import (column_or_array, is_categorical, as_factor, is_table, total_offset,
                          used_columns, used_frame)
 from .remat import ReMat
 from .summary import data_name
@@ -243,7 +243,7 @@ class DesignSpec:
         needed = used_columns(parsed, meta.columns)
         groups = [f.strip("`") for term in parsed.random for f in term.factors]
         columns = sorted(needed)
-        frame_factors = [c for c in columns if _is_categorical(meta[c])]
+        frame_factors = [c for c in columns if is_categorical(meta[c])]
         level_columns = frame_factors + [g for g in dict.fromkeys(groups)
                                          if g not in frame_factors]
         _check_stateless(parsed, frame_factors)
@@ -253,7 +253,7 @@ class DesignSpec:
             if value is None:
                 continue
             if isinstance(value, str):
-                _column_or_array(value, meta, what)   # exists and is numeric
+                column_or_array(value, meta, what)   # exists and is numeric
                 setattr(spec, f"{what}_column", value)
             setattr(spec, f"has_{what}", True)
         return spec
@@ -266,9 +266,9 @@ class DesignSpec:
         formula's ``offset(expr)`` terms added to the offset; else the factor
         columns as they are and the offset argument alone.
         """
-        w = _column_or_array(self.weights_column or weights, piece, "weights") \
+        w = column_or_array(self.weights_column or weights, piece, "weights") \
             if self.has_weights else None
-        off = _column_or_array(self.offset_column or offset, piece, "offset") \
+        off = column_or_array(self.offset_column or offset, piece, "offset") \
             if self.has_offset else None
         sub = piece[self.columns]
         isna = sub.isna().to_numpy()
@@ -652,9 +652,9 @@ class ChunkReducer:
                  chunk_rows: int = CHUNK_ROWS):
         self.data = data
         self.weights = None if weights is None or isinstance(weights, str) else \
-            _column_or_array(weights, data, "weights")
+            column_or_array(weights, data, "weights")
         self.offset = None if offset is None or isinstance(offset, str) else \
-            _column_or_array(offset, data, "offset")
+            column_or_array(offset, data, "offset")
         self.chunk_rows = chunk_rows
 
     @property
@@ -675,7 +675,7 @@ class ChunkReducer:
                    None if self.offset is None else self.offset[start:stop])
 
     def run(self, spec: DesignSpec, fn, merge, finish=None):
-        cols = _piece_columns(spec)
+        cols = piece_columns(spec)
         if fn is piece_crossproducts:
             out = new_partial(spec)
             for piece, w, off in self.pieces(cols):
@@ -685,7 +685,7 @@ class ChunkReducer:
         return out if finish is None else finish(out)
 
 
-def _piece_columns(spec: DesignSpec) -> list[str]:
+def piece_columns(spec: DesignSpec) -> list[str]:
     extra = [c for c in (spec.weights_column, spec.offset_column) if c]
     return list(dict.fromkeys(spec.columns + extra))
 
@@ -835,7 +835,7 @@ class StreamedLinearMixedModel(LinearMixedModel):
     def _row_pieces(self):
         reducer = self._source
         spec = self._spec
-        for piece, w, off in reducer.pieces(_piece_columns(spec)):
+        for piece, w, off in reducer.pieces(piece_columns(spec)):
             yield spec.rows(piece, w, off)
 
     def _rows(self, what: str) -> np.ndarray:
@@ -892,7 +892,7 @@ def build_streamed(model: LinearMixedModel, formula: str, data, reml: bool,
     model.weights = model.offset = None
     if spec.has_weights or spec.has_offset or spec.parsed.offsets:
         kept = [spec.rows(piece, w, off)
-                for piece, w, off in reducer.pieces(_piece_columns(spec))]
+                for piece, w, off in reducer.pieces(piece_columns(spec))]
         if spec.has_weights:
             model.weights = np.concatenate([r.weights for r in kept])
         if spec.has_offset or spec.parsed.offsets:

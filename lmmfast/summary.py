@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import FormulaError, LmmWarning
-from .formula import _find_bar, _split_top, double_vert_terms
+from .formula import find_bar, split_top, double_vert_terms
 from .varcorr import group_labels
 
 __all__ = ["format_summary", "format_pvalues", "format_quantiles", "lme4_formula",
@@ -197,7 +197,7 @@ def _double_vert_text(term: str) -> str | None:
     if not (term.startswith("(") and term.endswith(")")):
         return None
     inner = term[1:-1]
-    bar = _find_bar(inner) if _split_top(inner, "")[0][1] == inner else None
+    bar = find_bar(inner) if split_top(inner, "")[0][1] == inner else None
     if bar is None or not bar[2]:
         return None
     expr, group, _ = bar
@@ -216,10 +216,10 @@ def lme4_formula(formula: str) -> str:
     >>> lme4_formula("Reaction ~ Days + (Days || Subject)")
     'Reaction ~ Days + ((1 | Subject) + (0 + Days | Subject))'
     """
-    sides = _split_top(formula, "~")
+    sides = split_top(formula, "~")
     if len(sides) != 2:
         return formula
-    for _, piece in _split_top(sides[1][1], "+-"):
+    for _, piece in split_top(sides[1][1], "+-"):
         expanded = _double_vert_text(piece.strip())
         if expanded is not None:
             formula = formula.replace(piece.strip(), expanded)

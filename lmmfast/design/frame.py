@@ -26,9 +26,9 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, FormulaError, MissingValuesWarning
+from ..errors import DataError, FormulaError, MissingValuesWarning
 from .factors import category_codes, _values, as_factor, factor_codes
-from .formula import ParsedFormula, response_code
+from ..formula import ParsedFormula, response_code
 from .materialize import design_matrix, identifiers, required_variables
 
 __all__ = ["Columns", "Factor", "ModelFrame", "model_frame", "as_factor", "factor_codes",

@@ -31,7 +31,7 @@ from .design.dask import predict as predict_dask
 from .design.fixed import build_xymat, r_diagonal
 from .design.frame import Factor, is_table, model_frame, used_frame
 from .design.layout import BlockLayout
-from .design.reduce import ChunkReducer, Reduced, reduce_design, streamable
+from .design.reduce import ChunkReducer, Reduced, reduce_design, reweighted, streamable
 from .design.rows import ChunkedRows, InMemoryRows, column_sumsq, require_rows, theta_scale
 from .design.spec import PIECE_ROWS, DesignSpec
 from .design.terms import ReMat, build_remat
@@ -164,6 +164,7 @@ class LinearMixedModel:
     def _form_crossproducts(self) -> None:
         """A = [Z X y]^T W [Z X y] from the rows held, with the response's working
         weights and working response (eq. 12), and the core on it."""
+        require_rows(self, "reweight()")
         resp = self.resp
         inner = [self.remats[i] for i in self._internal]
         acc = blocks.crossproducts(self._layout, [r.refs for r in inner],
@@ -181,8 +182,7 @@ class LinearMixedModel:
         ``response``: the working response, one value per row (None: y - offset).
         The result equals the model built with ``weights=`` to the bit.
         """
-        require_rows(self, "reweight")
-        self.resp = self.resp.reweighted(weights, response)
+        self.resp = self.resp.reweighted(weights, response, self.nobs)
         for name in ("_working_rows", "_evaluator", "_optimum_plan", "_refit_plan", "vcov",
                      "varcorr", "fitted", "residuals", "convergence"):
             self.__dict__.pop(name, None)
@@ -1165,6 +1165,14 @@ class StreamedLinearMixedModel(LinearMixedModel):
                 np.concatenate([r.offset for r in kept])
                 if spec.has_offset or spec.parsed.offsets else None)
         self.row_index = data.index if not self.n_dropped else None
+
+    def _form_crossproducts(self) -> None:
+        """A with the response's working weights and working response, re-formed
+        from the data chunk by chunk (the pass of ``design.reduce`` that forms A)."""
+        resp = self.resp
+        layout, acc, log_det_w = reweighted(self._spec, self._rows.reducer, self._keep,
+                                            resp.working_weights, resp.working_y)
+        self._setup_core(layout, acc, log_det_w)
 
     @classmethod
     def from_frame(cls, formula: str, data, reml: bool = True, weights=None, offset=None,

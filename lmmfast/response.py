@@ -54,10 +54,9 @@ class Response:
         """A new Response with ``changes`` (fields of this one)."""
         return replace(self, **changes)
 
-    def reweighted(self, weights=None, working_y=None) -> "Response":
-        """The same rows with new working weights and working response (each
+    def reweighted(self, weights=None, working_y=None, n: int | None = None) -> "Response":
+        """The same ``n`` rows with new working weights and working response (each
         optional: None keeps the prior weights, y - offset), checked."""
-        n = None if self.y is None else len(self.y)
         w = _checked_rows(weights, n, "weights")
         if w is not None and not (w > 0).all():
             i = int(np.flatnonzero(~(w > 0))[0])

@@ -37,7 +37,7 @@ from .spec import (PIECE_ROWS, DesignSpec, merge_levels, merge_sets, piece_colum
                    piece_groups, piece_levels, piece_pattern)
 from .terms import ReMat
 
-__all__ = ["ChunkReducer", "Reduced", "reduce_design", "streamable"]
+__all__ = ["ChunkReducer", "Reduced", "reduce_design", "reweighted", "streamable"]
 
 
 # --------------------------------------------------------- partial sums
@@ -48,31 +48,40 @@ def new_partial(spec: DesignSpec) -> dict:
 
 
 def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, offset=None,
-                        out: dict | None = None) -> dict:
+                        out: dict | None = None, working: tuple | None = None) -> dict:
     """Pass 4: the piece's contribution to A (all X columns) in double-double.
 
     Also R of the piece's (unweighted) X for the rank check, the sum of squares
     of each column of each term's z (formula order, for the optimiser's scale of
     theta) and sum(log w).  ``out`` is a partial to add to (default: a new one).
+    ``working``: the working weights and working response (each None or one
+    value per model row of all pieces; ``out`` counts the rows before this
+    piece) in place of the prior weights and y - offset.
     """
     out = new_partial(spec) if out is None else out
     rows = spec.rows(piece, weights, offset)
     n = len(rows.frame)
+    first = out["n"]
     out["n"] += n
     if n == 0:
         return out
-    if rows.weights is not None:
+    w_all, y_all = working or (None, None)
+    w = rows.weights if w_all is None else w_all[first:first + n]
+    if w is not None:
         logw = np.zeros(2)
-        _crossprod.add_sum_dd(np.log(rows.weights), logw)
+        _crossprod.add_sum_dd(np.log(w), logw)
         _crossprod.dd_merge(out["logw"], logw.reshape(1, 2))
     layout = spec.layout
     starts = np.cumsum([0] + spec.k)
     for start in range(0, n, spec.chunk_rows):
         stop = min(n, start + spec.chunk_rows)
         frame = rows.frame.iloc[start:stop] if n > spec.chunk_rows else rows.frame
-        y = spec.response(frame)
-        if rows.offset is not None:
-            y = y - rows.offset[start:stop]
+        if y_all is not None:
+            y = y_all[first + start:first + stop]
+        else:
+            y = spec.response(frame)
+            if rows.offset is not None:
+                y = y - rows.offset[start:stop]
         x = spec.fixed(frame)
         refs = [spec.term_refs(frame, i) for i in spec.internal]
         z = [spec.term_z(frame, i) for i in spec.internal]
@@ -82,7 +91,7 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
                                       out["zz"][starts[i] + a])
         out["rank"] = r_factor(iter([out["rank"], x]), x.shape[1])
         add_rows(layout, out["acc"], refs, z, x, y,
-                 None if rows.weights is None else np.sqrt(rows.weights[start:stop]))
+                 None if w is None else np.sqrt(w[start:stop]))
     return out
 
 
@@ -160,12 +169,14 @@ class ChunkReducer:
                    None if self.weights is None else self.weights[start:stop],
                    None if self.offset is None else self.offset[start:stop])
 
-    def run(self, spec: DesignSpec, fn, merge, finish=None):
+    def run(self, spec: DesignSpec, fn, merge, finish=None, **options):
+        """``fn`` over the pieces, merged by ``merge``, finished by ``finish``;
+        ``options`` go to ``piece_crossproducts``."""
         cols = piece_columns(spec)
         if fn is piece_crossproducts:   # one accumulator for all chunks
             out = new_partial(spec)
             for piece, w, off in self.pieces(cols):
-                fn(spec, piece, w, off, out=out)
+                fn(spec, piece, w, off, out=out, **options)
         else:
             out = reduce(merge, (fn(spec, piece, w, off) for piece, w, off in self.pieces(cols)))
         return out if finish is None else finish(out)
@@ -213,9 +224,7 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> Reduced:
     spec.layout = spec.build_layout()
     sums = reducer.run(spec, piece_crossproducts, merge_partials,
                        partial(finish_partial, spec.layout))
-    acc = np.zeros((max(spec.layout.n_a, 1), 2))   # A's accumulator again, exact in its tail
-    acc[:len(sums["a"]), 0] = sums["a"]
-    acc[len(sums["a"]):] = sums["acc_xy"]
+    acc = _accumulator(spec.layout, sums)
     keep = independent_columns(sums["rank"])
     names = list(spec.x_names)
     kept = set(keep.tolist())
@@ -231,6 +240,29 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> Reduced:
     return Reduced(spec, spec.remats(), [names[j] for j in keep], dropped, keep, layout, acc,
                    sums["n"], levels["n_bad"], sums["logw"],
                    [sums["zz"][starts[i]:starts[i + 1]] for i in spec.order], sums["rank"])
+
+
+def _accumulator(layout: BlockLayout, sums: dict) -> np.ndarray:
+    """A's accumulator (``n_a x 2``) from a finished partial: its head rounded, its
+    last block row exact."""
+    acc = np.zeros((max(layout.n_a, 1), 2))
+    acc[:len(sums["a"]), 0] = sums["a"]
+    acc[len(sums["a"]):] = sums["acc_xy"]
+    return acc
+
+
+def reweighted(spec: DesignSpec, reducer: ChunkReducer, keep: np.ndarray, weights=None,
+               response=None) -> tuple[BlockLayout, np.ndarray, float]:
+    """The layout of A, A's accumulator and sum(log w) for the working ``weights``
+    and working ``response`` (one value per model row, each None for the prior
+    weights, y - offset) over the pieces of ``reducer``: pass 4 alone."""
+    sums = reducer.run(spec, piece_crossproducts, merge_partials,
+                       partial(finish_partial, spec.layout), working=(weights, response))
+    acc = _accumulator(spec.layout, sums)
+    layout = spec.layout
+    if len(keep) < len(spec.x_names):
+        layout, acc = _drop_columns(spec, acc, keep)
+    return layout, acc, sums["logw"]
 
 
 def streamable(formula: str, meta: pd.DataFrame) -> bool:

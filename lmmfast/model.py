@@ -426,6 +426,10 @@ class LinearMixedModel:
         (none where the model carries no A, as a model shipped for predictions)."""
         state = dict(state)
         core_state = state.pop("_core_state", None)
+        if "resp" not in state:   # the rows' response kept as separate arrays
+            y = state.pop("y", None)
+            state["resp"] = Response(y, state.pop("weights", None), state.pop("offset", None),
+                                     working_y=state.pop("_y_eff", None))
         self.__dict__.update(state)
         if self.__dict__.get("_a") is None:
             self.__dict__.setdefault("_core", None)

@@ -27,38 +27,35 @@ __all__ = ["CHUNK_ROWS", "accumulate", "add_rows", "crossproducts", "default_wor
 CHUNK_ROWS = 65536        # rows per chunk of a pass over rows (A, X's QR, fitted values)
 
 
-def accumulate(layout: BlockLayout, a: np.ndarray, refs: list[np.ndarray],
+def accumulate(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
                z: list[np.ndarray], xy: np.ndarray) -> None:
-    """Add one chunk's contribution to A in place (eq. 12).
+    """Add one chunk's contribution to A's double-double accumulator ``acc``
+    (``n_a x 2``, see ``_crossprod``; ``_crossprod.dd_round`` gives A) in place (eq. 12).
 
     ``refs``/``z`` are the chunk's rows of each term (internal order), ``xy`` its
     rows of [X y] (C-contiguous), all already scaled by sqrt(prior weights).
-    ``a`` is A (flat, ``n_a``) or a double-double accumulator of A (``n_a x 2``,
-    see ``_crossprod``; ``_crossprod.dd_round`` gives A).
     """
     T = layout.n_terms
-    dd = a.ndim == 2
     cp = _crossprod
     for s in range(T + 1):
         for t in range(s + 1):
-            blk = layout.block_a(a, s, t)
-            kind = layout.kind_a[block_index(s, t)]
+            blk = layout.block_a(acc, s, t)
             if s == T and t == T:
-                (cp.add_xy_xy_dd if dd else cp.add_xy_xy)(xy, blk)
+                cp.add_xy_xy_dd(xy, blk)
             elif s == T:
-                (cp.add_xy_z_dd if dd else cp.add_xy_z)(refs[t], z[t], xy, blk)
+                cp.add_xy_z_dd(refs[t], z[t], xy, blk)
             elif s == t:
-                (cp.add_diag_dd if dd else cp.add_diag)(refs[t], z[t], blk)
-            elif kind == BLOCK_SPARSE:
+                cp.add_diag_dd(refs[t], z[t], blk)
+            elif layout.kind_a[block_index(s, t)] == BLOCK_SPARSE:
                 colptr, rowidx = layout.pattern(s)
-                missing = (cp.add_offdiag_sparse_dd if dd else cp.add_offdiag_sparse)(
-                    refs[s], z[s], refs[t], z[t], colptr, rowidx, blk)
+                missing = cp.add_offdiag_sparse_dd(refs[s], z[s], refs[t], z[t], colptr,
+                                                   rowidx, blk)
                 if missing:
                     raise ValueError(f"{missing} rows have level pairs outside the "
                                      f"sparsity pattern of block ({s}, {t})")
             else:
-                (cp.add_offdiag_dense_dd if dd else cp.add_offdiag_dense)(
-                    refs[s], z[s], refs[t], z[t], int(layout.nlev[s] * layout.k[s]), blk)
+                cp.add_offdiag_dense_dd(refs[s], z[s], refs[t], z[t],
+                                        int(layout.nlev[s] * layout.k[s]), blk)
 
 
 def add_rows(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],

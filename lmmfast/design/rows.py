@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ..errors import DataError
+from .crossprod import dd_sum
 from .spec import DesignSpec, Rows, piece_columns
 
 __all__ = ["ChunkedRows", "InMemoryRows", "column_sumsq", "linear_predictor", "require_rows",
@@ -37,7 +38,6 @@ def linear_predictor(x: np.ndarray, beta: np.ndarray, refs: list[np.ndarray],
 def column_sumsq(z: np.ndarray, cnames: list[str]) -> np.ndarray:
     """Sum of squares of each column of z, in double-double rounded once (an
     intercept's column of ones: its number of rows, without summing)."""
-    from .crossprod import dd_sum
     return np.array([float(len(z)) if name == "(Intercept)" else dd_sum(c ** 2)
                      for name, c in zip(cnames, z.T)])
 

@@ -24,7 +24,8 @@ from formulaic.transforms import TRANSFORMS
 from ..errors import DataError, FormulaError
 from ..formula import R_ALIASES, ParsedFormula, parse_formula, response_code
 from .fixed import response_vector
-from .frame import as_factor, column_or_array, is_categorical, total_offset, used_columns
+from .frame import (as_factor, check_weights, column_or_array, is_categorical, total_offset,
+                    used_columns)
 from .layout import SPARSE_MIN_SIZE, BlockLayout
 from .materialize import R_FUNCTIONS, design_matrix
 from .terms import ReMat, combination_codes, interaction_labels
@@ -254,13 +255,8 @@ class DesignSpec:
             sub = sub[keep]
             w = None if w is None else w[keep]
             off = None if off is None else off[keep]
-        if w is not None and len(w) and (w <= 0).any():
-            if (w < 0).any():
-                i = int(np.flatnonzero(w < 0)[0])
-                raise DataError(f"weights must be positive; row {i} has weight {w[i]}")
-            raise DataError(
-                f"weights must be positive; {int((w == 0).sum())} rows have weight 0 "
-                "(lme4's criterion is infinite for them): drop those rows instead")
+        if w is not None:
+            check_weights(w)
         index = sub.index
         frame = sub.reset_index(drop=True)
         if coded:

@@ -357,7 +357,7 @@ class LinearMixedModel:
                 f"the response {self.response!r} is fitted exactly by the fixed effects "
                 "(e.g. it is constant): the residual variance would be zero")
 
-    def _setup_core(self, layout: "blocks.BlockLayout", acc: np.ndarray,
+    def _setup_core(self, layout: BlockLayout, acc: np.ndarray,
                     log_det_w: float) -> None:
         """The core on A in its working basis (eq. 72) from A's double-double
         accumulator ``acc`` (``n_a x 2``; a rounded A, ``n_a``, is taken as exact)."""
@@ -1159,7 +1159,7 @@ class StreamedLinearMixedModel(LinearMixedModel):
         data = used_frame(parse_formula(formula), data, weights, offset)
         reducer = ChunkReducer(data, weights, offset, chunk_rows)
         spec = DesignSpec.from_meta(formula, data.iloc[:0], weights, offset, chunk_rows)
-        reduced = reduce_design(spec, reducer, stacklevel=stacklevel + 1)
+        reduced = reduce_design(spec, reducer, stacklevel=stacklevel)
         rows = ChunkedRows(reducer, spec, reduced.keep)
         self._init_from_reduction(formula, reml, reduced, rows)
         if spec.has_weights or spec.has_offset or spec.parsed.offsets:
@@ -1226,7 +1226,7 @@ class DaskLinearMixedModel(LinearMixedModel):
                                 f"(got {type(value).__name__})")
         spec = DesignSpec.from_meta(formula, ddf._meta, weights, offset, chunk_rows)
         reducer = DaskReducer(ddf, split_every)
-        reduced = reduce_design(spec, reducer, stacklevel=stacklevel + 1)
+        reduced = reduce_design(spec, reducer, stacklevel=stacklevel)
         self._init_from_reduction(formula, reml, reduced, DaskRows(ddf, spec, reduced.keep))
         self._ddf = ddf
         self.dask_stats = {"partitions": int(ddf.npartitions), "passes": reducer.passes,

@@ -25,7 +25,7 @@ from .crossprod import row_chunks
 from .frame import Columns
 
 __all__ = ["XyMat", "build_xymat", "independent_columns", "merge_repeated_rows", "r_diagonal",
-           "r_factor", "response_vector"]
+           "fixed_matrix", "r_factor", "response_vector", "warn_dropped"]
 
 RANK_TOL = 1e-7  # lme4's default tolerance for the rank of X
 
@@ -229,22 +229,34 @@ def response_vector(resp: str, frame) -> np.ndarray:
     return y
 
 
+def fixed_matrix(expr: str, frame, with_spec: bool = False) -> tuple:
+    """X (every column) of the fixed part ``expr`` on ``frame``, its column names
+    (and formulaic's ModelSpec); a DataError naming a column with non-finite values."""
+    built = design_matrix(expr, frame, f"the fixed-effects part {expr!r}", with_spec=with_spec)
+    x, names = built[0], built[1]
+    if not np.isfinite(x).all():
+        j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
+        raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
+    return built
+
+
+def warn_dropped(dropped: list[str], stacklevel: int) -> None:
+    """lme4's warning that X's columns ``dropped`` were dropped for rank deficiency."""
+    warnings.warn(
+        f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+        f"column{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}",
+        RankDeficiencyWarning, stacklevel=stacklevel + 1)
+
+
 def build_xymat(parsed: ParsedFormula, frame) -> XyMat:
     """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
     resp = parsed.response
     y = response_vector(resp, frame)
-    x, names, spec = design_matrix(parsed.fixed, frame,
-                                   f"the fixed-effects part {parsed.fixed!r}", with_spec=True)
-    if not np.isfinite(x).all():
-        j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
-        raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
+    x, names, spec = fixed_matrix(parsed.fixed, frame, with_spec=True)
     keep = independent_columns(x)
     dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
     if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}",
-            RankDeficiencyWarning, stacklevel=3)
+        warn_dropped(dropped, stacklevel=3)
         x = x[:, keep]
         names = [names[j] for j in keep]
     if names == ["(Intercept)"] and isinstance(frame, Columns):

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _crossprod
-from ..errors import DataError, FormulaError, MissingValuesWarning, RankDeficiencyWarning
+from ..errors import DataError, FormulaError, MissingValuesWarning
 from .crossprod import add_rows
-from .fixed import independent_columns, r_factor
+from .fixed import independent_columns, r_factor, warn_dropped
 from .frame import column_or_array
 from .layout import BlockLayout
 from .spec import (PIECE_ROWS, DesignSpec, merge_levels, merge_sets, piece_columns,
@@ -231,10 +231,7 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> Reduced:
     dropped = [names[j] for j in range(len(names)) if j not in kept]
     layout = spec.layout
     if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}",
-            RankDeficiencyWarning, stacklevel=stacklevel)
+        warn_dropped(dropped, stacklevel)
         layout, acc = _drop_columns(spec, acc, keep)
     starts = np.cumsum([0] + spec.k)
     return Reduced(spec, spec.remats(), [names[j] for j in keep], dropped, keep, layout, acc,

@@ -23,12 +23,12 @@ from formulaic.transforms import TRANSFORMS
 
 from ..errors import DataError, FormulaError
 from ..formula import R_ALIASES, ParsedFormula, parse_formula, response_code
-from .fixed import response_vector
+from .fixed import fixed_matrix, response_vector
 from .frame import (as_factor, check_weights, column_or_array, is_categorical, total_offset,
                     used_columns)
 from .layout import SPARSE_MIN_SIZE, BlockLayout
 from .materialize import R_FUNCTIONS, design_matrix
-from .terms import ReMat, combination_codes, interaction_labels
+from .terms import ReMat, checked_z, combination_codes, interaction_labels
 
 __all__ = ["PIECE_ROWS", "DesignSpec", "FactorCoding", "Rows", "piece_columns", "sorted_unique"]
 
@@ -289,25 +289,16 @@ class DesignSpec:
 
     def fixed(self, frame: pd.DataFrame) -> np.ndarray:
         """X of the rows, every column (before the rank check)."""
-        x, names = design_matrix(self.parsed.fixed, frame,
-                                 f"the fixed-effects part {self.parsed.fixed!r}")
+        x, names = fixed_matrix(self.parsed.fixed, frame)
         if self.x_names is not None and names != self.x_names:
             raise DataError(f"the fixed-effects columns of a piece of the data ({names}) "
                             f"differ from those of the whole ({self.x_names})")
-        if not np.isfinite(x).all():
-            j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
-            raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
         return x
 
     def term_z(self, frame: pd.DataFrame, i: int) -> np.ndarray:
         term = self.parsed.random[i]
         z, _ = design_matrix(term.expr, frame, f"random term {term.source}")
-        z = np.ascontiguousarray(z)
-        if z.shape[1] == 0:
-            raise FormulaError(f"random term {term.source} has no columns")
-        if not np.isfinite(z).all():
-            raise DataError(f"random term {term.source} has non-finite values in its columns")
-        return z
+        return checked_z(z, term)
 
     # ------------------------------------------------------ global structure
     def set_levels(self, merged: dict) -> None:

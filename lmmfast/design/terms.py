@@ -19,7 +19,7 @@ from ..formula import RandomTerm
 from .materialize import design_matrix
 from .frame import Columns, Factor, as_factor
 
-__all__ = ["ReMat", "build_remat", "combination_codes", "interaction_labels"]
+__all__ = ["ReMat", "build_remat", "checked_z", "combination_codes", "interaction_labels"]
 
 
 @dataclass
@@ -142,9 +142,15 @@ def build_remat(frame, term: RandomTerm) -> ReMat:
                                     with_spec=True)
     if cnames == ["(Intercept)"] and isinstance(frame, Columns):
         return ReMat(term.group, cnames, refs, levels, frame.ones, term.source)
+    return ReMat(term.group, cnames, refs, levels, checked_z(z, term), term.source, spec)
+
+
+def checked_z(z: np.ndarray, term: RandomTerm) -> np.ndarray:
+    """The term's z, C-contiguous; a FormulaError without columns, a DataError
+    with non-finite values."""
     z = np.ascontiguousarray(z)
     if z.shape[1] == 0:
         raise FormulaError(f"random term {term.source} has no columns")
     if not np.isfinite(z).all():
         raise DataError(f"random term {term.source} has non-finite values in its columns")
-    return ReMat(term.group, cnames, refs, levels, z, term.source, spec)
+    return z

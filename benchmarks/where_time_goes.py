@@ -86,7 +86,7 @@ import numpy as np
 
 import lmmfast
 from lmmfast._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
-from lmmfast.blocks import BlockLayout
+from lmmfast.design.layout import BlockLayout
 
 try:
     import threadpoolctl
@@ -406,7 +406,7 @@ def input_bytes(formula: str, data) -> tuple[int, list[str]]:
     """Sum of ``data[c].to_numpy().nbytes`` over the columns the formula reads."""
     try:
         from lmmfast.formula import parse_formula
-        from lmmfast.modelframe import used_columns
+        from lmmfast.design.frame import used_columns
         cols = list(used_columns(parse_formula(formula), data.columns))
     except Exception:   # noqa: BLE001 - an internal helper; fall back to every column
         cols = list(data.columns)

@@ -32,7 +32,7 @@ from scipy.interpolate import CubicSpline
 from .arguments import as_choice, as_probability, describe
 from .errors import DataError, LmmWarning
 from .profile import parameter_names, profile as _profile, resolve_parameters
-from .streaming import require_rows
+from .design.rows import require_rows
 
 __all__ = ["confint", "profile_intervals", "percentile_intervals", "invert_zeta"]
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .errors import ConvergenceWarning, DataError, FitError, LmmWarning
 from .optimize import GRADIENT_TOL
-from .summary import SINGULAR_MESSAGE
+from .errors import SINGULAR_MESSAGE
 
 __all__ = ["Convergence", "check_convergence", "checks_apply", "warn_convergence",
            "derivative_messages", "allfit", "GRADIENT_TOL", "HESSIAN_TOL"]

@@ -22,7 +22,7 @@ from .arguments import as_choice, as_probability, describe
 from .errors import DataError, FitError
 from .formula import parse_formula
 from .kenward_roger import kenward_roger, kr_test
-from .materialize import R_FUNCTIONS, TRANSFORMS, identifiers, required_variables
+from .design.materialize import R_FUNCTIONS, TRANSFORMS, identifiers, required_variables
 from .predict import coded_frame, _columns, _select
 from .satterthwaite import contrast_df, varpar_covariance
 

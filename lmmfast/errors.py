@@ -17,7 +17,11 @@ __all__ = [
     "MissingValuesWarning",
     "ConvergenceWarning",
     "ConditioningWarning",
+    "SINGULAR_MESSAGE",
 ]
+
+#: lme4's message for a fit on the boundary (a variance 0 or a correlation +-1)
+SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

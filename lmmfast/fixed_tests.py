@@ -19,7 +19,7 @@ from scipy import stats
 from .errors import LmmError
 from .formula import parse_formula
 from .kenward_roger import kenward_roger, kr_test
-from .materialize import lme4_column_name, split_column_name
+from .design.materialize import lme4_column_name, split_column_name
 from .satterthwaite import contrast_df, f_test, varpar_covariance
 
 __all__ = ["InferenceError", "coef_table", "anova_table", "type3_contrasts", "normalize_ddf"]

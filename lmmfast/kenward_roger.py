@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import LmmError
-from .streaming import require_rows
+from .design.rows import require_rows
 
 __all__ = ["KenwardRogerError", "KenwardRoger", "kenward_roger", "kr_test",
            "MAX_RANDOM_EFFECTS"]

@@ -12,34 +12,44 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import warnings
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
-from . import blocks
 from ._cholesky import BlockedCholesky
-from .arguments import as_choice
+from .arguments import as_choice, as_flag
 from .conditioning import DIGITS_TOL, condition, digits_lost
 from .convergence import Convergence, allfit, check_convergence, warn_convergence
 from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
+from .design import crossprod as blocks
+from .design.crossprod import row_chunks
+from .design.dask import DaskReducer, DaskRows, as_dask_frame, exact_quantiles, is_partitioned
+from .design.dask import predict as predict_dask
+from .design.fixed import build_xymat, r_diagonal
+from .design.frame import Factor, is_table, model_frame, used_frame
+from .design.layout import BlockLayout
+from .design.reduce import ChunkReducer, Reduced, reduce_design, reweighted, streamable
+from .design.rows import ChunkedRows, InMemoryRows, column_sumsq, require_rows, theta_scale
+from .design.spec import PIECE_ROWS, DesignSpec
+from .design.terms import ReMat, build_remat
 from .errors import ConditioningWarning, ConvergenceWarning, DataError, FitError
 from .formula import parse_formula
-from .modelframe import Factor, is_table, model_frame
 from .optimize import OPTIMIZER_ALIASES, OPTIMIZERS, OptSummary, bobyqa, lbfgsb, nelder_mead
-from .remat import ReMat, build_remat
+from .response import Response
 from .summary import data_name, warn_if_singular
 from .threads import as_n_threads, blas_threads
 from .varcorr import varcorr_table
-from .xymat import build_xymat, r_diagonal, row_chunks
 
-__all__ = ["LinearMixedModel", "lmer"]
+__all__ = ["DaskLinearMixedModel", "LinearMixedModel", "StreamedLinearMixedModel", "lmer"]
 
 SINGULAR_TOL = 1e-4   # lme4's isSingular() tolerance on the diagonal of lambda
 BOUNDARY_TOL = 1e-5   # diagonal theta below this is also tried at exactly 0
 EAGER_SOLVE_MIN = 100_000   # entries of L above which results are solved when theta is set
-STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks (streaming.py)
+STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks
+SPLIT_EVERY = 8   # partials merged per task of a Dask tree reduction
 
 
 _COMPILED = (BlockedCholesky, CoreObjective, Optimum, Refit)   # rebuilt, never pickled
@@ -52,8 +62,21 @@ def _factor_state(core: BlockedCholesky) -> tuple:
 
 def _as_bool(value, name: str) -> bool:
     """``value`` as a bool (True, False, 1 or 0); a DataError naming ``name`` otherwise."""
-    from .arguments import as_flag
     return as_flag(value, name)
+
+
+def _reduced_class(data, streaming) -> type | None:
+    """The model class of data reduced elsewhere: Dask frames and Parquet paths
+    (``DaskLinearMixedModel``), pandas frames in row chunks when ``streaming``
+    is true, or None (the caller decides on size) and the frame has more than
+    ``STREAM_MIN_ROWS`` rows (``StreamedLinearMixedModel``); else None."""
+    if is_partitioned(data):
+        return DaskLinearMixedModel
+    if streaming is False or not is_table(data):
+        return None
+    if streaming:
+        return StreamedLinearMixedModel
+    return None
 
 
 class LinearMixedModel:
@@ -79,18 +102,27 @@ class LinearMixedModel:
     """
 
     n_threads: int | None = None
+    _rows = InMemoryRows()
+    _z_sumsq_given = None
+
+    def __new__(cls, formula=None, data=None, reml=True, weights=None, offset=None,
+                streaming=None, **kwargs):
+        """A ``StreamedLinearMixedModel`` or ``DaskLinearMixedModel`` where the data is
+        to be reduced elsewhere (``_reduced_class``; automatic streaming above
+        ``STREAM_MIN_ROWS`` rows), else a ``LinearMixedModel``."""
+        if cls is LinearMixedModel and data is not None:
+            target = _reduced_class(data, streaming)
+            if target is None and streaming is None and isinstance(data, pd.DataFrame) \
+                    and len(data) > STREAM_MIN_ROWS and streamable(formula, data.iloc[:0]):
+                target = StreamedLinearMixedModel
+            cls = target or cls
+        return object.__new__(cls)
 
     def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None,
                  streaming: bool | None = None, *, n_threads: int | None = None):
         self.n_threads = as_n_threads(n_threads)
         # the name lme4 prints as "Data:": a bundled dataset's (datasets.load)
         self.data_name = data_name(data)
-        if streaming or not is_table(data) or (
-                streaming is None and isinstance(data, pd.DataFrame)
-                and len(data) > STREAM_MIN_ROWS):
-            from .streaming import build_elsewhere
-            if build_elsewhere(self, formula, data, reml, weights, offset, streaming):
-                return
         self.formula = formula
         self.reml = _as_bool(reml, "reml")
         # the data as given (a reference, not kept by pickles): what refits of other
@@ -102,11 +134,10 @@ class LinearMixedModel:
         remats = [build_remat(frame.data, term) for term in parsed.random]
         self.response = xy.response
         self.x = xy.x
-        self.y = xy.y
+        self.resp = Response(xy.y, frame.weights, frame.offset,
+                             working_y=None if frame.offset is None else xy.y - frame.offset)
         self.fixef_names = xy.names
         self.dropped_columns = xy.dropped
-        self.weights = frame.weights
-        self.offset = frame.offset
         self.n_dropped = frame.n_dropped
         self.row_index = frame.row_index
         self.nobs = len(self.y)
@@ -124,19 +155,92 @@ class LinearMixedModel:
                 r.z = self.x
         self._order_terms(remats)
         inner = [self.remats[i] for i in self._internal]
-        layout = blocks.BlockLayout.build(
+        layout = BlockLayout.build(
             [r.refs for r in inner], [r.nlevels for r in inner], [r.k for r in inner],
             self.x.shape[1] + 1)
-        sqrt_w = np.sqrt(self.weights) if self.weights is not None else None
-        self._y_eff = self.y - self.offset if self.offset is not None else self.y
-        acc = blocks.crossproducts(layout, [r.refs for r in inner], [r.z for r in inner],
-                                   self.x, self._y_eff, sqrt_w, rounded=False)
-        log_det_w = blocks.dd_sum(np.log(self.weights)) if self.weights is not None else 0.0
-        self._setup_core(layout, acc, log_det_w)
+        self._layout = layout
+        self._form_crossproducts()
+
+    def _form_crossproducts(self) -> None:
+        """A = [Z X y]^T W [Z X y] from the rows held, with the response's working
+        weights and working response (eq. 12), and the core on it."""
+        require_rows(self, "reweight()")
+        resp = self.resp
+        inner = [self.remats[i] for i in self._internal]
+        acc = blocks.crossproducts(self._layout, [r.refs for r in inner],
+                                   [r.z for r in inner], self.x, resp.z, resp.sqrt_w,
+                                   rounded=False)
+        log_det_w = blocks.dd_sum(np.log(resp.w)) if resp.w is not None else 0.0
+        self._setup_core(self._layout, acc, log_det_w)
+
+    def reweight(self, weights=None, response=None) -> "LinearMixedModel":
+        """Re-form A with new working weights and working response over the same
+        design (Z, X and the layout of A and L are kept; theory.md, section
+        "Predictor and response"); returns ``self``, not fitted.
+
+        ``weights``: one positive value per row (None: the prior weights);
+        ``response``: the working response, one value per row (None: y - offset).
+        The result equals the model built with ``weights=`` to the bit.
+        """
+        self.resp = self.resp.reweighted(weights, response, self.nobs)
+        for name in ("_working_rows", "_evaluator", "_optimum_plan", "_refit_plan", "vcov",
+                     "varcorr", "fitted", "residuals", "convergence"):
+            self.__dict__.pop(name, None)
+        self._form_crossproducts()
+        return self
+
+    # --------------------------------------------------- the response's rows
+    @property
+    def y(self) -> np.ndarray | None:
+        """The response of the model's rows (None where the rows are not held)."""
+        return self.resp.y
+
+    @y.setter
+    def y(self, value) -> None:
+        self.resp = self.resp.replace(y=value)
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """The weights A is formed with: the prior weights unless reweighted (None: 1)."""
+        return self.resp.w
+
+    @weights.setter
+    def weights(self, value) -> None:
+        self.resp = self.resp.replace(weights=value, working_weights=None)
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        return self.resp.offset
+
+    @offset.setter
+    def offset(self, value) -> None:
+        self.resp = self.resp.replace(offset=value)
+
+    @property
+    def _y_eff(self) -> np.ndarray | None:
+        """The working response: y - offset unless reweighted with another."""
+        return self.resp.z
+
+    @_y_eff.setter
+    def _y_eff(self, value) -> None:
+        self.resp = self.resp.replace(working_y=value)
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the model has prior weights (a column or values)."""
+        spec = self.__dict__.get("_spec")
+        return spec.has_weights if spec is not None else self.weights is not None
+
+    @property
+    def has_offset(self) -> bool:
+        """Whether the model has an offset (argument or ``offset()`` terms)."""
+        spec = self.__dict__.get("_spec")
+        return (spec.has_offset or bool(spec.parsed.offsets)) if spec is not None \
+            else self.offset is not None
 
     @classmethod
     def from_crossproducts(cls, formula: str, *, reml: bool, remats: list[ReMat],
-                           fixef_names: list[str], layout: "blocks.BlockLayout",
+                           fixef_names: list[str], layout: BlockLayout,
                            a: np.ndarray, nobs: int, log_det_w: float = 0.0,
                            response: str = "", n_dropped: int = 0,
                            dropped_columns: list[str] | None = None) -> "LinearMixedModel":
@@ -148,23 +252,47 @@ class LinearMixedModel:
         in internal order), ``remats`` in lme4 order.  Row-level results
         (``fitted``, ``residuals``) are not available on such a model.
         """
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
+        self._init_reduced(formula, reml, remats, fixef_names, layout, a, nobs, log_det_w,
+                           response, n_dropped, dropped_columns)
+        return self
+
+    def _init_reduced(self, formula: str, reml: bool, remats: list[ReMat],
+                      fixef_names: list[str], layout: BlockLayout, a: np.ndarray,
+                      nobs: int, log_det_w: float, response: str, n_dropped: int,
+                      dropped_columns: list[str] | None) -> None:
+        """The model of A (or its accumulator) reduced from rows not held here."""
         self.formula = formula
-        self.reml = bool(reml)
+        self.reml = _as_bool(reml, "reml")
         self.response = response
         self.x = None
-        self.y = None
-        self._y_eff = None
+        self.resp = Response(None)
         self.fixef_names = list(fixef_names)
         self.dropped_columns = list(dropped_columns or [])
-        self.weights = None
-        self.offset = None
         self.n_dropped = n_dropped
         self.row_index = None
         self.nobs = int(nobs)
         self._order_terms(list(remats), sort=False)
         self._setup_core(layout, np.asarray(a, dtype=np.float64), log_det_w)
-        return self
+
+    def _init_from_reduction(self, formula: str, reml: bool, reduced: Reduced, rows) -> None:
+        """The model of data reduced by ``design.reduce`` (``reduced``), its row
+        results from the row source ``rows``."""
+        spec = reduced.spec
+        self._spec = spec
+        self._keep = reduced.keep
+        self._rows = rows
+        self._z_sumsq_given = reduced.z_sumsq
+        self._init_reduced(formula, reml, reduced.remats, reduced.fixef_names, reduced.layout,
+                           reduced.acc, reduced.nobs, reduced.log_det_w,
+                           spec.parsed.response, reduced.n_dropped, reduced.dropped_columns)
+        self.factor_levels = spec.factor_levels
+        self.fixed_spec = spec.fixed_spec   # the codings predict() uses for newdata
+        self.weights_column = spec.weights_column
+        self.offset_column = spec.offset_column
+        self.offset_given = spec.has_offset   # (offset(...) terms are re-evaluated)
+        r = reduced.x_r[:, reduced.keep]   # the unweighted X'X of weighted data (else in A)
+        self._xtx = r.T @ r if spec.has_weights else None
 
     # ------------------------------------------------------------- building
     def _order_terms(self, remats: list[ReMat], sort: bool = True) -> None:
@@ -229,7 +357,7 @@ class LinearMixedModel:
                 f"the response {self.response!r} is fitted exactly by the fixed effects "
                 "(e.g. it is constant): the residual variance would be zero")
 
-    def _setup_core(self, layout: "blocks.BlockLayout", acc: np.ndarray,
+    def _setup_core(self, layout: BlockLayout, acc: np.ndarray,
                     log_det_w: float) -> None:
         """The core on A in its working basis (eq. 72) from A's double-double
         accumulator ``acc`` (``n_a x 2``; a rounded A, ``n_a``, is taken as exact)."""
@@ -298,6 +426,10 @@ class LinearMixedModel:
         (none where the model carries no A, as a model shipped for predictions)."""
         state = dict(state)
         core_state = state.pop("_core_state", None)
+        if "resp" not in state:   # the rows' response kept as separate arrays
+            y = state.pop("y", None)
+            state["resp"] = Response(y, state.pop("weights", None), state.pop("offset", None),
+                                     working_y=state.pop("_y_eff", None))
         self.__dict__.update(state)
         if self.__dict__.get("_a") is None:
             self.__dict__.setdefault("_core", None)
@@ -661,24 +793,18 @@ class LinearMixedModel:
         return self._theta_scale()
 
     def _theta_scale(self) -> np.ndarray:
-        """The natural scale of each theta element: 1 / rms of its row's column of z.
+        """The natural scale of each element of theta (``design.rows.theta_scale``)."""
+        return theta_scale(self.remats, self._z_sumsq, self.nobs)
 
-        Element (i, j) of a term's lambda multiplies the i-th random effect, whose
-        covariate has root mean square c_i, so its size is of order 1 / c_i:
-        optimising theta / scale makes the fit invariant to rescaling a covariate.
-        Models reduced elsewhere (no rows) use scale 1.
-        """
-        out = []
-        for r in self.remats:
-            if r.z is None or len(r.z) == 0:
-                out.append(np.ones(r.n_theta))
-                continue
-            # (an intercept's column is ones: rms 1, without summing n squares)
-            rms = [1.0 if name == "(Intercept)" else
-                   math.sqrt(blocks.dd_sum(c ** 2) / len(r.z)) for name, c in zip(r.cnames, r.z.T)]
-            rms = [v if v > 0 else 1.0 for v in rms]
-            out.append(np.array([1.0 / rms[i] for j in range(r.k) for i in range(j, r.k)]))
-        return np.concatenate(out)
+    @property
+    def _z_sumsq(self) -> list[np.ndarray] | None:
+        """Sum of squares of each column of each term's z (lme4's order), from the
+        rows held or found by the reduction; None for a model of A alone."""
+        if self._z_sumsq_given is not None:
+            return self._z_sumsq_given
+        if any(r.z is None or len(r.z) == 0 for r in self.remats):
+            return None
+        return [column_sumsq(r.z, r.cnames) for r in self.remats]
 
     def _set_theta(self, theta: np.ndarray, factored: bool = False) -> None:
         """Update the factor at theta (unless ``factored``: it is already there) and
@@ -882,18 +1008,19 @@ class LinearMixedModel:
     @cached_property
     def fitted(self) -> np.ndarray:
         """Conditional fitted values X beta + Z b (+ offset)."""
-        sol = self._solution
-        mu = self.x @ sol["beta"]
-        for r, b in zip(self.remats, sol["b"]):
-            mu += np.einsum("ij,ij->i", r.z, b[r.refs])
-        if self.offset is not None:
-            mu += self.offset
-        return mu
+        return self._rows.fitted(self)
 
     @cached_property
     def residuals(self) -> np.ndarray:
         """Response residuals y - fitted."""
-        return self.y - self.fitted
+        return self._rows.residuals(self)
+
+    def residual_quantiles(self) -> np.ndarray:
+        """Quantiles (0, 1/4, 1/2, 3/4, 1) of the scaled Pearson residuals,
+        residual * sqrt(weight) / sigma, as lme4's summary prints them."""
+        from .summary import scaled_residuals
+        values = scaled_residuals(self)
+        return np.quantile(values[np.isfinite(values)], [0.0, 0.25, 0.5, 0.75, 1.0])
 
     # ------------------------------------------------------------- inference
     def coef_table(self, ddf: str | None = None) -> pd.DataFrame:
@@ -1009,6 +1136,140 @@ class LinearMixedModel:
 
     def __repr__(self) -> str:
         return self.__str__()
+
+
+class StreamedLinearMixedModel(LinearMixedModel):
+    """A model of a pandas frame reduced in row chunks (``design.reduce``).
+
+    Used automatically above ``STREAM_MIN_ROWS`` rows, or with
+    ``streaming=True``: X, Z and y are never held for all rows.  Every
+    parameter-level result is as in memory; ``fitted``, ``residuals`` and
+    ``predict()`` are recomputed chunk by chunk from the caller's frame (which
+    must not change in between); ``refit``, ``simulate``, ``bootstrap`` and
+    Kenward-Roger's df, which need the rows, raise a DataError saying what to
+    do instead (``design.rows.require_rows``).
+    """
+
+    def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None,
+                 streaming: bool | None = None, *, n_threads: int | None = None,
+                 chunk_rows: int = PIECE_ROWS, stacklevel: int = 3):
+        self.n_threads = as_n_threads(n_threads)
+        self.data_name = data_name(data)
+        reml = _as_bool(reml, "reml")
+        data = used_frame(parse_formula(formula), data, weights, offset)
+        reducer = ChunkReducer(data, weights, offset, chunk_rows)
+        spec = DesignSpec.from_meta(formula, data.iloc[:0], weights, offset, chunk_rows)
+        reduced = reduce_design(spec, reducer, stacklevel=stacklevel)
+        rows = ChunkedRows(reducer, spec, reduced.keep)
+        self._init_from_reduction(formula, reml, reduced, rows)
+        if spec.has_weights or spec.has_offset or spec.parsed.offsets:
+            kept = list(rows.model_rows())
+            self.resp = Response(
+                None, np.concatenate([r.weights for r in kept]) if spec.has_weights else None,
+                np.concatenate([r.offset for r in kept])
+                if spec.has_offset or spec.parsed.offsets else None)
+        self.row_index = data.index if not self.n_dropped else None
+
+    def _form_crossproducts(self) -> None:
+        """A with the response's working weights and working response, re-formed
+        from the data chunk by chunk (the pass of ``design.reduce`` that forms A)."""
+        resp = self.resp
+        layout, acc, log_det_w = reweighted(self._spec, self._rows.reducer, self._keep,
+                                            resp.working_weights, resp.working_y)
+        self._setup_core(layout, acc, log_det_w)
+
+    @classmethod
+    def from_frame(cls, formula: str, data, reml: bool = True, weights=None, offset=None,
+                   *, chunk_rows: int = PIECE_ROWS) -> "StreamedLinearMixedModel":
+        """The (unfitted) model of the pandas frame ``data``, in chunks of ``chunk_rows`` rows."""
+        return cls(formula, data, reml, weights, offset, chunk_rows=chunk_rows, stacklevel=4)
+
+    def refit(self, y, *, start=None, **options):
+        require_rows(self, "refit")
+
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                offset=None):
+        """As ``LinearMixedModel.predict``; without ``newdata``, the fit's rows chunk by chunk."""
+        if newdata is not None:
+            return super().predict(newdata, re_form=re_form, allow_new_levels=allow_new_levels,
+                                   offset=offset)
+        if offset is not None:
+            raise DataError("offset= applies to newdata; the fit's rows use the fit's offset")
+        if re_form is None:
+            return np.array(self.fitted, dtype=np.float64)
+        from .predict import predict
+        parts = [predict(self, piece, re_form=re_form, allow_new_levels=allow_new_levels,
+                         offset=off) for piece, off in self._rows.complete_pieces()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class DaskLinearMixedModel(LinearMixedModel):
+    """A model of a Dask DataFrame or Parquet files (``design.dask``).
+
+    ``lmmfast.lmer(formula, ddf)`` and ``LinearMixedModel(formula, ddf)`` give
+    one; ``fitted``, ``residuals`` and ``predict()`` of the fit's rows are Dask
+    Series; ``dask_stats`` reports the partitions, passes over the data and the
+    bytes brought to the client while building it.
+    """
+
+    def __init__(self, formula: str, data, reml: bool = True, weights=None, offset=None,
+                 streaming: bool | None = None, *, n_threads: int | None = None,
+                 split_every: int = SPLIT_EVERY, chunk_rows: int = PIECE_ROWS,
+                 stacklevel: int = 3):
+        self.n_threads = as_n_threads(n_threads)
+        self.data_name = data_name(data)
+        reml = _as_bool(reml, "reml")
+        ddf = as_dask_frame(data)
+        for value, what in ((weights, "weights"), (offset, "offset")):
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"for Dask data, {what} must be the name of a column "
+                                f"(got {type(value).__name__})")
+        spec = DesignSpec.from_meta(formula, ddf._meta, weights, offset, chunk_rows)
+        reducer = DaskReducer(ddf, split_every)
+        reduced = reduce_design(spec, reducer, stacklevel=stacklevel)
+        self._init_from_reduction(formula, reml, reduced, DaskRows(ddf, spec, reduced.keep))
+        self._ddf = ddf
+        self.dask_stats = {"partitions": int(ddf.npartitions), "passes": reducer.passes,
+                           "bytes_to_client": reducer.bytes_to_client}
+
+    @classmethod
+    def from_dask(cls, formula: str, data, reml: bool = True, weights=None, offset=None,
+                  *, split_every: int = SPLIT_EVERY,
+                  chunk_rows: int = PIECE_ROWS) -> "DaskLinearMixedModel":
+        """The (unfitted) model of ``data``, a Dask DataFrame or a Parquet path/glob."""
+        return cls(formula, data, reml, weights, offset, split_every=split_every,
+                   chunk_rows=chunk_rows, stacklevel=4)
+
+    def refit(self, y, *, start=None, **options):
+        raise DataError("a model of a Dask DataFrame keeps no rows on the client: refit "
+                        "needs the response as an array of the fit's rows")
+
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                offset=None):
+        """As ``LinearMixedModel.predict``: a Dask Series for the fit's rows or a Dask
+        ``newdata``, an array for a pandas ``newdata``."""
+        if newdata is None:
+            if offset is not None:
+                raise DataError("offset= applies to newdata; the fit's rows use the fit's offset")
+            if re_form is None:
+                return self.fitted
+            return self._rows.predict(self, re_form, allow_new_levels)
+        if is_partitioned(newdata) and not isinstance(newdata, (str, os.PathLike)):
+            return predict_dask(self, newdata, re_form=re_form,
+                                allow_new_levels=allow_new_levels, offset=offset)
+        return super().predict(newdata, re_form=re_form, allow_new_levels=allow_new_levels,
+                               offset=offset)
+
+    def residual_quantiles(self) -> np.ndarray:
+        """Quantiles (0, 1/4, 1/2, 3/4, 1) of the scaled Pearson residuals, from the cluster."""
+        self._require_fit()
+        key = tuple(self._theta)
+        cached = self.__dict__.get("_resid_quantiles")
+        if cached is None or cached[0] != key:
+            cached = (key, exact_quantiles(self._rows.series(self, "pearson"),
+                                           [0.0, 0.25, 0.5, 0.75, 1.0]))
+            self.__dict__["_resid_quantiles"] = cached
+        return cached[1] / self.sigma
 
 
 def _back_substitution(rx: np.ndarray, rhs: np.ndarray) -> np.ndarray:

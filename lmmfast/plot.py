@@ -33,7 +33,7 @@ from scipy import stats
 from .arguments import as_choice, as_count, as_flag, as_positive, as_probability, describe
 from .errors import DataError
 from .simulate import seed_sequence
-from .streaming import require_rows
+from .design.rows import require_rows
 
 __all__ = ["subject_panels", "caterpillar", "residual_plots", "profile_zeta",
            "marginal_effects", "save_diagnostics"]

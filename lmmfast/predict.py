@@ -55,9 +55,9 @@ from scipy import stats
 from .arguments import as_choice, as_flag, as_probability
 from .errors import DataError, FormulaError, plain_message
 from .formula import RandomTerm, parse_formula
-from .materialize import (R_FUNCTIONS, design_matrix, expression_columns, lme4_column_name,
+from .design.materialize import (R_FUNCTIONS, design_matrix, expression_columns, lme4_column_name,
                           required_variables)
-from .modelframe import as_pandas, formula_offset, is_table
+from .design.frame import as_pandas, formula_offset, is_table
 
 __all__ = ["predict", "parse_re_form"]
 

@@ -140,7 +140,6 @@ def ranova(fit, data, weights=None, offset=None, reduce_terms: bool = True) -> p
     model) and one per reduction; columns ``npar``, ``logLik``, ``AIC``,
     ``LRT``, ``Df``, ``Pr(>Chisq)``; ``attrs["formulas"]``: row -> formula.
     """
-    from .model import LinearMixedModel
     fit._require_fit()
     reduce_terms = as_flag(reduce_terms, "reduce_terms")
     if fit.x is None:
@@ -155,8 +154,7 @@ def ranova(fit, data, weights=None, offset=None, reduce_terms: bool = True) -> p
             npar.append(fit.p + 1)
             loglik.append(lm_loglik(fit.x, fit._y_eff, fit.weights, fit.reml))
             continue
-        new = LinearMixedModel(formula, data, reml=fit.reml, weights=weights,
-                               offset=offset)
+        new = type(fit)(formula, data, reml=fit.reml, weights=weights, offset=offset)
         _same_rows(fit, new, formula)
         new.fit()
         npar.append(new.df_params)

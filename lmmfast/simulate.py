@@ -22,7 +22,7 @@ import numpy as np
 
 from .arguments import as_count, as_flag, describe
 from .errors import DataError
-from .streaming import require_rows
+from .design.rows import require_rows
 
 __all__ = ["simulate", "Simulator", "spawn_seeds", "seed_sequence"]
 

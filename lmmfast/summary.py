@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import FormulaError, LmmWarning
+from .errors import SINGULAR_MESSAGE, FormulaError, LmmWarning
 from .formula import find_bar, split_top, double_vert_terms
 from .varcorr import group_labels
 
@@ -39,7 +39,6 @@ CORRELATION_MAX = 12
 
 _KP_MAX = 22
 
-SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 """lme4's message for a fit with a variance estimated as 0 or a correlation as +/-1."""
 
 
@@ -293,7 +292,7 @@ def _header(fit, call: dict, ddf: str | None = None) -> list[str]:
     if data:
         lines.append(f"   Data: {data}")
     for label, attribute in (("Weights", "weights"), (" Offset", "offset")):
-        if getattr(fit, attribute) is not None:
+        if getattr(fit, f"has_{attribute}"):
             lines.append(f"{label}: {call.get(attribute) or 'supplied'}")
     return lines
 
@@ -335,7 +334,7 @@ def format_quantiles(values, digits: int = 4) -> list[str]:
 
 
 def _residuals(fit, digits: int) -> list[str]:
-    return ["Scaled residuals:"] + format_quantiles(scaled_residuals(fit), digits)
+    return ["Scaled residuals:"] + format_quantiles(fit.residual_quantiles(), digits)
 
 
 @dataclass

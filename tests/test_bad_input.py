@@ -366,7 +366,7 @@ def test_complex_weights(sleepstudy, as_column):
 def test_the_columns_a_formula_reads_are_looked_up_per_data_frame():
     """What a formula reads is remembered per columns object: a fit on a frame
     whose columns are renamed, or a new frame with the same names, is checked again."""
-    from lmmfast.modelframe import used_columns
+    from lmmfast.design.frame import used_columns
     from lmmfast.formula import parse_formula
     data = lmmfast.datasets.load("sleepstudy")
     formula = "Reaction ~ 1 + Days + (1 + Days | Subject)"
@@ -385,7 +385,7 @@ def test_the_columns_a_formula_reads_are_looked_up_per_data_frame():
 def test_category_labels_are_remembered_per_dtype():
     """A categorical column's labels are read once per dtype; a column with other
     categories gets its own, and the list handed out is a copy."""
-    from lmmfast.factors import _category_labels
+    from lmmfast.design.factors import _category_labels
     data = lmmfast.datasets.load("sleepstudy")
     cat = data["Subject"].array
     first, strings = _category_labels(cat)

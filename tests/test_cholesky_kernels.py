@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lmmfast._cholesky import BLOCK_SPARSE, BlockedCholesky
-from lmmfast.blocks import BlockLayout, crossproducts
+from lmmfast.design.crossprod import crossproducts
+from lmmfast.design.layout import BlockLayout
 
 from dense_reference import dense_criterion
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lmmfast
-from lmmfast import blocks
+from lmmfast.design import crossprod as blocks
 from lmmfast.model import LinearMixedModel
 
 CASES = [

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import lmmfast
-from lmmfast import materialize
+from lmmfast.design import materialize
 from lmmfast.errors import LmmWarning
 from lmmfast.formula import parse_formula, response_code
-from lmmfast.materialize import design_matrix
-from lmmfast.modelframe import model_frame
+from lmmfast.design.materialize import design_matrix
+from lmmfast.design.frame import model_frame
 
 from conftest import extra_reference, load_extra_data
 

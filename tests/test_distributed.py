@@ -219,16 +219,16 @@ def test_methods_that_need_rows_say_what_to_do(client):
         lmmfast.lmer(formula, dd.from_pandas(df, npartitions=2), reml=np.array([1, 0]))
 
 
-def test_rank_check_from_the_gram_matrix_keeps_earlier_columns():
-    from lmmfast.streaming import independent_columns_gram
-    from lmmfast.xymat import independent_columns
+def test_rank_check_from_pieces_keeps_earlier_columns():
+    from lmmfast.design.fixed import independent_columns, r_factor
     rng = np.random.default_rng(3)
     a = rng.standard_normal((200, 5))
     x = np.column_stack([np.ones(200), a[:, 0], a[:, 0] * 2.0, a[:, 1], np.zeros(200),
                          a[:, 1] - 0.5 * a[:, 0], a[:, 2], a[:, 2] + 1e-5 * a[:, 3],
                          a[:, 2] + 1e-9 * a[:, 4]])
     expected = independent_columns(x)
-    np.testing.assert_array_equal(independent_columns_gram(x.T @ x), expected)
+    pieces = r_factor(iter([x[:70], x[70:150], x[150:]]), x.shape[1])
+    np.testing.assert_array_equal(independent_columns(pieces), expected)
     np.testing.assert_array_equal(expected, [0, 1, 3, 6, 7])
 
 

@@ -9,8 +9,8 @@ import pytest
 import lmmfast
 from lmmfast.errors import FormulaError
 from lmmfast.formula import parse_formula
-from lmmfast.modelframe import as_factor
-from lmmfast.materialize import lme4_column_name
+from lmmfast.design.frame import as_factor
+from lmmfast.design.materialize import lme4_column_name
 from lmmfast.summary import lme4_formula
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGINT to a child is
 
 BUILD = """
     import numpy as np
-    from lmmfast import blocks
+    from lmmfast.design import crossprod as blocks
     rng = np.random.default_rng(0)
     n, p = 20000, 600          # [X y]^T [X y] of dense columns: a minute of work
     x = rng.normal(size=(n, p))

@@ -12,9 +12,10 @@ import pytest
 from scipy.linalg.lapack import dgeqrf
 
 from dense_reference import dense_criterion
-from lmmfast import _crossprod, blocks
+from lmmfast import _crossprod
+from lmmfast.design import crossprod as blocks
 from lmmfast.model import LinearMixedModel
-from lmmfast.xymat import independent_columns, merge_repeated_rows, r_diagonal
+from lmmfast.design.fixed import independent_columns, merge_repeated_rows, r_diagonal
 
 
 def _factor_data(n=1200, levels=300, groups=30, seed=0):

@@ -210,7 +210,7 @@ def test_a_copy_refits_its_own_cross_products():
 
 
 def test_a_model_without_rows_cannot_refit():
-    from lmmfast.distributed import _lean
+    from lmmfast.design.dask import _lean
     lean = _lean(reference_fit("dyestuff", "REML"))
     with pytest.raises(FitError, match="no rows"):
         lean.refit(np.zeros(30))

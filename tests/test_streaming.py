@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import lmmfast
-from lmmfast import blocks, model as model_module
+from lmmfast import model as model_module
+from lmmfast.design import crossprod as blocks
 from lmmfast.errors import LmmWarning
 from lmmfast.model import LinearMixedModel
 from lmmfast.streaming import StreamedLinearMixedModel

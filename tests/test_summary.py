@@ -303,6 +303,9 @@ def stand_in(p: int = 2, **changes) -> SimpleNamespace:
         n_dropped=0, dropped_columns=[], weights=None, offset=None)
     for key, value in changes.items():
         setattr(fit, key, value)
+    fit.has_weights = fit.weights is not None
+    fit.has_offset = fit.offset is not None
+    fit.residual_quantiles = lambda: np.quantile(scaled_residuals(fit), [0, 0.25, 0.5, 0.75, 1])
     return fit
 
 

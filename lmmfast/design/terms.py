@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError, FormulaError
-from .formula import RandomTerm
+from ..errors import DataError, FormulaError
+from ..formula import RandomTerm
 from .materialize import design_matrix
-from .modelframe import Columns, Factor, as_factor
+from .frame import Columns, Factor, as_factor
 
-__all__ = ["ReMat", "build_remat"]
+__all__ = ["ReMat", "build_remat", "checked_z", "combination_codes", "interaction_labels"]
 
 
 @dataclass
@@ -102,11 +102,9 @@ def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
     facs = [_factor(frame, f.strip("`")) for f in term.factors]
     if len(facs) == 1:
         return facs[0].codes, list(facs[0].levels)
-    codes = facs[0].codes
-    n_combos = len(facs[0].levels)
-    for fac in facs[1:]:
-        codes = codes * len(fac.levels) + fac.codes
-        n_combos *= len(fac.levels)
+    sizes = [len(fac.levels) for fac in facs]
+    codes = combination_codes([fac.codes for fac in facs], sizes)
+    n_combos = int(np.prod(sizes))
     if n_combos <= max(8 * len(codes), 1024):   # the combinations present, by counting
         present = np.flatnonzero(np.bincount(codes, minlength=n_combos))
         remap = np.zeros(n_combos, dtype=np.int64)
@@ -114,14 +112,27 @@ def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
         refs = remap[codes]
     else:
         present, refs = np.unique(codes, return_inverse=True)
+    return refs.astype(np.int64, copy=False), interaction_labels(present, [f.levels for f in facs])
+
+
+def combination_codes(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """The code of each row's combination of levels, the first factor varying slowest."""
+    combo = codes[0]
+    for c, size in zip(codes[1:], sizes[1:]):
+        combo = combo * size + c
+    return combo
+
+
+def interaction_labels(present: np.ndarray, levels: list[list[str]]) -> list[str]:
+    """R's labels ``a:b`` of the combination codes ``present`` (``combination_codes``)."""
     labels = []
     for combo in present.tolist():
         parts = []
-        for fac in reversed(facs):
-            combo, r = divmod(combo, len(fac.levels))
-            parts.append(fac.levels[r])
+        for lab in reversed(levels):
+            combo, r = divmod(combo, len(lab))
+            parts.append(lab[r])
         labels.append(":".join(reversed(parts)))
-    return refs.astype(np.int64, copy=False), labels
+    return labels
 
 
 def build_remat(frame, term: RandomTerm) -> ReMat:
@@ -131,9 +142,15 @@ def build_remat(frame, term: RandomTerm) -> ReMat:
                                     with_spec=True)
     if cnames == ["(Intercept)"] and isinstance(frame, Columns):
         return ReMat(term.group, cnames, refs, levels, frame.ones, term.source)
+    return ReMat(term.group, cnames, refs, levels, checked_z(z, term), term.source, spec)
+
+
+def checked_z(z: np.ndarray, term: RandomTerm) -> np.ndarray:
+    """The term's z, C-contiguous; a FormulaError without columns, a DataError
+    with non-finite values."""
     z = np.ascontiguousarray(z)
     if z.shape[1] == 0:
         raise FormulaError(f"random term {term.source} has no columns")
     if not np.isfinite(z).all():
         raise DataError(f"random term {term.source} has non-finite values in its columns")
-    return ReMat(term.group, cnames, refs, levels, z, term.source, spec)
+    return z

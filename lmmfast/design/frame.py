@@ -26,12 +26,12 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, FormulaError, MissingValuesWarning
+from ..errors import DataError, FormulaError, MissingValuesWarning
 from .factors import category_codes, _values, as_factor, factor_codes
-from .formula import ParsedFormula, response_code
+from ..formula import ParsedFormula, response_code
 from .materialize import design_matrix, identifiers, required_variables
 
-__all__ = ["Columns", "Factor", "ModelFrame", "model_frame", "as_factor", "factor_codes",
+__all__ = ["Columns", "Factor", "ModelFrame", "check_weights", "model_frame", "as_factor", "factor_codes",
            "formula_offset", "total_offset", "used_frame", "is_table", "as_pandas"]
 
 
@@ -143,6 +143,17 @@ def _missing(values) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
         return np.isnan(values)
     return np.asarray(pd.isna(values), dtype=bool)
+
+
+def check_weights(w: np.ndarray) -> None:
+    """A DataError unless every prior weight (of the complete rows) is positive."""
+    if len(w) and (w <= 0).any():
+        if (w < 0).any():
+            i = int(np.flatnonzero(w < 0)[0])
+            raise DataError(f"weights must be positive; row {i} has weight {w[i]}")
+        raise DataError(
+            f"weights must be positive; {int((w == 0).sum())} rows have weight 0 "
+            "(lme4's criterion is infinite for them): drop those rows instead")
 
 
 def column_or_array(value, data: pd.DataFrame, what: str) -> np.ndarray | None:
@@ -379,13 +390,7 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
             f"dropped (in {', '.join(map(repr, na_cols))}); {int(keep.sum())} rows remain",
             MissingValuesWarning, stacklevel=3)
     if w is not None:
-        if (w < 0).any():
-            i = int(np.flatnonzero(w < 0)[0])
-            raise DataError(f"weights must be positive; row {i} has weight {w[i]}")
-        if (w == 0).any():
-            raise DataError(
-                f"weights must be positive; {int((w == 0).sum())} rows have weight 0 "
-                "(lme4's criterion is infinite for them): drop those rows instead")
+        check_weights(w)
 
     cols: dict = {}
     for name, values in raw.items():

@@ -17,17 +17,17 @@ import numpy as np
 import pandas as pd
 from scipy.linalg.lapack import dgeqrf, dgeqrt, dormqr
 
-from . import _crossprod
-from .errors import DataError, RankDeficiencyWarning
-from .formula import ParsedFormula, response_code
+from .. import _crossprod
+from ..errors import DataError, RankDeficiencyWarning
+from ..formula import ParsedFormula, response_code
 from .materialize import design_matrix
-from .modelframe import Columns
+from .crossprod import row_chunks
+from .frame import Columns
 
 __all__ = ["XyMat", "build_xymat", "independent_columns", "merge_repeated_rows", "r_diagonal",
-           "response_vector", "row_chunks"]
+           "fixed_matrix", "r_factor", "response_vector", "warn_dropped"]
 
 RANK_TOL = 1e-7  # lme4's default tolerance for the rank of X
-CHUNK_ROWS = 65536  # rows per block of the tall-skinny QR
 
 
 @dataclass
@@ -131,13 +131,20 @@ def _householder(a: np.ndarray) -> np.ndarray:
     return qr
 
 
-def row_chunks(a: np.ndarray, chunk_rows: int = CHUNK_ROWS):
-    """``a`` in consecutive blocks of at most ``chunk_rows`` rows (views)."""
-    return (a[start:start + chunk_rows] for start in range(0, max(len(a), 1), chunk_rows))
+def r_factor(chunks, p: int) -> np.ndarray:
+    """R (at most p x p, upper triangular) of the QR decomposition of the rows stacked
+    from ``chunks`` (each n_i x p): X's rank check from pieces of rows, since R of
+    [R_1; R_2] is R of [X_1; X_2] (up to the signs of its rows)."""
+    rows = reduced_rows(chunks, p)
+    if not len(rows):
+        return np.zeros((0, p))
+    return np.triu(_householder(rows)[:p])
 
 
 def independent_columns(x: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
     """Indices of the columns kept by a left-to-right QR with R's limited pivoting.
+
+    ``x`` is X, or the R of X's QR decomposition (``r_factor``): the same columns.
 
     A column is dropped when its norm after projection on the earlier columns is
     below ``tol`` times its original norm (LINPACK ``dqrdc2``, used by R's ``qr``).
@@ -222,22 +229,34 @@ def response_vector(resp: str, frame) -> np.ndarray:
     return y
 
 
+def fixed_matrix(expr: str, frame, with_spec: bool = False) -> tuple:
+    """X (every column) of the fixed part ``expr`` on ``frame``, its column names
+    (and formulaic's ModelSpec); a DataError naming a column with non-finite values."""
+    built = design_matrix(expr, frame, f"the fixed-effects part {expr!r}", with_spec=with_spec)
+    x, names = built[0], built[1]
+    if not np.isfinite(x).all():
+        j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
+        raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
+    return built
+
+
+def warn_dropped(dropped: list[str], stacklevel: int) -> None:
+    """lme4's warning that X's columns ``dropped`` were dropped for rank deficiency."""
+    warnings.warn(
+        f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+        f"column{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}",
+        RankDeficiencyWarning, stacklevel=stacklevel + 1)
+
+
 def build_xymat(parsed: ParsedFormula, frame) -> XyMat:
     """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
     resp = parsed.response
     y = response_vector(resp, frame)
-    x, names, spec = design_matrix(parsed.fixed, frame,
-                                   f"the fixed-effects part {parsed.fixed!r}", with_spec=True)
-    if not np.isfinite(x).all():
-        j = int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])
-        raise DataError(f"fixed-effects column {names[j]!r} has non-finite values")
+    x, names, spec = fixed_matrix(parsed.fixed, frame, with_spec=True)
     keep = independent_columns(x)
     dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
     if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}",
-            RankDeficiencyWarning, stacklevel=3)
+        warn_dropped(dropped, stacklevel=3)
         x = x[:, keep]
         names = [names[j] for j in keep]
     if names == ["(Intercept)"] and isinstance(frame, Columns):

@@ -36,9 +36,9 @@ from formulaic.utils.code import format_expr, sanitize_variable_names
 from formulaic.utils.stateful_transforms import _is_stateful_transform, stateful_transform
 from formulaic.utils.variables import Variable
 
-from .errors import DataError, FormulaError, plain_message
+from ..errors import DataError, FormulaError, plain_message
 from .factors import as_factor
-from .formula import R_ALIASES
+from ..formula import R_ALIASES
 
 __all__ = ["design_matrix", "required_variables", "identifiers", "lme4_column_name",
            "split_column_name", "R_FUNCTIONS", "ordered_expression",

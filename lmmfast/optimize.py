@@ -39,9 +39,11 @@ from ._trust_region import RUN_STATUS, Optimum
 from .arguments import as_choice
 from .errors import ConvergenceWarning, FitError
 
-__all__ = ["OPTIMIZERS", "OPTIMIZER_ALIASES", "OptSummary", "fit_theta", "default_start",
-           "moment_start", "intercept_terms", "newton_plan", "exact_fit", "bobyqa",
-           "nelder_mead", "lbfgsb", "as_vector", "GRADIENT_TOL", "BOUNDARY_TOL"]
+__all__ = ["OPTIMIZERS", "OPTIMIZER_ALIASES", "OptSummary", "fit_theta", "start_theta",
+           "default_start", "moment_start", "intercept_terms", "newton_plan", "lambda_columns",
+           "newton_steps", "take_run", "bobyqa_fallback", "other_optimizer", "boundary_step",
+           "check_exact_fit", "exact_fit", "bobyqa", "nelder_mead", "lbfgsb", "as_vector",
+           "GRADIENT_TOL", "BOUNDARY_TOL", "RUNAWAY"]
 
 OPTIMIZERS = ("quasi-newton", "bobyqa", "nelder-mead", "l-bfgs-b")
 """The names ``fit(optimizer=...)`` accepts, the default first."""
@@ -110,23 +112,23 @@ def fit_theta(model, start=None, options: dict | None = None) -> OptSummary:
         options["optimizer"] = as_choice(options["optimizer"], "optimizer", OPTIMIZERS,
                                          OPTIMIZER_ALIASES)
     summary = OptSummary(start_theta(model, start, options.get("optimizer", OPTIMIZERS[0])),
-                         model.lower_bounds, **options)
+                         model.lower_bounds, **options)                          # 1. start
     plan = model._optimum()
     if summary.optimizer == "quasi-newton":
-        status = newton_steps(plan, summary, tolerances=(
+        status = newton_steps(plan, summary, tolerances=(                         # 2. Newton steps
             (summary.gtol, summary.ftol_rel, summary.xtol_abs, summary.maxeval)
             if options else None))
-        if status == "done":
+        if status == "done":   # converged; steps 4 and 5 passed in the same call
             return summary
         if status == "finish":
-            bobyqa_fallback(plan, summary, model._scale)
+            bobyqa_fallback(plan, summary, model._scale)                          # 3. fallback
     else:
+        other_optimizer(plan, summary, model._scale)                              # 2. by another
         status = "finish"
-        _OTHERS[summary.optimizer](plan, summary, model._scale)
     if status == "finish":
-        boundary_step(plan, summary)
-    check_exact_fit(model, plan, summary, suspect=status == "suspect")
-    if not summary.converged:
+        boundary_step(plan, summary)                                              # 4. boundary
+    check_exact_fit(model, plan, summary, suspect=status == "suspect")            # 5. exact fit
+    if not summary.converged:                                                     # 6. warning
         warnings.warn(f"the optimiser stopped with {summary.return_code} after "
                       f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=4)
     return summary
@@ -276,20 +278,16 @@ def as_vector(values) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel())
 
 
-def _by_bobyqa(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
-    bobyqa(plan.objective.criterion, summary, scale=scale)
-
-
-def _by_nelder_mead(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
-    nelder_mead(plan.objective.criterion, summary, scale=scale)
-
-
-def _by_lbfgsb(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
-    lbfgsb(plan.objective.criterion_gradient, summary, scale=scale)
-
-
-_OTHERS = {"bobyqa": _by_bobyqa, "nelder-mead": _by_nelder_mead, "l-bfgs-b": _by_lbfgsb}
-"""Step 2 by an optimiser other than the Newton steps, on the model's ``CoreObjective``."""
+def other_optimizer(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
+    """Step 2 by ``summary.optimizer`` other than the Newton steps, on the model's
+    ``CoreObjective`` (``plan.objective``): BOBYQA, Nelder-Mead or L-BFGS-B."""
+    objective = plan.objective
+    if summary.optimizer == "l-bfgs-b":
+        lbfgsb(objective.criterion_gradient, summary, scale=scale)
+    elif summary.optimizer == "nelder-mead":
+        nelder_mead(objective.criterion, summary, scale=scale)
+    else:
+        bobyqa(objective.criterion, summary, scale=scale)
 
 
 # ------------------------------------------------------ optimisers in Python

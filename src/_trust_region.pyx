@@ -456,7 +456,8 @@ cdef int _minimize(CoreObjective fg, double[::1] x, const double[::1] scale,
         n_evals[0] = count
         f_out[0] = f
         return STOP_NOT_FINITE_START
-    _newton_derivatives(fg, scale, gn, g, b, f, w)   # B is eq. 70's, here and at every accepted point
+    # B is eq. 70's, here and at every accepted point
+    _newton_derivatives(fg, scale, gn, g, b, f, w)
     radius = 0.5 * sqrt(<double>n)
 
     while count < maxeval:

@@ -20,8 +20,8 @@ and the optimisers it can use.
    that X and Z fit exactly (``exact_fit``), a ``FitError``;
 6. a ``ConvergenceWarning`` where the optimiser did not converge.
 
-Steps 1-5 of the default fit are one compiled call when the Newton steps
-converge.  lme4's convergence checks at the optimum follow in the model
+Steps 2, 4 and the test of step 5's symptoms are one compiled call in the
+default fit.  lme4's convergence checks at the optimum follow in the model
 (``lmmfast.convergence``).  The record of a run (start, end, evaluations,
 return code) is an ``OptSummary``.
 """
@@ -105,7 +105,9 @@ def fit_theta(model, start=None, options: dict | None = None) -> OptSummary:
     ``start``: theta (lme4 order; default: step 1's); ``options``: fields of
     ``OptSummary``, ``optimizer`` one of ``OPTIMIZERS`` (a DataError for any
     other name).  Raises a ``FitError`` for an exact fit or a criterion that is
-    not finite at the end.
+    not finite at the end.  ``model`` gives its compiled plan (``_optimum()``),
+    theta's scale and bounds (``_scale``, ``lower_bounds``), its terms and, for
+    the exact-fit check, its rows (``x``, ``remats``, ``weights``, ``_y_eff``).
     """
     options = dict(options or {})
     if "optimizer" in options:
@@ -217,6 +219,18 @@ def take_run(summary: OptSummary, result: tuple) -> OptSummary:
     return summary
 
 
+def other_optimizer(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
+    """Step 2 by ``summary.optimizer`` other than the Newton steps, on the model's
+    ``CoreObjective`` (``plan.objective``): BOBYQA, Nelder-Mead or L-BFGS-B."""
+    objective = plan.objective
+    if summary.optimizer == "l-bfgs-b":
+        lbfgsb(objective.criterion_gradient, summary, scale=scale)
+    elif summary.optimizer == "nelder-mead":
+        nelder_mead(objective.criterion, summary, scale=scale)
+    else:
+        bobyqa(objective.criterion, summary, scale=scale)
+
+
 def bobyqa_fallback(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
     """Step 3: BOBYQA from where the Newton steps stopped; the evaluations of both
     are counted."""
@@ -276,18 +290,6 @@ def as_vector(values) -> np.ndarray:
             and values.flags.c_contiguous:
         return values
     return np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel())
-
-
-def other_optimizer(plan: Optimum, summary: OptSummary, scale: np.ndarray) -> None:
-    """Step 2 by ``summary.optimizer`` other than the Newton steps, on the model's
-    ``CoreObjective`` (``plan.objective``): BOBYQA, Nelder-Mead or L-BFGS-B."""
-    objective = plan.objective
-    if summary.optimizer == "l-bfgs-b":
-        lbfgsb(objective.criterion_gradient, summary, scale=scale)
-    elif summary.optimizer == "nelder-mead":
-        nelder_mead(objective.criterion, summary, scale=scale)
-    else:
-        bobyqa(objective.criterion, summary, scale=scale)
 
 
 # ------------------------------------------------------ optimisers in Python

@@ -26,7 +26,8 @@ from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
 from .errors import ConditioningWarning, DataError, FitError
 from .formula import parse_formula
 from .modelframe import Factor, is_table, model_frame
-from .optimize import OptSummary, as_vector, fit_theta, newton_plan, take_run
+from .optimize import (OptSummary, as_vector, default_start, fit_theta, intercept_terms,
+                       newton_plan, take_run)
 from .remat import ReMat, build_remat
 from .summary import data_name, warn_if_singular
 from .threads import as_n_threads, blas_threads
@@ -483,6 +484,16 @@ class LinearMixedModel:
         ``maxeval``.
         """
         return self._take_optimum(fit_theta(self, start, options))._checked()
+
+    @cached_property
+    def _default_start(self) -> np.ndarray:
+        """``optimize.default_start`` of this model, kept (not to be changed)."""
+        return default_start(self)
+
+    @cached_property
+    def _intercept_terms(self) -> list[tuple[int, int]]:
+        """``optimize.intercept_terms`` of this model, kept."""
+        return intercept_terms(self)
 
     @cached_property
     def _scale(self) -> np.ndarray:

@@ -106,8 +106,9 @@ def fit_theta(model, start=None, options: dict | None = None) -> OptSummary:
     ``OptSummary``, ``optimizer`` one of ``OPTIMIZERS`` (a DataError for any
     other name).  Raises a ``FitError`` for an exact fit or a criterion that is
     not finite at the end.  ``model`` gives its compiled plan (``_optimum()``),
-    theta's scale and bounds (``_scale``, ``lower_bounds``), its terms and, for
-    the exact-fit check, its rows (``x``, ``remats``, ``weights``, ``_y_eff``).
+    theta's scale, bounds and starts (``_scale``, ``lower_bounds``,
+    ``_default_start``, ``_intercept_terms``), its terms and, for the exact-fit
+    check, its rows (``x``, ``remats``, ``weights``, ``_y_eff``).
     """
     options = dict(options or {})
     if "optimizer" in options:
@@ -140,7 +141,7 @@ def start_theta(model, start, optimizer: str) -> np.ndarray:
     """Step 1: ``start`` checked against the lower bounds, or by default
     ``moment_start`` for the Newton steps and ``default_start`` otherwise."""
     if start is None:
-        return moment_start(model) if optimizer == "quasi-newton" else default_start(model)
+        return moment_start(model) if optimizer == "quasi-newton" else model._default_start
     init = np.asarray(start, dtype=np.float64)
     lower = model.lower_bounds
     if init is not model._theta and (init.shape != lower.shape or (init < lower).any()):
@@ -165,15 +166,16 @@ def intercept_terms(model) -> list[tuple[int, int]]:
 def moment_start(model) -> np.ndarray:
     """``default_start``, with each random intercept's theta at its
     method-of-moments estimate from A (eq. 71): sqrt(sigma_t^2 / sigma^2), or
-    0.1 where sigma_t^2 <= 0."""
-    terms = intercept_terms(model)
+    0.1 where sigma_t^2 <= 0 (from the model's kept ``_default_start`` and
+    ``_intercept_terms``)."""
+    terms = model._intercept_terms
     moments = model._core.moment_variances([j for j, _ in terms]) if terms else None
-    start = default_start(model)
     if moments is None:
-        return start
+        return model._default_start
     rss, variances = moments
     sigma2 = max(rss / model.nobs - sum(v for v in variances if v > 0),
                  0.05 * rss / model.nobs)
+    start = model._default_start.copy()
     for (_, pos), v in zip(terms, variances):
         start[pos] = math.sqrt(v / sigma2) if v > 0 else 0.1
     return start

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .arguments import as_choice, describe
 from .errors import ConvergenceWarning, DataError, FitError, LmmWarning
-from .optimize import GRADIENT_TOL
 from .errors import SINGULAR_MESSAGE
+from .optimize import GRADIENT_TOL, OPTIMIZER_ALIASES, OPTIMIZERS
 
 __all__ = ["Convergence", "check_convergence", "checks_apply", "warn_convergence",
            "derivative_messages", "allfit", "GRADIENT_TOL", "HESSIAN_TOL"]
@@ -227,7 +228,7 @@ def derivative_messages(fit) -> list[str]:
 
 
 def allfit(fit, optimizers=None) -> pd.DataFrame:
-    """Refit ``fit`` with each optimiser (default: all of ``optimize.OPTIMIZERS``),
+    """Refit ``fit`` with each optimiser (default: all of ``OPTIMIZERS``),
     each on a copy from its default start, as lme4's ``allFit``.
 
     One row per optimiser: ``optimizer``, ``objective``, ``time`` (seconds),
@@ -237,8 +238,6 @@ def allfit(fit, optimizers=None) -> pd.DataFrame:
     prefixed "theta." where one is also a fixed effect's name) and the fixed
     effects (``fit.fixef_names``).  ``fit`` is left untouched.
     """
-    from .arguments import as_choice, describe
-    from .optimize import OPTIMIZER_ALIASES, OPTIMIZERS
     fit._require_fit()
     if optimizers is None:
         names = list(OPTIMIZERS)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ._cholesky import BlockedCholesky
-from .arguments import as_choice, as_flag
+from .arguments import as_flag
 from .conditioning import DIGITS_TOL, condition, digits_lost
 from .convergence import Convergence, allfit, check_convergence, warn_convergence
 from ._trust_region import RUN_STATUS, CoreObjective, Optimum, Refit
@@ -35,9 +35,10 @@ from .design.reduce import ChunkReducer, Reduced, reduce_design, reweighted, str
 from .design.rows import ChunkedRows, InMemoryRows, column_sumsq, require_rows, theta_scale
 from .design.spec import PIECE_ROWS, DesignSpec
 from .design.terms import ReMat, build_remat
-from .errors import ConditioningWarning, ConvergenceWarning, DataError, FitError
+from .errors import ConditioningWarning, DataError, FitError
 from .formula import parse_formula
-from .optimize import OPTIMIZER_ALIASES, OPTIMIZERS, OptSummary, bobyqa, lbfgsb, nelder_mead
+from .optimize import (OptSummary, as_vector, default_start, fit_theta, intercept_terms,
+                       newton_plan, take_run)
 from .response import Response
 from .summary import data_name, warn_if_singular
 from .threads import as_n_threads, blas_threads
@@ -46,7 +47,6 @@ from .varcorr import varcorr_table
 __all__ = ["DaskLinearMixedModel", "LinearMixedModel", "StreamedLinearMixedModel", "lmer"]
 
 SINGULAR_TOL = 1e-4   # lme4's isSingular() tolerance on the diagonal of lambda
-BOUNDARY_TOL = 1e-5   # diagonal theta below this is also tried at exactly 0
 EAGER_SOLVE_MIN = 100_000   # entries of L above which results are solved when theta is set
 STREAM_MIN_ROWS = 2_000_000   # larger pandas frames are reduced in row chunks
 SPLIT_EVERY = 8   # partials merged per task of a Dask tree reduction
@@ -483,7 +483,7 @@ class LinearMixedModel:
             x_w, offset_w = self._working_rows
             plan = self._refit_plan = Refit(self._optimum(), self._a, off_zy, q, off_xy,
                                             list(refs), list(z), x_w, self.weights, offset_w)
-        y, start = _as_vector(y), _as_vector(start)
+        y, start = as_vector(y), as_vector(start)
         result = plan.run(y, start)
         status = RUN_STATUS[result[0]]
         if status == "bad length":
@@ -497,22 +497,17 @@ class LinearMixedModel:
         self._y_eff = y - self.offset if self.offset is not None else y
         if status != "done":   # y is in A: fit finishes it from the same start
             return self.fit(start=start, optimizer="quasi-newton")
-        return self._take_optimum(result)
+        return self._take_optimum(take_run(OptSummary(start, self.lower_bounds), result))
 
     def _optimum(self) -> Optimum:
-        """The compiled default fit of this model (``_trust_region.Optimum``), kept."""
+        """The compiled default fit of this model (``optimize.newton_plan``), kept."""
         plan = self.__dict__.get("_optimum_plan")
         if plan is not None and plan.serves(self._core, self.reml):
             return plan
         evaluator = self.__dict__.get("_evaluator")
         if evaluator is None or not evaluator.serves(self._core, self.reml):
             evaluator = self._evaluator = CoreObjective(self._core, self.reml, self._theta_perm)
-        diag, column = self._columns
-        # n_effects >= nobs: every fit is suspect of an exact fit, which fit() checks
-        runaway = -np.inf if self._n_effects >= self.nobs else 1e3
-        plan = self._optimum_plan = Optimum(   # (OptSummary's defaults)
-            evaluator, self._scale, diag, column, OptSummary.gtol, OptSummary.ftol_rel,
-            OptSummary.xtol_abs, OptSummary.maxeval, BOUNDARY_TOL, runaway)
+        plan = self._optimum_plan = newton_plan(self, evaluator)
         return plan
 
     def _checked(self) -> "LinearMixedModel":
@@ -536,14 +531,10 @@ class LinearMixedModel:
                 "collinear fixed-effect columns, or rescale them", ConditioningWarning,
                 stacklevel=3)
 
-    def _take_optimum(self, result: tuple, options: dict | None = None) -> "LinearMixedModel":
-        """The results of a compiled fit that is done (``Optimum.run``), with the
-        ``options`` it ran with."""
-        _, theta, fmin, n_evals, n_grad, code, hessian, initial = result
-        fields = dict(options or {}, hessian=hessian, final=theta, fmin=fmin,
-                      n_evals=n_evals, n_gradients=n_grad, return_code=code)
-        self.optsum = OptSummary(initial, self.lower_bounds, **fields)
-        self._set_theta(theta, factored=True)
+    def _take_optimum(self, summary: OptSummary) -> "LinearMixedModel":
+        """The results of a fit that is done, the factor at ``summary.final``."""
+        self.optsum = summary
+        self._set_theta(summary.final, factored=True)
         return self
 
     @cached_property
@@ -551,11 +542,6 @@ class LinearMixedModel:
         """Level codes and z of each term, in the core's order (for refits)."""
         inner = [self.remats[i] for i in self._internal]
         return [r.refs for r in inner], [r.z for r in inner]
-
-    @cached_property
-    def _n_effects(self) -> int:
-        """p + q: fixed and random effects together."""
-        return self.p + sum(r.q for r in self.remats)
 
     # ---------------------------------------------------------- theta spaces
     @cached_property
@@ -610,7 +596,9 @@ class LinearMixedModel:
             return self._fit(start=start, **options)
 
     def _fit(self, *, start=None, **options) -> "LinearMixedModel":
-        """The fit of ``fit``, with the BLAS threads already chosen.
+        """The fit of ``fit``, with the BLAS threads already chosen: the sequence of
+        ``optimize.fit_theta`` (start, Newton steps, BOBYQA fallback, boundary
+        step, exact-fit check), then the checks of the fit at its optimum.
 
         ``start`` is theta's starting value (lme4 order; default lambda = I on
         the natural scale of each covariate, which is lme4's lambda = I for
@@ -624,169 +612,21 @@ class LinearMixedModel:
         without converging), ``"bobyqa"`` (derivative-free, as lme4),
         ``"nelder-mead"`` (NLopt's simplex) or ``"l-bfgs-b"`` (SciPy's, on the
         analytic gradient); a DataError for any other name;
-        ``gtol`` (quasi-Newton),
+        ``gtol`` (Newton steps),
         ``ftol_rel``, ``ftol_abs``, ``xtol_abs``, ``initial_step`` (BOBYQA),
         ``maxeval``.
         """
-        scale = self._scale
-        if "optimizer" in options:
-            options["optimizer"] = as_choice(options["optimizer"], "optimizer", OPTIMIZERS,
-                                             OPTIMIZER_ALIASES)
-        if start is None:   # lambda = I on the natural scale of each covariate, and
-            #                 random intercepts at their moments for Newton steps (eq. 71)
-            init = self._moment_start() if options.get("optimizer", "quasi-newton") \
-                == "quasi-newton" else self._default_start
-        else:
-            init = np.asarray(start, dtype=np.float64)
-            if init is not self._theta and (init.shape != self.lower_bounds.shape
-                                            or (init < self.lower_bounds).any()):
-                raise ValueError(f"start must have {len(self.lower_bounds)} values within "
-                                 "the lower bounds")
-        summary = OptSummary(init, self.lower_bounds, **options) if options else None
-        status = None
-        if summary is None or summary.optimizer == "quasi-newton":   # one compiled call
-            plan = self._optimum()
-            result = plan.run(_as_vector(init), None if summary is None else (
-                summary.gtol, summary.ftol_rel, summary.xtol_abs, summary.maxeval))
-            if result[0] == 0:   # "done"
-                self._take_optimum(result, options)
-                return self._checked()
-            status = RUN_STATUS[result[0]]
-        if summary is None:
-            summary = OptSummary(init, self.lower_bounds)
-        core = self._core
-        perm = self._theta_perm
-        reml = self.reml
-        buf = np.empty(len(init))
-
-        last = [None]   # theta (internal order) of the factor the core holds
-
-        def objective(theta):
-            buf[:] = theta[perm]
-            last[0] = buf
-            return core.objective(buf, reml)
-
-        if summary.optimizer == "quasi-newton":   # what Optimum.run handed over
-            (_, summary.final, summary.fmin, summary.n_evals, summary.n_gradients,
-             summary.return_code, summary.hessian, summary.initial) = result
-            last[0] = plan.objective.last_theta
-            if status == "finish":   # not converged: on derivative-free from its end
-                evals = summary.n_evals
-                summary.initial = summary.final
-                bobyqa(objective, summary, scale=scale)
-                summary.n_evals += evals
-        elif summary.optimizer == "bobyqa":
-            bobyqa(objective, summary, scale=scale)
-        elif summary.optimizer == "nelder-mead":
-            nelder_mead(objective, summary, scale=scale)
-        else:   # "l-bfgs-b"
-            grad_in, grad = np.empty(len(init)), np.empty(len(init))
-
-            def objective_gradient(theta):
-                buf[:] = theta[perm]
-                last[0] = buf
-                value = core.gradient(buf, reml, grad_in)
-                grad[perm] = grad_in
-                return value, grad.copy()
-            lbfgsb(objective_gradient, summary, scale=scale)
-        theta, fmin = summary.final.copy(), summary.fmin
-        values = theta.tolist()
-        # a diagonal element that ends near its bound: take the bound if no worse
-        # (a suspect compiled run has tried them)
-        for i in ([] if status == "suspect" else self._columns[0].tolist()):
-            if 0.0 < values[i] < BOUNDARY_TOL:
-                trial = theta.copy()
-                trial[i] = 0.0
-                val = objective(trial)
-                summary.n_evals += 1
-                if val <= fmin:
-                    theta, fmin = trial, val
-        summary.final, summary.fmin = theta, fmin
-        suspect = (not summary.converged or not math.isfinite(fmin)
-                   or max([t / s for t, s in zip(theta.tolist(), scale.tolist())],
-                          default=0.0) > 1e3
-                   or self._n_effects >= self.nobs)
-        if suspect and self._exact_fit():
-            raise FitError(
-                f"the residual variance is estimated as zero: the response "
-                f"{self.response!r} is fitted exactly by the fixed and random effects "
-                "(e.g. it is constant within groups)")
-        if not np.isfinite(fmin):
-            raise FitError(f"the criterion is not finite at the optimum (theta = {theta})")
-        if not summary.converged:
-            warnings.warn(f"the optimiser stopped with {summary.return_code} after "
-                          f"{summary.n_evals} evaluations", ConvergenceWarning, stacklevel=3)
-        self.optsum = summary
-        self._set_theta(theta, factored=last[0] is not None
-                        and last[0].tolist() == theta[perm].tolist())
-        return self._checked()
-
-    @cached_property
-    def _columns(self) -> tuple[np.ndarray, np.ndarray]:
-        """For each column of each lambda: the position of its diagonal entry in
-        theta, and the column (in the same order) of every entry of theta."""
-        diag, column = [], []
-        pos = 0
-        for r in self.remats:
-            for j in range(r.k):
-                diag.append(pos)
-                column.extend([len(diag) - 1] * (r.k - j))
-                pos += r.k - j
-        return np.array(diag, dtype=np.intp), np.array(column, dtype=np.intp)
+        return self._take_optimum(fit_theta(self, start, options))._checked()
 
     @cached_property
     def _default_start(self) -> np.ndarray:
-        return np.concatenate([r.theta_init() for r in self.remats]) * self._scale
+        """``optimize.default_start`` of this model, kept (not to be changed)."""
+        return default_start(self)
 
     @cached_property
     def _intercept_terms(self) -> list[tuple[int, int]]:
-        """(internal index, position in theta) of each term that is a random
-        intercept alone: one random effect per level, its column ones."""
-        starts = np.cumsum([0] + [r.n_theta for r in self.remats]).tolist()
-        return [(j, starts[i]) for j, i in enumerate(self._internal)
-                if self.remats[i].cnames == ["(Intercept)"]]
-
-    def _moment_start(self) -> np.ndarray:
-        """The start of the Newton steps: ``_default_start``, with each random
-        intercept's theta at its method-of-moments estimate from A (eq. 71):
-        sqrt(sigma_t^2 / sigma^2), or 0.1 where sigma_t^2 <= 0."""
-        terms = self._intercept_terms
-        moments = self._core.moment_variances([j for j, _ in terms]) if terms else None
-        if moments is None:
-            return self._default_start
-        rss, variances = moments
-        sigma2 = max(rss / self.nobs - sum(v for v in variances if v > 0),
-                     0.05 * rss / self.nobs)
-        start = self._default_start.copy()
-        for (_, pos), v in zip(terms, variances):
-            start[pos] = math.sqrt(v / sigma2) if v > 0 else 0.1
-        return start
-
-    def _exact_fit(self) -> bool:
-        """Whether W^(1/2)(y - offset) lies in the span of W^(1/2)[X Z] (sigma-hat -> 0).
-
-        Checked only when a fit shows the symptoms (theta running away, no
-        convergence); needs the rows, so models reduced elsewhere answer False.
-        """
-        if self.x is None:
-            return False
-        from scipy.sparse import csr_matrix, hstack
-        from scipy.sparse.linalg import lsqr
-        n = self.nobs
-        sw = np.sqrt(self.weights) if self.weights is not None else np.ones(n)
-        parts = [csr_matrix(self.x * sw[:, None])]
-        for r in self.remats:
-            cols = (r.refs[:, None] * r.k + np.arange(r.k)).ravel()
-            rows = np.repeat(np.arange(n), r.k)
-            parts.append(csr_matrix(((r.z * sw[:, None]).ravel(), (rows, cols)),
-                                    shape=(n, r.q)))
-        yw = self._y_eff * sw
-        scale = np.max(np.abs(yw))
-        if scale == 0:
-            return True
-        sol = lsqr(hstack(parts).tocsr(), yw / scale, atol=1e-14, btol=1e-14,
-                   iter_lim=10 * (n + 10))
-        return sol[3] <= 1e-8 * np.linalg.norm(yw / scale)
+        """``optimize.intercept_terms`` of this model, kept."""
+        return intercept_terms(self)
 
     @cached_property
     def _scale(self) -> np.ndarray:
@@ -1287,14 +1127,6 @@ def _back_substitution(rx: np.ndarray, rhs: np.ndarray) -> np.ndarray:
             acc -= r[j][i] * beta[j]
         beta[i] = acc / r[i][i]
     return np.array(beta, dtype=np.float64)
-
-
-def _as_vector(values) -> np.ndarray:
-    """``values`` as a C-contiguous float64 vector (itself if it is one already)."""
-    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1 \
-            and values.flags.c_contiguous:
-        return values
-    return np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel())
 
 
 def lmer(formula: str, data, reml: bool = True, weights=None, offset=None, *,

@@ -1,14 +1,14 @@
 # cython: language_level=3
-"""The trust-region quasi-Newton loop of the optimiser (theory.md, eq. 69), and a
-model's default fit and its refits to new responses as one call each
-(``Optimum``, ``Refit``).
+"""The compiled steps of the fit over theta (theory.md, eqs. 24, 69, 70): the
+trust-region Newton loop, the boundary step and the check for a fit that ran
+away, a model's default fit and its refits to new responses as one call each
+(``Optimum``, ``Refit``).  ``lmmfast.optimize`` runs them in sequence.
 
 Compiled because theta is short and one evaluation of a small model takes a
 few microseconds: the optimiser's own arithmetic (an eigendecomposition of
-the n x n model Hessian per step, the BFGS update) must cost less than that,
-which numpy's per-call overhead does not allow.  The objective is a Python
-callable returning the criterion and its gradient, or a ``CoreObjective`` that
-calls the compiled core directly.
+the n x n model Hessian per step) must cost less than that, which numpy's
+per-call overhead does not allow.  The objective is a ``CoreObjective``,
+which calls the compiled core directly.
 """
 
 import numpy as np
@@ -29,10 +29,12 @@ from lmmfast._cholesky import packed
 
 cdef class CoreObjective:
     """The criterion and derivatives of a ``BlockedCholesky`` (eqs. 18, 20, 66, 70)
-    as the objective of ``minimize``, theta given in lme4's order and permuted
-    to the core's internal order here, without a Python function per evaluation.
-    ``minimize`` takes Newton steps on the approximate Hessian of eq. 70 for
-    it and asks for derivatives only at accepted points.
+    as the objective of the trust-region loop, theta given in lme4's order and
+    permuted to the core's internal order here, without a Python function per
+    evaluation.  The loop takes Newton steps on the approximate Hessian of
+    eq. 70 and asks for derivatives only at accepted points.  ``criterion``
+    and ``criterion_gradient`` serve the optimisers written in Python; every
+    evaluation records its theta (``last_theta``: the core's factor is there).
     """
     cdef object core
     cdef bint reml
@@ -40,9 +42,10 @@ cdef class CoreObjective:
     cdef double[::1] theta_in, grad_in
     cdef double[:, ::1] hess_in
     cdef CoreApi* api                           # the core's C entry points
-    cdef _Work work                             # ``minimize``'s buffers, kept for refits
+    cdef _Work work                             # the loop's buffers, kept for refits
     cdef readonly Py_ssize_t n_derivatives
     cdef readonly double magnitude              # n (1 + log 2 pi): see ``_minimize``
+    cdef object grad_arr                        # ``criterion_gradient``'s buffer
 
     def __init__(self, core, bint reml, perm):
         n = len(perm)
@@ -78,6 +81,30 @@ cdef class CoreObjective:
         self.n_derivatives, theta_in = state
         np.asarray(self.theta_in)[:] = theta_in
 
+    def criterion(self, theta):
+        """The criterion at ``theta`` (lme4 order; a float64 vector); the core's
+        factor is left there."""
+        cdef const double[::1] t = theta
+        if t.shape[0] != self.perm.shape[0]:
+            raise ValueError(f"theta must have {self.perm.shape[0]} values")
+        return self.value(t)
+
+    def criterion_gradient(self, theta):
+        """The criterion at ``theta`` (lme4 order) and its gradient (eq. 66, lme4
+        order, a new array), by the core's ``gradient``; the factor is left there."""
+        cdef Py_ssize_t i, n = self.perm.shape[0]
+        cdef const double[::1] t = theta
+        if t.shape[0] != n:
+            raise ValueError(f"theta must have {n} values")
+        for i in range(n):
+            self.theta_in[i] = t[self.perm[i]]
+        if self.grad_arr is None:
+            self.grad_arr = np.empty(n)
+        value = self.core.gradient(self.theta_in, self.reml, self.grad_arr)
+        grad = np.empty(n)
+        grad[np.asarray(self.perm)] = self.grad_arr
+        return value, grad
+
     @property
     def last_theta(self):
         """The core's theta (internal order) at the last evaluation: its factor's."""
@@ -102,20 +129,10 @@ cdef class CoreObjective:
         return 0
 
 
-cdef double _evaluate(object fg, const double[::1] theta, double[::1] grad) except? -1.0:
-    """d(theta) of a Python callable into the return value, its gradient into ``grad``."""
-    cdef double f
-    cdef double[::1] g
-    f, g_val = fg(np.asarray(theta))
-    g = np.asarray(g_val, dtype=np.float64)
-    grad[:] = g
-    return f
-
-
 cdef class _Work:
     """Buffers of one run (n small)."""
     cdef Py_ssize_t n
-    cdef double[::1] lam, gv, p, bs, y, x_new, work
+    cdef double[::1] lam, gv, p, bs, x_new, work
     cdef double[:, ::1] v      # eigenvectors, column-major in the C-ordered array's rows
     cdef blas_int lwork
     cdef bint have_eig         # v and lam hold B's eigendecomposition already
@@ -129,7 +146,6 @@ cdef class _Work:
         self.gv = np.empty(n)
         self.p = np.empty(n)
         self.bs = np.empty(n)
-        self.y = np.empty(n)
         self.x_new = np.empty(n)
         self.v = np.empty((n, n))
         self.lwork = <blas_int>max(3 * n, 1) * 8
@@ -144,10 +160,10 @@ cdef class _Work:
     cdef void pack(self, CoreObjective owner) except *:
         """These buffers and ``owner``'s, in one allocation (``packed``)."""
         (owner.theta_in, owner.grad_in, owner.hess_in, self.theta, self.g, self.gn, self.p,
-         self.x_new, self.bs, self.y, self.lam, self.gv, self.b_arr, self.v,
+         self.x_new, self.bs, self.lam, self.gv, self.b_arr, self.v,
          self.work) = packed(
             *map(np.asarray, [owner.theta_in, owner.grad_in, owner.hess_in, self.theta,
-                              self.g, self.gn, self.p, self.x_new, self.bs, self.y,
+                              self.g, self.gn, self.p, self.x_new, self.bs,
                               self.lam, self.gv]),
             self.b_arr, np.asarray(self.v), np.asarray(self.work))
         self.b = self.b_arr
@@ -336,7 +352,7 @@ cdef void _newton_derivatives(CoreObjective fg, const double[::1] scale, double[
                               _Work w) except *:
     """g and B in x = theta / scale from the core's gradient and approximate
     Hessian (eq. 70) at the last point evaluated; a Hessian that is not finite
-    is replaced by the diagonal start of the quasi-Newton method."""
+    is replaced by the diagonal B_ii = max(2 |g_i|, 1e-8 max(|d|, 1))."""
     cdef Py_ssize_t i, j, n = g.shape[0]
     cdef bint finite = True
     cdef double floor = 1e-8 * max(fabs(f), 1.0)
@@ -394,46 +410,38 @@ CODES = ("SUCCESS", "FTOL_REACHED", "XTOL_REACHED", "ROUNDOFF_LIMITED", "MAXEVAL
          "FAILURE", "FAILURE")
 
 
-def minimize(fg, const double[::1] x0, const double[::1] scale, hessian,
-             double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval):
-    """Trust-region quasi-Newton minimisation of ``fg(theta) -> (d, gradient)``
-    (a Python callable, or a ``CoreObjective``).
-
-    Works on x = theta / ``scale``; ``hessian`` is B at the start in x (None:
-    diagonal, B_ii = 2 |g_i|).  Returns ``(theta, d, evaluations, code, B)``.
-    See ``lmmfast.optimize.quasi_newton`` for the method and the stopping rules.
-    """
-    cdef Py_ssize_t n = x0.shape[0], count = 0
-    cdef bint core = isinstance(fg, CoreObjective)
-    cdef _Work w = (<CoreObjective>fg).work if core else _Work(n)
-    cdef double f = 0.0
-    x_arr = np.array(x0, dtype=np.float64)
-    cdef int stop = _minimize(fg, x_arr, scale, hessian, gtol, ftol_rel, xtol_abs, maxeval,
-                              w, &count, &f)
-    return (x_arr * np.asarray(scale), f, count, CODES[stop],
-            None if stop == STOP_NOT_FINITE_START else np.array(w.b_arr))
-
-
-cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hessian,
+cdef int _minimize(CoreObjective fg, double[::1] x, const double[::1] scale,
                    double gtol, double ftol_rel, double xtol_abs, Py_ssize_t maxeval,
                    _Work w, Py_ssize_t* n_evals, double* f_out) except -1:
-    """``minimize``'s loop on x in place (x = theta / scale at the start and at the
-    end); the evaluations into ``n_evals``, d into ``f_out``; returns how it
-    stopped (``STOP_*``).  ``gtol`` and ``ftol_rel`` are relative to |d|, or for
-    the core's criterion to n (1 + log 2 pi), its size for a response in units
-    of sigma: d itself moves by 2 n log c when y is scaled by c, and a stopping
-    rule relative to it would not be invariant to y's units."""
+    """Trust-region Newton steps on x = theta / scale in place (eqs. 69, 70; x is
+    theta / scale at the start and at the end); the evaluations into
+    ``n_evals``, d into ``f_out``; returns how it stopped (``STOP_*``).
+
+    Each step minimises the quadratic model g'p + p'Bp/2 within ||p|| <= radius
+    (``_trust_region_step``), B the approximate Hessian of eq. 70 with its small
+    eigenvalues floored (``_newton_derivatives``); the radius starts at 1/2 per
+    coordinate, doubles after a good step that reached it and shrinks to a
+    quarter of the step after a poor one.  A trial point costs the criterion
+    alone: g and B are computed only once it is accepted.  The criterion is
+    minimised without bounds (the caller negates the columns of lambda whose
+    diagonal ends negative, eq. 24).  Stops with ``STOP_SUCCESS`` when the
+    gradient is below ``gtol``, ``STOP_XTOL`` when the step falls below
+    ``xtol_abs``, ``STOP_FTOL`` when an accepted step and the model's predicted
+    decrease are both below ``ftol_rel``, or the model's minimum promises less
+    than a tenth of that, or two Newton steps show the gap left below it, and
+    ``STOP_ROUNDOFF`` when the radius has shrunk below ``xtol_abs`` without a
+    decrease.  ``gtol`` and ``ftol_rel`` are relative to n (1 + log 2 pi), the
+    criterion's size for a response in units of sigma: d itself moves by
+    2 n log c when y is scaled by c, and a stopping rule relative to it would
+    not be invariant to y's units."""
     cdef Py_ssize_t n = x.shape[0], i, j, count = 0
-    # a CoreObjective: Newton steps on eq. 70; a Python callable: BFGS
-    cdef bint newton = isinstance(fg, CoreObjective)
-    cdef double magnitude = (<CoreObjective>fg).magnitude if newton else -1.0
-    cdef double f, f_new, actual, predicted, ratio, radius, norm, sbs, sy, wt, floor
+    cdef double magnitude = fg.magnitude
+    cdef double f, f_new, actual, predicted, ratio, radius, norm
     cdef double gmax, t, step_radius, rate
     cdef double prev_actual = -1.0   # the decrease of the last accepted Newton step
     cdef bint accepted
     cdef int code = STOP_MAXEVAL
-    if newton:
-        (<CoreObjective>fg).n_derivatives = 0
+    fg.n_derivatives = 0
     cdef double[::1] theta = w.theta
     cdef double[::1] g = w.g
     cdef double[:, ::1] b = w.b
@@ -442,28 +450,14 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
     w.have_eig = False
     for i in range(n):
         theta[i] = x[i] * scale[i]
-    if newton:
-        f = (<CoreObjective>fg).value(theta)
-    else:
-        f = _evaluate(fg, theta, gn)
+    f = fg.value(theta)
     count += 1
     if not isfinite(f):
         n_evals[0] = count
         f_out[0] = f
         return STOP_NOT_FINITE_START
-    if newton:   # B is eq. 70's, here and at every accepted point
-        _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
-    else:
-        for i in range(n):
-            g[i] = gn[i] * scale[i]
-        if hessian is None:
-            floor = 1e-8 * max(fabs(f), 1.0)   # keeps B_0 positive definite
-            for i in range(n):
-                for j in range(n):
-                    b[i, j] = 0.0
-                b[i, i] = max(2.0 * fabs(g[i]), floor)
-        else:
-            w.b_arr[...] = hessian
+    # B is eq. 70's, here and at every accepted point
+    _newton_derivatives(fg, scale, gn, g, b, f, w)
     radius = 0.5 * sqrt(<double>n)
 
     while count < maxeval:
@@ -473,7 +467,7 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
             t = fabs(g[i]) * max(fabs(x[i]), 1.0)
             if t > gmax:
                 gmax = t
-        if gmax <= gtol * (magnitude if newton else max(fabs(f), 1.0)):
+        if gmax <= gtol * magnitude:
             code = STOP_SUCCESS
             break
         if _trust_region_step(&g[0], &b[0, 0], radius, w) != 0:
@@ -486,38 +480,16 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
                 w.bs[i] += b[i, j] * p[j]
             predicted -= g[i] * p[i] + 0.5 * p[i] * w.bs[i]
         norm = _norm(p, n)
-        if predicted <= 0.1 * ftol_rel * (magnitude if newton else fabs(f)) and radius > norm:
+        if predicted <= 0.1 * ftol_rel * magnitude and radius > norm:
             code = STOP_FTOL   # the model's minimum is inside: nothing left to gain
             break
         for i in range(n):
             w.x_new[i] = x[i] + p[i]
             theta[i] = w.x_new[i] * scale[i]
-        if newton:
-            f_new = (<CoreObjective>fg).value(theta)
-        else:
-            f_new = _evaluate(fg, theta, gn)
+        f_new = fg.value(theta)
         count += 1
         actual = f - f_new if isfinite(f_new) else -1.0
         ratio = actual / predicted if predicted > 0 else -1.0
-        if isfinite(f_new) and not newton:
-            # damped BFGS update of B (positive definite even where d is not convex)
-            sbs = 0.0
-            sy = 0.0
-            for i in range(n):
-                w.y[i] = gn[i] * scale[i] - g[i]
-                sbs += p[i] * w.bs[i]
-                sy += p[i] * w.y[i]
-            if sbs > 0:
-                if sy < 0.2 * sbs:
-                    wt = 0.8 * sbs / (sbs - sy)
-                    for i in range(n):
-                        w.y[i] = wt * w.y[i] + (1.0 - wt) * w.bs[i]
-                    sy = 0.0
-                    for i in range(n):
-                        sy += p[i] * w.y[i]
-                for i in range(n):
-                    for j in range(n):
-                        b[i, j] += w.y[i] * w.y[j] / sy - w.bs[i] * w.bs[j] / sbs
         step_radius = radius
         if ratio < 0.25:
             radius = 0.25 * norm
@@ -528,30 +500,26 @@ cdef int _minimize(object fg, double[::1] x, const double[::1] scale, object hes
             t = 0.0
             for i in range(n):
                 x[i] = w.x_new[i]
-                if not newton:
-                    g[i] = gn[i] * scale[i]
                 t = max(t, fabs(p[i]))
             f = f_new
             if t <= xtol_abs:
                 code = STOP_XTOL
                 break
-            if actual <= ftol_rel * (magnitude if newton else fabs(f)) \
-                    and predicted <= 10 * ftol_rel * (magnitude if newton else fabs(f)):
+            if actual <= ftol_rel * magnitude and predicted <= 10 * ftol_rel * magnitude:
                 code = STOP_FTOL
                 break
-            if newton:
-                # two interior Newton steps, the second predicted well and
-                # ``rate`` of the first: the gap left, about rate / (1 - rate) of
-                # the second, below the decrease that stops the loop at its top;
-                # stop without the derivatives that would only confirm it
-                # (theory.md, eq. 69: the last step without derivatives)
-                rate = actual / prev_actual if prev_actual > 0 else 1.0
-                if rate <= 0.1 and fabs(ratio - 1.0) <= 0.25 and norm < 0.99 * step_radius \
-                        and rate / (1.0 - rate) * actual <= 0.1 * ftol_rel * magnitude:
-                    code = STOP_FTOL
-                    break
-                prev_actual = actual if norm < 0.99 * step_radius else -1.0
-                _newton_derivatives(<CoreObjective>fg, scale, gn, g, b, f, w)
+            # two interior Newton steps, the second predicted well and ``rate`` of
+            # the first: the gap left, about rate / (1 - rate) of the second, below
+            # the decrease that stops the loop at its top; stop without the
+            # derivatives that would only confirm it (theory.md, eq. 69: the last
+            # step without derivatives)
+            rate = actual / prev_actual if prev_actual > 0 else 1.0
+            if rate <= 0.1 and fabs(ratio - 1.0) <= 0.25 and norm < 0.99 * step_radius \
+                    and rate / (1.0 - rate) * actual <= 0.1 * ftol_rel * magnitude:
+                code = STOP_FTOL
+                break
+            prev_actual = actual if norm < 0.99 * step_radius else -1.0
+            _newton_derivatives(fg, scale, gn, g, b, f, w)
         elif radius <= xtol_abs:
             code = STOP_ROUNDOFF
             break
@@ -586,19 +554,18 @@ cdef tuple _not_run(int status):
 
 
 cdef class Optimum:
-    """A model's fit with the quasi-Newton optimiser, from a start to the optimum as
-    one compiled call.
+    """A model's default fit, from a start to the optimum as one compiled call.
 
-    ``run`` moves the all-zero columns of lambda off zero, minimises the
-    criterion by ``_minimize``'s Newton steps, negates the columns of lambda
-    whose diagonal ends negative (eq. 24), takes 0 for a diagonal element
-    within ``boundary_tol`` of it where the criterion is no worse, and leaves
-    the core's factor at the result.  ``LinearMixedModel.fit`` finishes what
-    it cannot: a run that did not converge (by BOBYQA), and a suspect one
-    (an exact fit?).  It calls no Python function, which keeps a fit that
-    follows other work (whose memory has pushed the model's out of the
-    caches) short: it touches few memory pages.  ``runaway``: the largest
-    theta / scale that is not suspect of an exact fit (-inf: every fit is).
+    ``run`` takes the compiled steps of the sequence ``lmmfast.optimize.fit_theta``
+    describes: the all-zero columns of lambda moved off zero, the Newton steps
+    (``_minimize``), the columns of lambda whose diagonal ends negative negated
+    (eq. 24), then, where the steps converged, the boundary step
+    (``boundary_step``) and the check for a fit that ran away (``suspect``).
+    It leaves the core's factor at the result and calls no Python function,
+    which keeps a fit that follows other work (whose memory has pushed the
+    model's out of the caches) short: it touches few memory pages.
+    ``runaway``: the largest theta / scale that is not suspect of an exact fit
+    (-inf: every fit is).
     """
     cdef readonly CoreObjective objective
     cdef double[::1] scale, theta
@@ -706,8 +673,7 @@ cdef class Optimum:
     cdef tuple _run(self, const double* start, double gtol, double ftol_rel, double xtol_abs,
                     Py_ssize_t maxeval):
         cdef Py_ssize_t nt = self.n_theta, i, j, c, count = 0
-        cdef double f = 0.0, val, s
-        cdef bint at_result = True
+        cdef double f = 0.0, s
         cdef int status = RUN_DONE
         cdef cnp.npy_intp dims[2]
         cdef CoreObjective fg = self.objective
@@ -729,7 +695,7 @@ cdef class Optimum:
         cdef double[::1] theta = self.theta
         for i in range(nt):
             theta[i] = init[i] / self.scale[i]
-        cdef int stop = _minimize(fg, theta, self.scale, None, gtol, ftol_rel, xtol_abs,
+        cdef int stop = _minimize(fg, theta, self.scale, gtol, ftol_rel, xtol_abs,
                                   maxeval, w, &count, &f)
         for i in range(nt):
             theta[i] = theta[i] * self.scale[i]
@@ -745,7 +711,29 @@ cdef class Optimum:
         self._canonical(&theta[0], &w.x_new[0], hess)
         if stop != STOP_SUCCESS and stop != STOP_FTOL and stop != STOP_XTOL:
             return self._result(RUN_FINISH, f, count, stop, hess_arr, initial)
-        # a diagonal element that ends near its bound: the bound, if no worse
+        count += self._boundary_step(theta, &f)
+        if self._suspect(&theta[0], f):
+            status = RUN_SUSPECT
+        return self._result(status, f, count, stop, hess_arr, initial)
+
+    def boundary_step(self, theta, double f):
+        """``(theta, d, evaluations)``: each diagonal element of lambda in (0,
+        ``boundary_tol``) tried at exactly 0, in turn, and kept there where the
+        criterion is no worse than ``f`` (its value at ``theta``, lme4 order);
+        the core's factor is left at the result."""
+        t = np.array(theta, dtype=np.float64)
+        if t.shape != (self.n_theta,):
+            raise ValueError(f"theta must have {self.n_theta} values")
+        cdef double[::1] tv = t
+        cdef Py_ssize_t count = self._boundary_step(tv, &f)
+        return t, f, count
+
+    cdef Py_ssize_t _boundary_step(self, double[::1] theta, double* f) except -1:
+        """``boundary_step`` on ``theta`` and ``f`` in place; returns the evaluations."""
+        cdef Py_ssize_t nt = self.n_theta, i, c, count = 0
+        cdef double val, s
+        cdef bint at_result = True
+        cdef CoreObjective fg = self.objective
         for c in range(self.diag.shape[0]):
             i = self.diag[c]
             if 0.0 < theta[i] < self.boundary_tol:
@@ -753,8 +741,8 @@ cdef class Optimum:
                 theta[i] = 0.0
                 s = fg.value(theta)
                 count += 1
-                if s <= f:
-                    f = s
+                if s <= f[0]:
+                    f[0] = s
                 else:
                     theta[i] = val
         # the factor at the result: the last evaluation's theta, unless that was a trial
@@ -762,12 +750,25 @@ cdef class Optimum:
             at_result = at_result and fg.theta_in[i] == theta[fg.perm[i]]
         if not at_result:
             fg.value(theta)
+        return count
+
+    def suspect(self, theta, double f):
+        """Whether a fit that ended at ``theta`` (lme4 order) with criterion ``f``
+        shows the symptoms of an exact fit: d not finite, or theta / scale above
+        ``runaway`` (theta growing without bound as sigma goes to 0)."""
+        cdef const double[::1] tv = np.ascontiguousarray(theta, dtype=np.float64)
+        if tv.shape[0] != self.n_theta:
+            raise ValueError(f"theta must have {self.n_theta} values")
+        return self._suspect(&tv[0], f)
+
+    cdef bint _suspect(self, const double* theta, double f) noexcept:
+        cdef Py_ssize_t i
         if not isfinite(f):
-            status = RUN_SUSPECT
-        for i in range(nt):
+            return True
+        for i in range(self.n_theta):
             if not theta[i] / self.scale[i] <= self.runaway:
-                status = RUN_SUSPECT
-        return self._result(status, f, count, stop, hess_arr, initial)
+                return True
+        return False
 
     cdef tuple _result(self, int status, double f, Py_ssize_t count, int stop, hess_arr,
                        initial):

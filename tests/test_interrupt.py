@@ -39,14 +39,16 @@ FIT = """
     import numpy as np
     import lmmfast
     from lmmfast.model import LinearMixedModel
-    from lmmfast._trust_region import CoreObjective, minimize
+    from lmmfast._trust_region import CoreObjective, Optimum
+    from lmmfast.optimize import lambda_columns
     m = LinearMixedModel("Reaction ~ Days + (Days | Subject)",
                          lmmfast.datasets.load("sleepstudy"))
     fg = CoreObjective(m._core, True, m._theta_perm)
     n = len(m.theta_names)
+    plan = Optimum(fg, np.ones(n), *lambda_columns(m.remats), 0.0, 0.0, 0.0, 10**7, 0.0, 1e3)
     print("ready", flush=True)
     try:   # no tolerance: ten million evaluations, minutes of the compiled loop
-        minimize(fg, np.ones(n), np.ones(n), None, 0.0, 0.0, 0.0, 10**7)
+        plan.run(np.ones(n))
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         print(f"{m.fit().objective:.10f}", flush=True)   # the model is still usable

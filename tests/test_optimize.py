@@ -1,58 +1,29 @@
-"""The optimisers of eq. 24: quasi-Newton on the analytic gradient (default) and BOBYQA.
+"""The fit over theta (eq. 24) and its optimisers: the default Newton steps
+("quasi-newton") and BOBYQA, Nelder-Mead and L-BFGS-B, with the steps of the
+sequence (``lmmfast.optimize.fit_theta``) that follow them.
 
-The quasi-Newton method is checked on functions with known minima, then on
-every model of the reference suite against lme4: an objective no worse than
-lme4's by more than 1e-6 relative, in no more evaluations than lme4 used.
+The Newton steps are checked on every model of the reference suite against
+lme4: an objective no worse than lme4's by more than 1e-6 relative, in no
+more evaluations than lme4 used.  The boundary step and the exact-fit check
+are checked after every optimiser.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 import lmmfast
 from conftest import reference, reference_fit
-from lmmfast.optimize import OptSummary, quasi_newton
+from lmmfast.errors import ConvergenceWarning, FitError, LmmWarning
+from lmmfast.optimize import OPTIMIZERS, OptSummary
+
 
 CASES = [(m, k) for m in reference()["models"] for k in ("REML", "ML")]
 IDS = [f"{m}-{k}" for m, k in CASES]
-
-
-def _quadratic(c, a):
-    c, a = np.asarray(c, float), np.asarray(a, float)
-    return lambda x: (float(np.sum(c * (x - a) ** 2)), 2 * c * (x - a))
-
-
-def test_ill_scaled_quadratic_converges_fast():
-    fg = _quadratic([1e4, 1e2, 1.0], [0.3, 2.0, -0.5])
-    s = quasi_newton(fg, OptSummary(np.ones(3), np.full(3, -np.inf)))
-    assert s.converged, s.return_code
-    np.testing.assert_allclose(s.final, [0.3, 2.0, -0.5], atol=1e-6)
-    assert s.n_evals <= 15
-
-
-def test_rosenbrock():
-    def fg(x):
-        a, b = x
-        f = 100 * (b - a * a) ** 2 + (1 - a) ** 2
-        return f, np.array([-400 * a * (b - a * a) - 2 * (1 - a), 200 * (b - a * a)])
-    s = quasi_newton(fg, OptSummary(np.array([-1.2, 1.0]), np.full(2, -np.inf),
-                                    maxeval=500))
-    assert s.converged, s.return_code
-    np.testing.assert_allclose(s.final, [1.0, 1.0], atol=1e-5)
-
-
-def test_given_inverse_hessian_is_used():
-    c = np.array([50.0, 2.0])
-    fg = _quadratic(c, [1.5, -1.0])
-    exact = np.diag(2 * c)
-    s = quasi_newton(fg, OptSummary(np.array([1.7, -0.9]), np.full(2, -np.inf),
-                                    hessian=exact))
-    assert s.n_evals <= 3
-    np.testing.assert_allclose(s.final, [1.5, -1.0], atol=1e-10)
-    with pytest.raises(ValueError, match="hessian"):
-        quasi_newton(fg, OptSummary(np.zeros(2), np.full(2, -np.inf),
-                                    hessian=np.eye(3)))
 
 
 @pytest.mark.parametrize("model,kind", CASES, ids=IDS)
@@ -196,3 +167,83 @@ def test_last_newton_step_needs_no_derivatives(model, kind):
     gx, hx = grad * scale, hess * np.outer(scale, scale)
     predicted = 0.5 * gx @ np.linalg.solve(hx, gx)
     assert 0 <= predicted <= 0.1 * OptSummary.ftol_rel * fit.nobs * (1 + math.log(2 * math.pi))
+
+
+def test_boundary_step_takes_a_diagonal_element_to_zero_where_no_worse():
+    """Step 4 (compiled, ``Optimum.boundary_step``): a diagonal element of lambda
+    in (0, 1e-5) is tried at 0 and kept there where the criterion is no worse;
+    an off-diagonal element or a larger one is left alone; the factor is left
+    at the result."""
+    fit = lmmfast.LinearMixedModel("Yield ~ 1 + (1 | Batch)", lmmfast.datasets.load("Dyestuff2"))
+    plan = fit._optimum()
+    f = fit.criterion([3e-6])
+    theta, d, trials = plan.boundary_step(np.array([3e-6]), f)
+    assert theta.tolist() == [0.0] and trials == 1
+    assert d == fit.criterion([0.0]) and d <= f
+    assert fit._core.objective(np.zeros(1), True) == d
+    theta, d, trials = plan.boundary_step(np.array([2e-5]), fit.criterion([2e-5]))
+    assert theta.tolist() == [2e-5] and trials == 0
+    slope = lmmfast.LinearMixedModel("Reaction ~ Days + (Days | Subject)",
+                                     lmmfast.datasets.load("sleepstudy"))
+    start = np.array([0.9, 3e-6, 0.2])   # the off-diagonal element is not bounded
+    theta, d, trials = slope._optimum().boundary_step(start, slope.criterion(start))
+    assert theta.tolist() == start.tolist() and trials == 0
+    # a diagonal element where 0 is worse stays
+    good = reference_fit("dyestuff", "REML")
+    theta0 = good.theta.to_numpy()
+    theta, d, trials = good.copy()._optimum().boundary_step(theta0 * 0 + 5e-6, 1.0)
+    assert theta.tolist() == [5e-6] and trials == 1 and d == 1.0
+
+
+@pytest.mark.parametrize("optimizer", ["quasi-newton", "bobyqa", "nelder-mead"])
+def test_every_optimizer_ends_with_the_boundary_step(optimizer):
+    """An optimiser stopped at theta = 3e-6 (one evaluation; for the Newton steps
+    the BOBYQA fallback too): the boundary step takes theta to exactly 0, where
+    Dyestuff2's criterion is lower, and counts its evaluation."""
+    m = lmmfast.LinearMixedModel("Yield ~ 1 + (1 | Batch)", lmmfast.datasets.load("Dyestuff2"))
+    with pytest.warns(ConvergenceWarning, match="MAXEVAL_REACHED"):
+        m.fit(optimizer=optimizer, start=[3e-6], maxeval=1)
+    assert m.theta.tolist() == [0.0]
+    assert m.objective == m.criterion([0.0]) < m.criterion([3e-6])
+    assert m.optsum.fmin == m.objective
+
+
+EXACT = pd.DataFrame({"y": [1.0, 1, 1, 2, 2, 2, 4, 4, 4, 3, 3, 3], "g": list("aaabbbcccddd")})
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+def test_exact_fit_is_a_fit_error_after_every_optimizer(optimizer, reml):
+    """Step 5: y constant within the groups of g is fitted exactly by X and Z;
+    whichever optimiser ran, the fit raises a FitError saying so."""
+    m = lmmfast.LinearMixedModel("y ~ 1 + (1 | g)", EXACT, reml=reml)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LmmWarning)
+        with pytest.raises(FitError, match="residual variance is estimated as zero: the "
+                                           "response 'y' is fitted exactly"):
+            m.fit(optimizer=optimizer)
+
+
+def test_no_exact_fit_check_without_symptoms(monkeypatch):
+    """The rows are checked for an exact fit (LSQR) only where the fit shows its
+    symptoms: never for a fit that converged inside."""
+    import lmmfast.optimize as optimize
+
+    def fail(model):
+        raise AssertionError("exact_fit called")
+    monkeypatch.setattr(optimize, "exact_fit", fail)
+    for optimizer in OPTIMIZERS:
+        lmmfast.LinearMixedModel("Yield ~ 1 + (1 | Batch)",
+                                 lmmfast.datasets.load("Dyestuff")).fit(optimizer=optimizer)
+
+
+def test_runaway_theta_is_suspect():
+    """``Optimum.suspect``: a criterion that is not finite, or theta / scale above
+    1e3, are the symptoms that step 5 checks."""
+    fit = reference_fit("dyestuff", "REML")
+    plan = fit.copy()._optimum()
+    scale = fit._scale[0]
+    assert not plan.suspect(np.array([999.0 * scale]), 1.0)
+    assert plan.suspect(np.array([1001.0 * scale]), 1.0)
+    assert plan.suspect(np.array([1.0]), np.inf)
+    assert plan.suspect(np.array([1.0]), np.nan)

@@ -21,6 +21,7 @@ from conftest import reference, reference_fit
 from lmmfast._cholesky import PACK_BYTES, packed
 from lmmfast._trust_region import RUN_STATUS
 from lmmfast.errors import DataError, FitError
+from lmmfast.optimize import moment_start
 
 SMALL = [m for m in reference()["models"] if m != "insteval"]
 CASES = [(m, k) for m in SMALL for k in ("REML", "ML")]
@@ -68,7 +69,7 @@ def test_a_run_that_does_not_converge_is_finished_by_bobyqa():
     m = lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)", data)
     newton = lmmfast.LinearMixedModel("Reaction ~ 1 + Days + (1 + Days | Subject)", data)
     newton._optimum()
-    stopped = newton._optimum().run(newton._moment_start(), (1e-10, 1e-12, 1e-10, 2))
+    stopped = newton._optimum().run(moment_start(newton), (1e-10, 1e-12, 1e-10, 2))
     assert RUN_STATUS[stopped[0]] == "finish" and stopped[5] == "MAXEVAL_REACHED"
     with pytest.warns(lmmfast.errors.ConvergenceWarning, match="MAXEVAL_REACHED"):
         m.fit(maxeval=2)

@@ -7,6 +7,7 @@ import pytest
 
 import lmmfast
 from conftest import reference, reference_fit
+from lmmfast.optimize import default_start, intercept_terms
 
 
 def _moments_from_rows(fit):
@@ -17,7 +18,7 @@ def _moments_from_rows(fit):
     r = fit._y_eff - fit.x @ beta
     rss = float(np.sum(w * r * r))
     out = []
-    for j, _ in fit._intercept_terms:
+    for j, _ in intercept_terms(fit):
         term = fit.remats[fit._internal[j]]
         s_g = np.bincount(term.refs, weights=w * r, minlength=term.nlevels)
         n_g = np.bincount(term.refs, weights=w, minlength=term.nlevels)
@@ -29,7 +30,7 @@ def _moments_from_rows(fit):
                                    "insteval"])
 def test_moments_from_a_are_the_moments_from_the_rows(model):
     fit = reference_fit(model, "REML")
-    rss, var = fit._core.moment_variances([j for j, _ in fit._intercept_terms])
+    rss, var = fit._core.moment_variances([j for j, _ in intercept_terms(fit)])
     rss_rows, var_rows = _moments_from_rows(fit)
     assert rss == pytest.approx(rss_rows, rel=1e-9)
     np.testing.assert_allclose(var, var_rows, rtol=1e-8, atol=1e-10 * rss / fit.nobs)
@@ -42,7 +43,7 @@ def test_weights_and_offset():
     data["off"] = rng.normal(0.0, 1.0, len(data))
     fit = lmmfast.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", data, weights="w",
                        offset="off")
-    rss, var = fit._core.moment_variances([j for j, _ in fit._intercept_terms])
+    rss, var = fit._core.moment_variances([j for j, _ in intercept_terms(fit)])
     rss_rows, var_rows = _moments_from_rows(fit)
     assert rss == pytest.approx(rss_rows, rel=1e-9)
     np.testing.assert_allclose(var, var_rows, rtol=1e-8)
@@ -72,9 +73,9 @@ def test_the_analytic_one_way_estimate():
 
 def test_other_terms_and_bobyqa_keep_lambda_i():
     fit = reference_fit("sleep_slope", "REML")
-    np.testing.assert_array_equal(fit.optsum.initial, fit._default_start)
+    np.testing.assert_array_equal(fit.optsum.initial, default_start(fit))
     zc = reference_fit("sleep_zerocorr", "REML")   # (1 | Subject) + (0 + Days | Subject)
-    assert zc.optsum.initial[0] != 1.0 and zc.optsum.initial[1] == zc._default_start[1]
+    assert zc.optsum.initial[0] != 1.0 and zc.optsum.initial[1] == default_start(zc)[1]
     m = lmmfast.LinearMixedModel("Yield ~ 1 + (1 | Batch)", lmmfast.datasets.load("Dyestuff"))
     m.fit(optimizer="bobyqa")
     np.testing.assert_array_equal(m.optsum.initial, [1.0])
@@ -91,5 +92,5 @@ def test_only_intercept_terms_are_asked_for():
     fit = reference_fit("sleep_slope", "REML")
     with pytest.raises(ValueError, match="2 random effects per level"):
         fit._core.moment_variances([0])
-    assert fit._intercept_terms == []
+    assert intercept_terms(fit) == []
 

@@ -1,0 +1,18 @@
+# The approximate Hessian (src/lmmfast/_hessian.pyx) and its work arrays.
+
+cimport numpy as cnp
+
+from lmmfast._factor cimport BlockedFactor
+from lmmfast._gradient cimport GradientWork
+
+
+cdef class HessianWork:
+    cdef cnp.int64_t[::1] uoff
+    cdef double[::1] vm, av, y, ew, small
+
+    cdef void _a_times(self, BlockedFactor f, Py_ssize_t t, const double* vt,
+                       double* out) noexcept nogil
+    cdef void _forward_solve(self, BlockedFactor f, bint with_x, Py_ssize_t nrhs, double* y,
+                             Py_ssize_t ldy) noexcept nogil
+    cdef void hessian(self, BlockedFactor f, GradientWork gw, bint reml,
+                      double* h) noexcept nogil

@@ -2,6 +2,7 @@
 # storage, read by the derivative modules (_gradient, _hessian), and the steps
 # they call.
 
+cimport cython
 cimport numpy as cnp
 
 # kinds of the blocks of A and L (``kind_a`` / ``kind_l``)
@@ -39,18 +40,32 @@ cdef class BlockedFactor:
     cdef double comp_ld_l2, comp_ld_rx2, comp_pwrss
 
     cdef tuple _constructor_args(self)
+    @cython.final
     cdef Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil
+    @cython.final
     cdef Py_ssize_t _kk(self, Py_ssize_t s) noexcept nogil
+    @cython.final
     cdef void _set_lambda(self, const double* theta) noexcept nogil
+    @cython.final
     cdef void _scale_copy(self) noexcept nogil
+    @cython.final
     cdef void _rank_update(self, Py_ssize_t t, Py_ssize_t r) noexcept nogil
+    @cython.final
     cdef void _gemm_update(self, Py_ssize_t s, Py_ssize_t t, Py_ssize_t r) noexcept nogil
+    @cython.final
     cdef void _rdiv(self, Py_ssize_t s, Py_ssize_t t) noexcept nogil
+    @cython.final
     cdef void _rdiv_dense(self, Py_ssize_t t) noexcept nogil
+    @cython.final
     cdef int _chol_diag(self, Py_ssize_t t) noexcept nogil
+    @cython.final
     cdef int _update(self, const double* theta) noexcept nogil
+    @cython.final
     cdef void _components(self, double* ld_l2, double* ld_rx2, double* pwrss) noexcept nogil
+    @cython.final
     cdef double _criterion(self, bint reml) noexcept nogil
+    @cython.final
     cdef double _value(self, const double* theta, bint reml) noexcept nogil
+    @cython.final
     cdef void _back_solve(self, const double* rhs, const cnp.int64_t* uoff,
                           double* u) noexcept nogil

@@ -32,6 +32,7 @@ does not change under the factorisation because L_00 is block-diagonal.
 """
 
 import numpy as np
+cimport cython
 cimport numpy as cnp
 from libc.math cimport fma, log, sqrt, M_PI, INFINITY
 from libc.string cimport memset
@@ -285,13 +286,16 @@ cdef class BlockedFactor:
         self.comp_valid = False
 
     # ------------------------------------------------------------------ sizes
+    @cython.final
     cdef Py_ssize_t _rows(self, Py_ssize_t s) noexcept nogil:
         return self.q[s] if s < self.n_terms else self.p1
 
+    @cython.final
     cdef Py_ssize_t _kk(self, Py_ssize_t s) noexcept nogil:
         return self.k[s] if s < self.n_terms else self.p1
 
     # ------------------------------------------------------------- lambda(theta)
+    @cython.final
     cdef void _set_lambda(self, const double* theta) noexcept nogil:
         """Fill each term's k x k lower-triangular lambda from theta (eq. 7)."""
         cdef Py_ssize_t t, i, j, kt, pos
@@ -309,6 +313,7 @@ cdef class BlockedFactor:
                         pos += 1
 
     # ---------------------------------------------------- step 1: scaled copy
+    @cython.final
     cdef void _scale_copy(self) noexcept nogil:
         """L <- Lambda^T A Lambda (+ I on the random-effects diagonal), eq. 14."""
         cdef Py_ssize_t T = self.n_terms, s, t, b, lev, lev2, e, rs, ct, ks, kt
@@ -378,6 +383,7 @@ cdef class BlockedFactor:
                                          dst + lev2 * ks + lev * kt * ld, ld, work)
 
     # ------------------------------------------------------ step 2: kernels
+    @cython.final
     cdef void _rank_update(self, Py_ssize_t t, Py_ssize_t r) noexcept nogil:
         """L_tt -= L_tr L_tr^T (lower triangle; L_tt dense), eq. 15.
 
@@ -448,6 +454,7 @@ cdef class BlockedFactor:
                 cur[j] = e2
             p0 = p1
 
+    @cython.final
     cdef void _gemm_update(self, Py_ssize_t s, Py_ssize_t t,
                            Py_ssize_t r) noexcept nogil:
         """L_st -= L_sr L_tr^T (L_st dense)."""
@@ -510,6 +517,7 @@ cdef class BlockedFactor:
                     small_sub_abt(pa + ea * ks * kr, ks, pb + j * kr * rows_t,
                                   rows_t, ks, rows_t, kr, pc + ia * ks, rows_s)
 
+    @cython.final
     cdef void _rdiv(self, Py_ssize_t s, Py_ssize_t t) noexcept nogil:
         """L_st <- L_st L_tt^{-T}."""
         cdef Py_ssize_t b = bidx(s, t), bt = bidx(t, t)
@@ -529,6 +537,7 @@ cdef class BlockedFactor:
             for j in range(self.nlev[t]):
                 rdiv_lt_small(rows, kt, pl + j * kt * kt, kt, pb + j * kt * rows, rows)
 
+    @cython.final
     cdef void _rdiv_dense(self, Py_ssize_t t) noexcept nogil:
         """L_st <- L_st L_tt^{-T} for all s > t, L_tt dense (eq. 15).
 
@@ -565,6 +574,7 @@ cdef class BlockedFactor:
                     pb[i + c * rows_s] = wb[c + (tot + i) * qt]
             tot += rows_s
 
+    @cython.final
     cdef int _chol_diag(self, Py_ssize_t t) noexcept nogil:
         """Cholesky factor of diagonal block t in place; LAPACK info (0 = success)."""
         cdef Py_ssize_t b = bidx(t, t), lev, kt, n
@@ -605,6 +615,7 @@ cdef class BlockedFactor:
         n = self._rows(t)
         return potrf_l(<blas_int>n, p, <blas_int>n)
 
+    @cython.final
     cdef int _update(self, const double* theta) noexcept nogil:
         """Recompute L for theta (eq. 15); returns 0, the failing LAPACK info, or
         INTERRUPTED when a signal handler raised between two steps of a large
@@ -640,6 +651,7 @@ cdef class BlockedFactor:
         return 0
 
     # ------------------------------------------------------------ the criteria
+    @cython.final
     cdef void _components(self, double* ld_l2, double* ld_rx2,
                           double* pwrss) noexcept nogil:
         """log|L_Z|^2, log|R_X|^2 and the penalised RSS from L (eqs. 16-17),
@@ -678,6 +690,7 @@ cdef class BlockedFactor:
         self.comp_pwrss = pwrss[0]
         self.comp_valid = True
 
+    @cython.final
     cdef double _criterion(self, bint reml) noexcept nogil:
         """Profiled deviance (eq. 18) or REML criterion (eq. 20) at the current L."""
         cdef double ld_l2, ld_rx2, pwrss, dof
@@ -689,6 +702,7 @@ cdef class BlockedFactor:
         return (ld_l2 - self.log_det_w
                 + self.nobs * (1.0 + log(2.0 * M_PI * pwrss / self.nobs)))
 
+    @cython.final
     cdef double _value(self, const double* theta, bint reml) noexcept nogil:
         """Update L for theta and return the criterion, +inf where that fails."""
         cdef int info = self._update(theta)
@@ -806,6 +820,7 @@ cdef class BlockedFactor:
                 dst[i, j] = src[i + j * n]   # column-major lower triangle
         return out
 
+    @cython.final
     cdef void _back_solve(self, const double* rhs, const cnp.int64_t* uoff,
                           double* u) noexcept nogil:
         """Spherical conditional modes u (eq. 22) into ``u``, term t at ``uoff[t]``.

@@ -12,6 +12,7 @@ boundary too.
 """
 
 import numpy as np
+cimport cython
 cimport numpy as cnp
 from libc.string cimport memcpy, memset
 
@@ -160,6 +161,7 @@ cdef class GradientWork:
         self.done = -1
         self.reml = False
 
+    @cython.final
     cdef int _selected_inverse(self, BlockedFactor f, bint reml,
                                Py_ssize_t panel_columns) noexcept nogil:
         """Sigma on the block pattern of L (eqs. 67, 68); LAPACK's info.
@@ -248,6 +250,7 @@ cdef class GradientWork:
         self._sel_levels(f, nseg, n, w, g0 if w < n else 1)
         return 0
 
+    @cython.final
     cdef void _sel_levels(self, BlockedFactor f, Py_ssize_t nseg, Py_ssize_t n, Py_ssize_t w,
                           Py_ssize_t nchunk) noexcept nogil:
         """Step 3 of ``_selected_inverse``: nchunk levels of term 0 at a time, panels of w columns."""
@@ -474,6 +477,7 @@ cdef class GradientWork:
                         sel[sbase[m] + d * stride[m]] = -acc
             j0 = j1
 
+    @cython.final
     cdef Py_ssize_t _level_rows(self, BlockedFactor f, Py_ssize_t j, Py_ssize_t nseg,
                                 Py_ssize_t* mtot) noexcept nogil:
         """The rows R_j of column j of L below L_00[j, j], for ``_selected_inverse``.
@@ -520,6 +524,7 @@ cdef class GradientWork:
         mtot[0] = m
         return ns
 
+    @cython.final
     cdef void _accumulate_k(self, BlockedFactor f, bint reml) noexcept nogil:
         """K_t = sum_j [A Lambda~ Sigma]_tt[j, j] over the stored blocks of A (eq. 66).
 
@@ -634,6 +639,7 @@ cdef class GradientWork:
                                              * ps[r + (j * kt + d) * lds])
                             k_t[c + d * kt] += acc
 
+    @cython.final
     cdef void _add_residual_term(self, BlockedFactor f, double scale) noexcept nogil:
         """K_t -= scale * sum_j v_j u_j^T, v = Z^T W r = A_Zy - A_ZX beta - A_ZZ Lambda u (eq. 65)."""
         cdef Py_ssize_t T = f.n_terms, p = f.p1 - 1, p1 = f.p1
@@ -719,6 +725,7 @@ cdef class GradientWork:
                         acc = acc + v[uoff[t] + j * kt + c] * u[uoff[t] + j * kt + d]
                     k_t[c + d * kt] -= scale * acc
 
+    @cython.final
     cdef int gradient(self, BlockedFactor f, bint reml, Py_ssize_t panel_columns,
                       double* grad) noexcept nogil:
         """d criterion / d theta at the current L into ``grad`` (eq. 66); LAPACK's info.
@@ -744,6 +751,7 @@ cdef class GradientWork:
         self.reml = reml
         return 0
 
+    @cython.final
     cdef void grad_from_k(self, BlockedFactor f, double* grad) noexcept nogil:
         """The gradient 2 (K_t)_ab (eq. 66) from the K_t of the last ``gradient``."""
         cdef Py_ssize_t t, i, j, kt, pos

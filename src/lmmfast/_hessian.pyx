@@ -9,6 +9,7 @@ lambda_t lambda_t^T.
 """
 
 import numpy as np
+cimport cython
 cimport numpy as cnp
 from libc.math cimport fabs
 from libc.string cimport memset
@@ -47,6 +48,7 @@ cdef class HessianWork:
         self.uoff, self.small, self.ew, self.vm, self.av, self.y = packed(
             *map(np.asarray, [self.uoff, self.small, self.ew, self.vm, self.av, self.y]))
 
+    @cython.final
     cdef void _a_times(self, BlockedFactor f, Py_ssize_t t, const double* vt, double* out) noexcept nogil:
         """out += A_{., t} vt: block column t of A (Z rows, then X rows) times
         a vector of term t's random effects (eq. 70)."""
@@ -112,6 +114,7 @@ cdef class HessianWork:
         gemv_n(<blas_int>p, <blas_int>f.q[t], 1.0, &f.a[f.off_a[bidx(T, t)]],
                <blas_int>f.p1, vt, out + uoff[T])
 
+    @cython.final
     cdef void _forward_solve(self, BlockedFactor f, bint with_x, Py_ssize_t nrhs, double* y,
                              Py_ssize_t ldy) noexcept nogil:
         """Y <- L^{-1} Y for ``nrhs`` columns (leading dimension ``ldy``): L_Z,
@@ -164,6 +167,7 @@ cdef class HessianWork:
                 trsm_lln(<blas_int>rows_t, <blas_int>nrhs, pb, <blas_int>ld_t,
                          yt, <blas_int>ldy)
 
+    @cython.final
     cdef void hessian(self, BlockedFactor f, GradientWork gw, bint reml,
                       double* h) noexcept nogil:
         """The approximate Hessian of the criterion in theta at the current

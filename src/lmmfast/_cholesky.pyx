@@ -66,7 +66,7 @@ cdef class BlockedCholesky(BlockedFactor):
         if self.grad_work is None:
             self.grad_work = GradientWork(self)
         if hessian and self.hess_work is None:
-            self.hess_work = HessianWork(self)
+            self.hess_work = HessianWork(self, self.grad_work)
         return 0
 
     def gradient(self, const double[::1] theta, bint reml, double[::1] grad):

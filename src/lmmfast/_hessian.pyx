@@ -25,36 +25,30 @@ cnp.import_array()
 cdef class HessianWork:
     """The work arrays of the Hessian of one factor's criterion."""
 
-    def __init__(self, BlockedFactor f):
+    def __init__(self, BlockedFactor f, GradientWork gw):
         """Per theta entry m: D_m v (q), A D_m v and L^{-1} c_m (q + p each),
-        column after column; G_t (k x k)."""
-        cdef Py_ssize_t t, kmax = 1, n = max(f.n_theta, 1)
-        cdef Py_ssize_t qtot, ld
-        uoff = np.zeros(f.n_terms + 1, dtype=np.int64)
-        for t in range(f.n_terms):
-            uoff[t + 1] = uoff[t] + f.q[t]
-            kmax = max(kmax, f.k[t])
-        qtot = uoff[f.n_terms]
-        ld = qtot + f.p1 - 1
-        self.uoff = uoff
+        column after column (``gw``'s offsets of the terms in q)."""
+        cdef Py_ssize_t n = max(f.n_theta, 1)
+        cdef Py_ssize_t qtot = gw.uoff[f.n_terms]
+        cdef Py_ssize_t ld = qtot + f.p1 - 1
         self.vm = np.zeros(max(qtot * n, 1), dtype=np.float64)
         self.av = np.zeros(max(ld * n, 1), dtype=np.float64)
         self.y = np.zeros(max(ld * n, 1), dtype=np.float64)
         self.ew = np.zeros(n, dtype=np.float64)
-        self.small = np.zeros(kmax * kmax, dtype=np.float64)
 
     def pack(self):
         """Move the work arrays into one allocation (``packed``)."""
-        self.uoff, self.small, self.ew, self.vm, self.av, self.y = packed(
-            *map(np.asarray, [self.uoff, self.small, self.ew, self.vm, self.av, self.y]))
+        self.ew, self.vm, self.av, self.y = packed(
+            *map(np.asarray, [self.ew, self.vm, self.av, self.y]))
 
     @cython.final
-    cdef void _a_times(self, BlockedFactor f, Py_ssize_t t, const double* vt, double* out) noexcept nogil:
+    cdef void _a_times(self, BlockedFactor f, GradientWork gw, Py_ssize_t t,
+                       const double* vt, double* out) noexcept nogil:
         """out += A_{., t} vt: block column t of A (Z rows, then X rows) times
         a vector of term t's random effects (eq. 70)."""
         cdef Py_ssize_t T = f.n_terms, p = f.p1 - 1, s, j, e, c, d, b, lev
         cdef Py_ssize_t kt = f.k[t], ks, k0 = f.k[0]
-        cdef const cnp.int64_t* uoff = &self.uoff[0]
+        cdef const cnp.int64_t* uoff = &gw.uoff[0]
         cdef const cnp.int64_t* ri
         cdef const double* pa
         cdef const double* blk
@@ -115,13 +109,13 @@ cdef class HessianWork:
                <blas_int>f.p1, vt, out + uoff[T])
 
     @cython.final
-    cdef void _forward_solve(self, BlockedFactor f, bint with_x, Py_ssize_t nrhs, double* y,
-                             Py_ssize_t ldy) noexcept nogil:
+    cdef void _forward_solve(self, BlockedFactor f, GradientWork gw, bint with_x,
+                             Py_ssize_t nrhs, double* y, Py_ssize_t ldy) noexcept nogil:
         """Y <- L^{-1} Y for ``nrhs`` columns (leading dimension ``ldy``): L_Z,
         or with ``with_x`` the factor of Omega (L without its response row)."""
         cdef Py_ssize_t T = f.n_terms, p = f.p1 - 1, t, s, j, e, c, d, r, b
         cdef Py_ssize_t nseg = T + 1 if with_x else T, rows_t, ld_t, kt, k0 = f.k[0]
-        cdef const cnp.int64_t* uoff = &self.uoff[0]
+        cdef const cnp.int64_t* uoff = &gw.uoff[0]
         cdef const cnp.int64_t* ri
         cdef const double* pb
         cdef const double* blk
@@ -186,11 +180,11 @@ cdef class HessianWork:
         zero on lambda's diagonal.
         """
         cdef Py_ssize_t T = f.n_terms, p = f.p1 - 1, n = f.n_theta
-        cdef Py_ssize_t qtot = self.uoff[T], ld = qtot + p
+        cdef Py_ssize_t qtot = gw.uoff[T], ld = qtot + p
         cdef Py_ssize_t t, s, m, mm, i, j, c, d, r, kt, lv, pos, pos2, i2, j2
         cdef bint with_x = reml and p > 0
         cdef Py_ssize_t nrow = ld if with_x else qtot
-        cdef const cnp.int64_t* uoff = &self.uoff[0]
+        cdef const cnp.int64_t* uoff = &gw.uoff[0]
         cdef const double* v = &gw.v[0]
         cdef const double* lam_t
         cdef const double* x
@@ -200,7 +194,7 @@ cdef class HessianWork:
         cdef double* y = &self.y[0]
         cdef double* ew = &self.ew[0]
         cdef double* out
-        cdef double* g = &self.small[0]
+        cdef double* g = &gw.small[0]
         cdef double ld_l2, ld_rx2, pwrss, nu, s2, acc, dot, lmax
         cdef bint ok
         f._components(&ld_l2, &ld_rx2, &pwrss)
@@ -228,7 +222,7 @@ cdef class HessianWork:
                         for r in range(kt):
                             acc = acc + x[r] * out[lv * kt + r]
                     ew[m] = acc
-                    self._a_times(f, t, out, av + m * ld)
+                    self._a_times(f, gw, t, out, av + m * ld)
                     m += 1
         # c_m = [Lambda^T (A V_m)_Z ; (A V_m)_X], then y_m = L^{-1} c_m
         for m in range(n):
@@ -245,7 +239,7 @@ cdef class HessianWork:
                         out[c] = acc
             for r in range(p):
                 y[m * ld + qtot + r] = av[m * ld + qtot + r]
-        self._forward_solve(f, with_x, n, y, ld)
+        self._forward_solve(f, gw, with_x, n, y, ld)
         for m in range(n):
             for mm in range(m + 1):
                 acc = 0.0

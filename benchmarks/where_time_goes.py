@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 import lmmfast
-from lmmfast._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
+from lmmfast._factor import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.blocks import BlockLayout
 
 try:

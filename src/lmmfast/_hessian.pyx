@@ -17,7 +17,7 @@ from libc.string cimport memset
 from lmmfast._factor cimport BlockedFactor, bidx, SPARSE
 from lmmfast._factor import packed
 from lmmfast._gradient cimport GradientWork
-from lmmfast._kernels cimport blas_int, gemm_nn, trsm_lln, gemv_t, gemv_n
+from lmmfast._kernels cimport blas_int, gemm_nn, trsm_lln, ldiv_l_small, gemv_t, gemv_n
 
 cnp.import_array()
 
@@ -149,14 +149,8 @@ cdef class HessianWork:
                             yt, <blas_int>ldy)
             pb = &f.l[f.off_l[bidx(t, t)]]
             if t == 0:
-                for r in range(nrhs):
-                    for j in range(f.nlev[0]):
-                        blk = pb + j * k0 * k0
-                        for c in range(k0):
-                            acc = yt[r * ldy + j * k0 + c]
-                            for d in range(c):
-                                acc = acc - blk[c + d * k0] * yt[r * ldy + j * k0 + d]
-                            yt[r * ldy + j * k0 + c] = acc / blk[c + c * k0]
+                for j in range(f.nlev[0]):
+                    ldiv_l_small(k0, nrhs, pb + j * k0 * k0, k0, yt + j * k0, ldy)
             else:
                 trsm_lln(<blas_int>rows_t, <blas_int>nrhs, pb, <blas_int>ld_t,
                          yt, <blas_int>ldy)

@@ -155,6 +155,20 @@ cdef inline void trsm_rlt(blas_int m, blas_int n, const double* l, blas_int ldl,
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
 
 
+cdef inline void ldiv_l_small(Py_ssize_t m, Py_ssize_t n, const double* l, Py_ssize_t ldl,
+                              double* b, Py_ssize_t ldb) noexcept nogil:
+    """B <- L^{-1} B by plain loops (forward substitution column by column of B),
+    L lower-triangular (m x m), B: m x n."""
+    cdef Py_ssize_t i, j, c
+    cdef double d
+    for j in range(n):
+        for i in range(m):
+            d = b[i + j * ldb]
+            for c in range(i):
+                d = d - l[i + c * ldl] * b[c + j * ldb]
+            b[i + j * ldb] = d / l[i + i * ldl]
+
+
 cdef inline void trsm_lln(blas_int m, blas_int n, const double* l, blas_int ldl,
                           double* b, blas_int ldb) noexcept nogil:
     """B <- L^{-1} B for lower-triangular L (m x m), B: m x n."""
@@ -163,18 +177,10 @@ cdef inline void trsm_lln(blas_int m, blas_int n, const double* l, blas_int ldl,
     cdef char ta = b'N'
     cdef char diag = b'N'
     cdef double one = 1.0
-    cdef blas_int i, j, c
-    cdef double d
     if m == 0 or n == 0:
         return
     if tiny(<long>m * m * n):
-        # forward substitution, column by column of B
-        for j in range(n):
-            for i in range(m):
-                d = b[i + j * ldb]
-                for c in range(i):
-                    d = d - l[i + c * ldl] * b[c + j * ldb]
-                b[i + j * ldb] = d / l[i + i * ldl]
+        ldiv_l_small(m, n, l, ldl, b, ldb)
         return
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
 
@@ -207,16 +213,10 @@ cdef inline void gemv_t(blas_int m, blas_int n, double alpha, const double* a,
     cdef char tr = b'T'
     cdef blas_int inc = 1
     cdef double one = 1.0
-    cdef blas_int i, j
-    cdef double acc
     if m == 0 or n == 0:
         return
     if tiny(<long>m * n):
-        for j in range(n):
-            acc = 0.0
-            for i in range(m):
-                acc = acc + a[i + j * lda] * x[i]
-            y[j] += alpha * acc
+        _small_gemm(n, 1, m, alpha, a, lda, 1, x, 1, 0, 1.0, y, n)
         return
     blas.dgemv(&tr, &m, &n, &alpha, <double*>a, &lda, <double*>x, &inc,
                &one, y, &inc)

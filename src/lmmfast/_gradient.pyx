@@ -484,7 +484,7 @@ cdef class GradientWork:
 
         Fills ``idx`` (row in the trailing matrix), ``lbase`` and
         ``sbase`` (offsets of the entry in L and in ``sel``) and
-        ``g_stride`` (between the k_0 columns), the rows of sparse blocks first,
+        ``stride`` (between the k_0 columns), the rows of sparse blocks first,
         sorted ascending; returns their number, and all rows in ``mtot``.
         """
         cdef Py_ssize_t T = f.n_terms, s, b, ks, c0, e, lev, c, r, ld_s

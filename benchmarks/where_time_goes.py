@@ -55,7 +55,7 @@ size is that design's), one table row with:
   work arrays: about 7 MB of RSS) is not counted as the design's memory.
 
 Below the table, for each design, where one evaluation's flops are (by step
-of ``BlockedCholesky._update``: scaled copy, rank updates, gemm updates,
+of ``BlockedFactor._update``: scaled copy, rank updates, gemm updates,
 diagonal Cholesky, triangular solves), and how long the dense BLAS/LAPACK
 calls of one evaluation take when replayed alone with scipy's BLAS (the one
 the core links, through ``scipy.linalg.cython_blas``) on matrices of the
@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 import lmmfast
-from lmmfast._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
+from lmmfast._factor import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.design.layout import BlockLayout
 
 try:
@@ -121,10 +121,10 @@ def _potrf(n: int) -> int:
 
 
 def factorization_flops(layout: BlockLayout) -> dict:
-    """Floating-point operations of one evaluation ``BlockedCholesky._update``.
+    """Floating-point operations of one evaluation ``BlockedFactor._update``.
 
     Counted from the layout alone (sizes, kinds, sparsity patterns), step by
-    step as ``src/_cholesky.pyx`` performs them, a multiply-add counting 2, a
+    step as ``src/lmmfast/_factor.pyx`` performs them, a multiply-add counting 2, a
     division or square root 1.  Notation: T terms (internal order), g_t levels
     (``nlev``), k_t effects per level, q_t = g_t k_t, p1 = p + 1 columns of
     [X y]; rows(t) = q_t (t < T) or p1 (t = T); kk(t) = k_t or p1; for a sparse
@@ -160,7 +160,7 @@ def factorization_flops(layout: BlockLayout) -> dict:
       g_0 (rows(s) k_0^2 + k_0).
 
     The small-block kernels skip multiplications by exact zeros of L_tt or
-    L_tr (``small_sub_abt``, ``small_rdiv_lt``); the count does not, so it is
+    L_tr (``small_sub_abt``, ``rdiv_lt_small``); the count does not, so it is
     an upper bound when theta has zeros.  Not counted: building lambda from
     theta and the criterion (q + p1 logarithms), both O(q).
 

@@ -81,3 +81,35 @@ def test_unsorted_pattern_is_rejected():
         BlockedCholesky(lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a,
                         lay.off_l, lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr,
                         lay.rowidx, np.zeros(lay.n_a), lay.n_l, 900.0)
+
+
+@pytest.mark.parametrize("k0,k1", [(1, 1), (2, 1)])
+def test_derivatives_follow_the_factor(k0, k1):
+    """The gradient and Hessian kept by the derivative work belong to one factor and one
+    criterion: an update, a restored factor state or the other criterion recomputes them."""
+    x, y, terms = _design(k0, k1)
+    core, _ = _core(x, y, terms)
+    fresh, _ = _core(x, y, terms)
+    rng = np.random.default_rng(5)
+    theta1, theta2 = _theta([k0, k1], rng), _theta([k0, k1], rng)
+    n = len(theta1)
+
+    def derivatives(c, theta, reml):
+        g, h = np.empty(n), np.empty((n, n))
+        c.objective(theta, reml)
+        value = c.derivatives(reml, g, h)
+        return value, g, h
+
+    for reml in (False, True):
+        want = derivatives(fresh, theta2, reml)
+        derivatives(core, theta1, not reml)
+        got = derivatives(core, theta2, reml)   # an update and the other criterion
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        other, _ = _core(x, y, terms)
+        derivatives(other, theta1, reml)
+        other.__setstate__(core.__reduce__()[1][1])   # core's factor at theta2
+        g, h = np.empty(n), np.empty((n, n))
+        assert other.derivatives(reml, g, h) == want[0]
+        np.testing.assert_array_equal(g, want[1])
+        np.testing.assert_array_equal(h, want[2])

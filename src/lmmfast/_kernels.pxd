@@ -1,4 +1,6 @@
-# Typed wrappers around the BLAS/LAPACK routines the compiled core uses.
+# The small dense kernels of the compiled core: typed wrappers around the
+# BLAS/LAPACK routines it uses, each with its plain-loop version for tiny
+# sizes, and the per-level block kernels of the factor and its derivatives.
 #
 # Every kernel calls these instead of the raw Fortran signatures, so the
 # integer type of the LAPACK interface is declared once (``blas_int``) and the
@@ -34,12 +36,21 @@ cdef inline int raise_pending() except -1:
     """Propagate the exception ``interrupted`` found (it is set already)."""
     return -1
 
-# BLAS calls (and dpotrf) whose work is at most this many multiply-adds are
-# done by the plain loops below: OpenBLAS takes a work buffer under a mutex on
-# every such call, which costs more than the arithmetic of a small model's
-# blocks (a few rows of X, a few random effects per level).
+# ----------------------------------------------------------- size policy
+# A BLAS/LAPACK call whose work is at most TINY_WORK multiply-adds is done by
+# plain loops instead: OpenBLAS takes a work buffer under a mutex on every
+# call, which costs more than the arithmetic of a small model's blocks (a few
+# rows of X, a few random effects per level).  The triangular inverse and
+# product (``tri_inv_l``, ``lauum_l``) are plain loops up to order TRI_ORDER,
+# where OpenBLAS's dtrtri and dlauum are slower than the loops.
 cdef enum:
     TINY_WORK = 2048
+    TRI_ORDER = 64
+
+
+cdef inline bint tiny(long work) noexcept nogil:
+    """Whether a kernel of ``work`` multiply-adds runs as plain loops (not BLAS)."""
+    return work <= TINY_WORK
 
 
 cdef inline void _scale_c(blas_int m, blas_int n, double beta, double* c,
@@ -79,7 +90,7 @@ cdef inline void gemm_nt(blas_int m, blas_int n, blas_int k, double alpha,
     cdef char tb = b'T'
     if m == 0 or n == 0:
         return
-    if <long>m * n * k <= TINY_WORK:
+    if tiny(<long>m * n * k):
         _small_gemm(m, n, k, alpha, a, 1, lda, b, ldb, 1, beta, c, ldc)
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
@@ -96,7 +107,7 @@ cdef inline void syrk_n(blas_int n, blas_int k, double alpha,
     cdef double acc
     if n == 0:
         return
-    if <long>n * n * k <= TINY_WORK:
+    if tiny(<long>n * n * k):
         for j in range(n):
             for i in range(j, n):
                 acc = 0.0
@@ -108,6 +119,26 @@ cdef inline void syrk_n(blas_int n, blas_int k, double alpha,
     blas.dsyrk(&uplo, &tr, &n, &k, &alpha, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline void rdiv_lt_small(Py_ssize_t m, Py_ssize_t n, const double* l, Py_ssize_t ldl,
+                               double* b, Py_ssize_t ldb) noexcept nogil:
+    """B <- B L^{-T} by plain loops, L lower-triangular (n x n), B: m x n.
+
+    Solves X L^T = B column by column:
+    X[:, j] = (B[:, j] - sum_{c<j} X[:, c] L[j, c]) / L[j, j], skipping zeros of L.
+    """
+    cdef Py_ssize_t i, j, c
+    cdef double d
+    for j in range(n):
+        for c in range(j):
+            d = l[j + c * ldl]
+            if d != 0.0:
+                for i in range(m):
+                    b[i + j * ldb] -= b[i + c * ldb] * d
+        d = 1.0 / l[j + j * ldl]
+        for i in range(m):
+            b[i + j * ldb] *= d
+
+
 cdef inline void trsm_rlt(blas_int m, blas_int n, const double* l, blas_int ldl,
                           double* b, blas_int ldb) noexcept nogil:
     """B <- B * L^{-T} for lower-triangular L (n x n), B: m x n."""
@@ -116,22 +147,26 @@ cdef inline void trsm_rlt(blas_int m, blas_int n, const double* l, blas_int ldl,
     cdef char ta = b'T'
     cdef char diag = b'N'
     cdef double one = 1.0
-    cdef blas_int i, j, c
-    cdef double d
     if m == 0 or n == 0:
         return
-    if <long>m * n * n <= TINY_WORK:
-        # X L^T = B column by column: X[:, j] = (B[:, j] - sum_{c<j} X[:, c] L[j, c]) / L[j, j]
-        for j in range(n):
-            for c in range(j):
-                d = l[j + c * ldl]
-                for i in range(m):
-                    b[i + j * ldb] -= b[i + c * ldb] * d
-            d = 1.0 / l[j + j * ldl]
-            for i in range(m):
-                b[i + j * ldb] *= d
+    if tiny(<long>m * n * n):
+        rdiv_lt_small(m, n, l, ldl, b, ldb)
         return
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
+
+
+cdef inline void ldiv_l_small(Py_ssize_t m, Py_ssize_t n, const double* l, Py_ssize_t ldl,
+                              double* b, Py_ssize_t ldb) noexcept nogil:
+    """B <- L^{-1} B by plain loops (forward substitution column by column of B),
+    L lower-triangular (m x m), B: m x n."""
+    cdef Py_ssize_t i, j, c
+    cdef double d
+    for j in range(n):
+        for i in range(m):
+            d = b[i + j * ldb]
+            for c in range(i):
+                d = d - l[i + c * ldl] * b[c + j * ldb]
+            b[i + j * ldb] = d / l[i + i * ldl]
 
 
 cdef inline void trsm_lln(blas_int m, blas_int n, const double* l, blas_int ldl,
@@ -142,18 +177,10 @@ cdef inline void trsm_lln(blas_int m, blas_int n, const double* l, blas_int ldl,
     cdef char ta = b'N'
     cdef char diag = b'N'
     cdef double one = 1.0
-    cdef blas_int i, j, c
-    cdef double d
     if m == 0 or n == 0:
         return
-    if <long>m * m * n <= TINY_WORK:
-        # forward substitution, column by column of B
-        for j in range(n):
-            for i in range(m):
-                d = b[i + j * ldb]
-                for c in range(i):
-                    d = d - l[i + c * ldl] * b[c + j * ldb]
-                b[i + j * ldb] = d / l[i + i * ldl]
+    if tiny(<long>m * m * n):
+        ldiv_l_small(m, n, l, ldl, b, ldb)
         return
     blas.dtrsm(&side, &uplo, &ta, &diag, &m, &n, &one, <double*>l, &ldl, b, &ldb)
 
@@ -169,7 +196,7 @@ cdef inline void trsv_lt(blas_int n, const double* l, blas_int ldl,
     cdef double d
     if n == 0:
         return
-    if <long>n * n <= TINY_WORK:
+    if tiny(<long>n * n):
         # back substitution: x[i] = (x[i] - sum_{c>i} L[c, i] x[c]) / L[i, i]
         for i in range(n - 1, -1, -1):
             d = x[i]
@@ -186,16 +213,10 @@ cdef inline void gemv_t(blas_int m, blas_int n, double alpha, const double* a,
     cdef char tr = b'T'
     cdef blas_int inc = 1
     cdef double one = 1.0
-    cdef blas_int i, j
-    cdef double acc
     if m == 0 or n == 0:
         return
-    if <long>m * n <= TINY_WORK:
-        for j in range(n):
-            acc = 0.0
-            for i in range(m):
-                acc = acc + a[i + j * lda] * x[i]
-            y[j] += alpha * acc
+    if tiny(<long>m * n):
+        _small_gemm(n, 1, m, alpha, a, lda, 1, x, 1, 0, 1.0, y, n)
         return
     blas.dgemv(&tr, &m, &n, &alpha, <double*>a, &lda, <double*>x, &inc,
                &one, y, &inc)
@@ -209,7 +230,7 @@ cdef inline blas_int potrf_l(blas_int n, double* a, blas_int lda) noexcept nogil
     cdef double d
     if n == 0:
         return 0
-    if <long>n * n * n <= TINY_WORK:
+    if tiny(<long>n * n * n):
         # dpotf2's order: the diagonal, then the column below it scaled by its reciprocal
         for j in range(n):
             d = a[j + j * lda]
@@ -239,7 +260,7 @@ cdef inline void gemm_nn(blas_int m, blas_int n, blas_int k, double alpha,
     cdef char tb = b'N'
     if m == 0 or n == 0:
         return
-    if <long>m * n * k <= TINY_WORK:
+    if tiny(<long>m * n * k):
         _small_gemm(m, n, k, alpha, a, 1, lda, b, 1, ldb, beta, c, ldc)
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
@@ -255,7 +276,7 @@ cdef inline void gemm_tn(blas_int m, blas_int n, blas_int k, double alpha,
     cdef char tb = b'N'
     if m == 0 or n == 0:
         return
-    if <long>m * n * k <= TINY_WORK:
+    if tiny(<long>m * n * k):
         _small_gemm(m, n, k, alpha, a, lda, 1, b, 1, ldb, beta, c, ldc)
         return
     blas.dgemm(&ta, &tb, &m, &n, &k, &alpha, <double*>a, &lda,
@@ -273,7 +294,7 @@ cdef inline void symm_ll(blas_int m, blas_int n, double alpha,
     cdef double acc
     if m == 0 or n == 0:
         return
-    if <long>m * m * n <= TINY_WORK:
+    if tiny(<long>m * m * n):
         _scale_c(m, n, beta, c, ldc)
         for j in range(n):
             for i in range(m):
@@ -296,7 +317,7 @@ cdef inline void gemv_n(blas_int m, blas_int n, double alpha, const double* a,
     cdef double t
     if m == 0 or n == 0:
         return
-    if <long>m * n <= TINY_WORK:
+    if tiny(<long>m * n):
         for j in range(n):
             t = alpha * x[j]
             for i in range(m):
@@ -310,7 +331,17 @@ cdef inline blas_int lauum_l(blas_int n, double* a, blas_int lda) noexcept nogil
     """Lower triangle of A^T A for the lower-triangular A (n x n), in place; LAPACK's info."""
     cdef char uplo = b'L'
     cdef blas_int info = 0
+    cdef Py_ssize_t i, j, k
+    cdef double acc
     if n == 0:
+        return 0
+    if n <= TRI_ORDER:
+        for j in range(n):
+            for i in range(j, n):
+                acc = 0.0
+                for k in range(i, n):
+                    acc = acc + a[k + i * lda] * a[k + j * lda]
+                a[i + j * lda] = acc
         return 0
     lapack.dlauum(&uplo, &n, a, &lda, &info)
     return info
@@ -351,3 +382,37 @@ cdef inline blas_int syev_l(blas_int n, double* a, blas_int lda, double* w,
         return 0
     lapack.dsyev(&jobz, &uplo, &n, a, &lda, w, work, &lwork, &info)
     return info
+
+
+cdef inline void tri_inv_small(Py_ssize_t n, double* a, Py_ssize_t lda) noexcept nogil:
+    """In-place inverse of a lower-triangular A (n x n) with positive diagonal, by plain loops."""
+    cdef Py_ssize_t i, j, m
+    cdef double ajj, acc
+    for j in range(n):
+        ajj = 1.0 / a[j + j * lda]
+        a[j + j * lda] = ajj
+        for i in range(j + 1, n):
+            acc = a[i + j * lda] * ajj
+            for m in range(j + 1, i):
+                acc = acc + a[i + m * lda] * a[m + j * lda]
+            a[i + j * lda] = -acc / a[i + i * lda]
+
+
+cdef inline void tri_inv_l(blas_int n, double* a, blas_int lda) noexcept nogil:
+    """In-place inverse of the lower-triangular A (n x n, positive diagonal).
+
+    By halves: with A = [[A11, 0], [A21, A22]], the inverse is
+    [[A11^{-1}, 0], [-A22^{-1} A21 A11^{-1}, A22^{-1}]], the off-diagonal
+    block by two triangular products (BLAS dtrmm) once the diagonal blocks
+    are inverted; blocks up to ``TRI_ORDER`` by ``tri_inv_small``.  (Faster
+    than LAPACK's dtrtri in OpenBLAS, which is slow for small orders.)
+    """
+    cdef blas_int h
+    if n <= TRI_ORDER:
+        tri_inv_small(n, a, lda)
+        return
+    h = n // 2
+    tri_inv_l(h, a, lda)
+    tri_inv_l(n - h, a + h + <Py_ssize_t>h * lda, lda)
+    trmm_lln(n - h, h, -1.0, a + h + <Py_ssize_t>h * lda, lda, a + h, lda)
+    trmm_rln(n - h, h, 1.0, a, lda, a + h, lda)

@@ -1,4 +1,4 @@
-# The compiled core's entry points for the optimiser's loop (src/_trust_region.pyx):
+# The compiled core's entry points for the optimiser's loop (_trust_region.pyx):
 # C functions behind a PyCapsule (``BlockedCholesky.c_api``), so that each
 # evaluation is a C call without Python's argument handling in between.
 

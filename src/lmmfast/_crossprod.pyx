@@ -1,110 +1,32 @@
 # cython: language_level=3
 """Cross-products of [Z X y], accumulated over row chunks (theory.md, eq. 12).
 
-Each function adds one chunk's contribution to one block of A in place, so
-that A can be summed from any partition of the rows: chunks of an in-memory
-frame, or partitions of a distributed one.  Rows arrive already scaled by the
-square roots of the prior weights.  A random-effects term is given by its
-level codes ``refs`` (int64, one per row) and its small per-row matrix ``z``
-(n x k, C-contiguous); Z itself is never formed.
+Each ``add_*`` kernel adds one chunk's contribution to one block of A in
+place, so that A can be summed from any partition of the rows: chunks of an
+in-memory frame, or partitions of a distributed one.  Rows arrive already
+scaled by the square roots of the prior weights.  A random-effects term is
+given by its level codes ``refs`` (int64, one per row) and its small per-row
+matrix ``z`` (n x k, C-contiguous); Z itself is never formed.
 
-The ``*_dd`` kernels accumulate in double-double instead: an accumulator is an
-``m x 2`` array whose rows are unevaluated sums ``hi + lo``, every product is
-split exactly into two doubles (TwoProduct, by ``fma``) and added with
-error-free transformations (TwoSum).  The accumulated error of an entry is of
-order ``n 2^-106`` times the magnitude of its partial sums, so the sum rounded
-once to double (``dd_round``) does not depend on the order in which rows,
-chunks or partial sums (``dd_merge``) were added, except for an exact sum
-within that distance of a rounding boundary.  Partial cross-products from
-pandas chunks and from Dask partitions therefore round to the same A.
+The kernels accumulate in double-double: an accumulator is an ``m x 2``
+array whose rows are unevaluated sums ``hi + lo``, every product is split
+exactly into two doubles (TwoProduct, by ``fma``) and added with error-free
+transformations (TwoSum).  The accumulated error of an entry is of order
+``n 2^-106`` times the magnitude of its partial sums, so the sum rounded once
+to double (``dd_round``) does not depend on the order in which rows, chunks
+or partial sums (``dd_merge``) were added, except for an exact sum within
+that distance of a rounding boundary.  Partial cross-products from pandas
+chunks and from Dask partitions therefore round to the same A.
 """
 
 import numpy as np
 cimport numpy as cnp
 from libc.math cimport fma, sqrt, copysign
 
-from _linalg cimport blas_int, syrk_n, interrupted, raise_pending, SIGNAL_CHECK_WORK
-from _response cimport term_response, fixed_response
+from lmmfast._kernels cimport interrupted, raise_pending, SIGNAL_CHECK_WORK
+from lmmfast._response cimport term_response, fixed_response
 
 cnp.import_array()
-
-
-def add_diag(const cnp.int64_t[::1] refs, const double[:, ::1] z,
-             double[::1] out):
-    """Block-diagonal Z_t^T Z_t: ``out[l*k*k + a + b*k] += sum z[r,a] z[r,b]``."""
-    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
-    with nogil:
-        for r in range(n):
-            base = refs[r] * k * k
-            for b in range(k):
-                for a in range(k):
-                    out[base + a + b * k] += z[r, a] * z[r, b]
-
-
-def add_offdiag_dense(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
-                      const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
-                      Py_ssize_t q_s, double[::1] out):
-    """Dense Z_s^T Z_t (q_s x q_t, column-major)."""
-    cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
-    cdef Py_ssize_t r, a, b, row0, col0
-    with nogil:
-        for r in range(n):
-            row0 = refs_s[r] * ks
-            col0 = refs_t[r] * kt
-            for b in range(kt):
-                for a in range(ks):
-                    out[row0 + a + (col0 + b) * q_s] += z_s[r, a] * z_t[r, b]
-
-
-def add_offdiag_sparse(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
-                       const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
-                       const cnp.int64_t[::1] colptr,
-                       const cnp.int64_t[::1] rowidx, double[::1] out):
-    """Blocked-sparse Z_s^T Z_t over the pattern ``colptr``/``rowidx``.
-
-    Column ``j`` (a level of term t) holds the levels of term s, sorted, that
-    occur with it; each entry is a dense ``k_s x k_t`` block.  Every row's pair
-    of levels must be in the pattern (it is built from the same data).
-    Returns the number of rows whose pair was missing (0 when the pattern is
-    complete).
-    """
-    cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
-    cdef Py_ssize_t r, a, b, lo, hi, mid, e, missing = 0
-    cdef cnp.int64_t target
-    with nogil:
-        for r in range(n):
-            target = refs_s[r]
-            lo = colptr[refs_t[r]]
-            hi = colptr[refs_t[r] + 1]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if rowidx[mid] < target:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo == colptr[refs_t[r] + 1] or rowidx[lo] != target:
-                missing += 1
-                continue
-            e = lo * ks * kt
-            for b in range(kt):
-                for a in range(ks):
-                    out[e + a + b * ks] += z_s[r, a] * z_t[r, b]
-    return missing
-
-
-def add_xy_z(const cnp.int64_t[::1] refs, const double[:, ::1] z,
-             const double[:, ::1] xy, double[::1] out):
-    """[X y]^T Z_t (p1 x q_t, column-major)."""
-    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
-    cdef Py_ssize_t r, b, i, col0
-    cdef double zb
-    with nogil:
-        for r in range(n):
-            col0 = refs[r] * k
-            for b in range(k):
-                zb = z[r, b]
-                for i in range(p1):
-                    out[i + (col0 + b) * p1] += xy[r, i] * zb
 
 
 def set_response(double[::1] a, const cnp.int64_t[::1] off_zy, const cnp.int64_t[::1] q,
@@ -163,17 +85,6 @@ def householder_r(double[:, ::1] a):
             a[j, j] = beta
 
 
-def add_xy_xy(const double[:, ::1] xy, double[::1] out):
-    """Lower triangle of [X y]^T [X y] (p1 x p1, column-major), by BLAS syrk."""
-    cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1]
-    if n == 0:
-        return
-    with nogil:
-        # a C-contiguous n x p1 array is the column-major p1 x n matrix [X y]^T
-        syrk_n(<blas_int>p1, <blas_int>n, 1.0, &xy[0, 0], <blas_int>p1, 1.0,
-               &out[0], <blas_int>p1)
-
-
 # ------------------------------------------------------------ double-double
 
 cdef inline void _two_sum(double a, double b, double* s, double* e) noexcept nogil:
@@ -207,7 +118,8 @@ cdef inline void _dd_add_dd(double* acc, double xh, double xl) noexcept nogil:
 
 def add_diag_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 double[:, ::1] acc):
-    """``add_diag`` into a double-double accumulator (rows of ``acc``: hi, lo)."""
+    """Block-diagonal Z_t^T Z_t: ``acc[l*k*k + a + b*k] += sum z[r,a] z[r,b]``
+    (rows of ``acc``: hi, lo)."""
     cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
     with nogil:
         for r in range(n):
@@ -220,7 +132,7 @@ def add_diag_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
 def add_offdiag_dense_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
                          const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
                          Py_ssize_t q_s, double[:, ::1] acc):
-    """``add_offdiag_dense`` into a double-double accumulator."""
+    """Dense Z_s^T Z_t (q_s x q_t, column-major)."""
     cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
     cdef Py_ssize_t r, a, b, row0, col0
     with nogil:
@@ -236,8 +148,14 @@ def add_offdiag_sparse_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_
                           const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
                           const cnp.int64_t[::1] colptr,
                           const cnp.int64_t[::1] rowidx, double[:, ::1] acc):
-    """``add_offdiag_sparse`` into a double-double accumulator; returns the
-    number of rows whose pair of levels is not in the pattern."""
+    """Blocked-sparse Z_s^T Z_t over the pattern ``colptr``/``rowidx``.
+
+    Column ``j`` (a level of term t) holds the levels of term s, sorted, that
+    occur with it; each entry is a dense ``k_s x k_t`` block.  Every row's pair
+    of levels must be in the pattern (it is built from the same data).
+    Returns the number of rows whose pair was missing (0 when the pattern is
+    complete).
+    """
     cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
     cdef Py_ssize_t r, a, b, lo, hi, mid, e, missing = 0
     cdef cnp.int64_t target
@@ -264,8 +182,8 @@ def add_offdiag_sparse_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_
 
 def add_xy_z_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 const double[:, ::1] xy, double[:, ::1] acc):
-    """``add_xy_z`` into a double-double accumulator, skipping the zeros of
-    [X y] (adding an exact zero leaves a double-double as it is)."""
+    """[X y]^T Z_t (p1 x q_t, column-major), skipping the zeros of [X y]
+    (adding an exact zero leaves a double-double as it is)."""
     cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
     cdef Py_ssize_t r, b, i, col0, work = 0
     cdef double zb, xi
@@ -294,8 +212,8 @@ cdef enum:
 
 
 def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
-    """Lower triangle of [X y]^T [X y] (p1 x p1, column-major) into a
-    double-double accumulator; the strict upper triangle is not touched.
+    """Lower triangle of [X y]^T [X y] (p1 x p1, column-major); the strict
+    upper triangle is not touched.
 
     Only the products of a row's nonzero entries are added: a factor's
     indicator columns have one nonzero a row, so the work is O(n nnz^2) rather

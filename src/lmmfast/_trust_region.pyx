@@ -18,9 +18,9 @@ from libc.math cimport sqrt, fabs, isfinite, log, M_PI
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from _core_api cimport CoreApi
-from _linalg cimport blas_int, syev_l
-from _response cimport term_response, fixed_response
+from lmmfast._core_api cimport CoreApi
+from lmmfast._kernels cimport blas_int, syev_l
+from lmmfast._response cimport term_response, fixed_response
 
 cnp.import_array()
 

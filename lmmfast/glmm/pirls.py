@@ -1,0 +1,223 @@
+"""Penalised iteratively re-weighted least squares for the conditional modes.
+
+At given theta (and beta), the conditional mode u~ of the spherical random
+effects minimises the penalised deviance (docs/theory.md, eq. 92)
+
+    pdev(u) = sum_i d_i(y_i, mu_i) + ||u||^2,   eta = o + X beta + Z Lambda u.
+
+Each iteration forms the working weights and response at the current eta
+(eq. 93), re-forms the weighted cross-products and factors them in the
+compiled core (``predictor.Factor``), and solves the penalised least-squares
+problem for the new u (eq. 94; with beta too in the nAGQ = 0 stage, eq. 95),
+halving the step while the penalised deviance does not decrease.  At the
+mode the factor is re-formed once more, so that log|L_Z|^2 belongs to the
+weights at u~ (eq. 96).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FitError
+from ..family import Family
+from .predictor import Design, Factor
+
+__all__ = ["Pirls", "Mode"]
+
+MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
+MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
+TOL_U = 1e-9           # converged when no coordinate of u (and beta) moves more than this
+
+
+@dataclass
+class Mode:
+    """The conditional mode at (theta, beta) and what is read off the factor there."""
+
+    theta: np.ndarray       # lme4 order
+    beta: np.ndarray
+    u: np.ndarray           # spherical modes, internal order
+    eta: np.ndarray
+    mu: np.ndarray
+    dev_resid: np.ndarray   # unit deviances d_i
+    ld_l2: float            # log |L_Z|^2 at the weights of u~
+    iterations: int
+
+    @property
+    def sqr_u(self) -> float:
+        return float(self.u @ self.u)
+
+    @property
+    def pdev(self) -> float:
+        return float(self.dev_resid.sum()) + self.sqr_u
+
+
+class Pirls:
+    """PIRLS for one model: the design, the family and the compiled factors."""
+
+    def __init__(self, design: Design, family: Family):
+        self.design = design
+        self.family = family
+        self.y = design.y
+        self.wt = design.prior_weights
+        self.offset = design.offset
+        self.x = design.x
+        inner = design.inner
+        self.refs = [r.refs for r in inner]
+        self.z = [r.z for r in inner]
+        self.k = [r.k for r in inner]
+        self.nl = [r.nlevels for r in inner]
+        self.q_off = np.concatenate([[0], np.cumsum([r.q for r in inner])]).astype(np.intp)
+        self.perm = design.theta_perm()
+        self.n_theta = len(self.perm)
+        self._factors: dict[bool, Factor] = {}
+        self.last_u: np.ndarray = np.zeros(int(self.q_off[-1]))
+        self.last_beta: np.ndarray | None = None
+
+    def factor(self, with_x: bool) -> Factor:
+        f = self._factors.get(with_x)
+        if f is None:
+            f = self._factors[with_x] = Factor(self.design, with_x)
+        return f
+
+    # ------------------------------------------------------------ pieces
+    def theta_internal(self, theta: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(theta, dtype=np.float64)[self.perm])
+
+    def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
+        """Each term's k x k lambda (internal order) from theta in lme4's order (eq. 7)."""
+        ti = self.theta_internal(theta)
+        out, pos = [], 0
+        for k in self.k:
+            lam = np.zeros((k, k))
+            rows, cols = np.tril_indices(k)
+            order = np.lexsort((rows, cols))   # column by column
+            lam[rows[order], cols[order]] = ti[pos:pos + k * (k + 1) // 2]
+            pos += k * (k + 1) // 2
+            out.append(lam)
+        return out
+
+    def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """Z Lambda u (eqs. 2, 3): each row's effects of its own levels."""
+        out = np.zeros(len(self.y))
+        for t, lam in enumerate(lams):
+            b = u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T
+            if self.k[t] == 1:
+                out += self.z[t][:, 0] * b[self.refs[t], 0]
+            else:
+                out += np.einsum("ij,ij->i", self.z[t], b[self.refs[t]])
+        return out
+
+    def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
+        """b = Lambda u per term (internal order), arrays (nl, k)."""
+        return [u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T
+                for t, lam in enumerate(lams)]
+
+    def _response(self, eta: np.ndarray):
+        fam = self.family
+        mu = fam.linkinv(eta)
+        dev = fam.dev_resids(self.y, mu, self.wt)
+        return mu, dev
+
+    def _working(self, eta: np.ndarray, mu: np.ndarray):
+        """sqrt of the working weights and the working residual (eq. 93)."""
+        fam = self.family
+        mu_eta = fam.mu_eta(eta)
+        w = self.wt * mu_eta * mu_eta / fam.variance(mu)
+        return np.sqrt(w), (self.y - mu) / mu_eta
+
+    # ------------------------------------------------------------ PIRLS
+    def mode(self, theta, beta, u0: np.ndarray | None = None) -> Mode:
+        """u~ at (theta, beta) (eq. 94), started at ``u0`` (default: the last mode)."""
+        return self._run(np.asarray(theta, dtype=np.float64), np.asarray(beta, dtype=np.float64),
+                         u0, joint=False)
+
+    def mode_joint(self, theta, beta0=None, u0=None) -> Mode:
+        """u~ and beta together at theta (nAGQ = 0, eq. 95)."""
+        if beta0 is None:
+            beta0 = self.last_beta if self.last_beta is not None else self.glm_start()
+        return self._run(np.asarray(theta, dtype=np.float64), np.asarray(beta0, dtype=np.float64),
+                         u0, joint=True)
+
+    def glm_start(self) -> np.ndarray:
+        """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
+        iteration starts from eta = linkfun(mustart))."""
+        fam = self.family
+        mu = fam.mustart(self.y, self.wt)
+        eta = fam.linkfun(mu)
+        sw, r = self._working(eta, mu)
+        zw = eta - self.offset + r
+        xs = self.x * sw[:, None]
+        beta, *_ = np.linalg.lstsq(xs, zw * sw, rcond=None)
+        return beta
+
+    def _run(self, theta, beta, u0, joint: bool) -> Mode:
+        if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
+            raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
+        if not np.isfinite(beta).all():
+            raise FitError(f"beta must be finite, got {beta}")
+        factor = self.factor(joint)
+        ti = self.theta_internal(theta)
+        lams = self.lambdas(theta)
+        u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
+        if not np.isfinite(u).all():
+            u = np.zeros_like(u)
+        fixed = self.offset + self.x @ beta
+        eta = fixed + self.z_lambda_u(u, lams)
+        mu, dev = self._response(eta)
+        pdev = float(dev.sum()) + float(u @ u)
+        if not np.isfinite(pdev):   # a start off the family's range: from u = 0
+            u = np.zeros_like(u)
+            eta = fixed.copy()
+            mu, dev = self._response(eta)
+            pdev = float(dev.sum())
+        converged = False
+        for it in range(MAX_ITER + 1):
+            sw, r = self._working(eta, mu)
+            zwork = (eta - self.offset if joint else eta - fixed) + r
+            if not (np.isfinite(sw).all() and np.isfinite(zwork).all()):
+                raise FitError(f"PIRLS: non-finite working weights or response at theta = "
+                               f"{theta.tolist()}")
+            info = factor.refactor(sw, zwork, ti)
+            if info != 0:
+                raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
+                               f"{theta.tolist()}")
+            if converged:
+                break
+            if it == MAX_ITER:
+                raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
+                               f"{theta.tolist()}, beta = {beta.tolist()}")
+            beta_new = factor.beta() if joint else beta
+            u_new = factor.u(beta_new if joint else np.zeros(0))
+            fixed_new = self.offset + self.x @ beta_new if joint else fixed
+            eta_new = fixed_new + self.z_lambda_u(u_new, lams)
+            mu_new, dev_new = self._response(eta_new)
+            pdev_new = float(dev_new.sum()) + float(u_new @ u_new)
+            halvings = 0
+            while not (pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (also catches NaN)
+                if halvings == MAX_HALVINGS:
+                    if np.isfinite(pdev_new) and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
+                        break   # rounding level at the mode
+                    raise FitError(
+                        f"PIRLS step-halvings failed to reduce the penalised deviance "
+                        f"({pdev!r}) at theta = {theta.tolist()}, beta = {beta.tolist()}")
+                u_new = 0.5 * (u + u_new)
+                if joint:
+                    beta_new = 0.5 * (beta + beta_new)
+                    fixed_new = self.offset + self.x @ beta_new
+                eta_new = fixed_new + self.z_lambda_u(u_new, lams)
+                mu_new, dev_new = self._response(eta_new)
+                pdev_new = float(dev_new.sum()) + float(u_new @ u_new)
+                halvings += 1
+            step = float(np.max(np.abs(u_new - u), initial=0.0))
+            if joint:
+                step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
+            u, eta, mu, dev, pdev = u_new, eta_new, mu_new, dev_new, pdev_new
+            if joint:
+                beta, fixed = beta_new, fixed_new
+            converged = step <= TOL_U
+        self.last_u = u.copy()
+        if joint:
+            self.last_beta = beta.copy()
+        return Mode(theta.copy(), beta.copy(), u, eta, mu, dev, factor.log_det_lz(), it)

@@ -16,8 +16,11 @@ from .pirls import Mode, Pirls
 __all__ = ["laplace_deviance"]
 
 
-def laplace_deviance(pirls: Pirls, mode: Mode) -> float:
-    """-2 log L by the Laplace approximation at a conditional mode (eq. 98)."""
-    d = pirls.design
-    aic = pirls.family.aic(d.y, d.trials, mode.mu, d.prior_weights)
-    return aic + mode.sqr_u + mode.ld_l2
+def laplace_deviance(pirls: Pirls, mode: Mode, exact: bool = False) -> float:
+    """-2 log L by the Laplace approximation at a conditional mode (eq. 98).
+
+    a(y, mu) = sum_i d_i + c with c not depending on mu (eq. 99); c is taken
+    once from the family's ``aic``, unless ``exact`` (or where the successes
+    are not whole numbers, which R's ``aic`` rounds).
+    """
+    return pirls.aic(mode, exact) + mode.sqr_u + mode.ld_l2

@@ -82,10 +82,10 @@ class GeneralizedLinearMixedModel:
         self.hessian: np.ndarray | None = None
 
     # ------------------------------------------------------------ criteria
-    def _deviance(self, mode: Mode) -> float:
+    def _deviance(self, mode: Mode, exact: bool = False) -> float:
         if self.n_agq > 1:
             return agq_deviance(self.pirls, mode, self.n_agq)
-        return laplace_deviance(self.pirls, mode)
+        return laplace_deviance(self.pirls, mode, exact)
 
     def deviance_theta(self, theta) -> float:
         """Stage 1's criterion: the Laplace deviance with beta and u by PIRLS (eq. 102)."""
@@ -128,7 +128,8 @@ class GeneralizedLinearMixedModel:
         step2 = np.concatenate([np.where(self.theta_lower == 0,
                                          np.maximum(0.05 * np.abs(theta1), 0.01), 0.02),
                                 np.maximum(0.5 * se0, 1e-3)])
-        s2 = stages.minimize_bobyqa(self._deviance_x, x0, lower, step2)
+        s2 = stages.minimize_bobyqa(self._deviance_x, x0, lower, step2, ftol_abs=0.0,
+                                    xtol_abs=1e-7)
         x, fval = s2.x, s2.fval
         x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
         mode = pirls.mode(x[:nt], x[nt:])
@@ -172,7 +173,7 @@ class GeneralizedLinearMixedModel:
 
     def _finish(self, mode: Mode, evals1: int, evals2: int) -> None:
         self._mode = mode
-        self.deviance = self._deviance(mode)
+        self.deviance = self._deviance(mode, exact=True)
         self.stage_evals = (evals1, evals2)
         self.n_evals = evals1 + evals2
         self._vcov = None

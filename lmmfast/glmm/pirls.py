@@ -29,6 +29,7 @@ __all__ = ["Pirls", "Mode"]
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
 TOL_U = 1e-9           # converged when no coordinate of u (and beta) moves more than this
+TOL_SAME = 0.0         # a last step of exactly zero leaves the factor as it was
 
 
 @dataclass
@@ -53,6 +54,11 @@ class Mode:
         return float(self.dev_resid.sum()) + self.sqr_u
 
 
+def family_has_no_constant(family: Family) -> bool:
+    """Families whose aic is not the deviance plus a constant of the data."""
+    return family.name not in ("binomial", "poisson")
+
+
 class Pirls:
     """PIRLS for one model: the design, the family and the compiled factors."""
 
@@ -74,6 +80,20 @@ class Pirls:
         self._factors: dict[bool, Factor] = {}
         self.last_u: np.ndarray = np.zeros(int(self.q_off[-1]))
         self.last_beta: np.ndarray | None = None
+        self._aic_const: float | None = None
+        m = design.trials if (design.trials > 1).any() else self.wt
+        self._whole = bool(np.all(np.abs(m * self.y - np.round(m * self.y)) <= 1e-9 * np.maximum(1.0, m)))
+
+    def aic(self, mode: "Mode", exact: bool = False) -> float:
+        """The family's aic term a(y, mu) at the mode: sum of unit deviances plus
+        a constant of the data (eq. 99)."""
+        d = self.design
+        if exact or not self._whole or family_has_no_constant(self.family):
+            return self.family.aic(d.y, d.trials, mode.mu, d.prior_weights)
+        if self._aic_const is None:
+            self._aic_const = self.family.aic(d.y, d.trials, mode.mu, d.prior_weights) \
+                - float(mode.dev_resid.sum())
+        return float(mode.dev_resid.sum()) + self._aic_const
 
     def factor(self, with_x: bool) -> Factor:
         f = self._factors.get(with_x)
@@ -152,6 +172,18 @@ class Pirls:
         beta, *_ = np.linalg.lstsq(xs, zw * sw, rcond=None)
         return beta
 
+    def _refactor(self, factor: Factor, eta, mu, fixed, joint: bool, ti, theta) -> None:
+        """Working weights and response at eta (eq. 93), A re-formed and factored."""
+        sw, r = self._working(eta, mu)
+        zwork = (eta - self.offset if joint else eta - fixed) + r
+        if not (np.isfinite(sw).all() and np.isfinite(zwork).all()):
+            raise FitError(f"PIRLS: non-finite working weights or response at theta = "
+                           f"{theta.tolist()}")
+        info = factor.refactor(sw, zwork, ti)
+        if info != 0:
+            raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
+                           f"{theta.tolist()}")
+
     def _run(self, theta, beta, u0, joint: bool) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
@@ -172,22 +204,9 @@ class Pirls:
             eta = fixed.copy()
             mu, dev = self._response(eta)
             pdev = float(dev.sum())
-        converged = False
-        for it in range(MAX_ITER + 1):
-            sw, r = self._working(eta, mu)
-            zwork = (eta - self.offset if joint else eta - fixed) + r
-            if not (np.isfinite(sw).all() and np.isfinite(zwork).all()):
-                raise FitError(f"PIRLS: non-finite working weights or response at theta = "
-                               f"{theta.tolist()}")
-            info = factor.refactor(sw, zwork, ti)
-            if info != 0:
-                raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
-                               f"{theta.tolist()}")
-            if converged:
-                break
-            if it == MAX_ITER:
-                raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
-                               f"{theta.tolist()}, beta = {beta.tolist()}")
+        it = 0
+        self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+        while True:
             beta_new = factor.beta() if joint else beta
             u_new = factor.u(beta_new if joint else np.zeros(0))
             fixed_new = self.offset + self.x @ beta_new if joint else fixed
@@ -216,7 +235,15 @@ class Pirls:
             u, eta, mu, dev, pdev = u_new, eta_new, mu_new, dev_new, pdev_new
             if joint:
                 beta, fixed = beta_new, fixed_new
-            converged = step <= TOL_U
+            it += 1
+            if step <= TOL_U:
+                if step > TOL_SAME:   # the factor at the weights of the mode (eq. 96)
+                    self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+                break
+            if it == MAX_ITER:
+                raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
+                               f"{theta.tolist()}, beta = {beta.tolist()}")
+            self._refactor(factor, eta, mu, fixed, joint, ti, theta)
         self.last_u = u.copy()
         if joint:
             self.last_beta = beta.copy()

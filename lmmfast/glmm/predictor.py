@@ -193,8 +193,9 @@ class Factor:
 
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
-    ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A in the compiled
-    core (eq. 12, weights w) and factors it (eqs. 13-15).
+    ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A by the compiled
+    kernels of ``blocks.accumulate`` (eq. 12, weights w) and factors it
+    (eqs. 13-15).
     """
 
     def __init__(self, design: Design, with_x: bool):
@@ -211,12 +212,22 @@ class Factor:
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
             lay.n_l, float(design.nobs), 0.0)
+        self._xy = None
+        self._zw: list[np.ndarray] = []
 
     def refactor(self, sqrt_w: np.ndarray, zwork: np.ndarray, theta_internal: np.ndarray) -> int:
         """A = [Z X z]^T W [Z X z] for working weights w = sqrt_w^2, factored at theta."""
-        a = blocks.crossproducts(self.layout, self.refs, self.z, self.x, zwork, sqrt_w,
-                                 workers=1)
-        self.a[:len(a)] = a
+        n = len(zwork)
+        if self._xy is None or self._xy.shape[0] != n:
+            self._xy = np.empty((n, self.p + 1))
+            self._zw = [np.empty_like(z) for z in self.z]
+        xy = self._xy
+        np.multiply(self.x, sqrt_w[:, None], out=xy[:, :-1])
+        np.multiply(zwork, sqrt_w, out=xy[:, -1])
+        for z, zw in zip(self.z, self._zw):
+            np.multiply(z, sqrt_w[:, None], out=zw)
+        self.a.fill(0.0)
+        blocks.accumulate(self.layout, self.a, self.refs, self._zw, xy)
         return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
     def log_det_lz(self) -> float:

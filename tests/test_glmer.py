@@ -85,10 +85,18 @@ TIGHT_MODELS = list(lme4_tight())
 # (nAGQ = 1): estimates within 2e-3, standard errors within 2e-2 (see above).
 LAPLACE = [n for n in DEFAULT_MODELS if lme4_default()["models"][n]["nAGQ"] == 1]
 DEFAULT_LAPLACE_TOL = {"fixef": 2e-3, "theta": 4e-3, "se": 2e-2}
-# verbagg_slope: the item term's correlation is -0.99 (theta near a ridge of the
-# deviance), where the finite-difference Hessian moves with the last digits
-# of the optimum: standard errors within 1e-3 of lme4's converged fit.
-FLAT = {"verbagg_slope": {"se": 1e-3}}
+# lme4's vcov() of a converged fit still takes central differences at a step of
+# 1e-4 of a deviance whose PIRLS stops at a relative change of 1e-12: for
+# VerbAgg's -2 log L of 8,000 that leaves noise of ~1e-9 in each value, ~0.1
+# in the Hessian; the same differences at a step of 1e-3 (``se_fd3``, lme4's
+# own deviance function) agree with lmmfast's to 1e-4 and differ from lme4's
+# vcov() by 4.7e-4 (verbagg_main) and 4.0e-4 (verbagg_slope).
+VCOV_STEP_NOISE = {"verbagg_main": 1e-3, "verbagg_slope": 1e-3}
+# verbagg_slope: the item term's intercept-slope correlation is -0.99, so the
+# slope's own entry of lambda (theta_4 = 0.058) sits on a flat ridge: a change
+# of 1e-4 relative in it moves -2 log L by less than 1e-9.  lmmfast's -2 log L
+# is 7.7e-8 below lme4's converged one, theta_4 within 1e-3 of it.
+FLAT_THETA = {"verbagg_slope": 1e-3}
 
 
 @pytest.mark.parametrize("name", DEFAULT_MODELS)
@@ -131,8 +139,9 @@ def test_estimates_match_lme4_converged(name):
     assert f.objective <= m["minus2loglik"] + 1e-6 * abs(m["minus2loglik"])
     assert f.objective == pytest.approx(m["minus2loglik"], rel=1e-8)
     assert max_rel(f.fixef.values, values(m["fixef"])) < 1e-4
-    assert max_rel(f.theta, values(m["theta"])) < 1e-4
-    assert max_rel(f.stderr.values, values(m["se"])) < FLAT.get(name, {}).get("se", 1e-4)
+    assert max_rel(f.theta, values(m["theta"])) < FLAT_THETA.get(name, 1e-4)
+    assert max_rel(f.stderr.values, values(m["se_fd3"])) < 1e-4
+    assert max_rel(f.stderr.values, values(m["se"])) < VCOV_STEP_NOISE.get(name, 1e-4)
     rf = f.ranef(condvar=True)[f.design.remats[0].group]
     k = rf.shape[1]
     assert np.max(np.abs(rf.values[:5] - values(m["ranef_first"]["values"]).reshape(5, k))) < 1e-4

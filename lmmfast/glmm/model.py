@@ -18,7 +18,7 @@ from .laplace import laplace_deviance
 from .pirls import Mode, Pirls
 from .predictor import build_design, condvar_blocks, varcorr
 from .quadrature import agq_deviance, check_agq
-from .vcov import fd_hessian, vcov_from_hessian
+from .vcov import DELTA, fd_hessian, fd_hessian_gradient, vcov_from_hessian
 
 __all__ = ["GeneralizedLinearMixedModel", "glmer"]
 
@@ -128,13 +128,50 @@ class GeneralizedLinearMixedModel:
         step2 = np.concatenate([np.where(self.theta_lower == 0,
                                          np.maximum(0.05 * np.abs(theta1), 0.01), 0.02),
                                 np.maximum(0.5 * se0, 1e-3)])
-        s2 = stages.minimize_bobyqa(self._deviance_x, x0, lower, step2, ftol_abs=0.0,
-                                    xtol_abs=1e-7)
-        x, fval = s2.x, s2.fval
+        newton = stages.minimize_newton(self._deviance_x, x0, np.isinf(lower), DELTA,
+                                        self._start_hessian)
+        evals2 = newton.n_evals
+        x, fval = newton.x, newton.fval
+        hessian = newton.hessian if newton.converged else None
+        if not newton.converged:
+            s2 = stages.minimize_bobyqa(self._deviance_x, x if np.isfinite(fval) else x0,
+                                        lower, step2, ftol_abs=0.0, xtol_abs=1e-7)
+            evals2 += s2.n_evals
+            if s2.fval < fval or not np.isfinite(fval):
+                x, fval = s2.x, s2.fval
+        x_opt = x
         x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
+        if hessian is not None and not (np.array_equal(x, x_opt)
+                                        and np.array_equal(newton.hessian_at, x)):
+            hessian = None
         mode = pirls.mode(x[:nt], x[nt:])
-        self._finish(mode, evals1, s2.n_evals + extra)
+        self._finish(mode, evals1, evals2 + extra, hessian)
         return self
+
+    def _start_hessian(self, x, fx):
+        """Stage 2's first Hessian: its diagonal and the gradient by central
+        differences (2n evaluations), the correlations of the beta block from
+        R_X R_X^T of the joint factor (the curvature of the penalised deviance
+        in beta), no theta-beta terms; BFGS adds them (eq. 103)."""
+        n, nt = len(x), self.n_theta
+        g = np.empty(n)
+        diag = np.empty(n)
+        for i in range(n):
+            e = np.zeros(n)
+            e[i] = DELTA
+            fp, fm = self._deviance_x(x + e), self._deviance_x(x - e)
+            g[i] = (fp - fm) / (2 * DELTA)
+            diag[i] = (fp - 2 * fx + fm) / DELTA ** 2
+        diag = np.where(diag > 0, diag, np.abs(diag) + 1e-8)
+        h = np.diag(diag)
+        rx = self.pirls.factor(True).rx()
+        info = rx @ rx.T
+        d = np.sqrt(np.diag(info))
+        if np.all(d > 0):
+            corr = info / np.outer(d, d)
+            sd = np.sqrt(diag[nt:])
+            h[nt:, nt:] = corr * np.outer(sd, sd)
+        return h, g, 2 * n
 
     def _rx_se(self, theta) -> np.ndarray:
         """Standard errors of beta from R_X at theta (the current joint factor)."""
@@ -171,7 +208,8 @@ class GeneralizedLinearMixedModel:
             beta0 = be
         return theta0, beta0
 
-    def _finish(self, mode: Mode, evals1: int, evals2: int) -> None:
+    def _finish(self, mode: Mode, evals1: int, evals2: int,
+                hessian: np.ndarray | None = None) -> None:
         self._mode = mode
         self.deviance = self._deviance(mode, exact=True)
         self.stage_evals = (evals1, evals2)
@@ -183,7 +221,8 @@ class GeneralizedLinearMixedModel:
         singular = bool(((theta - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
         if self.n_agq > 0 and not singular:
             x = np.concatenate([theta, mode.beta])
-            h, _ = fd_hessian(self._deviance_x, x, self.deviance)
+            h = hessian if hessian is not None else \
+                fd_hessian(self._deviance_x, x, self.deviance)[0]
             self.hessian = h
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum

@@ -1,4 +1,4 @@
-"""Adaptive Gauss-Hermite quadrature of the GLMM deviance (docs/theory.md, eqs. 99-101).
+"""Adaptive Gauss-Hermite quadrature of the GLMM deviance (docs/theory.md, eqs. 100-101).
 
 For one scalar random-effects term the integral over u factors into one
 integral per level j.  Centred at the mode u~_j and scaled by its

@@ -1,10 +1,13 @@
 """lme4's two optimisation stages of a GLMM fit (docs/theory.md, eqs. 102-103).
 
 Stage 1 (nAGQ = 0) minimises the Laplace deviance over theta alone, with
-beta found by PIRLS together with u (eq. 102).  Stage 2 starts there and
-minimises the Laplace (or quadrature) deviance over (theta, beta) together,
-u alone by PIRLS (eq. 103).  Both use Powell's bound-constrained BOBYQA
-(NLopt); each evaluation's PIRLS starts at the previous mode.
+beta found by PIRLS together with u (eq. 102), by Powell's bound-constrained
+BOBYQA (NLopt).  Stage 2 starts there and minimises the Laplace (or
+quadrature) deviance over (theta, beta) together, u alone by PIRLS (eq. 103):
+by Newton steps on central differences, whose last Hessian is the one the
+covariance of beta-hat needs (eq. 104), and by BOBYQA where Newton stops
+short (a bound, an indefinite Hessian).  Each evaluation's PIRLS starts at
+the previous mode.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass, field
 import nlopt
 import numpy as np
 
-__all__ = ["StageResult", "minimize_bobyqa", "BOUNDARY_TOL"]
+__all__ = ["StageResult", "NewtonResult", "minimize_bobyqa", "minimize_newton", "fd_gradient",
+           "check_boundary", "BOUNDARY_TOL"]
 
 BOUNDARY_TOL = 1e-5   # lme4's glmerControl boundary.tol
 
@@ -93,3 +97,91 @@ def check_boundary(fun, x: np.ndarray, fval: float, lower: np.ndarray,
             if val <= fval:
                 x, fval = trial, val
     return x, fval, evals
+
+
+@dataclass
+class NewtonResult:
+    """Outcome of ``minimize_newton``: the optimum, its deviance and the Hessian there."""
+
+    x: np.ndarray
+    fval: float
+    hessian: np.ndarray      # central differences at ``hessian_at``
+    hessian_at: np.ndarray
+    n_evals: int
+    converged: bool
+
+
+def fd_gradient(fun, x: np.ndarray, delta: float) -> tuple[np.ndarray, int]:
+    """Central-difference gradient of ``fun`` (2n evaluations)."""
+    n = len(x)
+    g = np.empty(n)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = delta
+        g[i] = (fun(x + e) - fun(x - e)) / (2.0 * delta)
+    return g, 2 * n
+
+
+def _positive_definite(h: np.ndarray) -> np.ndarray:
+    """``h`` with its eigenvalues made positive: |lambda|, at least 1e-8 of the largest."""
+    vals, vecs = np.linalg.eigh(0.5 * (h + h.T))
+    vals = np.maximum(np.abs(vals), 1e-8 * max(np.abs(vals).max(), 1e-300))
+    return (vecs * vals) @ vecs.T
+
+
+def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian_fn,
+                    tol: float = 1e-12, maxit: int = 30) -> NewtonResult:
+    """Quasi-Newton steps on central differences, for stage 2 (eq. 103).
+
+    The Hessian (``hessian_fn``, eq. 104) is formed at the start (its
+    eigenvalues made positive where it is not positive definite) and then
+    updated by BFGS from the central-difference gradients (2n evaluations a
+    step).  Stops when the Newton decrement g^T H^{-1} g is below ``tol``.
+    ``free`` marks the coordinates with no bound; a step that would take a
+    bounded one (a diagonal theta) below 0, a line search that fails, or no
+    convergence returns ``converged=False`` with the best point, for BOBYQA
+    to finish.  The Hessian returned is the last one formed by ``hessian_fn``
+    (at ``hessian_at``).
+    """
+    from ..errors import LmmError
+    x = np.asarray(x0, dtype=np.float64).copy()
+    evals = 0
+    fx = np.inf
+    h_fd, h_at = None, x.copy()
+    try:
+        fx = float(fun(x))
+        evals += 1
+        h_fd, g, k = hessian_fn(x, fx)
+        evals += k
+        h_at = x.copy()
+        b = _positive_definite(h_fd)
+        for _ in range(maxit):
+            p = -np.linalg.solve(b, g)
+            decrement = float(-g @ p)
+            if decrement < tol:
+                return NewtonResult(x, fx, h_fd, h_at, evals, True)
+            if decrement < 0:
+                break
+            t = 1.0
+            while True:
+                xn = x + t * p
+                if (xn[~free] < 0).any():
+                    return NewtonResult(x, fx, h_fd, h_at, evals, False)
+                fn = float(fun(xn))
+                evals += 1
+                if fn <= fx - 1e-4 * t * decrement:
+                    break
+                t *= 0.5
+                if t < 1e-3:
+                    return NewtonResult(x, fx, h_fd, h_at, evals, False)
+            gn, k = fd_gradient(fun, xn, delta)
+            evals += k
+            s_, y_ = xn - x, gn - g
+            sy = float(s_ @ y_)
+            if sy > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):   # BFGS
+                bs = b @ s_
+                b = b - np.outer(bs, bs) / float(s_ @ bs) + np.outer(y_, y_) / sy
+            x, fx, g = xn, fn, gn
+    except (LmmError, np.linalg.LinAlgError):
+        pass
+    return NewtonResult(x, fx, h_fd, h_at, evals, False)

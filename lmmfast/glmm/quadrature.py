@@ -50,18 +50,20 @@ def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     u = mode.u
     c0 = np.bincount(refs, weights=mode.dev_resid, minlength=nl) + u * u
     nodes, weights = gh_rule(n_agq)
-    mult = np.zeros(nl)
-    zl = z * lam
-    for zk, wk in zip(nodes, weights):
-        if zk == 0.0:
-            mult += wk
-            continue
-        shift = zk * sd
-        eta = mode.eta + zl * shift[refs]
-        dev = fam.dev_resids(y, fam.linkinv(eta), wt)
-        uk = u + shift
-        ck = np.bincount(refs, weights=dev, minlength=nl) + uk * uk
-        mult += wk * np.exp(0.5 * zk * zk - 0.5 * (ck - c0))
+    off = nodes != 0.0
+    zk = nodes[off]
+    # every node at once: the shifted linear predictors (K x n) and their level sums
+    shift = zk[:, None] * sd[None, :]
+    eta = mode.eta[None, :] + (z * lam)[None, :] * shift[:, refs]
+    dev = fam.dev_resids(y[None, :], fam.linkinv(eta), wt[None, :])
+    keys = refs[None, :] + nl * np.arange(len(zk))[:, None]
+    ck = np.bincount(keys.ravel(), weights=dev.ravel(),
+                     minlength=len(zk) * nl).astype(np.float64).reshape(-1, nl)
+    uk = u[None, :] + shift
+    ck += uk * uk
+    mult = np.sum(weights[off][:, None] * np.exp(0.5 * zk[:, None] ** 2 - 0.5 * (ck - c0[None, :])),
+                  axis=0)
+    mult += weights[~off].sum()
     if not (np.isfinite(mult).all() and (mult > 0).all()):
         raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
                        f"theta = {mode.theta.tolist()}")

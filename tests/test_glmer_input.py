@@ -196,3 +196,37 @@ def test_not_fitted():
     m = GeneralizedLinearMixedModel(CBPP, dataset("cbpp"), family="binomial")
     with pytest.raises(FitError, match="not fitted"):
         m.fixef
+
+
+def test_perfect_separation_is_named():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=80)
+    df = pd.DataFrame({"y": (x > 0).astype(int), "x": x,
+                       "g": rng.integers(0, 8, 80).astype(str)})
+    with pytest.raises(FitError, match="separat"):
+        glmer("y ~ x + (1 | g)", df, family="binomial")
+
+
+def test_singular_fit_uses_rx_vcov():
+    """theta at 0 (no group variation): no Hessian, as lme4, Var(beta) from R_X; the
+    -2 log L equals the GLM's (the random effects vanish)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=80)
+    df = pd.DataFrame({"y": rng.binomial(1, 0.4, 80), "x": x,
+                       "g": rng.integers(0, 8, 80).astype(str)})
+    f = glmer("y ~ x + (1 | g)", df, family="binomial")
+    assert f.is_singular and f.theta[0] == 0.0 and f.hessian is None
+    # the GLM at theta = 0: IRLS by hand
+    X = np.column_stack([np.ones(80), x])
+    beta = np.zeros(2)
+    for _ in range(50):
+        mu = 1 / (1 + np.exp(-X @ beta))
+        w = mu * (1 - mu)
+        beta = beta + np.linalg.solve(X.T @ (w[:, None] * X), X.T @ (df["y"] - mu))
+    mu = 1 / (1 + np.exp(-X @ beta))
+    w = mu * (1 - mu)
+    assert max_rel(f.beta, beta) < 1e-6
+    assert max_rel(f.stderr.values, np.sqrt(np.diag(np.linalg.inv(X.T @ (w[:, None] * X))))) < 1e-6
+    y = df["y"].to_numpy()
+    assert f.objective == pytest.approx(-2 * np.sum(y * np.log(mu) + (1 - y) * np.log(1 - mu)),
+                                        rel=1e-9)

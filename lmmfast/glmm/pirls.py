@@ -177,6 +177,19 @@ class Pirls:
         beta, *_ = np.linalg.lstsq(xs, zw * sw, rcond=None)
         return beta
 
+    def _separation_note(self, mu: np.ndarray) -> str:
+        """A hint where fitted probabilities are numerically 0 or 1 (or means 0)."""
+        tiny = 1e-8
+        if self.family.name == "binomial":
+            n = int(((mu < tiny) | (mu > 1 - tiny)).sum())
+            if n:
+                return (f": {n} fitted probabilities are numerically 0 or 1, the fixed "
+                        "effects separate the response (perfect or quasi-complete separation)")
+        elif (mu < tiny).any():
+            return (f": {int((mu < tiny).sum())} fitted means are numerically 0, the fixed "
+                    "effects drive them to zero (all-zero counts in a group of the design)")
+        return ""
+
     def _refactor(self, factor: Factor, eta, mu, fixed, joint: bool, ti, theta) -> None:
         """Working weights and response at eta (eq. 93), A re-formed and factored."""
         sw, r = self._working(eta, mu)
@@ -247,7 +260,8 @@ class Pirls:
                 break
             if it == MAX_ITER:
                 raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
-                               f"{theta.tolist()}, beta = {beta.tolist()}")
+                               f"{theta.tolist()}, beta = {beta.tolist()}"
+                               + self._separation_note(mu))
             self._refactor(factor, eta, mu, fixed, joint, ti, theta)
         self.last_u = u.copy()
         if joint:

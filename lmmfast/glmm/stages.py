@@ -94,8 +94,8 @@ def check_boundary(fun, x: np.ndarray, fval: float, lower: np.ndarray,
             trial[i] = lower[i]
             val = float(fun(trial))
             evals += 1
-            if val <= fval:
-                x, fval = trial, val
+            if val <= fval + 1e-12 * abs(fval):   # (not higher beyond rounding)
+                x, fval = trial, min(val, fval)
     return x, fval, evals
 
 

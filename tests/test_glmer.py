@@ -148,6 +148,9 @@ def test_estimates_match_lme4_converged(name):
     assert np.max(np.abs(rf.attrs["condsd"].values[:5]
                          - values(m["ranef_first"]["condsd"]).reshape(5, k))) < 1e-4
     assert max_rel(f.fitted[:5], m["fitted_first"]) < 1e-4
+    # lme4's deviance() of a glmer fit: the unit deviances at the modes
+    assert f.conditional_deviance == pytest.approx(m["deviance"], rel=1e-5)
+    assert f.deviance == f.objective
 
 
 @pytest.mark.parametrize("name", DEFAULT_MODELS)

@@ -129,7 +129,7 @@ class GeneralizedLinearMixedModel:
                                          np.maximum(0.05 * np.abs(theta1), 0.01), 0.02),
                                 np.maximum(0.5 * se0, 1e-3)])
         newton = stages.minimize_newton(self._deviance_x, x0, np.isinf(lower), DELTA,
-                                        self._start_hessian)
+                                        self._start_hessian, at_point=self._anchor_at)
         evals2 = newton.n_evals
         x, fval = newton.x, newton.fval
         hessian = newton.hessian if newton.converged else None
@@ -147,6 +147,13 @@ class GeneralizedLinearMixedModel:
         mode = pirls.mode(x[:nt], x[nt:])
         self._finish(mode, evals1, evals2 + extra, hessian)
         return self
+
+    def _anchor_at(self, x) -> None:
+        """Central differences about x start PIRLS from predicted modes (``Pirls.anchor``)."""
+        if self.n_agq == 0:
+            return
+        nt = self.n_theta
+        self.pirls.anchor(self.pirls.mode(x[:nt], x[nt:]))
 
     def _start_hessian(self, x, fx):
         """Stage 2's first Hessian: its diagonal and the gradient by central
@@ -211,7 +218,7 @@ class GeneralizedLinearMixedModel:
     def _finish(self, mode: Mode, evals1: int, evals2: int,
                 hessian: np.ndarray | None = None) -> None:
         self._mode = mode
-        self.deviance = self._deviance(mode, exact=True)
+        self._objective = self._deviance(mode, exact=True)
         self.stage_evals = (evals1, evals2)
         self.n_evals = evals1 + evals2
         self._vcov = None
@@ -221,8 +228,11 @@ class GeneralizedLinearMixedModel:
         singular = bool(((theta - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
         if self.n_agq > 0 and not singular:
             x = np.concatenate([theta, mode.beta])
-            h = hessian if hessian is not None else \
-                fd_hessian(self._deviance_x, x, self.deviance)[0]
+            if hessian is None:
+                self._anchor_at(x)
+                hessian = fd_hessian(self._deviance_x, x, self._objective)[0]
+            self.pirls.anchor(None)
+            h = hessian
             self.hessian = h
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum
@@ -260,9 +270,22 @@ class GeneralizedLinearMixedModel:
 
     @property
     def objective(self) -> float:
-        """-2 log L as lme4 reports it (its ``deviance`` slot ``dev``)."""
+        """-2 log L as lme4 reports it (``-2 * logLik``, its ``devcomp`` ``dev``):
+        eq. 98 for nAGQ <= 1, eq. 101 for nAGQ > 1."""
         self._require_fit()
-        return self.deviance
+        return self._objective
+
+    @property
+    def deviance(self) -> float:
+        """-2 log L, as ``objective`` (the "deviance" of lme4's glmer summary table).
+        lme4's ``deviance()`` function of a glmer fit is ``conditional_deviance``."""
+        return self.objective
+
+    @property
+    def conditional_deviance(self) -> float:
+        """sum_i d_i(y_i, mu~_i), the unit deviances at the conditional modes (lme4's
+        ``deviance()`` of a glmer fit, ``sum(residuals(fit, "deviance")^2)``)."""
+        return float(self._require_fit().dev_resid.sum())
 
     @property
     def loglik(self) -> float:

@@ -130,7 +130,7 @@ def _positive_definite(h: np.ndarray) -> np.ndarray:
 
 
 def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian_fn,
-                    tol: float = 1e-12, maxit: int = 30) -> NewtonResult:
+                    tol: float = 1e-12, maxit: int = 30, at_point=None) -> NewtonResult:
     """Quasi-Newton steps on central differences, for stage 2 (eq. 103).
 
     The Hessian (``hessian_fn``, eq. 104) is formed at the start (its
@@ -141,7 +141,8 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     bounded one (a diagonal theta) below 0, a line search that fails, or no
     convergence returns ``converged=False`` with the best point, for BOBYQA
     to finish.  The Hessian returned is the last one formed by ``hessian_fn``
-    (at ``hessian_at``).
+    (at ``hessian_at``).  ``at_point(x)``, if given, is called at each point
+    before its differences are taken.
     """
     from ..errors import LmmError
     x = np.asarray(x0, dtype=np.float64).copy()
@@ -151,6 +152,8 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     try:
         fx = float(fun(x))
         evals += 1
+        if at_point is not None:
+            at_point(x)
         h_fd, g, k = hessian_fn(x, fx)
         evals += k
         h_at = x.copy()
@@ -174,6 +177,8 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
                 t *= 0.5
                 if t < 1e-3:
                     return NewtonResult(x, fx, h_fd, h_at, evals, False)
+            if at_point is not None:
+                at_point(xn)
             gn, k = fd_gradient(fun, xn, delta)
             evals += k
             s_, y_ = xn - x, gn - g

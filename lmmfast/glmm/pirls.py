@@ -33,6 +33,8 @@ MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
 # of order 1e-14.  Otherwise Fisher scoring converges linearly: a tighter bound.
 TOL_U = 1e-7
 TOL_U_FISHER = 1e-10
+STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
+#                        or Fisher scoring's steps close to the mode)
 TOL_SAME = 0.0         # a last step of exactly zero leaves the factor as it was
 
 
@@ -140,11 +142,10 @@ class Pirls:
         return [u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T
                 for t, lam in enumerate(lams)]
 
-    def _response(self, eta: np.ndarray):
-        fam = self.family
-        mu = fam.linkinv(eta)
-        dev = fam.dev_resids(self.y, mu, self.wt)
-        return mu, dev
+    def _pdev(self, mu: np.ndarray, u: np.ndarray):
+        """Unit deviances at mu and the penalised deviance (eq. 92)."""
+        dev = self.family.dev_resids(self.y, mu, self.wt)
+        return dev, float(dev.sum()) + float(u @ u)
 
     def _working(self, eta: np.ndarray, mu: np.ndarray):
         """sqrt of the working weights and the working residual (eq. 93)."""
@@ -238,15 +239,15 @@ class Pirls:
         u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
         if not np.isfinite(u).all():
             u = np.zeros_like(u)
+        fam = self.family
         fixed = self.offset + self.x @ beta
         eta = fixed + self.z_lambda_u(u, lams)
-        mu, dev = self._response(eta)
-        pdev = float(dev.sum()) + float(u @ u)
-        if not np.isfinite(pdev):   # a start off the family's range: from u = 0
+        mu = fam.linkinv(eta)
+        dev = pdev = None   # computed where a step is checked (and at the mode)
+        if not fam.valid_mu(mu):   # a start off the family's range: from u = 0
             u = np.zeros_like(u)
             eta = fixed.copy()
-            mu, dev = self._response(eta)
-            pdev = float(dev.sum())
+            mu = fam.linkinv(eta)
         it = 0
         self._refactor(factor, eta, mu, fixed, joint, ti, theta)
         while True:
@@ -254,27 +255,36 @@ class Pirls:
             u_new = factor.u(beta_new if joint else np.zeros(0))
             fixed_new = self.offset + self.x @ beta_new if joint else fixed
             eta_new = fixed_new + self.z_lambda_u(u_new, lams)
-            mu_new, dev_new = self._response(eta_new)
-            pdev_new = float(dev_new.sum()) + float(u_new @ u_new)
-            halvings = 0
-            while not (pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (also catches NaN)
-                if halvings == MAX_HALVINGS:
-                    if np.isfinite(pdev_new) and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
-                        break   # rounding level at the mode
-                    raise FitError(
-                        f"PIRLS step-halvings failed to reduce the penalised deviance "
-                        f"({pdev!r}) at theta = {theta.tolist()}, beta = {beta.tolist()}")
-                u_new = 0.5 * (u + u_new)
-                if joint:
-                    beta_new = 0.5 * (beta + beta_new)
-                    fixed_new = self.offset + self.x @ beta_new
-                eta_new = fixed_new + self.z_lambda_u(u_new, lams)
-                mu_new, dev_new = self._response(eta_new)
-                pdev_new = float(dev_new.sum()) + float(u_new @ u_new)
-                halvings += 1
+            mu_new = fam.linkinv(eta_new)
             step = float(np.max(np.abs(u_new - u), initial=0.0))
             if joint:
                 step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
+            dev_new = pdev_new = None
+            if step > STEP_CHECK or not fam.valid_mu(mu_new):
+                # a long step (or one off the family's range) must decrease pdev (eq. 92)
+                if pdev is None:
+                    dev = fam.dev_resids(self.y, mu, self.wt)
+                    pdev = float(dev.sum()) + float(u @ u)
+                dev_new, pdev_new = self._pdev(mu_new, u_new)
+                halvings = 0
+                while not (pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (also catches NaN)
+                    if halvings == MAX_HALVINGS:
+                        if np.isfinite(pdev_new) and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
+                            break   # rounding level at the mode
+                        raise FitError(
+                            f"PIRLS step-halvings failed to reduce the penalised deviance "
+                            f"({pdev!r}) at theta = {theta.tolist()}, beta = {beta.tolist()}")
+                    u_new = 0.5 * (u + u_new)
+                    if joint:
+                        beta_new = 0.5 * (beta + beta_new)
+                        fixed_new = self.offset + self.x @ beta_new
+                    eta_new = fixed_new + self.z_lambda_u(u_new, lams)
+                    mu_new = fam.linkinv(eta_new)
+                    dev_new, pdev_new = self._pdev(mu_new, u_new)
+                    halvings += 1
+                step = float(np.max(np.abs(u_new - u), initial=0.0))
+                if joint:
+                    step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
             u, eta, mu, dev, pdev = u_new, eta_new, mu_new, dev_new, pdev_new
             if joint:
                 beta, fixed = beta_new, fixed_new
@@ -288,6 +298,11 @@ class Pirls:
                                f"{theta.tolist()}, beta = {beta.tolist()}"
                                + self._separation_note(mu))
             self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+        if dev is None:
+            dev = fam.dev_resids(self.y, mu, self.wt)
+        if not np.isfinite(dev).all():
+            raise FitError(f"PIRLS: non-finite unit deviances at theta = {theta.tolist()}, "
+                           f"beta = {beta.tolist()}")
         self.last_u = u.copy()
         if joint:
             self.last_beta = beta.copy()

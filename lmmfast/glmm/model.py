@@ -18,7 +18,7 @@ from .laplace import laplace_deviance
 from .pirls import Mode, Pirls
 from .predictor import build_design, condvar_blocks, varcorr
 from .quadrature import agq_deviance, check_agq
-from .vcov import DELTA, fd_hessian, fd_hessian_gradient, vcov_from_hessian
+from .vcov import DELTA, fd_hessian, vcov_from_hessian
 
 __all__ = ["GeneralizedLinearMixedModel", "glmer"]
 
@@ -132,20 +132,15 @@ class GeneralizedLinearMixedModel:
                                         self._start_hessian, at_point=self._anchor_at)
         evals2 = newton.n_evals
         x, fval = newton.x, newton.fval
-        hessian = newton.hessian if newton.converged else None
         if not newton.converged:
             s2 = stages.minimize_bobyqa(self._deviance_x, x if np.isfinite(fval) else x0,
                                         lower, step2, ftol_abs=0.0, xtol_abs=1e-7)
             evals2 += s2.n_evals
             if s2.fval < fval or not np.isfinite(fval):
                 x, fval = s2.x, s2.fval
-        x_opt = x
         x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
-        if hessian is not None and not (np.array_equal(x, x_opt)
-                                        and np.array_equal(newton.hessian_at, x)):
-            hessian = None
         mode = pirls.mode(x[:nt], x[nt:])
-        self._finish(mode, evals1, evals2 + extra, hessian)
+        self._finish(mode, evals1, evals2 + extra)
         return self
 
     def _anchor_at(self, x) -> None:
@@ -215,8 +210,7 @@ class GeneralizedLinearMixedModel:
             beta0 = be
         return theta0, beta0
 
-    def _finish(self, mode: Mode, evals1: int, evals2: int,
-                hessian: np.ndarray | None = None) -> None:
+    def _finish(self, mode: Mode, evals1: int, evals2: int) -> None:
         self._mode = mode
         self._objective = self._deviance(mode, exact=True)
         self.stage_evals = (evals1, evals2)
@@ -228,11 +222,9 @@ class GeneralizedLinearMixedModel:
         singular = bool(((theta - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
         if self.n_agq > 0 and not singular:
             x = np.concatenate([theta, mode.beta])
-            if hessian is None:
-                self._anchor_at(x)
-                hessian = fd_hessian(self._deviance_x, x, self._objective)[0]
+            self._anchor_at(x)
+            h = fd_hessian(self._deviance_x, x, self._objective)[0]
             self.pirls.anchor(None)
-            h = hessian
             self.hessian = h
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum

@@ -101,12 +101,10 @@ def check_boundary(fun, x: np.ndarray, fval: float, lower: np.ndarray,
 
 @dataclass
 class NewtonResult:
-    """Outcome of ``minimize_newton``: the optimum, its deviance and the Hessian there."""
+    """Outcome of ``minimize_newton``."""
 
     x: np.ndarray
     fval: float
-    hessian: np.ndarray      # central differences at ``hessian_at``
-    hessian_at: np.ndarray
     n_evals: int
     converged: bool
 
@@ -133,50 +131,47 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
                     tol: float = 1e-12, maxit: int = 30, at_point=None) -> NewtonResult:
     """Quasi-Newton steps on central differences, for stage 2 (eq. 103).
 
-    The Hessian (``hessian_fn``, eq. 104) is formed at the start (its
-    eigenvalues made positive where it is not positive definite) and then
+    A first Hessian (``hessian_fn(x, f(x))`` returns it with the gradient and
+    its number of evaluations) has its eigenvalues made positive and is then
     updated by BFGS from the central-difference gradients (2n evaluations a
     step).  Stops when the Newton decrement g^T H^{-1} g is below ``tol``.
     ``free`` marks the coordinates with no bound; a step that would take a
     bounded one (a diagonal theta) below 0, a line search that fails, or no
     convergence returns ``converged=False`` with the best point, for BOBYQA
-    to finish.  The Hessian returned is the last one formed by ``hessian_fn``
-    (at ``hessian_at``).  ``at_point(x)``, if given, is called at each point
-    before its differences are taken.
+    to finish.  ``at_point(x)``, if given, is called at each point before its
+    differences are taken.
     """
     from ..errors import LmmError
     x = np.asarray(x0, dtype=np.float64).copy()
     evals = 0
     fx = np.inf
-    h_fd, h_at = None, x.copy()
     try:
         fx = float(fun(x))
         evals += 1
         if at_point is not None:
             at_point(x)
-        h_fd, g, k = hessian_fn(x, fx)
+        h0, g, k = hessian_fn(x, fx)
         evals += k
-        h_at = x.copy()
-        b = _positive_definite(h_fd)
+        b = _positive_definite(h0)
         for _ in range(maxit):
             p = -np.linalg.solve(b, g)
             decrement = float(-g @ p)
             if decrement < tol:
-                return NewtonResult(x, fx, h_fd, h_at, evals, True)
+                return NewtonResult(x, fx, evals, True)
             if decrement < 0:
                 break
             t = 1.0
             while True:
                 xn = x + t * p
                 if (xn[~free] < 0).any():
-                    return NewtonResult(x, fx, h_fd, h_at, evals, False)
+                    return NewtonResult(x, fx, evals, False)
                 fn = float(fun(xn))
                 evals += 1
                 if fn <= fx - 1e-4 * t * decrement:
                     break
                 t *= 0.5
                 if t < 1e-3:
-                    return NewtonResult(x, fx, h_fd, h_at, evals, False)
+                    return NewtonResult(x, fx, evals, False)
             if at_point is not None:
                 at_point(xn)
             gn, k = fd_gradient(fun, xn, delta)
@@ -189,4 +184,4 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
             x, fx, g = xn, fn, gn
     except (LmmError, np.linalg.LinAlgError):
         pass
-    return NewtonResult(x, fx, h_fd, h_at, evals, False)
+    return NewtonResult(x, fx, evals, False)

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fd_hessian", "fd_hessian_gradient", "vcov_from_hessian"]
+__all__ = ["fd_hessian", "vcov_from_hessian"]
 
 DELTA = 1e-4   # lme4's deriv12 step
-
-
-def fd_hessian_gradient(fun, x: np.ndarray, fx: float, delta: float = DELTA
-                        ) -> tuple[np.ndarray, np.ndarray, int]:
-    """``fd_hessian`` with the central-difference gradient from the same points."""
-    h, evals, fp, fm = _fd(fun, x, fx, delta)
-    return h, (fp - fm) / (2.0 * delta), evals
 
 
 def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.ndarray, int]:
@@ -32,11 +25,6 @@ def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.
     takes n(n-1) evaluations instead of deriv12's 2n(n-1).
     Returns (H, evaluations).
     """
-    h, evals, _, _ = _fd(fun, x, fx, delta)
-    return h, evals
-
-
-def _fd(fun, x, fx, delta):
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     fp = np.empty(n)
@@ -59,7 +47,7 @@ def _fd(fun, x, fx, delta):
             evals += 2
             h[i, j] = h[j, i] = (fpp + fmm - fp[i] - fm[i] - fp[j] - fm[j] + 2.0 * fx) \
                 / (2.0 * delta ** 2)
-    return h, evals, fp, fm
+    return h, evals
 
 
 def vcov_from_hessian(h: np.ndarray, n_theta: int) -> np.ndarray | None:

@@ -122,7 +122,7 @@ class DenseGLMM:
             rows = r.refs == j
             zj = r.z[rows, 0] * theta[0]
 
-            def c(uj):
+            def c(uj, rows=rows, zj=zj, j=j):
                 mu = fam.linkinv(eta[rows] + zj * (uj - u[j]))
                 return uj * uj + fam.dev_resids(d.y[rows], mu, d.prior_weights[rows]).sum()
 

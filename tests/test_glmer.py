@@ -19,7 +19,7 @@ those fits agree with lme4's defaults to 1e-4.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +31,19 @@ from lmmfast.glmm import glmer
 GLMM = Path(__file__).parent / "fixtures" / "glmm"
 
 
-@lru_cache(maxsize=None)
+@cache
 def lme4_default() -> dict:
     """lme4 1.1-31's glmer with its defaults (a copy of shared/reference/glmm)."""
     return json.loads((GLMM / "lme4_glmer_results.json").read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def lme4_tight() -> dict:
     """The same models by lme4 with a converged PIRLS (make_lme4_glmer_extra.R)."""
     return json.loads((GLMM / "lme4_glmer_tight.json").read_text())["models"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def dataset(name: str) -> pd.DataFrame:
     """A fixture dataset, its factors with the level order of the JSON."""
     info = lme4_default()["datasets"][name]
@@ -59,7 +59,7 @@ def spec(name: str) -> dict:
     return models[name] if name in models else lme4_tight()[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def fit(name: str):
     """lmmfast's fit of fixture model ``name``."""
     m = spec(name)

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.optimize
-
 from dense_glmm import DenseGLMM
+from test_glmer import fit
+
 from lmmfast.errors import LmmError
 from lmmfast.glmm import glmer
-from test_glmer import fit
 
 SMALL = ["cbpp_laplace", "cbpp_agq25", "cbpp_prop_weights", "cbpp_probit", "cbpp_nagq0",
          "cbpp_cloglog", "epil_int", "epil_agq9", "epil_slope", "epil_offset"]

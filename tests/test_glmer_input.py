@@ -7,12 +7,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from test_glmer import dataset, fit, lme4_default, max_rel, values
 
 import lmmfast
 from lmmfast.errors import DataError, FitError, LmmError
 from lmmfast.family import family
 from lmmfast.glmm import GeneralizedLinearMixedModel, glmer
-from test_glmer import dataset, fit, lme4_default, max_rel, values
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 
@@ -195,7 +195,7 @@ def test_pirls_failure_is_an_error_not_nan():
 def test_not_fitted():
     m = GeneralizedLinearMixedModel(CBPP, dataset("cbpp"), family="binomial")
     with pytest.raises(FitError, match="not fitted"):
-        m.fixef
+        _ = m.fixef
 
 
 def test_perfect_separation_is_named():

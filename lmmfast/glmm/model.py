@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, FitError
-from ..family import Family, family as make_family
+from ..family import Family
+from ..family import family as make_family
 from . import stages
 from .laplace import laplace_deviance
 from .pirls import Mode, Pirls
@@ -99,7 +100,7 @@ class GeneralizedLinearMixedModel:
         return self.deviance_at(x[:self.n_theta], x[self.n_theta:])
 
     # ------------------------------------------------------------ fitting
-    def fit(self, start=None) -> "GeneralizedLinearMixedModel":
+    def fit(self, start=None) -> GeneralizedLinearMixedModel:
         """lme4's two stages (eqs. 102, 103), then the results at the optimum.
 
         ``start``: a theta (lme4 order), or a dict with ``theta`` and/or

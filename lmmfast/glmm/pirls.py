@@ -24,7 +24,7 @@ from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
 
-__all__ = ["Pirls", "Mode"]
+__all__ = ["Mode", "Pirls"]
 
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
@@ -92,7 +92,7 @@ class Pirls:
         m = design.trials if (design.trials > 1).any() else self.wt
         self._whole = bool(np.all(np.abs(m * self.y - np.round(m * self.y)) <= 1e-9 * np.maximum(1.0, m)))
 
-    def aic(self, mode: "Mode", exact: bool = False) -> float:
+    def aic(self, mode: Mode, exact: bool = False) -> float:
         """The family's aic term a(y, mu) at the mode: sum of unit deviances plus
         a constant of the data (eq. 99)."""
         d = self.design

@@ -22,14 +22,14 @@ import pandas as pd
 from .. import blocks
 from .._cholesky import BlockedCholesky
 from ..errors import DataError
-from ..formula import parse_formula
+from ..formula import parse_formula, split_top
 from ..modelframe import model_frame, used_frame
 from ..remat import ReMat, build_remat
 from ..xymat import build_xymat, response_vector
 
-__all__ = ["Design", "Factor", "build_design", "varcorr", "condvar_blocks"]
+__all__ = ["Design", "Factor", "build_design", "condvar_blocks", "varcorr"]
 
-_CBIND = re.compile(r"^cbind\s*\((.*)\)\s*$", re.S)
+_CBIND = re.compile(r"^cbind\s*\((.*)\)\s*$", re.DOTALL)
 
 
 @dataclasses.dataclass
@@ -95,8 +95,8 @@ def _response_column(data: pd.DataFrame, name: str, family_name: str):
             levels = list(cat.categories)
             codes = np.asarray(cat.codes)
         if len(levels) > 2:
-            raise DataError(f"response {name!r} has {len(levels)} levels "
-                            f"({', '.join(map(str, levels[:5]))}{', ...' if len(levels) > 5 else ''}): "
+            shown = ", ".join(map(str, levels[:5])) + (", ..." if len(levels) > 5 else "")
+            raise DataError(f"response {name!r} has {len(levels)} levels ({shown}): "
                             "a binomial response needs two (the first is failure)")
         out = np.where(codes < 0, np.nan, (codes >= 1).astype(np.float64))
         return out
@@ -116,7 +116,6 @@ def build_design(formula: str, data, family_name: str, weights=None,
     m = _CBIND.match(lhs)
     pieces = None
     if m:
-        from ..formula import split_top
         pieces = [p.strip() for _, p in split_top(m.group(1), ",")]
         if len(pieces) != 2 or not all(pieces):
             raise DataError(f"response {lhs!r}: cbind() takes two columns, successes "
@@ -145,11 +144,11 @@ def build_design(formula: str, data, family_name: str, weights=None,
     if pieces is not None:
         succ = response_vector(pieces[0], frame.data)
         fail = response_vector(pieces[1], frame.data)
-        for v, what in ((succ, "successes"), (fail, "failures")):
+        for v, what, expr in ((succ, "successes", pieces[0]), (fail, "failures", pieces[1])):
             if (v < 0).any():
                 i = int(np.flatnonzero(v < 0)[0])
-                raise DataError(f"response {lhs!r}: the {what} {pieces[0 if what == 'successes' else 1]!r} "
-                                f"are negative ({v[i]}) at row {i}")
+                raise DataError(f"response {lhs!r}: the {what} {expr!r} are negative "
+                                f"({v[i]}) at row {i}")
         trials = succ + fail
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.where(trials > 0, succ / np.where(trials > 0, trials, 1.0), 0.0)

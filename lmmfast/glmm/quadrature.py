@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import FitError
 from .pirls import Mode, Pirls
 
-__all__ = ["gh_rule", "agq_deviance", "check_agq"]
+__all__ = ["agq_deviance", "check_agq", "gh_rule"]
 
 
 @functools.cache

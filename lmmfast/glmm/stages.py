@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 import nlopt
 import numpy as np
 
-__all__ = ["StageResult", "NewtonResult", "minimize_bobyqa", "minimize_newton", "fd_gradient",
-           "check_boundary", "BOUNDARY_TOL"]
+__all__ = [
+    "BOUNDARY_TOL",
+    "NewtonResult",
+    "StageResult",
+    "check_boundary",
+    "fd_gradient",
+    "minimize_bobyqa",
+    "minimize_newton",
+]
 
 BOUNDARY_TOL = 1e-5   # lme4's glmerControl boundary.tol
 

@@ -81,6 +81,8 @@ class Pirls:
         self.k = [r.k for r in inner]
         self.nl = [r.nlevels for r in inner]
         self.q_off = np.concatenate([[0], np.cumsum([r.q for r in inner])]).astype(np.intp)
+        self._ones = [[bool((r.z[:, a] == 1.0).all()) for a in range(r.k)] for r in inner]
+        self._tmp = np.empty(len(self.y))
         self.perm = design.theta_perm()
         self.n_theta = len(self.perm)
         self._factors: dict[bool, Factor] = {}
@@ -129,12 +131,14 @@ class Pirls:
     def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
         """Z Lambda u (eqs. 2, 3): each row's effects of its own levels."""
         out = np.zeros(len(self.y))
+        tmp = self._tmp
         for t, lam in enumerate(lams):
             b = u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T
-            if self.k[t] == 1:
-                out += self.z[t][:, 0] * b[self.refs[t], 0]
-            else:
-                out += np.einsum("ij,ij->i", self.z[t], b[self.refs[t]])
+            for a in range(self.k[t]):
+                np.take(np.ascontiguousarray(b[:, a]), self.refs[t], out=tmp)
+                if not self._ones[t][a]:
+                    tmp *= self.z[t][:, a]
+                out += tmp
         return out
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:

@@ -29,8 +29,9 @@ __all__ = ["Mode", "Pirls"]
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
 # Converged when no coordinate of u (and beta) moves by more than this.  For the
-# canonical links PIRLS is Newton's method: after a step of 1e-7 the error is
-# of order 1e-14.  Otherwise Fisher scoring converges linearly: a tighter bound.
+# canonical links PIRLS is Newton's method, and for the others too where the
+# observed information's weights are positive: after a step of 1e-7 the error
+# is of order 1e-14.  Fisher scoring converges linearly: a tighter bound.
 TOL_U = 1e-7
 TOL_U_FISHER = 1e-10
 STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
@@ -158,6 +159,29 @@ class Pirls:
         w = self.wt * mu_eta * mu_eta / fam.variance(mu)
         return np.sqrt(w), (self.y - mu) / mu_eta
 
+    def _working_observed(self, eta: np.ndarray, mu: np.ndarray):
+        """Working weights and residual of a Newton step for a non-canonical link
+        (eq. 93 with the observed information), None where a weight is not positive.
+
+        w_i = a_i [mu'^2 / V - (y_i - mu_i)(mu'' / V - mu'^2 V' / V^2)], the
+        derivatives mu'' and V' by central differences (they set only the
+        iteration's matrix; its fixed point, the mode, is the score's zero).
+        """
+        fam = self.family
+        mu_eta = fam.mu_eta(eta)
+        var = fam.variance(mu)
+        h = 1e-6 * (1.0 + np.abs(eta))
+        d2 = (fam.mu_eta(eta + h) - fam.mu_eta(eta - h)) / (2.0 * h)
+        hv = 1e-6 * np.maximum(np.minimum(mu, 1.0), 1e-8)
+        dv = (fam.variance(mu + hv) - fam.variance(mu - hv)) / (2.0 * hv)
+        resid = self.y - mu
+        w = self.wt * (mu_eta * mu_eta / var - resid * (d2 / var - mu_eta * mu_eta * dv / var ** 2))
+        if not (np.isfinite(w).all() and (w[self.wt > 0] > 0).all()):
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(w > 0, self.wt * resid * mu_eta / var / w, 0.0)
+        return np.sqrt(np.maximum(w, 0.0)), r
+
     # ------------------------------------------------------------ PIRLS
     def mode(self, theta, beta, u0: np.ndarray | None = None) -> Mode:
         """u~ at (theta, beta) (eq. 94), started at ``u0``; by default at the
@@ -220,9 +244,16 @@ class Pirls:
                     "effects drive them to zero (all-zero counts in a group of the design)")
         return ""
 
-    def _refactor(self, factor: Factor, eta, mu, fixed, joint: bool, ti, theta) -> None:
-        """Working weights and response at eta (eq. 93), A re-formed and factored."""
-        sw, r = self._working(eta, mu)
+    def _refactor(self, factor: Factor, eta, mu, fixed, joint: bool, ti, theta,
+                  newton: bool = False) -> bool:
+        """Working weights and response at eta (eq. 93), A re-formed and factored.
+
+        With ``newton`` (a non-canonical link, before the mode), the observed
+        information's weights where they are positive.  Returns whether they were used.
+        """
+        working = self._working_observed(eta, mu) if newton else None
+        observed = working is not None
+        sw, r = working if observed else self._working(eta, mu)
         zwork = (eta - self.offset if joint else eta - fixed) + r
         if not (np.isfinite(sw).all() and np.isfinite(zwork).all()):
             raise FitError(f"PIRLS: non-finite working weights or response at theta = "
@@ -231,6 +262,7 @@ class Pirls:
         if info != 0:
             raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
                            f"{theta.tolist()}")
+        return observed
 
     def _run(self, theta, beta, u0, joint: bool) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
@@ -253,7 +285,8 @@ class Pirls:
             eta = fixed.copy()
             mu = fam.linkinv(eta)
         it = 0
-        self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+        newton = self.family.link.name != self.family.canonical
+        observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton)
         while True:
             beta_new = factor.beta() if joint else beta
             u_new = factor.u(beta_new if joint else np.zeros(0))
@@ -293,15 +326,15 @@ class Pirls:
             if joint:
                 beta, fixed = beta_new, fixed_new
             it += 1
-            if step <= self.tol_u:
-                if step > TOL_SAME:   # the factor at the weights of the mode (eq. 96)
+            if step <= (TOL_U if observed else self.tol_u):
+                if step > TOL_SAME or observed:   # the factor at the weights of the mode (eq. 96)
                     self._refactor(factor, eta, mu, fixed, joint, ti, theta)
                 break
             if it == MAX_ITER:
                 raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
                                f"{theta.tolist()}, beta = {beta.tolist()}"
                                + self._separation_note(mu))
-            self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+            observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton)
         if dev is None:
             dev = fam.dev_resids(self.y, mu, self.wt)
         if not np.isfinite(dev).all():

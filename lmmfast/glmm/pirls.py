@@ -84,6 +84,10 @@ class Pirls:
         self.q_off = np.concatenate([[0], np.cumsum([r.q for r in inner])]).astype(np.intp)
         self._ones = [[bool((r.z[:, a] == 1.0).all()) for a in range(r.k)] for r in inner]
         self._tmp = np.empty(len(self.y))
+        # lambda's lower triangle column by column (eq. 7)
+        self._tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
+                       np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
+                      for k in self.k]
         self.perm = design.theta_perm()
         self.n_theta = len(self.perm)
         self._factors: dict[bool, Factor] = {}
@@ -120,12 +124,10 @@ class Pirls:
         """Each term's k x k lambda (internal order) from theta in lme4's order (eq. 7)."""
         ti = self.theta_internal(theta)
         out, pos = [], 0
-        for k in self.k:
+        for k, (rows, cols) in zip(self.k, self._tril):
             lam = np.zeros((k, k))
-            rows, cols = np.tril_indices(k)
-            order = np.lexsort((rows, cols))   # column by column
-            lam[rows[order], cols[order]] = ti[pos:pos + k * (k + 1) // 2]
-            pos += k * (k + 1) // 2
+            lam[rows, cols] = ti[pos:pos + len(rows)]
+            pos += len(rows)
             out.append(lam)
         return out
 

@@ -104,3 +104,24 @@ def test_random_designs_against_dense(seed):
                                            "initial_simplex": x0 + np.vstack(
                                                [np.zeros(len(x0)), 0.01 * np.eye(len(x0))])})
     assert res.fun >= f.objective - 1e-6 * abs(f.objective)
+
+
+@pytest.mark.parametrize("name", ["epil_slope", "cbpp_probit"])
+def test_pirls_mode_does_not_depend_on_the_start(name):
+    """From u = 0, from far away (step-halving) and from a predicted start: one mode,
+    the dense one."""
+    f = fit(name)
+    pirls = f.pirls
+    q = len(pirls.last_u)
+    modes = [pirls.mode(f.theta, f.beta, u0) for u0 in
+             (np.zeros(q), np.full(q, 4.0), np.linspace(-3, 3, q))]
+    pirls.anchor(modes[0])
+    modes.append(pirls.mode(f.theta, f.beta + 1e-3))
+    pirls.anchor(None)
+    modes.append(pirls.mode(f.theta, f.beta + 1e-3, np.zeros(q)))
+    for m in modes[1:3]:
+        assert np.max(np.abs(m.u - modes[0].u)) < 1e-9
+        assert f._deviance(m) == pytest.approx(f._deviance(modes[0]), rel=1e-12)
+    assert np.max(np.abs(modes[3].u - modes[4].u)) < 1e-9
+    dense = DenseGLMM(f.design, f.family)
+    assert f._deviance(modes[3]) == pytest.approx(dense.laplace(f.theta, f.beta + 1e-3), rel=1e-10)

@@ -299,17 +299,19 @@ class Pirls:
             if joint:
                 step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
             dev_new = pdev_new = None
+            halvings = 0
+            rounding = False
             if step > STEP_CHECK or not fam.valid_mu(mu_new):
                 # a long step (or one off the family's range) must decrease pdev (eq. 92)
                 if pdev is None:
                     dev = fam.dev_resids(self.y, mu, self.wt)
                     pdev = float(dev.sum()) + float(u @ u)
                 dev_new, pdev_new = self._pdev(mu_new, u_new)
-                halvings = 0
                 while not (pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (also catches NaN)
                     if halvings == MAX_HALVINGS:
                         if np.isfinite(pdev_new) and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
-                            break   # rounding level at the mode
+                            rounding = True   # rounding level at the mode
+                            break
                         raise FitError(
                             f"PIRLS step-halvings failed to reduce the penalised deviance "
                             f"({pdev!r}) at theta = {theta.tolist()}, beta = {beta.tolist()}")
@@ -328,7 +330,8 @@ class Pirls:
             if joint:
                 beta, fixed = beta_new, fixed_new
             it += 1
-            if step <= (TOL_U if observed else self.tol_u):
+            # (a step shortened by halving is no sign of convergence)
+            if rounding or (halvings == 0 and step <= (TOL_U if observed else self.tol_u)):
                 if step > TOL_SAME or observed:   # the factor at the weights of the mode (eq. 96)
                     self._refactor(factor, eta, mu, fixed, joint, ti, theta)
                 break

@@ -9,9 +9,11 @@ Each iteration forms the working weights and response at the current eta
 (eq. 93), re-forms the weighted cross-products and factors them in the
 compiled core (``predictor.Factor``), and solves the penalised least-squares
 problem for the new u (eq. 94; with beta too in the nAGQ = 0 stage, eq. 95),
-halving the step while the penalised deviance does not decrease.  At the
-mode the factor is re-formed once more, so that log|L_Z|^2 belongs to the
-weights at u~ (eq. 96).
+halving a long step while the penalised deviance does not decrease.  For a
+non-canonical link the iterations use the observed information (Newton
+steps) where its weights are positive.  At the mode the factor is re-formed
+once more with the Fisher weights, so that log|L_Z|^2 belongs to the weights
+at u~ (eq. 96).
 """
 
 from __future__ import annotations

@@ -152,21 +152,32 @@ class GeneralizedLinearMixedModel:
         self.pirls.anchor(self.pirls.mode(x[:nt], x[nt:]))
 
     def _start_hessian(self, x, fx):
-        """Stage 2's first Hessian: its diagonal and the gradient by central
-        differences (2n evaluations), the correlations of the beta block from
-        R_X R_X^T of the joint factor (the curvature of the penalised deviance
-        in beta), no theta-beta terms; BFGS adds them (eq. 103)."""
+        """Stage 2's first Hessian: its diagonal, its theta block and the gradient
+        by central differences (2n + n_theta (n_theta - 1) evaluations), the
+        correlations of the beta block from R_X R_X^T of the joint factor (the
+        curvature of the penalised deviance in beta), no theta-beta terms; BFGS
+        adds them (eq. 103)."""
         n, nt = len(x), self.n_theta
         g = np.empty(n)
         diag = np.empty(n)
+        fp, fm = np.empty(n), np.empty(n)
         for i in range(n):
             e = np.zeros(n)
             e[i] = DELTA
-            fp, fm = self._deviance_x(x + e), self._deviance_x(x - e)
-            g[i] = (fp - fm) / (2 * DELTA)
-            diag[i] = (fp - 2 * fx + fm) / DELTA ** 2
-        diag = np.where(diag > 0, diag, np.abs(diag) + 1e-8)
+            fp[i], fm[i] = self._deviance_x(x + e), self._deviance_x(x - e)
+            g[i] = (fp[i] - fm[i]) / (2 * DELTA)
+            diag[i] = (fp[i] - 2 * fx + fm[i]) / DELTA ** 2
         h = np.diag(diag)
+        evals = 2 * n
+        for i in range(nt):   # the theta block in full (eq. 104's stencil)
+            for j in range(i):
+                e = np.zeros(n)
+                e[i] = e[j] = DELTA
+                fpp, fmm = self._deviance_x(x + e), self._deviance_x(x - e)
+                evals += 2
+                h[i, j] = h[j, i] = (fpp + fmm - fp[i] - fm[i] - fp[j] - fm[j] + 2 * fx) \
+                    / (2 * DELTA ** 2)
+        diag = np.where(diag > 0, diag, np.abs(diag) + 1e-8)
         rx = self.pirls.factor(True).rx()
         info = rx @ rx.T
         d = np.sqrt(np.diag(info))
@@ -174,7 +185,7 @@ class GeneralizedLinearMixedModel:
             corr = info / np.outer(d, d)
             sd = np.sqrt(diag[nt:])
             h[nt:, nt:] = corr * np.outer(sd, sd)
-        return h, g, 2 * n
+        return h, g, evals
 
     def _rx_se(self, theta) -> np.ndarray:
         """Standard errors of beta from R_X at theta (the current joint factor)."""

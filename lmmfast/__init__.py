@@ -30,6 +30,7 @@ from . import datasets, errors  # noqa: E402
 from .errors import DataError, FitError, FormulaError, LmmError  # noqa: E402
 from .anova import anova  # noqa: E402
 from .model import LinearMixedModel, lmer  # noqa: E402
+from .glmm import GeneralizedLinearMixedModel, glmer  # noqa: E402
 from .threads import get_num_threads, set_num_threads  # noqa: E402
 
 __all__ = ["lmer", "LinearMixedModel", "anova", "datasets", "errors", "LmmError", "FormulaError",

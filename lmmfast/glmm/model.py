@@ -1,0 +1,380 @@
+"""The generalized linear mixed model: build, fit, and the results of the fit.
+
+``GeneralizedLinearMixedModel(formula, data, family)`` builds the design and
+PIRLS; ``fit()`` runs lme4's two stages (``stages``) and reads the results
+at the optimum; ``glmer`` does both, with lme4's signature
+(docs/theory.md, section "Generalized linear mixed models").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, FitError
+from ..family import Family
+from ..family import family as make_family
+from . import stages
+from .laplace import laplace_deviance
+from .pirls import Mode, Pirls
+from .predictor import build_design, condvar_blocks, varcorr
+from .quadrature import agq_deviance, check_agq
+from .vcov import DELTA, fd_hessian, vcov_from_hessian
+
+__all__ = ["GeneralizedLinearMixedModel", "glmer"]
+
+SINGULAR_TOL = 1e-4   # lme4's isSingular / getSingTol
+
+
+def _as_nagq(n_agq) -> int:
+    if isinstance(n_agq, (bool, np.bool_)) or not isinstance(n_agq, (int, np.integer)):
+        raise DataError(f"nAGQ must be an integer from 0 to 100, got {n_agq!r}")
+    n_agq = int(n_agq)
+    if not 0 <= n_agq <= 100:
+        raise DataError(f"nAGQ must be an integer from 0 to 100, got {n_agq}")
+    return n_agq
+
+
+class GeneralizedLinearMixedModel:
+    """A GLMM ``g(E[y | b]) = X beta + Z b + o``, ``b ~ N(0, Lambda Lambda^T)`` (eq. 91).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 formula; the response may be ``cbind(successes, failures)``,
+        a proportion (with ``weights=`` trials), 0/1, a bool, a two-level
+        factor (first level = failure) or counts.
+    data : pandas.DataFrame (or a dict, polars or pyarrow table)
+        Never modified.
+    family : str, (name, link) or lmmfast.family.Family
+        ``"binomial"`` (logit, probit, cloglog, cauchit) or ``"poisson"``
+        (log, identity, sqrt).
+    nAGQ : int
+        0: theta only, beta inside PIRLS; 1: Laplace; > 1: adaptive
+        Gauss-Hermite quadrature (one scalar term only).
+    weights, offset : str or array-like, optional
+        Prior weights and an offset (also ``offset(...)`` in the formula).
+    """
+
+    def __init__(self, formula: str, data, family="binomial", nAGQ: int = 1,
+                 weights=None, offset=None):
+        self.family: Family = make_family(family)
+        self.n_agq = _as_nagq(nAGQ)
+        self.design = build_design(formula, data, self.family.name, weights, offset)
+        d = self.design
+        for r in d.remats:
+            if r.nlevels < 2:
+                raise DataError(f"grouping factor {r.group!r} of random term {r.source} has "
+                                f"{r.nlevels} level: grouping factors must have > 1 sampled level")
+        if d.nobs <= d.p:
+            raise DataError(f"{d.nobs} observations cannot identify {d.p} fixed effects")
+        self.pirls = Pirls(d, self.family)
+        check_agq(self.pirls, self.n_agq)
+        self.formula = formula
+        self.fixef_names = list(d.fixef_names)
+        self.theta_names = [n for r in d.remats for n in r.theta_names()]
+        self.n_theta = len(self.theta_names)
+        self.theta_lower = np.concatenate([r.theta_lower() for r in d.remats])
+        self.nobs = d.nobs
+        self._mode: Mode | None = None
+        self.n_evals = 0
+        self.stage_evals: tuple[int, int] = (0, 0)
+        self._vcov: np.ndarray | None = None
+        self.hessian: np.ndarray | None = None
+
+    # ------------------------------------------------------------ criteria
+    def _deviance(self, mode: Mode, exact: bool = False) -> float:
+        if self.n_agq > 1:
+            return agq_deviance(self.pirls, mode, self.n_agq)
+        return laplace_deviance(self.pirls, mode, exact)
+
+    def deviance_theta(self, theta) -> float:
+        """Stage 1's criterion: the Laplace deviance with beta and u by PIRLS (eq. 102)."""
+        return laplace_deviance(self.pirls, self.pirls.mode_joint(theta))
+
+    def deviance_at(self, theta, beta) -> float:
+        """-2 log L at (theta, beta): Laplace (eq. 98) or quadrature (eq. 101)."""
+        return self._deviance(self.pirls.mode(theta, beta))
+
+    def _deviance_x(self, x) -> float:
+        return self.deviance_at(x[:self.n_theta], x[self.n_theta:])
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, start=None) -> GeneralizedLinearMixedModel:
+        """lme4's two stages (eqs. 102, 103), then the results at the optimum.
+
+        ``start``: a theta (lme4 order), or a dict with ``theta`` and/or
+        ``fixef``/``beta``, as lme4's ``start``.
+        """
+        nt = self.n_theta
+        theta0, beta0 = self._start(start)
+        pirls = self.pirls
+        pirls.last_u = np.zeros_like(pirls.last_u)
+        step1 = np.where(self.theta_lower == 0, np.maximum(0.2 * np.abs(theta0), 0.05), 0.1)
+        s1 = stages.minimize_bobyqa(self.deviance_theta, theta0, self.theta_lower, step1,
+                                    ftol_abs=1e-9 if self.n_agq == 0 else 1e-6)
+        theta1 = s1.x
+        evals1 = s1.n_evals
+        if self.n_agq == 0:
+            theta1, _, extra = stages.check_boundary(self.deviance_theta, theta1, s1.fval,
+                                                     self.theta_lower, nt)
+            evals1 += extra
+            mode = pirls.mode_joint(theta1)
+            self._finish(mode, evals1, 0)
+            return self
+        beta1 = pirls.mode_joint(theta1).beta if beta0 is None else beta0
+        x0 = np.concatenate([theta1, beta1])
+        lower = np.concatenate([self.theta_lower, np.full(len(beta1), -np.inf)])
+        se0 = self._rx_se(theta1)
+        step2 = np.concatenate([np.where(self.theta_lower == 0,
+                                         np.maximum(0.05 * np.abs(theta1), 0.01), 0.02),
+                                np.maximum(0.5 * se0, 1e-3)])
+        newton = stages.minimize_newton(self._deviance_x, x0, np.isinf(lower), DELTA,
+                                        self._start_hessian, at_point=self._anchor_at)
+        evals2 = newton.n_evals
+        x, fval = newton.x, newton.fval
+        if not newton.converged:
+            s2 = stages.minimize_bobyqa(self._deviance_x, x if np.isfinite(fval) else x0,
+                                        lower, step2, ftol_abs=0.0, xtol_abs=1e-7)
+            evals2 += s2.n_evals
+            if s2.fval < fval or not np.isfinite(fval):
+                x, fval = s2.x, s2.fval
+        x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
+        mode = pirls.mode(x[:nt], x[nt:])
+        self._finish(mode, evals1, evals2 + extra)
+        return self
+
+    def _anchor_at(self, x) -> None:
+        """Central differences about x start PIRLS from predicted modes (``Pirls.anchor``)."""
+        if self.n_agq == 0:
+            return
+        nt = self.n_theta
+        self.pirls.anchor(self.pirls.mode(x[:nt], x[nt:]))
+
+    def _start_hessian(self, x, fx):
+        """Stage 2's first Hessian: its diagonal, its theta block and the gradient
+        by central differences (2n + n_theta (n_theta - 1) evaluations), the
+        correlations of the beta block from R_X R_X^T of the joint factor (the
+        curvature of the penalised deviance in beta), no theta-beta terms; BFGS
+        adds them (eq. 103)."""
+        n, nt = len(x), self.n_theta
+        g = np.empty(n)
+        diag = np.empty(n)
+        fp, fm = np.empty(n), np.empty(n)
+        for i in range(n):
+            e = np.zeros(n)
+            e[i] = DELTA
+            fp[i], fm[i] = self._deviance_x(x + e), self._deviance_x(x - e)
+            g[i] = (fp[i] - fm[i]) / (2 * DELTA)
+            diag[i] = (fp[i] - 2 * fx + fm[i]) / DELTA ** 2
+        h = np.diag(diag)
+        evals = 2 * n
+        for i in range(nt):   # the theta block in full (eq. 104's stencil)
+            for j in range(i):
+                e = np.zeros(n)
+                e[i] = e[j] = DELTA
+                fpp, fmm = self._deviance_x(x + e), self._deviance_x(x - e)
+                evals += 2
+                h[i, j] = h[j, i] = (fpp + fmm - fp[i] - fm[i] - fp[j] - fm[j] + 2 * fx) \
+                    / (2 * DELTA ** 2)
+        diag = np.where(diag > 0, diag, np.abs(diag) + 1e-8)
+        rx = self.pirls.factor(True).rx()
+        info = rx @ rx.T
+        d = np.sqrt(np.diag(info))
+        if np.all(d > 0):
+            corr = info / np.outer(d, d)
+            sd = np.sqrt(diag[nt:])
+            h[nt:, nt:] = corr * np.outer(sd, sd)
+        return h, g, evals
+
+    def _rx_se(self, theta) -> np.ndarray:
+        """Standard errors of beta from R_X at theta (the current joint factor)."""
+        f = self.pirls.factor(True)
+        rx = f.rx()
+        try:
+            inv = np.linalg.inv(rx)
+            return np.sqrt(np.sum(inv * inv, axis=0))
+        except np.linalg.LinAlgError:
+            return np.ones(rx.shape[0])
+
+    def _start(self, start):
+        theta0 = np.concatenate([r.theta_init() for r in self.design.remats])
+        beta0 = None
+        if start is None:
+            return theta0, beta0
+        if isinstance(start, dict):
+            th = start.get("theta")
+            be = start.get("fixef", start.get("beta"))
+        else:
+            th, be = start, None
+        if th is not None:
+            th = np.asarray(th, dtype=np.float64).ravel()
+            if th.shape != theta0.shape or not np.isfinite(th).all() \
+                    or (th < self.theta_lower).any():
+                raise DataError(f"start theta must be {len(theta0)} finite values within "
+                                f"the bounds, got {th.tolist()}")
+            theta0 = th
+        if be is not None:
+            be = np.asarray(be, dtype=np.float64).ravel()
+            if be.shape != (len(self.fixef_names),) or not np.isfinite(be).all():
+                raise DataError(f"start fixef must be {len(self.fixef_names)} finite values, "
+                                f"got {be.tolist()}")
+            beta0 = be
+        return theta0, beta0
+
+    def _finish(self, mode: Mode, evals1: int, evals2: int) -> None:
+        self._mode = mode
+        self._objective = self._deviance(mode, exact=True)
+        self.stage_evals = (evals1, evals2)
+        self.n_evals = evals1 + evals2
+        self._vcov = None
+        self.hessian = None
+        nt = self.n_theta
+        theta = mode.theta
+        singular = bool(((theta - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
+        if self.n_agq > 0 and not singular:
+            x = np.concatenate([theta, mode.beta])
+            self._anchor_at(x)
+            h = fd_hessian(self._deviance_x, x, self._objective)[0]
+            self.pirls.anchor(None)
+            self.hessian = h
+            self._vcov = vcov_from_hessian(h, nt)
+            self.pirls.mode(theta, mode.beta)   # the factor back at the optimum
+        if self._vcov is None:
+            self._vcov = self._rx_vcov(mode)
+
+    def _rx_vcov(self, mode: Mode) -> np.ndarray:
+        """(R_X R_X^T)^{-1} of the joint factor at the mode's weights (eq. 23, sigma = 1)."""
+        pirls = self.pirls
+        f = pirls.factor(True)
+        sw, r = pirls._working(mode.eta, mode.mu)
+        f.refactor(sw, mode.eta - pirls.offset + r, pirls.theta_internal(mode.theta))
+        rx = f.rx()
+        inv = np.linalg.inv(rx)
+        self.pirls.mode(mode.theta, mode.beta, mode.u)   # the u-only factor at the optimum
+        return inv.T @ inv
+
+    # ------------------------------------------------------------ results
+    def _require_fit(self) -> Mode:
+        if self._mode is None:
+            raise FitError("the model is not fitted: call fit() first")
+        return self._mode
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self._require_fit().theta.copy()
+
+    @property
+    def beta(self) -> np.ndarray:
+        return self._require_fit().beta.copy()
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self.beta, index=self.fixef_names, name="fixef")
+
+    @property
+    def objective(self) -> float:
+        """-2 log L as lme4 reports it (``-2 * logLik``, its ``devcomp`` ``dev``):
+        eq. 98 for nAGQ <= 1, eq. 101 for nAGQ > 1."""
+        self._require_fit()
+        return self._objective
+
+    @property
+    def deviance(self) -> float:
+        """-2 log L, as ``objective`` (the "deviance" of lme4's glmer summary table).
+        lme4's ``deviance()`` function of a glmer fit is ``conditional_deviance``."""
+        return self.objective
+
+    @property
+    def conditional_deviance(self) -> float:
+        """sum_i d_i(y_i, mu~_i), the unit deviances at the conditional modes (lme4's
+        ``deviance()`` of a glmer fit, ``sum(residuals(fit, "deviance")^2)``)."""
+        return float(self._require_fit().dev_resid.sum())
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def df(self) -> int:
+        return self.n_theta + len(self.fixef_names)
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2.0 * self.df
+
+    @property
+    def bic(self) -> float:
+        return self.objective + np.log(self.nobs) * self.df
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        """Var(beta-hat): from the Hessian of the deviance (eq. 104), lme4's default."""
+        self._require_fit()
+        return pd.DataFrame(self._vcov, index=self.fixef_names, columns=self.fixef_names)
+
+    @property
+    def stderr(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self._vcov)), index=self.fixef_names, name="stderr")
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        return varcorr(self.design, self.theta)
+
+    @property
+    def is_singular(self) -> bool:
+        th = self.theta
+        return bool(((th - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
+
+    @property
+    def u(self) -> np.ndarray:
+        """Spherical conditional modes, internal order."""
+        return self._require_fit().u.copy()
+
+    def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
+        """Conditional modes b = Lambda u per grouping factor (eq. 97); with
+        ``condvar=True`` the conditional covariances in ``.attrs["condvar"]`` and
+        standard deviations in ``.attrs["condsd"]`` (lme4's ``condVar``)."""
+        mode = self._require_fit()
+        d = self.design
+        lams = self.pirls.lambdas(mode.theta)
+        b_inner = self.pirls.b(mode.u, lams)
+        b = [None] * len(d.remats)
+        for pos, i in enumerate(d.internal):
+            b[i] = b_inner[pos]
+        out: dict[str, pd.DataFrame] = {}
+        for r, bt in zip(d.remats, b):
+            df = pd.DataFrame(bt, index=pd.Index(r.levels, name=r.group), columns=r.cnames)
+            out[r.group] = pd.concat([out[r.group], df], axis=1) if r.group in out else df
+        if condvar:
+            blocks = condvar_blocks(d, self.pirls.factor(False), mode.theta)
+            for g, df in out.items():
+                v = blocks[g]
+                df.attrs["condvar"] = v
+                df.attrs["condsd"] = pd.DataFrame(
+                    np.sqrt(np.clip(np.diagonal(v, axis1=1, axis2=2), 0.0, None)),
+                    index=df.index.copy(), columns=list(df.columns))
+        return out
+
+    @property
+    def linear_predictor(self) -> np.ndarray:
+        return self._require_fit().eta.copy()
+
+    @property
+    def fitted(self) -> np.ndarray:
+        """Fitted means on the response scale, mu = g^{-1}(eta)."""
+        return self._require_fit().mu.copy()
+
+    def __repr__(self) -> str:
+        if self._mode is None:
+            return f"GeneralizedLinearMixedModel({self.formula!r}, family={self.family}) (not fitted)"
+        return (f"Generalized linear mixed model fit ({self.family}, nAGQ = {self.n_agq}): "
+                f"{self.formula}\n  -2 log L = {self.objective:.4f}, theta = "
+                f"{np.round(self.theta, 5).tolist()}\n  fixef = "
+                f"{dict(zip(self.fixef_names, np.round(self.beta, 5).tolist()))}")
+
+
+def glmer(formula: str, data, family="binomial", nAGQ: int = 1, weights=None,
+          offset=None, start=None) -> GeneralizedLinearMixedModel:
+    """Fit a generalized linear mixed model as lme4's ``glmer``."""
+    return GeneralizedLinearMixedModel(formula, data, family, nAGQ, weights, offset).fit(start)

@@ -1,0 +1,286 @@
+"""The design of a generalized linear mixed model, built by the linear model's machinery.
+
+Every call into the LMM code (formula, model frame, X, the random-effects
+terms, the block layout, the compiled cross-products and Cholesky factor)
+sits in this module.  ``Design`` holds X, the terms' level codes ``refs``
+and per-row ``z`` (internal order), lme4's term order, and the GLM response:
+y on the family's scale, prior weights and the trials ``n`` (R's
+``family$initialize``).  ``Factor`` is the blocked Cholesky factor of the
+re-weighted cross-products (docs/theory.md, eqs. 12-15 with W the working
+weights, eq. 93).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .. import blocks
+from .._cholesky import BlockedCholesky
+from ..errors import DataError
+from ..formula import parse_formula, split_top
+from ..modelframe import model_frame, used_frame
+from ..remat import ReMat, build_remat
+from ..xymat import build_xymat, response_vector
+
+__all__ = ["Design", "Factor", "build_design", "condvar_blocks", "varcorr"]
+
+_CBIND = re.compile(r"^cbind\s*\((.*)\)\s*$", re.DOTALL)
+
+
+@dataclasses.dataclass
+class Design:
+    """X, the random-effects terms and the GLM response of one model."""
+
+    formula: str
+    response: str
+    x: np.ndarray               # n x p
+    fixef_names: list[str]
+    remats: list[ReMat]         # lme4's order
+    internal: list[int]         # internal order: indices into remats (decreasing q)
+    y: np.ndarray               # response on the family's scale (a proportion for binomial)
+    prior_weights: np.ndarray   # R's weights after initialize (trials times weights for cbind)
+    trials: np.ndarray          # R's n (trials of cbind, else 1)
+    offset: np.ndarray          # total offset (zeros without one)
+    row_index: pd.Index
+    n_dropped: int
+    dropped_columns: list[str]
+
+    @property
+    def nobs(self) -> int:
+        return len(self.y)
+
+    @property
+    def p(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def inner(self) -> list[ReMat]:
+        return [self.remats[i] for i in self.internal]
+
+    def theta_perm(self) -> np.ndarray:
+        """Positions of the internal order's theta entries in lme4's theta."""
+        starts = np.cumsum([0] + [r.n_theta for r in self.remats])
+        return np.concatenate([np.arange(starts[i], starts[i + 1])
+                               for i in self.internal]).astype(np.intp)
+
+
+def _response_column(data: pd.DataFrame, name: str, family_name: str):
+    """A factor, bool or string response as 0/1 (first level = failure, as R's
+    binomial), None where the column is numeric or not a column."""
+    if name not in data.columns:
+        return None
+    col = data[name]
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype) or dtype == object or dtype.kind == "b" \
+            or pd.api.types.is_string_dtype(dtype) or str(dtype) == "boolean":
+        if family_name != "binomial":
+            raise DataError(f"response {name!r} is a factor: the {family_name} family "
+                            "needs counts")
+        if isinstance(dtype, pd.CategoricalDtype):
+            cat = col.cat.remove_unused_categories()
+            levels = list(cat.cat.categories)
+            codes = np.asarray(cat.cat.codes)
+        elif dtype.kind == "b" or str(dtype) == "boolean":
+            levels = [False, True]
+            values = col.astype("boolean")
+            codes = np.where(values.isna().to_numpy(), -1,
+                             values.fillna(False).to_numpy(dtype=bool).astype(np.int64))
+        else:
+            cat = pd.Categorical(col)
+            levels = list(cat.categories)
+            codes = np.asarray(cat.codes)
+        if len(levels) > 2:
+            shown = ", ".join(map(str, levels[:5])) + (", ..." if len(levels) > 5 else "")
+            raise DataError(f"response {name!r} has {len(levels)} levels ({shown}): "
+                            "a binomial response needs two (the first is failure)")
+        out = np.where(codes < 0, np.nan, (codes >= 1).astype(np.float64))
+        return out
+    return None
+
+
+def build_design(formula: str, data, family_name: str, weights=None,
+                 offset=None) -> Design:
+    """Parse ``formula`` and build X, the terms and the response on ``data``.
+
+    The response may be ``cbind(successes, failures)``, a proportion (with
+    ``weights=`` trials), 0/1, a bool or a two-level factor (binomial), or
+    counts (poisson), as lme4 takes them.  ``data`` is never modified.
+    """
+    parsed = parse_formula(formula)
+    lhs = parsed.response.strip()
+    m = _CBIND.match(lhs)
+    pieces = None
+    if m:
+        pieces = [p.strip() for _, p in split_top(m.group(1), ",")]
+        if len(pieces) != 2 or not all(pieces):
+            raise DataError(f"response {lhs!r}: cbind() takes two columns, successes "
+                            "and failures")
+        if family_name != "binomial":
+            raise DataError(f"response {lhs!r}: cbind(successes, failures) is for the "
+                            f"binomial family, not {family_name}")
+        parsed_frame = dataclasses.replace(parsed, response=f"({pieces[0]}) + ({pieces[1]})")
+    else:
+        parsed_frame = parsed
+    frame_data = used_frame(parsed_frame, data, weights, offset)
+    if pieces is None:
+        name = lhs[1:-1] if lhs.startswith("`") and lhs.endswith("`") else lhs
+        coded = _response_column(frame_data, name, family_name)
+        if coded is not None:   # a new frame: the caller's is not modified
+            frame_data = frame_data.assign(**{name: coded})
+    frame = model_frame(parsed_frame, frame_data, weights, offset)
+    xy = build_xymat(parsed_frame, frame.data)
+    remats = [build_remat(frame.data, term) for term in parsed.random]
+    order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
+    remats = [remats[i] for i in order]
+    internal = sorted(range(len(remats)), key=lambda i: -remats[i].q)
+    n = len(xy.y)
+    user_w = np.ones(n) if frame.weights is None else np.asarray(frame.weights, dtype=np.float64)
+    trials = np.ones(n)
+    if pieces is not None:
+        succ = response_vector(pieces[0], frame.data)
+        fail = response_vector(pieces[1], frame.data)
+        for v, what, expr in ((succ, "successes", pieces[0]), (fail, "failures", pieces[1])):
+            if (v < 0).any():
+                i = int(np.flatnonzero(v < 0)[0])
+                raise DataError(f"response {lhs!r}: the {what} {expr!r} are negative "
+                                f"({v[i]}) at row {i}")
+        trials = succ + fail
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(trials > 0, succ / np.where(trials > 0, trials, 1.0), 0.0)
+        prior = user_w * trials
+    else:
+        y = np.asarray(xy.y, dtype=np.float64)
+        prior = user_w
+    _check_response(y, prior, family_name, lhs)
+    off = np.zeros(n) if frame.offset is None else np.asarray(frame.offset, dtype=np.float64)
+    return Design(formula, lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
+                  frame.row_index, frame.n_dropped, xy.dropped)
+
+
+def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str) -> None:
+    """R's family checks: binomial y in [0, 1] (a warning for non-integer
+    successes), poisson y >= 0 (a warning for non-integer counts)."""
+    if family_name == "binomial":
+        bad = (y < 0) | (y > 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"response {lhs!r} has the value {y[i]} at row {i}: a binomial "
+                            "response must be a proportion in [0, 1], 0/1, a two-level "
+                            "factor or cbind(successes, failures)")
+        m = prior * y
+        if (np.abs(m - np.round(m)) > 1e-3).any():
+            warnings.warn(f"response {lhs!r}: non-integer #successes in a binomial glm",
+                          UserWarning, stacklevel=4)
+    else:
+        if (y < 0).any():
+            i = int(np.flatnonzero(y < 0)[0])
+            raise DataError(f"response {lhs!r} has the negative value {y[i]} at row {i}: "
+                            "poisson counts must be >= 0")
+        if (np.abs(y - np.round(y)) > 1e-3 * np.maximum(1.0, np.abs(y))).any():
+            i = int(np.flatnonzero(np.abs(y - np.round(y)) > 1e-3)[0])
+            warnings.warn(f"response {lhs!r}: non-integer count {y[i]} at row {i}",
+                          UserWarning, stacklevel=4)
+
+
+class Factor:
+    """The blocked Cholesky factor of the re-weighted cross-products of [Z X z].
+
+    ``with_x``: X's columns are in the system (u and beta solved together,
+    eq. 95), else only the working response (u alone at fixed beta, eq. 94).
+    ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A by the compiled
+    kernels of ``blocks.accumulate`` (eq. 12, weights w) and factors it
+    (eqs. 13-15).
+    """
+
+    def __init__(self, design: Design, with_x: bool):
+        inner = design.inner
+        self.refs = [r.refs for r in inner]
+        self.z = [np.ascontiguousarray(r.z) for r in inner]
+        self.x = design.x if with_x else np.zeros((design.nobs, 0))
+        self.p = self.x.shape[1]
+        self.layout = blocks.BlockLayout.build(self.refs, [r.nlevels for r in inner],
+                                               [r.k for r in inner], self.p + 1)
+        lay = self.layout
+        self.a = np.zeros(max(lay.n_a, 1))
+        self.core = BlockedCholesky(
+            lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
+            lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
+            lay.n_l, float(design.nobs), 0.0)
+        self._xy = None
+        self._zw: list[np.ndarray] = []
+
+    def refactor(self, sqrt_w: np.ndarray, zwork: np.ndarray, theta_internal: np.ndarray) -> int:
+        """A = [Z X z]^T W [Z X z] for working weights w = sqrt_w^2, factored at theta."""
+        n = len(zwork)
+        if self._xy is None or self._xy.shape[0] != n:
+            self._xy = np.empty((n, self.p + 1))
+            self._zw = [np.empty_like(z) for z in self.z]
+        xy = self._xy
+        np.multiply(self.x, sqrt_w[:, None], out=xy[:, :-1])
+        np.multiply(zwork, sqrt_w, out=xy[:, -1])
+        for z, zw in zip(self.z, self._zw):
+            np.multiply(z, sqrt_w[:, None], out=zw)
+        self.a.fill(0.0)
+        blocks.accumulate(self.layout, self.a, self.refs, self._zw, xy)
+        return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
+
+    def log_det_lz(self) -> float:
+        """log |L_Z|^2 (eq. 16)."""
+        return float(self.core.components()[0])
+
+    def beta(self) -> np.ndarray:
+        """beta from R_X^T beta = l_yX (eq. 21)."""
+        if self.p == 0:
+            return np.zeros(0)
+        lxx = self.core.lxx()
+        from scipy.linalg import solve_triangular
+        return solve_triangular(lxx[:self.p, :self.p].T, lxx[self.p, :self.p], lower=False)
+
+    def u(self, beta: np.ndarray) -> np.ndarray:
+        """Spherical modes u (internal order) from L_Z^T u = l_yZ - L_XZ^T beta (eq. 22)."""
+        return np.array(self.core.solve_u(np.ascontiguousarray(beta, dtype=np.float64)))
+
+    def rx(self) -> np.ndarray:
+        """The lower-triangular R_X (eq. 11) of the current factor."""
+        return self.core.lxx()[:self.p, :self.p]
+
+    def lambda_blocks(self) -> list[np.ndarray]:
+        return self.core.lambda_blocks()
+
+    def l_diag_first(self) -> np.ndarray:
+        """The diagonal of L_Z for one scalar term (its first block is diagonal)."""
+        lay = self.layout
+        return np.array(self.core.l_values[lay.off_l[0]:lay.off_l[0] + lay.nlev[0]])
+
+
+def varcorr(design: Design, theta: np.ndarray) -> pd.DataFrame:
+    """lme4's ``as.data.frame(VarCorr())`` of a GLMM (eq. 8 with sigma = 1, no
+    residual row)."""
+    from ..varcorr import varcorr_table
+    split = np.split(np.asarray(theta, dtype=np.float64),
+                     np.cumsum([r.n_theta for r in design.remats])[:-1])
+    table = varcorr_table([r.group for r in design.remats], [r.cnames for r in design.remats],
+                          [r.lambda_(th) for r, th in zip(design.remats, split)], 1.0)
+    return table[table["grp"] != "Residual"].reset_index(drop=True)
+
+
+def condvar_blocks(design: Design, factor: Factor, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """Var(b | y) per level, Lambda (L_Z L_Z^T)^{-1} Lambda^T's diagonal blocks at the
+    factor's current weights (eqs. 25, 60-62 with sigma = 1, eq. 97)."""
+    from types import SimpleNamespace
+
+    from .. import condvar
+    comps = tuple(factor.core.components())
+    theta = np.asarray(theta, dtype=np.float64)
+    shim = SimpleNamespace(
+        _layout=factor.layout, _core=factor.core, remats=design.remats,
+        _internal=design.internal, _theta=theta, sigma=1.0,
+        _solution={"ld_l2": comps[0], "ld_rx2": comps[1], "pwrss": comps[2]},
+        _require_fit=lambda: None,
+        _to_internal=lambda th: np.ascontiguousarray(np.asarray(th)[design.theta_perm()]))
+    return condvar.condvar_blocks(shim)

@@ -1,0 +1,194 @@
+"""lme4's two optimisation stages of a GLMM fit (docs/theory.md, eqs. 102-103).
+
+Stage 1 (nAGQ = 0) minimises the Laplace deviance over theta alone, with
+beta found by PIRLS together with u (eq. 102), by Powell's bound-constrained
+BOBYQA (NLopt).  Stage 2 starts there and minimises the Laplace (or
+quadrature) deviance over (theta, beta) together, u alone by PIRLS (eq. 103):
+by Newton steps on central differences, whose last Hessian is the one the
+covariance of beta-hat needs (eq. 104), and by BOBYQA where Newton stops
+short (a bound, an indefinite Hessian).  Each evaluation's PIRLS starts at
+the previous mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nlopt
+import numpy as np
+
+__all__ = [
+    "BOUNDARY_TOL",
+    "NewtonResult",
+    "StageResult",
+    "check_boundary",
+    "fd_gradient",
+    "minimize_bobyqa",
+    "minimize_newton",
+]
+
+BOUNDARY_TOL = 1e-5   # lme4's glmerControl boundary.tol
+
+
+@dataclass
+class StageResult:
+    """Outcome of one stage."""
+
+    x: np.ndarray
+    fval: float
+    n_evals: int
+    return_code: str
+    history: list = field(default_factory=list)
+
+
+_CODES = {nlopt.SUCCESS: "SUCCESS", nlopt.STOPVAL_REACHED: "STOPVAL_REACHED",
+          nlopt.FTOL_REACHED: "FTOL_REACHED", nlopt.XTOL_REACHED: "XTOL_REACHED",
+          nlopt.MAXEVAL_REACHED: "MAXEVAL_REACHED", nlopt.MAXTIME_REACHED: "MAXTIME_REACHED"}
+
+
+def minimize_bobyqa(fun, x0: np.ndarray, lower: np.ndarray, step: np.ndarray,
+                    ftol_abs: float = 1e-10, xtol_abs: float = 1e-9,
+                    maxeval: int = 100_000) -> StageResult:
+    """Minimise ``fun`` from ``x0`` within ``lower`` by BOBYQA, first steps ``step``.
+
+    The best point seen is returned (BOBYQA's last point may not be the best).
+    A failure of ``fun`` (an LmmError) counts as +inf, as lme4's optimisers
+    see a failed PIRLS.
+    """
+    from ..errors import LmmError
+    x0 = np.asarray(x0, dtype=np.float64)
+    n = len(x0)
+    best = [np.inf, x0.copy()]
+    count = [0]
+
+    def f(x, grad):
+        count[0] += 1
+        try:
+            val = float(fun(x))
+        except LmmError:
+            val = np.inf
+        if val < best[0]:
+            best[0], best[1] = val, x.copy()
+        return val if np.isfinite(val) else 1e300
+
+    opt = nlopt.opt(nlopt.LN_BOBYQA, n)
+    lo = np.asarray(lower, dtype=np.float64)
+    opt.set_lower_bounds(np.where(np.isfinite(lo), lo, -1e300))
+    opt.set_min_objective(f)
+    opt.set_ftol_abs(ftol_abs)
+    opt.set_xtol_abs(xtol_abs)
+    opt.set_maxeval(maxeval)
+    opt.set_initial_step(np.asarray(step, dtype=np.float64))
+    x_start = np.maximum(x0, lo)
+    try:
+        opt.optimize(x_start)
+        code = _CODES.get(opt.last_optimize_result(), str(opt.last_optimize_result()))
+    except nlopt.RoundoffLimited:
+        code = "ROUNDOFF_LIMITED"
+    return StageResult(best[1], best[0], count[0], code)
+
+
+def check_boundary(fun, x: np.ndarray, fval: float, lower: np.ndarray,
+                   n_theta: int) -> tuple[np.ndarray, float, int]:
+    """lme4's ``check.boundary``: a theta within BOUNDARY_TOL of its bound is set
+    to the bound where that does not increase the deviance.  Returns (x, f, evaluations)."""
+    x = x.copy()
+    evals = 0
+    for i in range(n_theta):
+        d = x[i] - lower[i]
+        if 0 < d < BOUNDARY_TOL:
+            trial = x.copy()
+            trial[i] = lower[i]
+            val = float(fun(trial))
+            evals += 1
+            if val <= fval + 1e-12 * abs(fval):   # (not higher beyond rounding)
+                x, fval = trial, min(val, fval)
+    return x, fval, evals
+
+
+@dataclass
+class NewtonResult:
+    """Outcome of ``minimize_newton``."""
+
+    x: np.ndarray
+    fval: float
+    n_evals: int
+    converged: bool
+
+
+def fd_gradient(fun, x: np.ndarray, delta: float) -> tuple[np.ndarray, int]:
+    """Central-difference gradient of ``fun`` (2n evaluations)."""
+    n = len(x)
+    g = np.empty(n)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = delta
+        g[i] = (fun(x + e) - fun(x - e)) / (2.0 * delta)
+    return g, 2 * n
+
+
+def _positive_definite(h: np.ndarray) -> np.ndarray:
+    """``h`` with its eigenvalues made positive: |lambda|, at least 1e-8 of the largest."""
+    vals, vecs = np.linalg.eigh(0.5 * (h + h.T))
+    vals = np.maximum(np.abs(vals), 1e-8 * max(np.abs(vals).max(), 1e-300))
+    return (vecs * vals) @ vecs.T
+
+
+def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian_fn,
+                    tol: float = 1e-12, maxit: int = 30, at_point=None) -> NewtonResult:
+    """Quasi-Newton steps on central differences, for stage 2 (eq. 103).
+
+    A first Hessian (``hessian_fn(x, f(x))`` returns it with the gradient and
+    its number of evaluations) has its eigenvalues made positive and is then
+    updated by BFGS from the central-difference gradients (2n evaluations a
+    step).  Stops when the Newton decrement g^T H^{-1} g is below ``tol``.
+    ``free`` marks the coordinates with no bound; a step that would take a
+    bounded one (a diagonal theta) below 0, a line search that fails, or no
+    convergence returns ``converged=False`` with the best point, for BOBYQA
+    to finish.  ``at_point(x)``, if given, is called at each point before its
+    differences are taken.
+    """
+    from ..errors import LmmError
+    x = np.asarray(x0, dtype=np.float64).copy()
+    evals = 0
+    fx = np.inf
+    try:
+        fx = float(fun(x))
+        evals += 1
+        if at_point is not None:
+            at_point(x)
+        h0, g, k = hessian_fn(x, fx)
+        evals += k
+        b = _positive_definite(h0)
+        for _ in range(maxit):
+            p = -np.linalg.solve(b, g)
+            decrement = float(-g @ p)
+            if decrement < tol:
+                return NewtonResult(x, fx, evals, True)
+            if decrement < 0:
+                break
+            t = 1.0
+            while True:
+                xn = x + t * p
+                if (xn[~free] < 0).any():
+                    return NewtonResult(x, fx, evals, False)
+                fn = float(fun(xn))
+                evals += 1
+                if fn <= fx - 1e-4 * t * decrement:
+                    break
+                t *= 0.5
+                if t < 1e-3:
+                    return NewtonResult(x, fx, evals, False)
+            if at_point is not None:
+                at_point(xn)
+            gn, k = fd_gradient(fun, xn, delta)
+            evals += k
+            s_, y_ = xn - x, gn - g
+            sy = float(s_ @ y_)
+            if sy > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):   # BFGS
+                bs = b @ s_
+                b = b - np.outer(bs, bs) / float(s_ @ bs) + np.outer(y_, y_) / sy
+            x, fx, g = xn, fn, gn
+    except (LmmError, np.linalg.LinAlgError):
+        pass
+    return NewtonResult(x, fx, evals, False)

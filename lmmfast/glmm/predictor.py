@@ -19,13 +19,15 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .. import blocks
+from .. import _crossprod
 from .._cholesky import BlockedCholesky
+from ..design.crossprod import add_rows
+from ..design.fixed import build_xymat, response_vector
+from ..design.frame import model_frame, used_frame
+from ..design.layout import BlockLayout
+from ..design.terms import ReMat, build_remat
 from ..errors import DataError
 from ..formula import parse_formula, split_top
-from ..modelframe import model_frame, used_frame
-from ..remat import ReMat, build_remat
-from ..xymat import build_xymat, response_vector
 
 __all__ = ["Design", "Factor", "build_design", "condvar_blocks", "varcorr"]
 
@@ -192,9 +194,9 @@ class Factor:
 
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
-    ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A by the compiled
-    kernels of ``blocks.accumulate`` (eq. 12, weights w) and factors it
-    (eqs. 13-15).
+    ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A over the same design
+    with the working weights and response (``design.crossprod.add_rows``, eqs.
+    12, 91) and factors it (eqs. 13-15).
     """
 
     def __init__(self, design: Design, with_x: bool):
@@ -203,30 +205,21 @@ class Factor:
         self.z = [np.ascontiguousarray(r.z) for r in inner]
         self.x = design.x if with_x else np.zeros((design.nobs, 0))
         self.p = self.x.shape[1]
-        self.layout = blocks.BlockLayout.build(self.refs, [r.nlevels for r in inner],
-                                               [r.k for r in inner], self.p + 1)
+        self.layout = BlockLayout.build(self.refs, [r.nlevels for r in inner],
+                                        [r.k for r in inner], self.p + 1)
         lay = self.layout
         self.a = np.zeros(max(lay.n_a, 1))
+        self._acc = np.zeros((len(self.a), 2))   # A's double-double accumulator
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
             lay.n_l, float(design.nobs), 0.0)
-        self._xy = None
-        self._zw: list[np.ndarray] = []
 
     def refactor(self, sqrt_w: np.ndarray, zwork: np.ndarray, theta_internal: np.ndarray) -> int:
         """A = [Z X z]^T W [Z X z] for working weights w = sqrt_w^2, factored at theta."""
-        n = len(zwork)
-        if self._xy is None or self._xy.shape[0] != n:
-            self._xy = np.empty((n, self.p + 1))
-            self._zw = [np.empty_like(z) for z in self.z]
-        xy = self._xy
-        np.multiply(self.x, sqrt_w[:, None], out=xy[:, :-1])
-        np.multiply(zwork, sqrt_w, out=xy[:, -1])
-        for z, zw in zip(self.z, self._zw):
-            np.multiply(z, sqrt_w[:, None], out=zw)
-        self.a.fill(0.0)
-        blocks.accumulate(self.layout, self.a, self.refs, self._zw, xy)
+        self._acc.fill(0.0)
+        add_rows(self.layout, self._acc, self.refs, self.z, self.x, zwork, sqrt_w)
+        self.a[:] = _crossprod.dd_round(self._acc)
         return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
     def log_det_lz(self) -> float:

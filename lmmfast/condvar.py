@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.linalg
 import scipy.sparse
 
-from ._cholesky import BLOCK_SPARSE
+from ._factor import BLOCK_SPARSE
 
 __all__ = ["ranef_with_condvar", "condvar_blocks", "spherical_condvar_blocks"]
 

@@ -32,7 +32,7 @@ import math
 import os
 import time
 
-from ._cholesky import BLOCK_DENSE
+from ._factor import BLOCK_DENSE
 from .arguments import as_count, describe
 from .errors import DataError
 

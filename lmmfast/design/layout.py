@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._cholesky import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
+from .._factor import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
 
 __all__ = ["BlockLayout", "sparsity_pattern", "block_index", "SPARSE_MIN_SIZE",
            "BLOCK_BLOCKDIAG", "BLOCK_DENSE", "BLOCK_SPARSE"]

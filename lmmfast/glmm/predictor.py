@@ -196,7 +196,7 @@ class Factor:
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
     ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A over the same design
     with the working weights and response (``design.crossprod.add_rows``, eqs.
-    12, 91) and factors it (eqs. 13-15).
+    12, 105) and factors it (eqs. 13-15).
     """
 
     def __init__(self, design: Design, with_x: bool):

@@ -458,8 +458,7 @@ class LinearMixedModel:
             raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
         if not np.isfinite(y).all():
             raise DataError("the new response has non-finite values")
-        self.y = y
-        self._y_eff = y - self.offset if self.offset is not None else y
+        self.resp = self.resp.with_y(y)
         x_w, offset_w = self._working_rows
         y_w = y - offset_w if offset_w is not None else y
         wy = y_w * self.weights if self.weights is not None else y_w
@@ -493,8 +492,7 @@ class LinearMixedModel:
         if status == "bad start":
             raise ValueError(f"start must have {len(self.lower_bounds)} values within "
                              "the lower bounds")
-        self.y = y
-        self._y_eff = y - self.offset if self.offset is not None else y
+        self.resp = self.resp.with_y(y)
         if status != "done":   # y is in A: fit finishes it from the same start
             return self.fit(start=start, optimizer="quasi-newton")
         return self._take_optimum(take_run(OptSummary(start, self.lower_bounds), result))

@@ -50,6 +50,10 @@ class Response:
         w = self.w
         return None if w is None else np.sqrt(w)
 
+    def with_y(self, y: np.ndarray) -> "Response":
+        """The same rows, weights and offset with a new response y."""
+        return Response(y, self.weights, self.offset, self.working_weights)
+
     def replace(self, **changes) -> "Response":
         """A new Response with ``changes`` (fields of this one)."""
         return replace(self, **changes)

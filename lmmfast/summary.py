@@ -31,7 +31,7 @@ from .errors import SINGULAR_MESSAGE, FormulaError, LmmWarning
 from .formula import find_bar, split_top, double_vert_terms
 from .varcorr import group_labels
 
-__all__ = ["format_summary", "format_pvalues", "format_quantiles", "lme4_formula",
+__all__ = ["format_summary", "format_pvalues", "coef_table_lines", "format_quantiles", "lme4_formula",
            "data_name", "warn_if_singular", "CORRELATION_MAX", "SINGULAR_MESSAGE"]
 
 CORRELATION_MAX = 12
@@ -500,14 +500,23 @@ def _fixed_effects(fit, digits: int, ddf: str | None = None) -> list[str]:
         return ["Fixed effects:"] + _render_table(["Estimate", "Std. Error", "t value"], rows,
                                                    names, right=True)
     from .fixed_tests import coef_table
-    table = coef_table(fit, ddf=ddf)
-    coef_se = table[["Estimate", "Std. Error", "df"]].to_numpy(dtype=np.float64)
-    rows = _coef_cells(coef_se, table["t value"].to_numpy(dtype=np.float64), digits)
-    pvalues = table["Pr(>|t|)"].to_numpy(dtype=np.float64)
+    return coef_table_lines(coef_table(fit, ddf=ddf), digits)
+
+
+def coef_table_lines(table: pd.DataFrame, digits: int) -> list[str]:
+    """"Fixed effects:" as R's ``printCoefmat`` with significance stars: the
+    coefficient columns, then the test statistic (``t value`` or ``z value``)
+    and its p-value (``Pr(>|t|)`` or ``Pr(>|z|)``), the table's last two columns."""
+    names = [str(n) for n in table.index]
+    stat, pcol = table.columns[-2], table.columns[-1]
+    coef_cols = list(table.columns[:-2])
+    coef_se = table[coef_cols].to_numpy(dtype=np.float64)
+    rows = _coef_cells(coef_se, table[stat].to_numpy(dtype=np.float64), digits)
+    pvalues = table[pcol].to_numpy(dtype=np.float64)
     dig_tst = max(1, min(5, digits - 1))
     for row, text in zip(rows, format_pvalues(pvalues, dig_tst)):
         row.append(text)
-    header = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+    header = coef_cols + [stat, pcol]
     stars = bool(np.any(pvalues[~np.isnan(pvalues)] < 0.1))
     if stars:
         header.append("")

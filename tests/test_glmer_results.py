@@ -29,7 +29,8 @@ MODELS = sorted(REF["models"])
 def fitted(name: str):
     m = REF["models"][name]
     return lmmfast.glmer(m["formula"], datasets.load(m["dataset"]),
-                         family=(m["family"], m["link"]), nAGQ=m["nAGQ"])
+                         family=(m["family"], m["link"]), nAGQ=m["nAGQ"],
+                         weights=m.get("weights"), offset=m.get("offset"))
 
 
 def lines(text: str) -> list[str]:
@@ -150,6 +151,31 @@ def test_predict_newdata(name, model):
         np.testing.assert_allclose(fit.predict(new, **kwargs), ref[key], rtol=1e-4, atol=1e-6,
                                    err_msg=key)
     pd.testing.assert_frame_equal(new, before)
+
+
+def test_predict_newdata_some_terms():
+    """re_form naming the intercepts of a (1 + V4 | subject) term uses them alone."""
+    ref, fit = REF["predict"]["epil_slope"], fitted("epil_slope")
+    got = fit.predict(_newdata("epil_slope"), re_form="~ (1 | subject)", allow_new_levels=True)
+    np.testing.assert_allclose(got, ref["link_intercepts"], rtol=1e-4, atol=1e-6)
+
+
+def test_predict_newdata_offset_column():
+    """A model fitted with offset="lage" adds newdata's lage, as the LMM's predict
+    does; lme4 1.1-31 leaves the offset= argument out on newdata, so its
+    predictions are lmmfast's minus newdata's lage."""
+    ref, fit = REF["predict"]["epil_offset"], fitted("epil_offset")
+    new = _newdata("epil_offset")
+    lage = new["lage"].to_numpy()
+    np.testing.assert_allclose(fit.predict(new, allow_new_levels=True),
+                               np.add(ref["link"], lage), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fit.predict(new, re_form="~0", type="response"),
+                               np.multiply(ref["response_fixed"], np.exp(lage)), rtol=1e-4)
+    np.testing.assert_allclose(fit.predict(new, re_form="~0", offset=0.0, type="response"),
+                               ref["response_fixed"], rtol=1e-4)
+    np.testing.assert_allclose(fit.predict(re_form="~0"),
+                               fit.x @ fit.beta + datasets.load("epil")["lage"].to_numpy(),
+                               rtol=1e-12)
 
 
 def test_predict_new_level_needs_allow_new_levels():

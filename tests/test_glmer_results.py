@@ -243,3 +243,22 @@ def test_unfitted_model_prints_and_refuses_results():
         model.summary()
     with pytest.raises(lmmfast.FitError, match="not fitted"):
         model.residuals()
+
+
+def test_singular_fit_warns_and_keeps_hessian_vcov():
+    """A variance at 0: lme4's message as a warning, and the standard errors from
+    the Hessian of the deviance as lme4 (R: 0.2325 for the intercept)."""
+    m = REF["models"]["cbpp_singular"]
+    with pytest.warns(lmmfast.errors.LmmWarning, match="singular"):
+        fit = lmmfast.glmer(m["formula"], datasets.load("cbpp"), family="binomial")
+    assert fit.is_singular and fit.theta[1] == 0.0
+    assert fit.summary().endswith("boundary (singular) fit: see help('isSingular')")
+    assert fit.stderr.iloc[0] == pytest.approx(0.23247, abs=5e-5)
+
+
+def test_long_formula_wraps_as_r_deparse():
+    from lmmfast.summary import formula_lines
+    text = fitted("cbpp_singular").summary()
+    assert "Formula: cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 |\n" \
+           "    period)\n" in text
+    assert formula_lines("y ~ x") == ["y ~ x"]

@@ -17,7 +17,7 @@ from ..errors import DataError, FitError
 from ..family import Family
 from ..family import family as make_family
 from ..formula import parse_formula
-from ..summary import data_name
+from ..summary import data_name, warn_if_singular
 from . import stages
 from .laplace import laplace_deviance
 from .pirls import Mode, Pirls
@@ -131,6 +131,7 @@ class GeneralizedLinearMixedModel:
             evals1 += extra
             mode = pirls.mode_joint(theta1)
             self._finish(mode, evals1, 0)
+            warn_if_singular(self)
             return self
         beta1 = pirls.mode_joint(theta1).beta if beta0 is None else beta0
         x0 = np.concatenate([theta1, beta1])
@@ -152,6 +153,7 @@ class GeneralizedLinearMixedModel:
         x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
         mode = pirls.mode(x[:nt], x[nt:])
         self._finish(mode, evals1, evals2 + extra)
+        warn_if_singular(self)
         return self
 
     def _anchor_at(self, x) -> None:
@@ -241,8 +243,7 @@ class GeneralizedLinearMixedModel:
         self.hessian = None
         nt = self.n_theta
         theta = mode.theta
-        singular = bool(((theta - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
-        if self.n_agq > 0 and not singular:
+        if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
             self._anchor_at(x)
             h = fd_hessian(self._deviance_x, x, self._objective)[0]

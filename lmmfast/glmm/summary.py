@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from ..summary import (SINGULAR_MESSAGE, _criterion, _fixef_correlation, _observations,
                        _random_effects, _residuals, _title_lines, coef_table_lines,
-                       lme4_formula)
+                       formula_lines)
 
 __all__ = ["format_glmer_summary"]
 
 
 def _title(fit) -> list[str]:
-    if fit.n_agq > 1:
+    if fit.n_agq != 1:   # lme4's title for nAGQ = 0 too
         approx = f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.n_agq}"
     else:
         approx = "Laplace Approximation"
@@ -28,7 +28,7 @@ def _title(fit) -> list[str]:
 def _header(fit, call: dict) -> list[str]:
     lines = _title(fit)
     lines.append(f" Family: {fit.family.name}  ( {fit.family.link.name} )")
-    lines.append(f"Formula: {lme4_formula(fit.formula)}")
+    lines.append("Formula: " + "\n".join(formula_lines(fit.formula)))
     data = call.get("data") or fit.data_name
     if data:
         lines.append(f"   Data: {data}")

@@ -44,6 +44,15 @@ def test_cli_link_and_nagq(capsys, model, extra):
     assert lines(out) == lines(REF["models"][model]["summary"])
 
 
+def test_cli_proportion_with_weights(capsys):
+    """--weights COL: a proportion response with trials as weights, "Weights: size"."""
+    m = REF["models"]["cbpp_prop"]
+    status, out, err = run(capsys, "fit", "cbpp", m["formula"], "--family", "binomial",
+                           "--weights", "size")
+    assert status == 0, err
+    assert lines(out) == lines(m["summary"])
+
+
 def test_cli_json(capsys):
     m = REF["models"]["cbpp_agq25"]
     status, out, err = run(capsys, "fit", "cbpp", CBPP, "--family", "binomial",

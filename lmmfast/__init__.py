@@ -1,4 +1,4 @@
-"""lmmfast: linear mixed-effects models with lme4's numbers, fast.
+"""lmmfast: linear and generalized linear mixed-effects models with lme4's numbers, fast.
 
 >>> import lmmfast
 >>> fit = lmmfast.lmer("Reaction ~ 1 + Days + (1 + Days | Subject)",
@@ -34,6 +34,6 @@ from .model import LinearMixedModel, lmer  # noqa: E402
 from .glmm import GeneralizedLinearMixedModel, glmer  # noqa: E402
 from .threads import get_num_threads, set_num_threads  # noqa: E402
 
-__all__ = ["lmer", "LinearMixedModel", "anova", "datasets", "errors", "LmmError", "FormulaError",
+__all__ = ["lmer", "LinearMixedModel", "glmer", "GeneralizedLinearMixedModel", "anova", "datasets", "errors", "LmmError", "FormulaError",
            "DataError", "FitError", "set_num_threads", "get_num_threads"]
 __version__ = "0.1.0"

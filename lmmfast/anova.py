@@ -1,5 +1,7 @@
 """Likelihood-ratio tests of nested models, as lme4's ``anova(fit_a, fit_b, ...)`` (theory.md, eq. 40).
 
+The models are lmer fits or glmer fits (eqs. 98, 101: -2 log L as lme4).
+
 The models are sorted by their number of parameters; each row after the
 first is tested against the row above it:
 
@@ -33,13 +35,43 @@ class RefitWarning(LmmWarning):
     """Models fitted by REML were refitted by ML for a likelihood-ratio test."""
 
 
+def _is_glmm(fit) -> bool:
+    return hasattr(fit, "family")
+
+
+def _prior_weights(fit):
+    """A GLMM's prior weights (a binomial's trials), part of its response; None for an LMM."""
+    return fit.prior_weights if _is_glmm(fit) else None
+
+
+def _check_same_kind(fits) -> None:
+    """Likelihoods are comparable only between fits of one kind: all lmer or all
+    glmer fits, the latter of one family and one nAGQ (lme4's log-likelihood for
+    nAGQ > 1 is on another constant than the Laplace one, theory.md eq. 101)."""
+    kinds = {_is_glmm(f) for f in fits}
+    if len(kinds) > 1:
+        raise DataError("anova() cannot compare lmer (linear) and glmer (generalized) fits: "
+                        "their likelihoods are of different models of the response")
+    if not kinds.pop():
+        return
+    families = {str(f.family) for f in fits}
+    if len(families) > 1:
+        raise DataError(f"anova(): the glmer fits have different families or links "
+                        f"({', '.join(sorted(families))}): their likelihoods cannot be compared")
+    agq = {f.n_agq for f in fits}
+    if len(agq) > 1:
+        raise DataError(f"anova(): the glmer fits use different nAGQ ({sorted(agq)}): their "
+                        "log-likelihoods are on different scales")
+
+
 def anova(*fits, names=None, refit: bool = True) -> pd.DataFrame:
     """Likelihood-ratio test table of two or more models fitted to the same data (eq. 40).
 
     Parameters
     ----------
-    *fits : LinearMixedModel
-        Fitted models, usually nested, fitted to the same observations.
+    *fits : LinearMixedModel or GeneralizedLinearMixedModel
+        Fitted models, usually nested, fitted to the same observations; all
+        lmer or all glmer fits (one family and nAGQ).
     names : list of str, optional
         Row labels, one per model in argument order; default ``MODEL1``,
         ``MODEL2``, ... (lme4 uses the variable names).
@@ -62,9 +94,10 @@ def anova(*fits, names=None, refit: bool = True) -> pd.DataFrame:
                         "model's fixed effects use fit.anova()")
     for f in fits:
         if not hasattr(f, "loglik") or not hasattr(f, "df_params"):
-            raise TypeError("anova() needs fitted LinearMixedModel objects, "
-                            f"got {type(f).__name__}")
+            raise TypeError("anova() needs fitted LinearMixedModel or "
+                            f"GeneralizedLinearMixedModel objects, got {type(f).__name__}")
         f._require_fit()
+    _check_same_kind(fits)
     refit = as_flag(refit, "refit")
     if names is None:
         names = [f"MODEL{i + 1}" for i in range(len(fits))]
@@ -80,9 +113,9 @@ def anova(*fits, names=None, refit: bool = True) -> pd.DataFrame:
     if len(set(nobs)) > 1:
         raise DataError("models were not all fitted to the same size of dataset: "
                         + ", ".join(f"{n} has {k} observations" for n, k in zip(names, nobs)))
-    y0 = fits[0].y
+    y0, w0 = fits[0].y, _prior_weights(fits[0])
     for name, f in zip(names[1:], fits[1:]):
-        if not np.array_equal(f.y, y0):
+        if not np.array_equal(f.y, y0) or not np.array_equal(_prior_weights(f), w0):
             raise DataError(f"models were fitted to different responses ({names[0]}: "
                             f"{fits[0].response!r}, {name}: {f.response!r}) or different "
                             "rows: their likelihoods cannot be compared")

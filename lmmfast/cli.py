@@ -4,6 +4,8 @@
 
     lmmfast fit DATA FORMULA [--ml] [--json] [--weights COL] [--offset COL] [--plot DIR]
                 [--emmeans SPEC [--ddf DDF] [--contrast METHOD [--adjust ADJ]]] [--r2]
+    lmmfast fit DATA FORMULA --family FAMILY [--link LINK] [--nagq N] [--json]
+                [--weights COL] [--offset COL]
     lmmfast datasets
     lmmfast --version
 
@@ -22,7 +24,9 @@ files in ``DIR``; it needs matplotlib (``pip install 'lmmfast[plot]'``).
 ``--contrast METHOD`` their contrasts (``--adjust`` the multiplicity
 adjustment); ``--r2`` adds Nakagawa's R² and the ICC.  They are printed after
 the summary, or held by the JSON object's ``emmeans``, ``contrasts``, ``r2``
-and ``icc`` keys.
+and ``icc`` keys.  ``--family binomial`` or ``--family poisson`` (with
+``--link`` and ``--nagq``, lme4's ``nAGQ``) fits a generalized linear mixed
+model as lme4's ``glmer`` and prints its summary (JSON: ``fit_to_dict``).
 """
 
 from __future__ import annotations
@@ -114,7 +118,9 @@ def _json_records(table: pd.DataFrame) -> list[dict]:
 
 
 def fit_to_dict(fit) -> dict:
-    """The numbers of a fitted model as a JSON-ready dict."""
+    """The numbers of a fitted model (lmer or glmer) as a JSON-ready dict."""
+    if hasattr(fit, "family"):
+        return _glmer_to_dict(fit)
     stderr = fit.stderr.reindex(fit.fixef.index)
     return {
         "formula": fit.formula,
@@ -131,6 +137,35 @@ def fit_to_dict(fit) -> dict:
         "varcorr": _json_records(fit.varcorr),
         "is_singular": bool(fit.is_singular),
         "converged": bool(fit.converged),
+        "n_evals": int(fit.n_evals),
+        "n_dropped": int(fit.n_dropped),
+        "dropped_columns": [str(c) for c in fit.dropped_columns],
+    }
+
+
+def _glmer_to_dict(fit) -> dict:
+    """A glmer fit's numbers: criteria on lme4's scale, theta, the z table, VarCorr,
+    and the overdispersion check."""
+    table = fit.coef_table()
+    return {
+        "formula": fit.formula,
+        "family": fit.family.name,
+        "link": fit.family.link.name,
+        "nAGQ": int(fit.n_agq),
+        "nobs": int(fit.nobs),
+        "objective": _json_value(fit.objective),
+        "loglik": _json_value(fit.loglik),
+        "aic": _json_value(fit.aic),
+        "bic": _json_value(fit.bic),
+        "df_resid": int(fit.df_residual),
+        "theta": {str(k): _json_value(v) for k, v in zip(fit.theta_names, fit.theta)},
+        "fixef": {str(k): {"estimate": _json_value(row["Estimate"]),
+                           "se": _json_value(row["Std. Error"]),
+                           "z": _json_value(row["z value"]),
+                           "p": _json_value(row["Pr(>|z|)"])} for k, row in table.iterrows()},
+        "varcorr": _json_records(fit.varcorr),
+        "overdispersion": {str(k): _json_value(v) for k, v in fit.overdispersion().items()},
+        "is_singular": bool(fit.is_singular),
         "n_evals": int(fit.n_evals),
         "n_dropped": int(fit.n_dropped),
         "dropped_columns": [str(c) for c in fit.dropped_columns],
@@ -250,6 +285,9 @@ def _cmd_fit(args) -> int:
     from .summary import format_summary
 
     _check_post_fit(args)
+    _check_family(args)
+    if args.family is not None:
+        return _cmd_glmer(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -271,6 +309,46 @@ def _cmd_fit(args) -> int:
         if tables:
             print()
             print(_format_post_fit(tables))
+    return 0
+
+
+_LMM_ONLY = (("--ml", "ml"), ("--plot", "plot"), ("--emmeans", "emmeans"), ("--r2", "r2"))
+
+
+def _check_family(args) -> None:
+    """--link and --nagq need --family; the LMM's options do not apply to a glmer fit."""
+    if args.family is None:
+        for flag, value in (("--link", args.link), ("--nagq", args.nagq)):
+            if value is not None:
+                raise DataError(f"{flag} needs --family (binomial or poisson)")
+        return
+    for flag, attr in _LMM_ONLY:
+        if getattr(args, attr) not in (None, False):
+            raise DataError(f"{flag} applies to linear mixed models, not to a --family "
+                            f"{args.family} fit (glmer fits are maximum likelihood)")
+
+
+def _cmd_glmer(args) -> int:
+    """``fit --family``: lme4's glmer fit and summary."""
+    import lmmfast
+    from .glmm.summary import format_glmer_summary
+
+    family = args.family if args.link is None else (args.family, args.link)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            data = load_data(args.data)
+            fit = lmmfast.glmer(args.formula, data, family=family,
+                                nAGQ=1 if args.nagq is None else args.nagq,
+                                weights=args.weights, offset=args.offset)
+        finally:
+            for warning in caught:
+                print(f"{PROG}: warning: {_one_line(warning.message)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(fit_to_dict(fit), indent=2, allow_nan=False))
+    else:
+        call = {"data": args.data, "weights": args.weights, "offset": args.offset}
+        print(format_glmer_summary(fit, call=call))
     return 0
 
 
@@ -301,7 +379,8 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit", help="fit a model and print its summary",
-        description="Fit a linear mixed model (REML unless --ml) and print lme4's summary.")
+        description="Fit a linear mixed model (REML unless --ml), or with --family a "
+                    "generalized linear mixed model, and print lme4's summary.")
     fit.add_argument("data", metavar="DATA",
                      help="a bundled dataset name or the path of a .csv or .parquet file")
     fit.add_argument("formula", metavar="FORMULA",
@@ -325,6 +404,15 @@ def _parser() -> argparse.ArgumentParser:
                           "or none (default: tukey for pairwise methods, none for poly)")
     fit.add_argument("--r2", action="store_true",
                      help="Nakagawa's conditional and marginal R² and the ICC")
+    fit.add_argument("--family", metavar="FAMILY",
+                     help="fit a generalized linear mixed model (lme4's glmer): binomial "
+                          "or poisson")
+    fit.add_argument("--link", metavar="LINK",
+                     help="link of --family: logit (default), probit, cloglog, cauchit "
+                          "(binomial); log (default), identity, sqrt (poisson)")
+    fit.add_argument("--nagq", metavar="N", type=int,
+                     help="lme4's nAGQ for --family: 1 Laplace (default), 0, or > 1 "
+                          "adaptive Gauss-Hermite quadrature (one scalar random term)")
     fit.set_defaults(run=_cmd_fit)
 
     listing = commands.add_parser("datasets", help="list the bundled datasets",

@@ -432,8 +432,8 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
 
     Parameters
     ----------
-    fit : LinearMixedModel
-        A fitted model.
+    fit : LinearMixedModel or GeneralizedLinearMixedModel
+        A fitted model (for a GLMM, predictions on the link scale).
     newdata : pandas.DataFrame or dict, optional
         Rows to predict; ``None`` for the rows of the fit.  Never modified.
     re_form : None, NA-like or str
@@ -463,8 +463,7 @@ def predict(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
     fit._require_fit()
     if se_fit or interval is not None:
         return _with_uncertainty(fit, newdata, re_form, offset, se_fit, interval, level)
-    sol = fit._solution
-    beta = sol["beta"]
+    beta = fit.fixef.to_numpy(dtype=np.float64)
     terms = _selected_terms(fit, re_form)
 
     if newdata is None:

@@ -31,7 +31,7 @@ from .errors import SINGULAR_MESSAGE, FormulaError, LmmWarning
 from .formula import find_bar, split_top, double_vert_terms
 from .varcorr import group_labels
 
-__all__ = ["format_summary", "format_pvalues", "format_quantiles", "lme4_formula",
+__all__ = ["format_summary", "format_pvalues", "coef_table_lines", "formula_lines", "format_quantiles", "lme4_formula",
            "data_name", "warn_if_singular", "CORRELATION_MAX", "SINGULAR_MESSAGE"]
 
 CORRELATION_MAX = 12
@@ -225,6 +225,28 @@ def lme4_formula(formula: str) -> str:
     return formula
 
 
+_DEPARSE_CUTOFF = 60
+_BREAK_AFTER = re.compile(r" (?:~|\+|-|\*|\|\|?|%in%) |, ")
+
+
+def formula_lines(formula: str) -> list[str]:
+    """The formula as R's ``deparse`` splits it (width.cutoff = 60): a line ends
+    after a binary operator or an argument's comma once it is longer than 60
+    characters, and the next is indented by four spaces.
+
+    >>> formula_lines("cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 | period)")
+    ['cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 |', '    period)']
+    """
+    text = lme4_formula(formula)
+    lines, start, indent = [], 0, ""
+    for match in _BREAK_AFTER.finditer(text):
+        if len(indent) + match.end() - start > _DEPARSE_CUTOFF:
+            lines.append(indent + text[start:match.end()].rstrip())
+            start, indent = match.end(), "    "
+    lines.append(indent + text[start:])
+    return lines
+
+
 # --------------------------------------------------------------------------
 # Text layout
 
@@ -287,7 +309,7 @@ def _header(fit, call: dict, ddf: str | None = None) -> list[str]:
     else:
         title = f"Linear mixed model fit by {method}. t-tests use {_DDF_TITLES[ddf]} method"
         lines = _title_lines(title, "lmerModLmerTest")
-    lines.append(f"Formula: {lme4_formula(fit.formula)}")
+    lines.append("Formula: " + "\n".join(formula_lines(fit.formula)))
     data = call.get("data") or getattr(fit, "data_name", None)
     if data:
         lines.append(f"   Data: {data}")
@@ -500,14 +522,23 @@ def _fixed_effects(fit, digits: int, ddf: str | None = None) -> list[str]:
         return ["Fixed effects:"] + _render_table(["Estimate", "Std. Error", "t value"], rows,
                                                    names, right=True)
     from .fixed_tests import coef_table
-    table = coef_table(fit, ddf=ddf)
-    coef_se = table[["Estimate", "Std. Error", "df"]].to_numpy(dtype=np.float64)
-    rows = _coef_cells(coef_se, table["t value"].to_numpy(dtype=np.float64), digits)
-    pvalues = table["Pr(>|t|)"].to_numpy(dtype=np.float64)
+    return coef_table_lines(coef_table(fit, ddf=ddf), digits)
+
+
+def coef_table_lines(table: pd.DataFrame, digits: int) -> list[str]:
+    """"Fixed effects:" as R's ``printCoefmat`` with significance stars: the
+    coefficient columns, then the test statistic (``t value`` or ``z value``)
+    and its p-value (``Pr(>|t|)`` or ``Pr(>|z|)``), the table's last two columns."""
+    names = [str(n) for n in table.index]
+    stat, pcol = table.columns[-2], table.columns[-1]
+    coef_cols = list(table.columns[:-2])
+    coef_se = table[coef_cols].to_numpy(dtype=np.float64)
+    rows = _coef_cells(coef_se, table[stat].to_numpy(dtype=np.float64), digits)
+    pvalues = table[pcol].to_numpy(dtype=np.float64)
     dig_tst = max(1, min(5, digits - 1))
     for row, text in zip(rows, format_pvalues(pvalues, dig_tst)):
         row.append(text)
-    header = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+    header = coef_cols + [stat, pcol]
     stars = bool(np.any(pvalues[~np.isnan(pvalues)] < 0.1))
     if stars:
         header.append("")

@@ -27,7 +27,7 @@ def frames():
 def test_names():
     assert datasets.names() == [
         "Dyestuff", "Dyestuff2", "InstEval", "Pastes",
-        "Penicillin", "cake", "cbpp", "sleepstudy",
+        "Penicillin", "VerbAgg", "cake", "cbpp", "epil", "sleepstudy",
     ]
     assert NAMES == datasets.names()
 
@@ -105,12 +105,36 @@ def test_values_match_reference_csv(frames, name):
             assert frame[label].to_numpy().tobytes() == expected.tobytes(), label
 
 
+GLMM_DATASETS = ("VerbAgg", "epil")   # from lme4's glmer fixture
+
+
 def test_schema_matches_lme4_results():
     results = reference()
-    assert set(SCHEMA) == set(results["datasets"])
+    assert set(SCHEMA) == set(results["datasets"]) | set(GLMM_DATASETS)
     for name, dataset in results["datasets"].items():
         assert SCHEMA[name]["nrow"] == dataset["nrow"], name
         assert SCHEMA[name]["columns"] == dataset["columns"], name
+
+
+@pytest.mark.parametrize("name", GLMM_DATASETS)
+def test_glmm_datasets_as_r(frames, name):
+    """VerbAgg (lme4) and epil (MASS) as the glmer fixture's R data: R's factor
+    levels (VerbAgg's ``mode`` is want, do) and the same values."""
+    from pathlib import Path
+    fixture = Path(__file__).parent / "fixtures" / "glmm"
+    info = json.loads((fixture / "lme4_glmer_results.json").read_text())["datasets"][name]
+    assert SCHEMA[name]["nrow"] == info["rows"]
+    assert SCHEMA[name]["columns"] == info["columns"]
+    raw = pd.read_csv(fixture / f"{name}.csv")
+    frame = frames[name]
+    for column in info["columns"]:
+        got = frame[column["name"]]
+        if column["type"] == "factor":
+            assert list(got.cat.categories) == column["levels"]
+            assert got.astype(str).tolist() == raw[column["name"]].astype(str).tolist()
+        else:
+            np.testing.assert_array_equal(got.to_numpy(), raw[column["name"]].to_numpy())
+    assert list(datasets.load("VerbAgg")["mode"].cat.categories) == ["want", "do"]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +146,8 @@ def test_schema_matches_lme4_results():
         ("DYESTUFF2", "Dyestuff2"),
         ("penicillin", "Penicillin"),
         ("CBPP", "cbpp"),
+        ("verbagg", "VerbAgg"),
+        ("EPIL", "epil"),
         ("InstEval", "InstEval"),
         ("insteval", "InstEval"),
         ("INSTEVAL", "InstEval"),

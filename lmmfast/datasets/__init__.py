@@ -1,6 +1,6 @@
-"""Example datasets from the R package lme4.
+"""Example datasets from the R packages lme4 and MASS.
 
-The eight datasets ship with lmmfast, so fits can be checked against lme4's
+The ten datasets ship with lmmfast, so fits can be checked against lme4's
 published results without R:
 
 ============  =====  ====================================================
@@ -14,6 +14,8 @@ Pastes           60  strength, batch (10), cask (3), sample (30, batch:cask)
 cake            270  replicate (15), recipe (3), temperature (6), angle, temp
 InstEval      73421  s (2972), d (1128), studage, lectage, service, dept, y
 cbpp             56  herd (15), incidence, size, period (4)
+VerbAgg        7584  r2 (N/Y), Anger, Gender, btype, situ, mode, id (316), item (24)
+epil            236  y, trt (2), base, age, V4, subject (59), period, lbase, lage
 ============  =====  ====================================================
 
 Factors are pandas Categoricals with R's level order; their categories are

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
+from ..arguments import as_choice
 from ..errors import DataError, FitError
 from ..family import Family
 from ..family import family as make_family
+from ..formula import parse_formula
+from ..summary import data_name, warn_if_singular
 from . import stages
 from .laplace import laplace_deviance
 from .pirls import Mode, Pirls
@@ -71,6 +75,12 @@ class GeneralizedLinearMixedModel:
         self.pirls = Pirls(d, self.family)
         check_agq(self.pirls, self.n_agq)
         self.formula = formula
+        self.data_name = data_name(data)
+        self.has_weights = weights is not None
+        self.weights_column = weights if isinstance(weights, str) else None
+        self.offset_given = offset is not None
+        self.offset_column = offset if isinstance(offset, str) else None
+        self._has_offset = offset is not None or bool(parse_formula(formula).offsets)
         self.fixef_names = list(d.fixef_names)
         self.theta_names = [n for r in d.remats for n in r.theta_names()]
         self.n_theta = len(self.theta_names)
@@ -121,6 +131,7 @@ class GeneralizedLinearMixedModel:
             evals1 += extra
             mode = pirls.mode_joint(theta1)
             self._finish(mode, evals1, 0)
+            warn_if_singular(self)
             return self
         beta1 = pirls.mode_joint(theta1).beta if beta0 is None else beta0
         x0 = np.concatenate([theta1, beta1])
@@ -142,6 +153,7 @@ class GeneralizedLinearMixedModel:
         x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
         mode = pirls.mode(x[:nt], x[nt:])
         self._finish(mode, evals1, evals2 + extra)
+        warn_if_singular(self)
         return self
 
     def _anchor_at(self, x) -> None:
@@ -231,8 +243,7 @@ class GeneralizedLinearMixedModel:
         self.hessian = None
         nt = self.n_theta
         theta = mode.theta
-        singular = bool(((theta - self.theta_lower)[self.theta_lower == 0] < SINGULAR_TOL).any())
-        if self.n_agq > 0 and not singular:
+        if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
             self._anchor_at(x)
             h = fd_hessian(self._deviance_x, x, self._objective)[0]
@@ -365,13 +376,153 @@ class GeneralizedLinearMixedModel:
         """Fitted means on the response scale, mu = g^{-1}(eta)."""
         return self._require_fit().mu.copy()
 
-    def __repr__(self) -> str:
+    # ------------------------------------------------------------ the design
+    reml = False   # maximum likelihood (for anova and the summary's criteria)
+
+    @property
+    def remats(self):
+        """The random-effects terms, lme4's order."""
+        return self.design.remats
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.design.x
+
+    @property
+    def y(self) -> np.ndarray:
+        """The response on the family's scale (a proportion for binomial)."""
+        return self.design.y
+
+    @property
+    def response(self) -> str:
+        return self.design.response
+
+    @property
+    def prior_weights(self) -> np.ndarray:
+        """R's ``weights(fit)``: prior weights (trials times weights for cbind)."""
+        return self.design.prior_weights.copy()
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        """The total offset (``offset=`` plus the formula's ``offset()`` terms), or None."""
+        return self.design.offset if self._has_offset else None
+
+    @property
+    def fixed_spec(self):
+        return self.design.fixed_spec
+
+    @property
+    def dropped_columns(self) -> list[str]:
+        return list(self.design.dropped_columns)
+
+    @property
+    def n_dropped(self) -> int:
+        return self.design.n_dropped
+
+    @property
+    def ngrps(self) -> dict[str, int]:
+        """Number of levels of each grouping factor (lme4's ``ngrps``)."""
+        out: dict[str, int] = {}
+        for r in self.remats:
+            out.setdefault(r.group, r.nlevels)
+        return out
+
+    @property
+    def df_params(self) -> int:
+        return self.df
+
+    @property
+    def df_residual(self) -> int:
+        """lme4's ``df.residual``: nobs minus the number of parameters."""
+        return self.nobs - self.df
+
+    # ------------------------------------------------------------ residuals
+    def residuals(self, type: str = "deviance") -> np.ndarray:
+        """lme4's ``residuals(fit, type)`` of a glmer fit (eq. 96), on the fit's rows:
+
+        ``"deviance"`` sign(y - mu) sqrt(d_i); ``"pearson"`` (y - mu) sqrt(a_i / V(mu));
+        ``"response"`` y - mu; ``"working"`` (y - mu) / (dmu/deta); y on the
+        family's scale (a proportion for binomial), a_i the prior weights.
+        """
+        type = as_choice(type, "type", ("deviance", "pearson", "response", "working"))
+        mode = self._require_fit()
+        d = self.design
+        r = d.y - mode.mu
+        if type == "response":
+            return r
+        if type == "deviance":
+            return np.sign(r) * np.sqrt(np.clip(mode.dev_resid, 0.0, None))
+        if type == "pearson":
+            return r * np.sqrt(d.prior_weights / self.family.variance(mode.mu))
+        return r / self.family.mu_eta(mode.eta)
+
+    def residual_quantiles(self) -> np.ndarray:
+        """Quantiles (0, 1/4, 1/2, 3/4, 1) of the Pearson residuals (lme4's "Scaled
+        residuals", sigma = 1)."""
+        values = self.residuals("pearson")
+        return np.quantile(values[np.isfinite(values)], [0.0, 0.25, 0.5, 0.75, 1.0])
+
+    def overdispersion(self) -> pd.Series:
+        """The overdispersion check users compute: ``chisq`` = sum of squared Pearson
+        residuals, ``ratio`` = chisq / ``rdf`` (residual df, nobs minus parameters),
+        ``p`` = P(chi^2_rdf > chisq).  A ratio well above 1 suggests overdispersion."""
+        chisq = float(np.sum(self.residuals("pearson") ** 2))
+        rdf = self.df_residual
+        return pd.Series({"chisq": chisq, "ratio": chisq / rdf, "rdf": float(rdf),
+                          "p": float(stats.chi2.sf(chisq, rdf))}, name="overdispersion")
+
+    # ------------------------------------------------------------ inference
+    def coef_table(self) -> pd.DataFrame:
+        """Wald z tests of the fixed effects: Estimate, Std. Error, z value,
+        Pr(>|z|) = 2 Phi(-|z|), with the standard errors of eq. 104."""
+        est = self.beta
+        se = np.sqrt(np.diag(self._vcov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = est / se
+        return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": z,
+                             "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))},
+                            index=pd.Index(self.fixef_names))
+
+    # ------------------------------------------------------------ prediction
+    def predict(self, newdata=None, type: str = "link", re_form=None,
+                allow_new_levels: bool = False, offset=None) -> np.ndarray:
+        """lme4's ``predict(fit, newdata, type, re.form, allow.new.levels)``.
+
+        The linear predictor x_i beta + z_i b + o_i (eq. 91) of the fit's rows
+        (``newdata=None``) or of ``newdata`` coded as in the fit
+        (``lmmfast.predict``: factor levels, contrasts, new levels, offsets);
+        ``type="response"`` maps it through the inverse link.  ``re_form``:
+        None (all terms), ``"~0"``/NA (none) or a formula of some terms.
+        """
+        from ..predict import predict as predict_rows
+        type = as_choice(type, "type", ("link", "response"))
+        mode = self._require_fit()
+        if newdata is None and re_form is None and offset is None:
+            eta = mode.eta.copy()
+        else:
+            eta = predict_rows(self, newdata, re_form=re_form,
+                               allow_new_levels=allow_new_levels, offset=offset)
+        if type == "link":
+            return eta
+        out = np.full_like(eta, np.nan)
+        ok = np.isfinite(eta)
+        out[ok] = self.family.linkinv(eta[ok])
+        return out
+
+    # ------------------------------------------------------------ printing
+    def summary(self, digits: int = 4) -> str:
+        """lme4's glmer summary text (``lmmfast.glmm.summary``)."""
+        from .summary import format_glmer_summary
+        self._require_fit()
+        return format_glmer_summary(self, digits)
+
+    def __str__(self) -> str:
         if self._mode is None:
-            return f"GeneralizedLinearMixedModel({self.formula!r}, family={self.family}) (not fitted)"
-        return (f"Generalized linear mixed model fit ({self.family}, nAGQ = {self.n_agq}): "
-                f"{self.formula}\n  -2 log L = {self.objective:.4f}, theta = "
-                f"{np.round(self.theta, 5).tolist()}\n  fixef = "
-                f"{dict(zip(self.fixef_names, np.round(self.beta, 5).tolist()))}")
+            return f"GeneralizedLinearMixedModel({self.formula!r}, family={self.family}, not fitted)"
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.__str__()
 
 
 def glmer(formula: str, data, family="binomial", nAGQ: int = 1, weights=None,

@@ -51,6 +51,7 @@ class Design:
     row_index: pd.Index
     n_dropped: int
     dropped_columns: list[str]
+    fixed_spec: object = None   # formulaic's ModelSpec of X (the codings predict() reuses)
 
     @property
     def nobs(self) -> int:
@@ -161,7 +162,7 @@ def build_design(formula: str, data, family_name: str, weights=None,
     _check_response(y, prior, family_name, lhs)
     off = np.zeros(n) if frame.offset is None else np.asarray(frame.offset, dtype=np.float64)
     return Design(formula, lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
-                  frame.row_index, frame.n_dropped, xy.dropped)
+                  frame.row_index, frame.n_dropped, xy.dropped, xy.spec)
 
 
 def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str) -> None:

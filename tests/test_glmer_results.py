@@ -8,7 +8,6 @@ deviance that lmmfast computes).
 """
 
 import json
-import warnings
 from functools import cache
 from pathlib import Path
 

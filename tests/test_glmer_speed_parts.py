@@ -116,3 +116,45 @@ def test_fit_unchanged_by_plain_iterations(monkeypatch):
     ref = glmer(m["formula"], dataset(m["dataset"]), family=(m["family"], m["link"]))
     assert fast.objective == pytest.approx(ref.objective, rel=1e-12)
     np.testing.assert_allclose(fast.beta, ref.beta, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "cbpp_prop_weights", "epil_int",
+                                  "epil_slope", "epil_offset", "verbagg_main",
+                                  "verbagg_slope"])
+def test_analytic_gradient_equals_central_differences(name):
+    """The Laplace deviance's gradient in (theta, beta) (laplace.laplace_gradient)
+    against central differences of the deviance, at the optimum and off it."""
+    from lmmfast.glmm.laplace import laplace_gradient
+    f = fit(name)
+    x_hat = np.concatenate([f.theta, f.beta])
+    nt = f.n_theta
+    for x in (x_hat, x_hat * 1.05 + 0.01):
+        g = laplace_gradient(f.pirls, f.pirls.mode(x[:nt], x[nt:]))
+        h = 1e-5
+        fd = np.array([(f._deviance_x(x + h * e) - f._deviance_x(x - h * e)) / (2 * h)
+                       for e in np.eye(len(x))])
+        scale = max(1.0, float(np.abs(fd).max()))
+        assert np.max(np.abs(g - fd)) < 1e-6 * scale
+
+
+@pytest.mark.parametrize("name", ["cbpp_probit", "cbpp_agq25", "epil_agq9"])
+def test_no_analytic_gradient_where_it_does_not_apply(name):
+    """Non-canonical links and quadrature keep central differences."""
+    f = fit(name)
+    assert not f._has_gradient()
+    if f.n_agq == 1:
+        from lmmfast.glmm.laplace import laplace_gradient
+        assert laplace_gradient(f.pirls, f.pirls.mode(f.theta, f.beta)) is None
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "epil_slope"])
+def test_gradient_hessian_equals_deviance_hessian(name):
+    """The covariance's Hessian from differences of gradients (2n evaluations)
+    agrees with lme4's stencil on the deviance (n(n + 1) evaluations)."""
+    from lmmfast.glmm.vcov import fd_hessian, gradient_hessian
+    f = fit(name)
+    x = np.concatenate([f.theta, f.beta])
+    hg, kg = gradient_hessian(f._value_gradient, x)
+    hf, kf = fd_hessian(f._deviance_x, x, f._deviance_x(x))
+    assert kg == 2 * len(x) and kf == len(x) * (len(x) + 1)
+    np.testing.assert_allclose(hg, hf, rtol=2e-4, atol=2e-4 * np.abs(hf).max())

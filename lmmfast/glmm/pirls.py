@@ -166,6 +166,18 @@ class Pirls:
         dev = np.empty(len(mu))
         return dev, _pirls.deviances(self._family_code, self.y, mu, self.wt, dev)
 
+    def ell(self, theta: np.ndarray):
+        """Z and G = Z Lambda row by row (eqs. 2, 3): each row's columns of the
+        random effects (internal order, n x sum k) and its values of Z and of G."""
+        cols, zv, gv = [], [], []
+        for t, lam in enumerate(self.lambdas(theta)):
+            k = self.k[t]
+            first = self.q_off[t] + self.refs[t] * k
+            cols.append(first[:, None] + np.arange(k)[None, :])
+            zv.append(self.z[t])
+            gv.append(self.z[t] @ lam)
+        return np.hstack(cols), np.hstack(zv), np.hstack(gv)
+
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
         """b = Lambda u per term (internal order), arrays (nl, k)."""
         return [np.ascontiguousarray(

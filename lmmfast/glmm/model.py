@@ -14,6 +14,7 @@ import pandas as pd
 from ..errors import DataError, FitError
 from ..family import Family
 from ..family import family as make_family
+from ..threads import limit_blas
 from . import stages
 from .laplace import gradient_available, laplace_deviance, laplace_gradient
 from .pirls import Mode, Pirls
@@ -114,8 +115,13 @@ class GeneralizedLinearMixedModel:
         """lme4's two stages (eqs. 102, 103), then the results at the optimum.
 
         ``start``: a theta (lme4 order), or a dict with ``theta`` and/or
-        ``fixef``/``beta``, as lme4's ``start``.
+        ``fixef``/``beta``, as lme4's ``start``.  The BLAS runs one thread
+        unless the factor has large dense blocks (``pirls.blas_count``).
         """
+        with limit_blas(self.pirls.blas_count()):
+            return self._fit(start)
+
+    def _fit(self, start) -> GeneralizedLinearMixedModel:
         nt = self.n_theta
         theta0, beta0 = self._start(start)
         pirls = self.pirls

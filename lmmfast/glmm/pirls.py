@@ -124,6 +124,17 @@ class Pirls:
                 - float(mode.dev_resid.sum())
         return float(mode.dev_resid.sum()) + self._aic_const
 
+    def blas_count(self) -> int:
+        """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
+        to gain from threads and lose much on a busy machine), unless the joint
+        factor has dense blocks as large as the LMM gives threads
+        (``threads.choose``)."""
+        from .. import threads
+        layout = self.factor(True).layout
+        if threads.dense_entries(layout) < threads.BLAS_MIN_ENTRIES:
+            return 1
+        return threads.choose(layout, None)
+
     def factor(self, with_x: bool) -> Factor:
         f = self._factors.get(with_x)
         if f is None:

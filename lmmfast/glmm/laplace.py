@@ -69,13 +69,16 @@ class _Inverse:
         self.s12 = -self.dinv_b @ self.s22
         dbl = self.dinv_b.reshape(nl1, k1, q2)
         self.s11 = self.dinv + np.einsum("lap,pq,lbq->lab", dbl, self.s22, dbl)
+        self.s11_flat = self.s11.ravel()
 
-    def at(self, ia: np.ndarray, ib: np.ndarray, a_first: bool, b_first: bool) -> np.ndarray:
+    def at(self, ia: np.ndarray, ib: np.ndarray, a_first: bool, b_first: bool,
+           level: np.ndarray | None = None) -> np.ndarray:
         """S[ia, ib] elementwise, ``ia`` (``ib``) all in the first term or all
-        beyond it (pairs in the first term share a level)."""
+        beyond it (pairs in the first term share a level: ``level``, each row's
+        level of the first term, with ``ia``, ``ib`` that term's fixed columns a, b)."""
         q1, k1 = self.q1, self.k1
         if a_first and b_first:
-            return self.s11[ia // k1, ia % k1, ib % k1]
+            return self.s11_flat.take(level * (k1 * k1) + (int(ia) * k1 + int(ib)))
         if a_first:
             return self.s12[ia, ib - q1]
         if b_first:
@@ -131,11 +134,18 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     K = cols.shape[1]
     S = _Inverse(cols, gv, w, q1, pirls.k[0], q)
     first = [bool(cols[0, a] < q1) for a in range(K)]
+    lev0 = pirls.refs[0]
+
+    def s_at(a, col_b, b_pos, b_first):
+        """S[cols[:, a], col_b]: within the first term by positions in a level."""
+        if first[a] and b_first:
+            return S.at(a, b_pos, True, True, lev0)
+        return S.at(cols[:, a], col_b, first[a], b_first)
     h = np.zeros(len(y))
     for a in range(K):
         for b in range(a, K):
             h += (1.0 if a == b else 2.0) * gv[:, a] * gv[:, b] \
-                * S.at(cols[:, a], cols[:, b], first[a], first[b])
+                * s_at(a, cols[:, b], b, first[b])
     v = h * dw
     r = S.solve(np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=q))
     gr = np.einsum("nk,nk->n", gv, r[cols])
@@ -152,7 +162,7 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
             zr = zt[:, rr]
             col = lev + cc
             d_eta_u = zr * u[col]                        # (Z Lambda_k u)_i
-            sg = sum(gv[:, a] * S.at(cols[:, a], col, first[a], t == 0)
+            sg = sum(gv[:, a] * s_at(a, col, cc, t == 0)
                      for a in range(K))                  # (S g_i)[col_i]
             trace = float(np.sum(w * zr * sg))
             g_theta[pos] = e @ d_eta_u - 0.5 * float(s @ (zr * r[col])) + 2.0 * trace

@@ -254,13 +254,14 @@ class Pirls:
                        mode.theta)
         self._anchor = mode.theta.copy()
 
-    def mode_joint(self, theta, beta0=None, u0=None) -> Mode:
-        """u~ and beta together at theta (nAGQ = 0, eq. 95)."""
+    def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True) -> Mode:
+        """u~ and beta together at theta (nAGQ = 0, eq. 95); with ``exact=False`` the
+        factor at the mode is summed in plain double too (stage 1's search)."""
         self._anchor = None   # (the joint factor is about to change)
         if beta0 is None:
             beta0 = self.last_beta if self.last_beta is not None else self.glm_start()
         return self._run(np.asarray(theta, dtype=np.float64), np.asarray(beta0, dtype=np.float64),
-                         u0, joint=True)
+                         u0, joint=True, exact=exact)
 
     def glm_start(self) -> np.ndarray:
         """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
@@ -315,7 +316,7 @@ class Pirls:
                            f"{theta.tolist()}")
         return observed
 
-    def _run(self, theta, beta, u0, joint: bool) -> Mode:
+    def _run(self, theta, beta, u0, joint: bool, exact: bool = True) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
         if not np.isfinite(beta).all():
@@ -385,8 +386,8 @@ class Pirls:
             # (a step shortened by halving is no sign of convergence)
             if rounding or (halvings == 0 and step <= (TOL_U if observed else self.tol_u)):
                 # the factor at the weights of the mode, in double-double (eq. 96)
-                if step > TOL_SAME or observed or (plain and PLAIN_ITERATIONS):
-                    self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+                if step > TOL_SAME or observed or (plain and PLAIN_ITERATIONS and exact):
+                    self._refactor(factor, eta, mu, fixed, joint, ti, theta, plain=not exact)
                 break
             if it == MAX_ITER:
                 raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "

@@ -91,7 +91,8 @@ class GeneralizedLinearMixedModel:
 
     def deviance_theta(self, theta) -> float:
         """Stage 1's criterion: the Laplace deviance with beta and u by PIRLS (eq. 102)."""
-        return laplace_deviance(self.pirls, self.pirls.mode_joint(theta, exact=False))
+        return laplace_deviance(self.pirls,
+                                self.pirls.mode_joint(theta, exact=self.n_agq == 0))
 
     def deviance_at(self, theta, beta) -> float:
         """-2 log L at (theta, beta): Laplace (eq. 98) or quadrature (eq. 101)."""

@@ -41,6 +41,9 @@ MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
 # observed information's weights are positive: after a step of 1e-7 the error
 # is of order 1e-14.  Fisher scoring converges linearly: a tighter bound.
 TOL_U = 1e-7
+# Stage 1's search (``exact=False``, a canonical link): Newton's error after a step
+# of 1e-5 is of order 1e-10, below what BOBYQA's tolerance there resolves.
+TOL_U_SEARCH = 1e-5
 TOL_U_FISHER = 1e-10
 STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
 #                        or Fisher scoring's steps close to the mode)
@@ -255,8 +258,10 @@ class Pirls:
         self._anchor = mode.theta.copy()
 
     def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True) -> Mode:
-        """u~ and beta together at theta (nAGQ = 0, eq. 95); with ``exact=False`` the
-        factor at the mode is summed in plain double too (stage 1's search)."""
+        """u~ and beta together at theta (nAGQ = 0, eq. 95); with ``exact=False``
+        (stage 1's search before stage 2) the factor at the mode is summed in
+        plain double too, and a canonical link's PIRLS stops at steps of
+        ``TOL_U_SEARCH``."""
         self._anchor = None   # (the joint factor is about to change)
         if beta0 is None:
             beta0 = self.last_beta if self.last_beta is not None else self.glm_start()
@@ -337,6 +342,7 @@ class Pirls:
         dev = pdev = None   # computed where a step is checked (and at the mode)
         it = 0
         newton = self.family.link.name != self.family.canonical
+        tol = self.tol_u if exact or newton else TOL_U_SEARCH
         observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton, plain=True)
         plain = True   # the factor's A was summed in plain double
         while True:
@@ -384,7 +390,7 @@ class Pirls:
                 beta, fixed = beta_new, fixed_new
             it += 1
             # (a step shortened by halving is no sign of convergence)
-            if rounding or (halvings == 0 and step <= (TOL_U if observed else self.tol_u)):
+            if rounding or (halvings == 0 and step <= (TOL_U if observed else tol)):
                 # the factor at the weights of the mode, in double-double (eq. 96)
                 if step > TOL_SAME or observed or (plain and PLAIN_ITERATIONS and exact):
                     self._refactor(factor, eta, mu, fixed, joint, ti, theta, plain=not exact)

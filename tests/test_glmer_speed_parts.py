@@ -158,3 +158,44 @@ def test_gradient_hessian_equals_deviance_hessian(name):
     hf, kf = fd_hessian(f._deviance_x, x, f._deviance_x(x))
     assert kg == 2 * len(x) and kf == len(x) * (len(x) + 1)
     np.testing.assert_allclose(hg, hf, rtol=2e-4, atol=2e-4 * np.abs(hf).max())
+
+
+def _benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec_ = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec_)
+    import sys
+    sys.modules[spec_.name] = mod   # (its dataclasses look their module up)
+    spec_.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_glmm_suite_models_and_peers():
+    """compare.py --suite glmm: the fixture's 10 models, their fit labels, where
+    statsmodels' BinomialBayesMixedGLM applies, and mixedlm's cbind rewrite
+    reaching lme4's -2 log L on cbpp."""
+    compare = _benchmark("compare")
+    models = compare.glmm_models()
+    assert len(models) == 10
+    assert [compare.glmm_fit_name(models[n]) for n in ("cbpp_laplace", "cbpp_agq25",
+                                                          "cbpp_nagq0")] == \
+        ["Laplace", "nAGQ=25", "nAGQ=0"]
+    runs_sm = [n for n, m in models.items() if compare.sm_binary_applies(m) is None]
+    assert runs_sm == ["verbagg_main"]
+    data = compare.glmm_data("cbpp")
+    assert list(data["period"].cat.categories) == ["1", "2", "3", "4"]
+    pytest.importorskip("mixedlm")
+    res = compare.mixedlm_glmer(models["cbpp_laplace"], data)
+    assert -2.0 * float(res.logLik().value) == pytest.approx(fit("cbpp_laplace").objective,
+                                                             rel=1e-6)
+
+
+def test_bench_glmm_scale_small():
+    """bench_glmm_scale.py on a small design: what it reports."""
+    bench = _benchmark("bench_glmm_scale")
+    res = bench.run(3000, 60)
+    assert res["rows"] == 3000 and res["groups"] == 60
+    assert len(res["theta"]) == 3 and np.isfinite(res["minus2loglik"])
+    assert res["n_evals"] == sum(res["stage_evals"]) and res["peak_over_input"] > 0

@@ -66,6 +66,20 @@ threads spin and compete with the other work), so compare with
 ``--blas-threads 1`` when the load average is high.
 
 Peers that are not installed are skipped with a line saying so.
+
+``--suite glmm`` times ``lmmfast.glmer`` instead, on the 10 models of
+``tests/fixtures/glmm/lme4_glmer_results.json`` (cbpp, VerbAgg and epil:
+Laplace, nAGQ = 0, 9 and 25, probit, a proportion with weights, random
+slopes), against lme4's ``glmer`` (same R session protocol, request
+``glmer FAMILY LINK NAGQ WEIGHTS``), mixedlm's ``glmer`` (a cbind response
+as the proportion with ``weights=`` trials, which it takes instead) and,
+for a 0/1 response (VerbAgg), statsmodels' ``BinomialBayesMixedGLM``
+(``fit_vb``: a variational Bayes approximation, no -2 log L, so no Δobj).
+Its column "fit" names the approximation (Laplace, nAGQ = k); Δobj is -2
+log L minus lme4's; for nAGQ > 1 mixedlm's -2 log L is on another constant
+than lme4's (the binomial's log choose(n, k) terms), so its Δobj there is
+that constant, not a worse fit.  Without R, Δobj is taken to the fixture's
+stored lme4 fits.
 """
 
 from __future__ import annotations
@@ -205,6 +219,14 @@ repeat {
       sub("}$", sprintf(',"objective_fresh":%.17g,"dims_REML":%d,"p":%d}',
                         devf(getME(fit, "theta")), as.integer(fit@devcomp$dims[["REML"]]),
                         as.integer(fit@devcomp$dims[["p"]])), report(fit, el, c1 - c0))
+    } else if (parts[1] == "glmer") {
+      fam <- get(parts[2])(link = parts[3])
+      w <- if (length(parts) >= 5 && parts[5] != "-") d[[parts[5]]] else NULL
+      c0 <- proc.time(); t0 <- Sys.time()
+      fit <- suppressMessages(suppressWarnings(
+        glmer(form, d, family = fam, nAGQ = as.integer(parts[4]), weights = w)))
+      el <- as.numeric(difftime(Sys.time(), t0, units = "secs")); c1 <- proc.time()
+      report(fit, el, c1 - c0)
     } else stop("unknown request: ", line)
   }, error = function(e) sprintf('{"error":"%s"}', esc(conditionMessage(e))))
   out(res)
@@ -622,6 +644,164 @@ def run_model(model: str, fits: list[str], args, rscript: str | None, peers: lis
     return rows
 
 
+# ---------------------------------------------------------------------- GLMM suite
+
+GLMM_FIXTURE = (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "glmm"
+                / "lme4_glmer_results.json")
+
+
+def glmm_models() -> dict:
+    """The fixture's glmer models: formula, family, link, nAGQ, weights, lme4's fit."""
+    return json.loads(GLMM_FIXTURE.read_text())["models"]
+
+
+def glmm_data(name: str) -> pd.DataFrame:
+    """A fixture dataset, its factors with the fixture's level order."""
+    info = json.loads(GLMM_FIXTURE.read_text())["datasets"][name]
+    factors = {c["name"]: c["levels"] for c in info["columns"] if c["type"] == "factor"}
+    df = pd.read_csv(GLMM_FIXTURE.parent / Path(info["file"]).name,
+                     dtype={n: str for n in factors})
+    for n, levels in factors.items():
+        df[n] = pd.Categorical(df[n], categories=levels)
+    return df
+
+
+def glmm_fit_name(spec: dict) -> str:
+    return "Laplace" if spec["nAGQ"] == 1 else f"nAGQ={spec['nAGQ']}"
+
+
+def mixedlm_glmer(spec: dict, data: pd.DataFrame):
+    """mixedlm's glmer; cbind(s, n - s) as the proportion s / n with weights n."""
+    import mixedlm
+    from mixedlm import families
+
+    formula, weights = spec["formula"], spec["weights"]
+    lhs, rhs = formula.split("~", 1)
+    if lhs.strip().startswith("cbind("):
+        succ, rest = lhs.strip()[len("cbind("):-1].split(",", 1)
+        data = data.assign(_trials=data.eval(f"{succ} + ({rest})"))
+        data = data.assign(_prop=data.eval(succ) / data["_trials"])
+        formula, weights = "_prop ~" + rhs, "_trials"
+    elif "/" in lhs:
+        data = data.assign(_prop=data.eval(lhs))
+        formula = "_prop ~" + rhs
+    fam = (families.Binomial if spec["family"] == "binomial" else families.Poisson)(
+        link=spec["link"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mixedlm.glmer(formula, data, family=fam, nAGQ=spec["nAGQ"],
+                             weights=None if weights is None
+                             else data[weights].to_numpy(np.float64))
+
+
+def sm_binary_glmm(spec: dict, data: pd.DataFrame):
+    """statsmodels' BinomialBayesMixedGLM (variational Bayes) with the model's
+    random intercepts as variance components."""
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    lhs, rhs = spec["formula"].split("~", 1)
+    fixed = [t.strip() for t in rhs.split("+") if "|" not in t and t.strip()]
+    groups = [t.split("|")[1].strip(" )") for t in rhs.split("+") if "|" in t]
+    y = data[lhs.strip()]
+    frame = data.assign(_y=(y == y.cat.categories[1]).astype(float)
+                        if isinstance(y.dtype, pd.CategoricalDtype) else y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = BinomialBayesMixedGLM.from_formula(
+            "_y ~ " + " + ".join(fixed), {g: f"0 + C({g})" for g in groups}, frame)
+        return model.fit_vb()
+
+
+def sm_binary_applies(spec: dict) -> str | None:
+    """Why statsmodels' BinomialBayesMixedGLM is not run on ``spec`` (None: it is)."""
+    if spec["family"] != "binomial" or spec["link"] != "logit":
+        return "n/a (binomial logit only)"
+    if spec["weights"] is not None or spec["formula"].lstrip().startswith("cbind("):
+        return "n/a (0/1 response only)"
+    if spec["nAGQ"] != 1 or any(
+            t.split("|")[0].strip(" (") not in ("1",) for t in spec["formula"].split("+")
+            if "|" in t):
+        return "n/a (random intercepts, Laplace only)"
+    return None
+
+
+def run_glmm_model(name: str, args, rscript: str | None, peer_names: list[str],
+                   workdir: Path, meta: dict) -> dict:
+    """One row of the GLMM suite: lmmfast, lme4 and the peers on fixture model ``name``."""
+    spec = glmm_models()[name]
+    data = glmm_data(spec["dataset"])
+    family = (spec["family"], spec["link"])
+    tools = {"lmmfast": tool_of(
+        lambda: lmmfast.glmer(spec["formula"], data, family=family, nAGQ=spec["nAGQ"],
+                              weights=spec["weights"]), lmmfast_summary)}
+    session = None
+    if rscript is not None:
+        session = RSession(rscript, workdir, name, data, spec["formula"])
+        meta.setdefault("R", {k: v for k, v in session.info.items()
+                              if k not in ("ready", "nrow")})
+        tools["lme4"] = r_tool(session, f"glmer {spec['family']} {spec['link']} "
+                                        f"{spec['nAGQ']} {spec['weights'] or '-'}")
+    notes = {}
+    if "mixedlm" in peer_names:
+        tools["mixedlm"] = tool_of(lambda: mixedlm_glmer(spec, data),
+                                   lambda res: {"objective": -2.0 * float(res.logLik().value)})
+    if "statsmodels" in peer_names:
+        why = sm_binary_applies(spec)
+        if why is None:
+            tools["statsmodels"] = tool_of(lambda: sm_binary_glmm(spec, data),
+                                           lambda res: {"objective": None})
+        else:
+            notes["statsmodels"] = why
+    print(f"{name} ...", file=sys.stderr, flush=True)
+    try:
+        row = run_row(name, glmm_fit_name(spec), tools, args.reps, args.warmup)
+    finally:
+        if session is not None:
+            session.close()
+    row["notes"].update(notes)
+    if "lme4_objective" not in row:
+        row["lme4_objective"], row["lme4_objective_from"] = spec["minus2loglik"], "stored"
+    return row
+
+
+def run_glmm_suite(args, models: list[str]) -> int:
+    """``--suite glmm``: the table of the fixture's glmer models."""
+    notes: list[str] = []
+    r_ok, r_what = r_status()
+    if not r_ok:
+        notes.append(f"lme4 skipped: {r_what}; Δobj is taken to lme4's stored fits "
+                     f"({GLMM_FIXTURE.relative_to(GLMM_FIXTURE.parents[3])})")
+    peers, versions = available_peers(notes)
+    peer_names = [p.name for p in peers if p.name in ("mixedlm", "statsmodels")]
+    for n in notes:
+        print(n, flush=True)
+    meta = {"machine": machine_info(), "loadavg_start": os.getloadavg(), "suite": "glmm",
+            "peers": versions, "reps": args.reps, "warmup": args.warmup, "notes": notes}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lmmfast-compare-") as tmp:
+        for name in models:
+            rows.append(run_glmm_model(name, args, r_what if r_ok else None, peer_names,
+                                       Path(tmp), meta))
+    meta["loadavg_end"] = os.getloadavg()
+    m = meta["machine"]
+    print(f"\nmachine: {m['nproc']} cores, {m['cpu']}; Python {m['python']}, "
+          f"lmmfast {m['lmmfast']}, numpy {m['numpy']}"
+          + "".join(f", {name} {v}" for name, v in versions.items()))
+    if "R" in meta:
+        r = meta["R"]
+        print(f"R: {r['R']}, lme4 {r['lme4']}, Matrix {r['Matrix']}, BLAS {r['blas']}")
+    print("load average (1, 5, 15 min): start "
+          + ", ".join(f"{x:.2f}" for x in meta["loadavg_start"]) + "; end "
+          + ", ".join(f"{x:.2f}" for x in meta["loadavg_end"]))
+    print(f"median of {args.reps} interleaved rounds after {args.warmup} warm-up round(s); "
+          "peer/lmmfast > 1: lmmfast faster; Δobj = -2 log L of the tool - lme4's (> 0: "
+          "the tool stopped at a higher -2 log L than lme4)")
+    print("\n" + render(*table_rows(rows), args.markdown))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return 0
+
+
 def machine_info() -> dict:
     cpu = ""
     with contextlib.suppress(OSError):
@@ -731,8 +911,12 @@ def render(header: list[str], body: list[list[str]], markdown: bool) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS),
-                    help="comma-separated model names (default: all): " + ", ".join(MODELS))
+    ap.add_argument("--suite", choices=("lmm", "glmm"), default="lmm",
+                    help="lmm: lmmfast.lmer on the reference suite (default); glmm: "
+                         "lmmfast.glmer on the glmer fixture's 10 models")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated model names (default: all of the suite): "
+                         + ", ".join(MODELS) + "; glmm: " + ", ".join(glmm_models()))
     ap.add_argument("--fits", default="REML,ML", help="REML, ML or both (default)")
     ap.add_argument("--reps", type=int, default=10, help="timed rounds per small model (10)")
     ap.add_argument("--large-reps", type=int, default=3, help="timed rounds for insteval (3)")
@@ -766,10 +950,13 @@ def main(argv=None) -> int:
             os.execv(sys.executable, [sys.executable, os.path.abspath(__file__),
                                       *(sys.argv[1:] if argv is None else argv)])
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
+    known = MODELS if args.suite == "lmm" else glmm_models()
+    models = [m.strip() for m in (args.models or ",".join(known)).split(",") if m.strip()]
+    unknown = [m for m in models if m not in known]
     if unknown:
-        ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.suite == "glmm":
+        return run_glmm_suite(args, models)
     fits = [f.strip().upper() for f in args.fits.split(",") if f.strip()]
     if any(f not in FITS for f in fits):
         ap.error("--fits takes REML, ML or REML,ML")

@@ -17,6 +17,12 @@ to double (``dd_round``) does not depend on the order in which rows, chunks
 or partial sums (``dd_merge``) were added, except for an exact sum within
 that distance of a rounding boundary.  Partial cross-products from pandas
 chunks and from Dask partitions therefore round to the same A.
+
+Each kernel is one template over the accumulation (``acc_mode``): an
+accumulator with two columns is summed in double-double as above, one with
+a single column in plain double (one multiply-add a product), for the
+cross-products that are re-formed at every PIRLS iteration of a GLMM, whose
+result at the mode is formed in double-double again (eq. 93).
 """
 
 import numpy as np
@@ -116,32 +122,115 @@ cdef inline void _dd_add_dd(double* acc, double xh, double xl) noexcept nogil:
     _two_sum(vh, vl, &acc[0], &acc[1])
 
 
+cdef struct DoubleDouble:
+    char tag
+
+
+cdef struct PlainDouble:
+    char tag
+
+
+ctypedef fused acc_mode:
+    DoubleDouble
+    PlainDouble
+
+
+cdef inline void _add_prod(acc_mode* mode, double* acc, double x, double y) noexcept nogil:
+    """acc += x * y: in double-double (acc[0] + acc[1]) or in plain double (acc[0])."""
+    if acc_mode is PlainDouble:
+        acc[0] += x * y
+    else:
+        _dd_add_prod(acc, x, y)
+
+
+cdef inline bint _double_double(double[:, ::1] acc) except -1:
+    """Whether ``acc`` is a double-double accumulator (2 columns) or plain (1)."""
+    if acc.shape[1] == 2:
+        return True
+    if acc.shape[1] == 1:
+        return False
+    raise ValueError(f"an accumulator has 1 (plain) or 2 (double-double) columns, "
+                     f"got {acc.shape[1]}")
+
+
+cdef void _diag(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1] z,
+                double[:, ::1] acc) noexcept nogil:
+    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
+    for r in range(n):
+        base = refs[r] * k * k
+        for b in range(k):
+            for a in range(k):
+                _add_prod(mode, &acc[base + a + b * k, 0], z[r, a], z[r, b])
+
+
 def add_diag_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 double[:, ::1] acc):
     """Block-diagonal Z_t^T Z_t: ``acc[l*k*k + a + b*k] += sum z[r,a] z[r,b]``
-    (rows of ``acc``: hi, lo)."""
-    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
-    with nogil:
-        for r in range(n):
-            base = refs[r] * k * k
-            for b in range(k):
-                for a in range(k):
-                    _dd_add_prod(&acc[base + a + b * k, 0], z[r, a], z[r, b])
+    (rows of ``acc``: hi, lo; or one plain column)."""
+    cdef DoubleDouble dd
+    cdef PlainDouble plain
+    if _double_double(acc):
+        with nogil:
+            _diag(&dd, refs, z, acc)
+    else:
+        with nogil:
+            _diag(&plain, refs, z, acc)
+
+
+cdef void _offdiag_dense(acc_mode* mode, const cnp.int64_t[::1] refs_s,
+                         const double[:, ::1] z_s, const cnp.int64_t[::1] refs_t,
+                         const double[:, ::1] z_t, Py_ssize_t q_s,
+                         double[:, ::1] acc) noexcept nogil:
+    cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
+    cdef Py_ssize_t r, a, b, row0, col0
+    for r in range(n):
+        row0 = refs_s[r] * ks
+        col0 = refs_t[r] * kt
+        for b in range(kt):
+            for a in range(ks):
+                _add_prod(mode, &acc[row0 + a + (col0 + b) * q_s, 0], z_s[r, a], z_t[r, b])
 
 
 def add_offdiag_dense_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
                          const cnp.int64_t[::1] refs_t, const double[:, ::1] z_t,
                          Py_ssize_t q_s, double[:, ::1] acc):
     """Dense Z_s^T Z_t (q_s x q_t, column-major)."""
+    cdef DoubleDouble dd
+    cdef PlainDouble plain
+    if _double_double(acc):
+        with nogil:
+            _offdiag_dense(&dd, refs_s, z_s, refs_t, z_t, q_s, acc)
+    else:
+        with nogil:
+            _offdiag_dense(&plain, refs_s, z_s, refs_t, z_t, q_s, acc)
+
+
+cdef Py_ssize_t _offdiag_sparse(acc_mode* mode, const cnp.int64_t[::1] refs_s,
+                                const double[:, ::1] z_s, const cnp.int64_t[::1] refs_t,
+                                const double[:, ::1] z_t, const cnp.int64_t[::1] colptr,
+                                const cnp.int64_t[::1] rowidx,
+                                double[:, ::1] acc) noexcept nogil:
     cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
-    cdef Py_ssize_t r, a, b, row0, col0
-    with nogil:
-        for r in range(n):
-            row0 = refs_s[r] * ks
-            col0 = refs_t[r] * kt
-            for b in range(kt):
-                for a in range(ks):
-                    _dd_add_prod(&acc[row0 + a + (col0 + b) * q_s, 0], z_s[r, a], z_t[r, b])
+    cdef Py_ssize_t r, a, b, lo, hi, mid, e, missing = 0
+    cdef cnp.int64_t target
+    for r in range(n):
+        target = refs_s[r]
+        lo = colptr[refs_t[r]]
+        hi = colptr[refs_t[r] + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rowidx[mid] < target:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == colptr[refs_t[r] + 1] or rowidx[lo] != target:
+            missing += 1
+            continue
+        e = lo * ks * kt
+        for b in range(kt):
+            for a in range(ks):
+                _add_prod(mode, &acc[e + a + b * ks, 0], z_s[r, a], z_t[r, b])
+    return missing
 
 
 def add_offdiag_sparse_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_s,
@@ -156,59 +245,83 @@ def add_offdiag_sparse_dd(const cnp.int64_t[::1] refs_s, const double[:, ::1] z_
     Returns the number of rows whose pair was missing (0 when the pattern is
     complete).
     """
-    cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
-    cdef Py_ssize_t r, a, b, lo, hi, mid, e, missing = 0
-    cdef cnp.int64_t target
-    with nogil:
-        for r in range(n):
-            target = refs_s[r]
-            lo = colptr[refs_t[r]]
-            hi = colptr[refs_t[r] + 1]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if rowidx[mid] < target:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo == colptr[refs_t[r] + 1] or rowidx[lo] != target:
-                missing += 1
-                continue
-            e = lo * ks * kt
-            for b in range(kt):
-                for a in range(ks):
-                    _dd_add_prod(&acc[e + a + b * ks, 0], z_s[r, a], z_t[r, b])
+    cdef DoubleDouble dd
+    cdef PlainDouble plain
+    cdef Py_ssize_t missing
+    if _double_double(acc):
+        with nogil:
+            missing = _offdiag_sparse(&dd, refs_s, z_s, refs_t, z_t, colptr, rowidx, acc)
+    else:
+        with nogil:
+            missing = _offdiag_sparse(&plain, refs_s, z_s, refs_t, z_t, colptr, rowidx, acc)
     return missing
+
+
+cdef bint _xy_z(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1] z,
+                const double[:, ::1] xy, double[:, ::1] acc) noexcept nogil:
+    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
+    cdef Py_ssize_t r, b, i, col0, work = 0
+    cdef double zb, xi
+    for r in range(n):
+        col0 = refs[r] * k
+        for b in range(k):
+            zb = z[r, b]
+            for i in range(p1):
+                xi = xy[r, i]
+                if xi != 0.0:
+                    _add_prod(mode, &acc[i + (col0 + b) * p1, 0], xi, zb)
+        work += k * p1
+        if work > SIGNAL_CHECK_WORK:
+            work = 0
+            if interrupted():
+                return True
+    return False
 
 
 def add_xy_z_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 const double[:, ::1] xy, double[:, ::1] acc):
     """[X y]^T Z_t (p1 x q_t, column-major), skipping the zeros of [X y]
     (adding an exact zero leaves a double-double as it is)."""
-    cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
-    cdef Py_ssize_t r, b, i, col0, work = 0
-    cdef double zb, xi
-    cdef bint stopped = False
-    with nogil:
-        for r in range(n):
-            col0 = refs[r] * k
-            for b in range(k):
-                zb = z[r, b]
-                for i in range(p1):
-                    xi = xy[r, i]
-                    if xi != 0.0:
-                        _dd_add_prod(&acc[i + (col0 + b) * p1, 0], xi, zb)
-            work += k * p1
-            if work > SIGNAL_CHECK_WORK:
-                work = 0
-                if interrupted():
-                    stopped = True
-                    break
+    cdef DoubleDouble dd
+    cdef PlainDouble plain
+    cdef bint stopped
+    if _double_double(acc):
+        with nogil:
+            stopped = _xy_z(&dd, refs, z, xy, acc)
+    else:
+        with nogil:
+            stopped = _xy_z(&plain, refs, z, xy, acc)
     if stopped:
         raise_pending()
 
 
 cdef enum:
     SMALL_ROW = 64
+
+
+cdef bint _xy_xy(acc_mode* mode, const double[:, ::1] xy, double[:, ::1] acc,
+                 Py_ssize_t* ix, double* v) noexcept nogil:
+    cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1], r, i, j, m, col, work = 0
+    cdef double xi, xj
+    for r in range(n):
+        m = 0
+        for i in range(p1):
+            xi = xy[r, i]
+            if xi != 0.0:
+                ix[m] = i
+                v[m] = xi
+                m += 1
+        for j in range(m):
+            col = ix[j] * p1
+            xj = v[j]
+            for i in range(j, m):
+                _add_prod(mode, &acc[ix[i] + col, 0], v[i], xj)
+        work += p1 + m * m
+        if work > SIGNAL_CHECK_WORK:
+            work = 0
+            if interrupted():
+                return True
+    return False
 
 
 def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
@@ -220,9 +333,10 @@ def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
     than O(n p1^2).  Adding an exact zero leaves a double-double as it is, so
     the sums are those of every product, whatever the rows' split.
     """
-    cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1], r, i, j, m, col, work = 0
-    cdef double xi, xj
-    cdef bint stopped = False
+    cdef Py_ssize_t p1 = xy.shape[1]
+    cdef DoubleDouble dd
+    cdef PlainDouble plain
+    cdef bint stopped
     # a row's nonzero entries: on the stack for a few columns, else in arrays
     cdef Py_ssize_t ix_few[SMALL_ROW]
     cdef double v_few[SMALL_ROW]
@@ -235,26 +349,12 @@ def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
         v_many = np.empty(p1)
         ix = &ix_many[0]
         v = &v_many[0]
-    with nogil:
-        for r in range(n):
-            m = 0
-            for i in range(p1):
-                xi = xy[r, i]
-                if xi != 0.0:
-                    ix[m] = i
-                    v[m] = xi
-                    m += 1
-            for j in range(m):
-                col = ix[j] * p1
-                xj = v[j]
-                for i in range(j, m):
-                    _dd_add_prod(&acc[ix[i] + col, 0], v[i], xj)
-            work += p1 + m * m
-            if work > SIGNAL_CHECK_WORK:
-                work = 0
-                if interrupted():
-                    stopped = True
-                    break
+    if _double_double(acc):
+        with nogil:
+            stopped = _xy_xy(&dd, xy, acc, ix, v)
+    else:
+        with nogil:
+            stopped = _xy_xy(&plain, xy, acc, ix, v)
     if stopped:
         raise_pending()
 

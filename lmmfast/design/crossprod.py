@@ -58,21 +58,38 @@ def accumulate(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
                                         int(layout.nlev[s] * layout.k[s]), blk)
 
 
+def _buffer(work: dict | None, key, shape: tuple) -> np.ndarray:
+    """An array of ``shape`` kept in ``work`` across calls (a new one without ``work``)."""
+    if work is None:
+        return np.empty(shape)
+    buf = work.get(key)
+    if buf is None or buf.shape != shape:
+        buf = work[key] = np.empty(shape)
+    return buf
+
+
 def add_rows(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
              z: list[np.ndarray], x: np.ndarray, y: np.ndarray,
-             sqrt_w: np.ndarray | None = None) -> None:
+             sqrt_w: np.ndarray | None = None, work: dict | None = None) -> None:
     """Add the rows' contribution W^(1/2) [Z X y] to A's accumulator ``acc`` (eq. 12).
 
     ``refs``/``z``: each term's level codes and z (internal order); ``x``, ``y``
     (the offset removed) and ``sqrt_w`` (None: unit weights) of the same rows.
+    ``work``: a dict whose arrays are reused from call to call (a GLMM's PIRLS
+    re-forms A over the same rows at every iteration).
     """
-    xy = np.empty((len(y), layout.p1))
+    xy = _buffer(work, "xy", (len(y), layout.p1))
     xy[:, :-1] = x
     xy[:, -1] = y
     if sqrt_w is not None:
         sw = sqrt_w[:, None]
         xy *= sw
-        z = [np.ascontiguousarray(zz * sw) for zz in z]
+        scaled = []
+        for t, zz in enumerate(z):
+            zs = _buffer(work, ("z", t), zz.shape)
+            np.multiply(zz, sw, out=zs)
+            scaled.append(zs)
+        z = scaled
     accumulate(layout, acc, refs, z, xy)
 
 

@@ -11,9 +11,11 @@ Lambda^T Z^T W Z Lambda + I at the working weights of u~.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .pirls import Mode, Pirls
 
-__all__ = ["laplace_deviance"]
+__all__ = ["gradient_available", "laplace_deviance", "laplace_gradient"]
 
 
 def laplace_deviance(pirls: Pirls, mode: Mode, exact: bool = False) -> float:
@@ -24,3 +26,147 @@ def laplace_deviance(pirls: Pirls, mode: Mode, exact: bool = False) -> float:
     are not whole numbers, which R's ``aic`` rounds).
     """
     return pirls.aic(mode, exact) + mode.sqr_u + mode.ld_l2
+
+
+DENSE_Q = 3000   # largest q beyond the first term for which S's blocks are formed densely
+
+
+class _Inverse:
+    """S = (L_Z L_Z^T)^{-1} = M^{-1} where the gradient reads it (eq. 96).
+
+    M = [[D, B], [B^T, C]] with D the first term's block-diagonal part (one
+    k x k block a level), C the other terms': by the Schur complement, S_22 =
+    (C - B^T D^{-1} B)^{-1}, S_12 = -D^{-1} B S_22 and the diagonal blocks of
+    S_11 = D^{-1} + D^{-1} B S_22 B^T D^{-1}, the only ones of S_11 a row touches.
+    """
+
+    def __init__(self, cols, gv, w, q1, k1, q):
+        self.q1, self.k1 = q1, k1
+        q2 = q - q1
+        nl1 = q1 // k1
+        first = cols < q1
+        K = cols.shape[1]
+        dblk = np.zeros(nl1 * k1 * k1)
+        b = np.zeros(q1 * q2)
+        c = np.zeros(q2 * q2)
+        for i in range(K):
+            for j in range(K):
+                ci, cj = cols[:, i], cols[:, j]
+                val = w * gv[:, i] * gv[:, j]
+                if first[0, i] and first[0, j]:
+                    key = (ci // k1) * k1 * k1 + (ci % k1) * k1 + cj % k1
+                    dblk += np.bincount(key, weights=val, minlength=len(dblk))
+                elif first[0, i]:
+                    b += np.bincount(ci * q2 + (cj - q1), weights=val, minlength=len(b))
+                elif not first[0, j]:
+                    c += np.bincount((ci - q1) * q2 + (cj - q1), weights=val, minlength=len(c))
+        d = dblk.reshape(nl1, k1, k1) + np.eye(k1)
+        self.dinv = np.linalg.inv(d)
+        bm = b.reshape(nl1, k1, q2)
+        self.dinv_b = np.einsum("lab,lbq->laq", self.dinv, bm).reshape(q1, q2)
+        schur = c.reshape(q2, q2) + np.eye(q2) - b.reshape(q1, q2).T @ self.dinv_b
+        self.s22 = np.linalg.inv(schur) if q2 else np.zeros((0, 0))
+        self.s12 = -self.dinv_b @ self.s22
+        dbl = self.dinv_b.reshape(nl1, k1, q2)
+        self.s11 = self.dinv + np.einsum("lap,pq,lbq->lab", dbl, self.s22, dbl)
+        self.s11_flat = self.s11.ravel()
+
+    def at(self, ia: np.ndarray, ib: np.ndarray, a_first: bool, b_first: bool,
+           level: np.ndarray | None = None) -> np.ndarray:
+        """S[ia, ib] elementwise, ``ia`` (``ib``) all in the first term or all
+        beyond it (pairs in the first term share a level: ``level``, each row's
+        level of the first term, with ``ia``, ``ib`` that term's fixed columns a, b)."""
+        q1, k1 = self.q1, self.k1
+        if a_first and b_first:
+            return self.s11_flat.take(level * (k1 * k1) + (int(ia) * k1 + int(ib)))
+        if a_first:
+            return self.s12[ia, ib - q1]
+        if b_first:
+            return self.s12[ib, ia - q1]
+        return self.s22[ia - q1, ib - q1]
+
+    def solve(self, v: np.ndarray) -> np.ndarray:
+        """S v."""
+        q1, k1 = self.q1, self.k1
+        v1, v2 = v[:q1], v[q1:]
+        t = self.s22 @ (v2 - self.dinv_b.T @ v1)
+        r1 = np.einsum("lab,lb->la", self.dinv, v1.reshape(-1, k1)).ravel() - self.dinv_b @ t
+        return np.concatenate([r1, t])
+
+
+def gradient_available(pirls: Pirls) -> bool:
+    """Whether ``laplace_gradient`` applies: a canonical link (logit, log) and at
+    most ``DENSE_Q`` random effects beyond the first term."""
+    fam = pirls.family
+    return fam.link.name == fam.canonical and int(pirls.q_off[-1] - pirls.q_off[1]) <= DENSE_Q
+
+
+def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
+    """The gradient of the Laplace deviance (eq. 98) in (theta, beta) at a
+    conditional mode, lme4's theta order then beta; None where it is not
+    available (a non-canonical link, or more than ``DENSE_Q`` random effects
+    beyond the first term).
+
+    With G = Z Lambda, M = G^T W G + I = L_Z L_Z^T (eq. 96), S = M^{-1},
+    s_i = d d_i / d eta_i, w_i' = d w_i / d eta_i and h_i = g_i^T S g_i,
+    the mode's stationarity in u (eq. 94) removes du/dphi from a(y, mu) +
+    ||u||^2, and differentiating it gives du/dphi for log|M|'s weights:
+
+        d/d beta    = X^T e,
+        d/d theta_k = e^T Z Lambda_k u - 1/2 s^T Z Lambda_k r + 2 tr(S G^T W Z Lambda_k),
+
+    e = s + h w' - W G r, r = S G^T (h w'), Lambda_k = d Lambda / d theta_k.
+    For the canonical links the Hessian of eq. 92 in u is 2M (Newton = Fisher).
+    """
+    if not gradient_available(pirls):
+        return None
+    fam = pirls.family
+    q = int(pirls.q_off[-1])
+    q1 = int(pirls.q_off[1])
+    cols, zv, gv = pirls.ell(mode.theta)
+    eta, mu = mode.eta, mode.mu
+    wt, y = pirls.wt, pirls.y
+    mu_eta = fam.mu_eta(eta)
+    w = wt * mu_eta               # = a mu'^2 / V for a canonical link (mu' = V)
+    s = -2.0 * wt * (y - mu)      # d d_i / d eta
+    mu2 = mu_eta * (1.0 - 2.0 * mu) if fam.name == "binomial" else mu_eta
+    dw = wt * mu2                 # d w / d eta
+    K = cols.shape[1]
+    S = _Inverse(cols, gv, w, q1, pirls.k[0], q)
+    first = [bool(cols[0, a] < q1) for a in range(K)]
+    lev0 = pirls.refs[0]
+
+    def s_at(a, col_b, b_pos, b_first):
+        """S[cols[:, a], col_b]: within the first term by positions in a level."""
+        if first[a] and b_first:
+            return S.at(a, b_pos, True, True, lev0)
+        return S.at(cols[:, a], col_b, first[a], b_first)
+    h = np.zeros(len(y))
+    for a in range(K):
+        for b in range(a, K):
+            h += (1.0 if a == b else 2.0) * gv[:, a] * gv[:, b] \
+                * s_at(a, cols[:, b], b, first[b])
+    v = h * dw
+    r = S.solve(np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=q))
+    gr = np.einsum("nk,nk->n", gv, r[cols])
+    e = s + v - w * gr
+    grad_beta = pirls.x.T @ e
+    u = mode.u
+    g_theta = np.empty(pirls.n_theta)
+    pos = 0
+    for t, (rows, cols_t) in enumerate(pirls._tril):
+        k, off = pirls.k[t], pirls.q_off[t]
+        lev = off + pirls.refs[t] * k                 # first column of each row's level
+        zt = pirls.z[t]
+        for rr, cc in zip(rows, cols_t):
+            zr = zt[:, rr]
+            col = lev + cc
+            d_eta_u = zr * u[col]                        # (Z Lambda_k u)_i
+            sg = sum(gv[:, a] * s_at(a, col, cc, t == 0)
+                     for a in range(K))                  # (S g_i)[col_i]
+            trace = float(np.sum(w * zr * sg))
+            g_theta[pos] = e @ d_eta_u - 0.5 * float(s @ (zr * r[col])) + 2.0 * trace
+            pos += 1
+    grad = np.empty(pirls.n_theta)
+    grad[pirls.perm] = g_theta
+    return np.concatenate([grad, grad_beta])

@@ -18,12 +18,13 @@ from ..family import Family
 from ..family import family as make_family
 from ..formula import parse_formula
 from ..summary import data_name, warn_if_singular
+from ..threads import limit_blas
 from . import stages
-from .laplace import laplace_deviance
+from .laplace import gradient_available, laplace_deviance, laplace_gradient
 from .pirls import Mode, Pirls
 from .predictor import build_design, condvar_blocks, varcorr
 from .quadrature import agq_deviance, check_agq
-from .vcov import DELTA, fd_hessian, vcov_from_hessian
+from .vcov import DELTA, fd_hessian, gradient_hessian, vcov_from_hessian
 
 __all__ = ["GeneralizedLinearMixedModel", "glmer"]
 
@@ -100,7 +101,8 @@ class GeneralizedLinearMixedModel:
 
     def deviance_theta(self, theta) -> float:
         """Stage 1's criterion: the Laplace deviance with beta and u by PIRLS (eq. 102)."""
-        return laplace_deviance(self.pirls, self.pirls.mode_joint(theta))
+        return laplace_deviance(self.pirls,
+                                self.pirls.mode_joint(theta, exact=self.n_agq == 0))
 
     def deviance_at(self, theta, beta) -> float:
         """-2 log L at (theta, beta): Laplace (eq. 98) or quadrature (eq. 101)."""
@@ -109,13 +111,28 @@ class GeneralizedLinearMixedModel:
     def _deviance_x(self, x) -> float:
         return self.deviance_at(x[:self.n_theta], x[self.n_theta:])
 
+    def _value_gradient(self, x):
+        """The Laplace deviance and its analytic gradient in (theta, beta) at x."""
+        mode = self.pirls.mode(x[:self.n_theta], x[self.n_theta:])
+        return laplace_deviance(self.pirls, mode), laplace_gradient(self.pirls, mode)
+
+    def _has_gradient(self) -> bool:
+        """Whether stage 2 and the Hessian use the analytic gradient (Laplace, a
+        canonical link, ``laplace.DENSE_Q``)."""
+        return self.n_agq == 1 and gradient_available(self.pirls)
+
     # ------------------------------------------------------------ fitting
     def fit(self, start=None) -> GeneralizedLinearMixedModel:
         """lme4's two stages (eqs. 102, 103), then the results at the optimum.
 
         ``start``: a theta (lme4 order), or a dict with ``theta`` and/or
-        ``fixef``/``beta``, as lme4's ``start``.
+        ``fixef``/``beta``, as lme4's ``start``.  The BLAS runs one thread
+        unless the factor has large dense blocks (``pirls.blas_count``).
         """
+        with limit_blas(self.pirls.blas_count()):
+            return self._fit(start)
+
+    def _fit(self, start) -> GeneralizedLinearMixedModel:
         nt = self.n_theta
         theta0, beta0 = self._start(start)
         pirls = self.pirls
@@ -140,8 +157,10 @@ class GeneralizedLinearMixedModel:
         step2 = np.concatenate([np.where(self.theta_lower == 0,
                                          np.maximum(0.05 * np.abs(theta1), 0.01), 0.02),
                                 np.maximum(0.5 * se0, 1e-3)])
-        newton = stages.minimize_newton(self._deviance_x, x0, np.isinf(lower), DELTA,
-                                        self._start_hessian, at_point=self._anchor_at)
+        newton = stages.minimize_newton(
+            self._deviance_x, x0, np.isinf(lower), DELTA, self._start_hessian,
+            at_point=self._anchor_at,
+            value_gradient=self._value_gradient if self._has_gradient() else None)
         evals2 = newton.n_evals
         x, fval = newton.x, newton.fval
         if not newton.converged:
@@ -246,7 +265,8 @@ class GeneralizedLinearMixedModel:
         if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
             self._anchor_at(x)
-            h = fd_hessian(self._deviance_x, x, self._objective)[0]
+            h = gradient_hessian(self._value_gradient, x)[0] if self._has_gradient() \
+                else fd_hessian(self._deviance_x, x, self._objective)[0]
             self.pirls.anchor(None)
             self.hessian = h
             self._vcov = vcov_from_hessian(h, nt)

@@ -14,6 +14,11 @@ non-canonical link the iterations use the observed information (Newton
 steps) where its weights are positive.  At the mode the factor is re-formed
 once more with the Fisher weights, so that log|L_Z|^2 belongs to the weights
 at u~ (eq. 96).
+
+The passes over rows (eta, mu and the unit deviances, the working weights
+and response) are compiled (``_pirls``); the cross-products of the
+iterations before the mode are summed in plain double, those at the mode
+(the factor the deviance is read from) in double-double.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _pirls
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
@@ -35,10 +41,14 @@ MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
 # observed information's weights are positive: after a step of 1e-7 the error
 # is of order 1e-14.  Fisher scoring converges linearly: a tighter bound.
 TOL_U = 1e-7
+# Stage 1's search (``exact=False``, a canonical link): Newton's error after a step
+# of 1e-5 is of order 1e-10, below what BOBYQA's tolerance there resolves.
+TOL_U_SEARCH = 1e-5
 TOL_U_FISHER = 1e-10
 STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
 #                        or Fisher scoring's steps close to the mode)
 TOL_SAME = 0.0         # a last step of exactly zero leaves the factor as it was
+PLAIN_ITERATIONS = True   # A summed in plain double before the mode (double-double at it)
 
 
 @dataclass
@@ -85,7 +95,12 @@ class Pirls:
         self.nl = [r.nlevels for r in inner]
         self.q_off = np.concatenate([[0], np.cumsum([r.q for r in inner])]).astype(np.intp)
         self._ones = [[bool((r.z[:, a] == 1.0).all()) for a in range(r.k)] for r in inner]
-        self._tmp = np.empty(len(self.y))
+        self._link_code = _pirls.LINK_CODES[family.link.name]
+        self._family_code = _pirls.FAMILY_CODES[family.name]
+        self._z_c = [np.ascontiguousarray(z, dtype=np.float64) for z in self.z]
+        self._refs_c = [np.ascontiguousarray(r, dtype=np.int64) for r in self.refs]
+        self._sw = np.empty(len(self.y))
+        self._zwork = np.empty(len(self.y))
         # lambda's lower triangle column by column (eq. 7)
         self._tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
                        np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
@@ -112,6 +127,17 @@ class Pirls:
                 - float(mode.dev_resid.sum())
         return float(mode.dev_resid.sum()) + self._aic_const
 
+    def blas_count(self) -> int:
+        """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
+        to gain from threads and lose much on a busy machine), unless the joint
+        factor has dense blocks as large as the LMM gives threads
+        (``threads.choose``)."""
+        from .. import threads
+        layout = self.factor(True).layout
+        if threads.dense_entries(layout) < threads.BLAS_MIN_ENTRIES:
+            return 1
+        return threads.choose(layout, None)
+
     def factor(self, with_x: bool) -> Factor:
         f = self._factors.get(with_x)
         if f is None:
@@ -135,26 +161,42 @@ class Pirls:
 
     def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
         """Z Lambda u (eqs. 2, 3): each row's effects of its own levels."""
-        out = np.zeros(len(self.y))
-        tmp = self._tmp
-        for t, lam in enumerate(lams):
-            b = u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T
-            for a in range(self.k[t]):
-                np.take(np.ascontiguousarray(b[:, a]), self.refs[t], out=tmp)
-                if not self._ones[t][a]:
-                    tmp *= self.z[t][:, a]
-                out += tmp
+        return self.eta_at(np.zeros(len(self.y)), u, lams)
+
+    def eta_at(self, fixed: np.ndarray, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """eta = fixed + Z Lambda u (eqs. 2, 3), in one compiled pass."""
+        out = np.empty(len(self.y))
+        _pirls.linear_predictor(out, np.ascontiguousarray(fixed, dtype=np.float64),
+                                self._refs_c, self._z_c, self.b(u, lams), self._ones)
         return out
+
+    def means(self, eta: np.ndarray):
+        """mu at eta and whether every mu is in the family's range, compiled."""
+        mu = np.empty(len(eta))
+        return mu, _pirls.means(self._link_code, self._family_code, eta, mu)
+
+    def deviances(self, mu: np.ndarray):
+        """The unit deviances at mu and their sum (eq. 92), compiled."""
+        dev = np.empty(len(mu))
+        return dev, _pirls.deviances(self._family_code, self.y, mu, self.wt, dev)
+
+    def ell(self, theta: np.ndarray):
+        """Z and G = Z Lambda row by row (eqs. 2, 3): each row's columns of the
+        random effects (internal order, n x sum k) and its values of Z and of G."""
+        cols, zv, gv = [], [], []
+        for t, lam in enumerate(self.lambdas(theta)):
+            k = self.k[t]
+            first = self.q_off[t] + self.refs[t] * k
+            cols.append(first[:, None] + np.arange(k)[None, :])
+            zv.append(self.z[t])
+            gv.append(self.z[t] @ lam)
+        return np.hstack(cols), np.hstack(zv), np.hstack(gv)
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
         """b = Lambda u per term (internal order), arrays (nl, k)."""
-        return [u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T
+        return [np.ascontiguousarray(
+                    u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T)
                 for t, lam in enumerate(lams)]
-
-    def _pdev(self, mu: np.ndarray, u: np.ndarray):
-        """Unit deviances at mu and the penalised deviance (eq. 92)."""
-        dev = self.family.dev_resids(self.y, mu, self.wt)
-        return dev, float(dev.sum()) + float(u @ u)
 
     def _working(self, eta: np.ndarray, mu: np.ndarray):
         """sqrt of the working weights and the working residual (eq. 93)."""
@@ -215,13 +257,16 @@ class Pirls:
                        mode.theta)
         self._anchor = mode.theta.copy()
 
-    def mode_joint(self, theta, beta0=None, u0=None) -> Mode:
-        """u~ and beta together at theta (nAGQ = 0, eq. 95)."""
+    def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True) -> Mode:
+        """u~ and beta together at theta (nAGQ = 0, eq. 95); with ``exact=False``
+        (stage 1's search before stage 2) the factor at the mode is summed in
+        plain double too, and a canonical link's PIRLS stops at steps of
+        ``TOL_U_SEARCH``."""
         self._anchor = None   # (the joint factor is about to change)
         if beta0 is None:
             beta0 = self.last_beta if self.last_beta is not None else self.glm_start()
         return self._run(np.asarray(theta, dtype=np.float64), np.asarray(beta0, dtype=np.float64),
-                         u0, joint=True)
+                         u0, joint=True, exact=exact)
 
     def glm_start(self) -> np.ndarray:
         """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
@@ -249,26 +294,34 @@ class Pirls:
         return ""
 
     def _refactor(self, factor: Factor, eta, mu, fixed, joint: bool, ti, theta,
-                  newton: bool = False) -> bool:
-        """Working weights and response at eta (eq. 93), A re-formed and factored.
+                  newton: bool = False, plain: bool = False) -> bool:
+        """Working weights and response at eta (eq. 93), A re-formed and factored
+        (summed in plain double with ``plain``, else in double-double).
 
         With ``newton`` (a non-canonical link, before the mode), the observed
         information's weights where they are positive.  Returns whether they were used.
         """
         working = self._working_observed(eta, mu) if newton else None
         observed = working is not None
-        sw, r = working if observed else self._working(eta, mu)
-        zwork = (eta - self.offset if joint else eta - fixed) + r
-        if not (np.isfinite(sw).all() and np.isfinite(zwork).all()):
+        base = self.offset if joint else fixed
+        if observed:
+            sw, r = working
+            zwork = (eta - base) + r
+            finite = bool(np.isfinite(sw).all() and np.isfinite(zwork).all())
+        else:
+            sw, zwork = self._sw, self._zwork
+            finite = _pirls.working(self._link_code, self._family_code, eta, self.y, self.wt,
+                                    np.ascontiguousarray(base, dtype=np.float64), sw, zwork)
+        if not finite:
             raise FitError(f"PIRLS: non-finite working weights or response at theta = "
                            f"{theta.tolist()}")
-        info = factor.refactor(sw, zwork, ti)
+        info = factor.refactor(sw, zwork, ti, plain=plain and PLAIN_ITERATIONS)
         if info != 0:
             raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
                            f"{theta.tolist()}")
         return observed
 
-    def _run(self, theta, beta, u0, joint: bool) -> Mode:
+    def _run(self, theta, beta, u0, joint: bool, exact: bool = True) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
         if not np.isfinite(beta).all():
@@ -279,39 +332,42 @@ class Pirls:
         u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
         if not np.isfinite(u).all():
             u = np.zeros_like(u)
-        fam = self.family
         fixed = self.offset + self.x @ beta
-        eta = fixed + self.z_lambda_u(u, lams)
-        mu = fam.linkinv(eta)
-        dev = pdev = None   # computed where a step is checked (and at the mode)
-        if not fam.valid_mu(mu):   # a start off the family's range: from u = 0
+        eta = self.eta_at(fixed, u, lams)
+        mu, valid = self.means(eta)
+        if not valid:   # a start off the family's range: from u = 0
             u = np.zeros_like(u)
             eta = fixed.copy()
-            mu = fam.linkinv(eta)
+            mu, valid = self.means(eta)
+        dev = pdev = None   # computed where a step is checked (and at the mode)
         it = 0
         newton = self.family.link.name != self.family.canonical
-        observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton)
+        tol = self.tol_u if exact or newton else TOL_U_SEARCH
+        observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton, plain=True)
+        plain = True   # the factor's A was summed in plain double
         while True:
             beta_new = factor.beta() if joint else beta
             u_new = factor.u(beta_new if joint else np.zeros(0))
             fixed_new = self.offset + self.x @ beta_new if joint else fixed
-            eta_new = fixed_new + self.z_lambda_u(u_new, lams)
-            mu_new = fam.linkinv(eta_new)
+            eta_new = self.eta_at(fixed_new, u_new, lams)
+            mu_new, valid = self.means(eta_new)
+            dev_new = pdev_new = None
             step = float(np.max(np.abs(u_new - u), initial=0.0))
             if joint:
                 step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
-            dev_new = pdev_new = None
             halvings = 0
             rounding = False
-            if step > STEP_CHECK or not fam.valid_mu(mu_new):
+            if step > STEP_CHECK or not valid:
                 # a long step (or one off the family's range) must decrease pdev (eq. 92)
                 if pdev is None:
-                    dev = fam.dev_resids(self.y, mu, self.wt)
-                    pdev = float(dev.sum()) + float(u @ u)
-                dev_new, pdev_new = self._pdev(mu_new, u_new)
-                while not (pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (also catches NaN)
+                    dev, dsum = self.deviances(mu)
+                    pdev = dsum + float(u @ u)
+                dev_new, dsum = self.deviances(mu_new)
+                pdev_new = dsum + float(u_new @ u_new)
+                while not (valid and pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (and NaN)
                     if halvings == MAX_HALVINGS:
-                        if np.isfinite(pdev_new) and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
+                        if valid and np.isfinite(pdev_new) \
+                                and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
                             rounding = True   # rounding level at the mode
                             break
                         raise FitError(
@@ -321,9 +377,10 @@ class Pirls:
                     if joint:
                         beta_new = 0.5 * (beta + beta_new)
                         fixed_new = self.offset + self.x @ beta_new
-                    eta_new = fixed_new + self.z_lambda_u(u_new, lams)
-                    mu_new = fam.linkinv(eta_new)
-                    dev_new, pdev_new = self._pdev(mu_new, u_new)
+                    eta_new = self.eta_at(fixed_new, u_new, lams)
+                    mu_new, valid = self.means(eta_new)
+                    dev_new, dsum = self.deviances(mu_new)
+                    pdev_new = dsum + float(u_new @ u_new)
                     halvings += 1
                 step = float(np.max(np.abs(u_new - u), initial=0.0))
                 if joint:
@@ -333,17 +390,19 @@ class Pirls:
                 beta, fixed = beta_new, fixed_new
             it += 1
             # (a step shortened by halving is no sign of convergence)
-            if rounding or (halvings == 0 and step <= (TOL_U if observed else self.tol_u)):
-                if step > TOL_SAME or observed:   # the factor at the weights of the mode (eq. 96)
-                    self._refactor(factor, eta, mu, fixed, joint, ti, theta)
+            if rounding or (halvings == 0 and step <= (TOL_U if observed else tol)):
+                # the factor at the weights of the mode, in double-double (eq. 96)
+                if step > TOL_SAME or observed or (plain and PLAIN_ITERATIONS and exact):
+                    self._refactor(factor, eta, mu, fixed, joint, ti, theta, plain=not exact)
                 break
             if it == MAX_ITER:
                 raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
                                f"{theta.tolist()}, beta = {beta.tolist()}"
                                + self._separation_note(mu))
-            observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton)
+            observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton,
+                                      plain=True)
         if dev is None:
-            dev = fam.dev_resids(self.y, mu, self.wt)
+            dev = self.deviances(mu)[0]
         if not np.isfinite(dev).all():
             raise FitError(f"PIRLS: non-finite unit deviances at theta = {theta.tolist()}, "
                            f"beta = {beta.tolist()}")

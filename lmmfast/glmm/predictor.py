@@ -211,16 +211,30 @@ class Factor:
         lay = self.layout
         self.a = np.zeros(max(lay.n_a, 1))
         self._acc = np.zeros((len(self.a), 2))   # A's double-double accumulator
+        self._acc_plain = np.zeros((len(self.a), 1))   # A's plain-double accumulator
+        self._work: dict = {}   # add_rows' arrays, reused at every iteration
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
             lay.n_l, float(design.nobs), 0.0)
 
-    def refactor(self, sqrt_w: np.ndarray, zwork: np.ndarray, theta_internal: np.ndarray) -> int:
-        """A = [Z X z]^T W [Z X z] for working weights w = sqrt_w^2, factored at theta."""
-        self._acc.fill(0.0)
-        add_rows(self.layout, self._acc, self.refs, self.z, self.x, zwork, sqrt_w)
-        self.a[:] = _crossprod.dd_round(self._acc)
+    def refactor(self, sqrt_w: np.ndarray, zwork: np.ndarray, theta_internal: np.ndarray,
+                 plain: bool = False) -> int:
+        """A = [Z X z]^T W [Z X z] for working weights w = sqrt_w^2, factored at theta.
+
+        Summed in double-double and rounded once, or with ``plain`` in plain
+        double (PIRLS iterations before the mode: ``_crossprod``'s one template).
+        """
+        if plain:
+            acc = self._acc_plain
+            acc.fill(0.0)
+            add_rows(self.layout, acc, self.refs, self.z, self.x, zwork, sqrt_w, self._work)
+            self.a[:] = acc[:, 0]
+        else:
+            self._acc.fill(0.0)
+            add_rows(self.layout, self._acc, self.refs, self.z, self.x, zwork, sqrt_w,
+                     self._work)
+            self.a[:] = _crossprod.dd_round(self._acc)
         return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
     def log_det_lz(self) -> float:

@@ -4,7 +4,8 @@ Stage 1 (nAGQ = 0) minimises the Laplace deviance over theta alone, with
 beta found by PIRLS together with u (eq. 102), by Powell's bound-constrained
 BOBYQA (NLopt).  Stage 2 starts there and minimises the Laplace (or
 quadrature) deviance over (theta, beta) together, u alone by PIRLS (eq. 103):
-by Newton steps on central differences, whose last Hessian is the one the
+by quasi-Newton steps on the analytic gradient (``laplace.laplace_gradient``)
+where it is available, else on central differences, whose last Hessian is the one the
 covariance of beta-hat needs (eq. 104), and by BOBYQA where Newton stops
 short (a bound, an indefinite Hessian).  Each evaluation's PIRLS starts at
 the previous mode.
@@ -135,29 +136,41 @@ def _positive_definite(h: np.ndarray) -> np.ndarray:
 
 
 def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian_fn,
-                    tol: float = 1e-12, maxit: int = 30, at_point=None) -> NewtonResult:
+                    tol: float = 1e-12, maxit: int = 30, at_point=None,
+                    value_gradient=None) -> NewtonResult:
     """Quasi-Newton steps on central differences, for stage 2 (eq. 103).
 
     A first Hessian (``hessian_fn(x, f(x))`` returns it with the gradient and
     its number of evaluations) has its eigenvalues made positive and is then
     updated by BFGS from the central-difference gradients (2n evaluations a
-    step).  Stops when the Newton decrement g^T H^{-1} g is below ``tol``.
-    ``free`` marks the coordinates with no bound; a step that would take a
-    bounded one (a diagonal theta) below 0, a line search that fails, or no
-    convergence returns ``converged=False`` with the best point, for BOBYQA
+    step).  With ``value_gradient`` (x -> (f, g), the analytic gradient of
+    ``laplace.laplace_gradient``), the first Hessian is the central
+    differences of gradients (``vcov.gradient_hessian``) and each point costs
+    one evaluation.  Stops when the Newton decrement g^T H^{-1} g is below
+    ``tol``.  ``free`` marks the coordinates with no bound; a step that would
+    take a bounded one (a diagonal theta) below 0, a line search that fails, or
+    no convergence returns ``converged=False`` with the best point, for BOBYQA
     to finish.  ``at_point(x)``, if given, is called at each point before its
     differences are taken.
     """
     from ..errors import LmmError
+    from .vcov import gradient_hessian
     x = np.asarray(x0, dtype=np.float64).copy()
     evals = 0
     fx = np.inf
     try:
-        fx = float(fun(x))
-        evals += 1
-        if at_point is not None:
-            at_point(x)
-        h0, g, k = hessian_fn(x, fx)
+        if value_gradient is not None:
+            fx, g = value_gradient(x)
+            evals += 1
+            if at_point is not None:
+                at_point(x)
+            h0, k = gradient_hessian(value_gradient, x, delta)
+        else:
+            fx = float(fun(x))
+            evals += 1
+            if at_point is not None:
+                at_point(x)
+            h0, g, k = hessian_fn(x, fx)
         evals += k
         b = _positive_definite(h0)
         for _ in range(maxit):
@@ -172,17 +185,21 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
                 xn = x + t * p
                 if (xn[~free] < 0).any():
                     return NewtonResult(x, fx, evals, False)
-                fn = float(fun(xn))
+                if value_gradient is not None:
+                    fn, gn = value_gradient(xn)
+                else:
+                    fn = float(fun(xn))
                 evals += 1
                 if fn <= fx - 1e-4 * t * decrement:
                     break
                 t *= 0.5
                 if t < 1e-3:
                     return NewtonResult(x, fx, evals, False)
-            if at_point is not None:
-                at_point(xn)
-            gn, k = fd_gradient(fun, xn, delta)
-            evals += k
+            if value_gradient is None:
+                if at_point is not None:
+                    at_point(xn)
+                gn, k = fd_gradient(fun, xn, delta)
+                evals += k
             s_, y_ = xn - x, gn - g
             sy = float(s_ @ y_)
             if sy > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):   # BFGS

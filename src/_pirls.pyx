@@ -1,0 +1,161 @@
+# cython: language_level=3
+"""One PIRLS pass over the rows of a GLMM (docs/theory.md, eqs. 92-93), compiled.
+
+``linear_predictor`` forms eta = base + Z Lambda u from each term's level
+codes and per-row z (eqs. 2, 3); ``means`` maps eta to mu, ``deviances``
+gives the unit deviances (eq. 92); ``working`` adds the square roots of the working
+weights and the working response (eq. 93).  One nogil loop each, no
+temporaries.  The links and families are those of ``lmmfast.family`` (R's
+``binomial()`` and ``poisson()``) with R's clamps near the ends of the
+scale, so the numbers are the numpy ones to rounding.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from libc.math cimport exp, expm1, log, sqrt, fabs, erf, erfc, atan, fmin, fmax, isfinite, M_PI
+
+cnp.import_array()
+
+cdef double EPS = 2.220446049250313e-16
+cdef double THRESH = 30.0
+cdef double PROBIT_THRESH = 8.125890664701906      # -qnorm(eps)
+cdef double CAUCHIT_THRESH = 1.4334931811815208e15  # -qcauchy(eps)
+cdef double SQRT1_2 = 0.7071067811865476
+cdef double INV_SQRT_2PI = 0.3989422804014327
+
+LINK_CODES = {"logit": 0, "probit": 1, "cloglog": 2, "cauchit": 3, "log": 4,
+              "identity": 5, "sqrt": 6}
+FAMILY_CODES = {"binomial": 0, "poisson": 1}
+
+
+cdef inline double _ndtr(double a) noexcept nogil:
+    """The standard normal distribution function (cephes' ndtr, as scipy)."""
+    cdef double x = a * SQRT1_2, z = fabs(x), y
+    if z < SQRT1_2:
+        return 0.5 + 0.5 * erf(x)
+    y = 0.5 * erfc(z)
+    return 1.0 - y if x > 0 else y
+
+
+cdef inline void _link(int link, double eta, double* mu, double* mu_eta) noexcept nogil:
+    """mu = g^{-1}(eta) and d mu / d eta with R's clamps (``family.LINKS``)."""
+    cdef double e, c
+    if link == 0:       # logit
+        if eta < -THRESH:
+            e = EPS
+        elif eta > THRESH:
+            e = 1.0 / EPS
+        else:
+            e = exp(eta)
+        mu[0] = e / (1.0 + e)
+        mu_eta[0] = EPS if fabs(eta) > THRESH else e / ((1.0 + e) * (1.0 + e))
+    elif link == 1:     # probit
+        c = fmin(fmax(eta, -PROBIT_THRESH), PROBIT_THRESH)
+        mu[0] = _ndtr(c)
+        mu_eta[0] = fmax(INV_SQRT_2PI * exp(-0.5 * eta * eta), EPS)
+    elif link == 2:     # cloglog
+        mu[0] = fmin(fmax(-expm1(-exp(eta)), EPS), 1.0 - EPS)
+        e = fmin(eta, 700.0)
+        mu_eta[0] = fmax(exp(e) * exp(-exp(e)), EPS)
+    elif link == 3:     # cauchit
+        c = fmin(fmax(eta, -CAUCHIT_THRESH), CAUCHIT_THRESH)
+        mu[0] = 0.5 + atan(c) / M_PI
+        mu_eta[0] = fmax(1.0 / (M_PI * (1.0 + eta * eta)), EPS)
+    elif link == 4:     # log
+        mu[0] = fmax(exp(eta), EPS)
+        mu_eta[0] = mu[0]
+    elif link == 5:     # identity
+        mu[0] = eta
+        mu_eta[0] = 1.0
+    else:               # sqrt
+        mu[0] = eta * eta
+        mu_eta[0] = 2.0 * eta
+
+
+cdef inline double _y_log_y(double y, double mu) noexcept nogil:
+    return y * log(y / mu) if y > 0 else 0.0
+
+
+cdef inline double _unit_deviance(int family, double y, double mu, double wt) noexcept nogil:
+    """R's ``dev.resids`` of one row."""
+    if family == 0:
+        return 2.0 * wt * (_y_log_y(y, mu) + _y_log_y(1.0 - y, 1.0 - mu))
+    if y > 0:
+        return 2.0 * wt * (y * log(y / mu) - (y - mu))
+    return 2.0 * mu * wt
+
+
+cdef inline bint _valid(int family, double mu) noexcept nogil:
+    if not (isfinite(mu) and mu > 0):
+        return False
+    return family != 0 or mu < 1.0
+
+
+def linear_predictor(double[::1] out, const double[::1] base, list refs, list z, list b,
+                     list unit):
+    """out = base + Z Lambda u: row r gets sum_t z_t[r, :] . b_t[refs_t[r], :]
+    (b_t = Lambda_t u_t, nl x k); ``unit[t][a]`` marks columns of z that are all 1."""
+    cdef Py_ssize_t n = out.shape[0], r, t, a, k, base_r
+    cdef const cnp.int64_t[::1] rt
+    cdef const double[:, ::1] zt
+    cdef const double[:, ::1] bt
+    cdef double s
+    out[:] = base
+    for t in range(len(refs)):
+        rt = refs[t]
+        zt = z[t]
+        bt = b[t]
+        k = zt.shape[1]
+        if k == 1 and unit[t][0]:
+            with nogil:
+                for r in range(n):
+                    out[r] += bt[rt[r], 0]
+        else:
+            with nogil:
+                for r in range(n):
+                    s = 0.0
+                    for a in range(k):
+                        s += zt[r, a] * bt[rt[r], a]
+                    out[r] += s
+
+
+def means(int link, int family, const double[::1] eta, double[::1] mu):
+    """mu = g^{-1}(eta); returns whether every mu is in the family's range."""
+    cdef Py_ssize_t n = eta.shape[0], r
+    cdef double me
+    cdef bint valid = True
+    with nogil:
+        for r in range(n):
+            _link(link, eta[r], &mu[r], &me)
+            valid = valid and _valid(family, mu[r])
+    return bool(valid)
+
+
+def deviances(int family, const double[::1] y, const double[::1] mu, const double[::1] wt,
+              double[::1] dev):
+    """The unit deviances (R's ``dev.resids``) into ``dev``; returns their sum."""
+    cdef Py_ssize_t n = y.shape[0], r
+    cdef double total = 0.0
+    with nogil:
+        for r in range(n):
+            dev[r] = _unit_deviance(family, y[r], mu[r], wt[r])
+            total += dev[r]
+    return total
+
+
+def working(int link, int family, const double[::1] eta, const double[::1] y,
+            const double[::1] wt, const double[::1] fixed, double[::1] sqrt_w,
+            double[::1] zwork):
+    """sqrt of the working weights w = a mu'^2 / V(mu) and the working response
+    z = eta - fixed + (y - mu) / mu' (eq. 93); returns whether all are finite."""
+    cdef Py_ssize_t n = eta.shape[0], r
+    cdef double m, me, var
+    cdef bint finite = True
+    with nogil:
+        for r in range(n):
+            _link(link, eta[r], &m, &me)
+            var = m * (1.0 - m) if family == 0 else m
+            sqrt_w[r] = sqrt(wt[r] * me * me / var)
+            zwork[r] = eta[r] - fixed[r] + (y[r] - m) / me
+            finite = finite and isfinite(sqrt_w[r]) and isfinite(zwork[r])
+    return bool(finite)

@@ -1,0 +1,201 @@
+"""The compiled parts of glmer's PIRLS against their numpy definitions.
+
+``src/_pirls.pyx`` (eta, mu, unit deviances, working weights and response,
+docs/theory.md eqs. 92-93) must give ``lmmfast.family``'s numbers (R's
+families, checked against R there) to rounding; the cross-product kernels'
+plain-double accumulation must give the double-double one's A to rounding;
+and summing the iterations before the mode in plain double must leave the
+Laplace deviance the optimiser sees unchanged to 1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_glmer import dataset, fit, spec
+
+from lmmfast import _crossprod, _pirls
+from lmmfast.family import FAMILIES, family
+from lmmfast.glmm import glmer, pirls
+
+PAIRS = [(f, link) for f, links in FAMILIES.items() for link in links]
+
+
+def _eta(link: str, rng) -> np.ndarray:
+    """Linear predictors over the link's range, with the clamps' ends for the
+    binomial links (|eta| > 30, beyond -qnorm(eps))."""
+    if link == "sqrt":
+        return rng.uniform(0.05, 6.0, 500)
+    if link == "identity":
+        return rng.uniform(0.05, 20.0, 500)
+    if link == "log":
+        return np.concatenate([rng.normal(0, 3, 497), [-40.0, 0.0, 5.0]])
+    return np.concatenate([rng.normal(0, 4, 494), [-40.0, -31.0, -9.0, 9.0, 31.0, 40.0]])
+
+
+@pytest.mark.parametrize("fam,link", PAIRS)
+def test_compiled_means_and_working_equal_numpy(fam, link):
+    rng = np.random.default_rng(7)
+    f = family(fam, link)
+    eta = _eta(link, rng)
+    n = len(eta)
+    wt = rng.integers(1, 6, n).astype(float)
+    y = rng.integers(0, 2, n).astype(float) if fam == "binomial" else \
+        rng.poisson(3.0, n).astype(float)
+    fixed = rng.normal(0, 1, n)
+    code, fcode = _pirls.LINK_CODES[link], _pirls.FAMILY_CODES[fam]
+    mu = np.empty(n)
+    valid = _pirls.means(code, fcode, eta, mu)
+    mu_np = f.linkinv(eta)
+    np.testing.assert_allclose(mu, mu_np, rtol=1e-13, atol=0)
+    assert valid == f.valid_mu(mu_np)
+    dev = np.empty(n)
+    total = _pirls.deviances(fcode, y, mu, wt, dev)
+    dev_np = f.dev_resids(y, mu_np, wt)
+    np.testing.assert_allclose(dev, dev_np, rtol=1e-12, atol=1e-300)
+    assert total == pytest.approx(dev_np.sum(), rel=1e-13)
+    sw, zw = np.empty(n), np.empty(n)
+    assert _pirls.working(code, fcode, eta, y, wt, fixed, sw, zw)
+    mu_eta = f.mu_eta(eta)
+    np.testing.assert_allclose(sw, np.sqrt(wt * mu_eta ** 2 / f.variance(mu_np)),
+                               rtol=1e-13)
+    np.testing.assert_allclose(zw, eta - fixed + (y - mu_np) / mu_eta, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_predictor_equals_dense_z_lambda_u():
+    f = fit("verbagg_slope")
+    p = f.pirls
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=len(p.last_u))
+    lams = p.lambdas(f.theta)
+    fixed = rng.normal(size=f.nobs)
+    dense = fixed.copy()
+    for t, b in enumerate(p.b(u, lams)):
+        dense += np.einsum("nk,nk->n", p.z[t], b[p.refs[t]])
+    np.testing.assert_allclose(p.eta_at(fixed, u, lams), dense, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["verbagg_slope", "epil_slope"])
+def test_plain_accumulation_equals_double_double(name):
+    """The one template of the cross-product kernels: a one-column accumulator
+    sums in plain double, a two-column one in double-double."""
+    f = fit(name)
+    fac = f.pirls.factor(True)
+    mode = f.pirls.mode(f.theta, f.beta)
+    sw, r = f.pirls._working(mode.eta, mode.mu)
+    from lmmfast.design.crossprod import add_rows
+    dd = np.zeros((len(fac.a), 2))
+    plain = np.zeros((len(fac.a), 1))
+    args = (fac.layout, None, fac.refs, fac.z, fac.x, mode.eta + r, sw)
+    add_rows(args[0], dd, *args[2:])
+    add_rows(args[0], plain, *args[2:])
+    a_dd = _crossprod.dd_round(dd)
+    np.testing.assert_allclose(plain[:, 0], a_dd, rtol=1e-11, atol=1e-9 * np.abs(a_dd).max())
+    with pytest.raises(ValueError, match="1 \\(plain\\) or 2"):
+        _crossprod.add_diag_dd(fac.refs[0], fac.z[0], np.zeros((len(fac.a), 3)))
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "verbagg_main", "epil_slope", "cbpp_nagq0"])
+def test_plain_iterations_leave_the_deviance_unchanged(name, monkeypatch):
+    """Iterations summed in plain double, the factor at the mode in double-double:
+    the same deviance as double-double throughout, at the optimum and off it."""
+    f = fit(name)
+    points = [(f.theta, f.beta), (f.theta * 1.3 + 0.05, f.beta * 0.9)]
+    got = [f.deviance_at(t, b) if f.n_agq else f.deviance_theta(t) for t, b in points]
+    monkeypatch.setattr(pirls, "PLAIN_ITERATIONS", False)
+    for (t, b), g in zip(points, got):
+        f.pirls.last_u = np.zeros_like(f.pirls.last_u)
+        ref = f.deviance_at(t, b) if f.n_agq else f.deviance_theta(t)
+        assert g == pytest.approx(ref, rel=1e-12)
+
+
+def test_fit_unchanged_by_plain_iterations(monkeypatch):
+    m = spec("epil_int")
+    fast = fit("epil_int")
+    monkeypatch.setattr(pirls, "PLAIN_ITERATIONS", False)
+    ref = glmer(m["formula"], dataset(m["dataset"]), family=(m["family"], m["link"]))
+    assert fast.objective == pytest.approx(ref.objective, rel=1e-12)
+    np.testing.assert_allclose(fast.beta, ref.beta, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "cbpp_prop_weights", "epil_int",
+                                  "epil_slope", "epil_offset", "verbagg_main",
+                                  "verbagg_slope"])
+def test_analytic_gradient_equals_central_differences(name):
+    """The Laplace deviance's gradient in (theta, beta) (laplace.laplace_gradient)
+    against central differences of the deviance, at the optimum and off it."""
+    from lmmfast.glmm.laplace import laplace_gradient
+    f = fit(name)
+    x_hat = np.concatenate([f.theta, f.beta])
+    nt = f.n_theta
+    for x in (x_hat, x_hat * 1.05 + 0.01):
+        g = laplace_gradient(f.pirls, f.pirls.mode(x[:nt], x[nt:]))
+        h = 1e-5
+        fd = np.array([(f._deviance_x(x + h * e) - f._deviance_x(x - h * e)) / (2 * h)
+                       for e in np.eye(len(x))])
+        scale = max(1.0, float(np.abs(fd).max()))
+        assert np.max(np.abs(g - fd)) < 1e-6 * scale
+
+
+@pytest.mark.parametrize("name", ["cbpp_probit", "cbpp_agq25", "epil_agq9"])
+def test_no_analytic_gradient_where_it_does_not_apply(name):
+    """Non-canonical links and quadrature keep central differences."""
+    f = fit(name)
+    assert not f._has_gradient()
+    if f.n_agq == 1:
+        from lmmfast.glmm.laplace import laplace_gradient
+        assert laplace_gradient(f.pirls, f.pirls.mode(f.theta, f.beta)) is None
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "epil_slope"])
+def test_gradient_hessian_equals_deviance_hessian(name):
+    """The covariance's Hessian from differences of gradients (2n evaluations)
+    agrees with lme4's stencil on the deviance (n(n + 1) evaluations)."""
+    from lmmfast.glmm.vcov import fd_hessian, gradient_hessian
+    f = fit(name)
+    x = np.concatenate([f.theta, f.beta])
+    hg, kg = gradient_hessian(f._value_gradient, x)
+    hf, kf = fd_hessian(f._deviance_x, x, f._deviance_x(x))
+    assert kg == 2 * len(x) and kf == len(x) * (len(x) + 1)
+    np.testing.assert_allclose(hg, hf, rtol=2e-4, atol=2e-4 * np.abs(hf).max())
+
+
+def _benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec_ = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec_)
+    import sys
+    sys.modules[spec_.name] = mod   # (its dataclasses look their module up)
+    spec_.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_glmm_suite_models_and_peers():
+    """compare.py --suite glmm: the fixture's 10 models, their fit labels, where
+    statsmodels' BinomialBayesMixedGLM applies, and mixedlm's cbind rewrite
+    reaching lme4's -2 log L on cbpp."""
+    compare = _benchmark("compare")
+    models = compare.glmm_models()
+    assert len(models) == 10
+    assert [compare.glmm_fit_name(models[n]) for n in ("cbpp_laplace", "cbpp_agq25",
+                                                          "cbpp_nagq0")] == \
+        ["Laplace", "nAGQ=25", "nAGQ=0"]
+    runs_sm = [n for n, m in models.items() if compare.sm_binary_applies(m) is None]
+    assert runs_sm == ["verbagg_main"]
+    data = compare.glmm_data("cbpp")
+    assert list(data["period"].cat.categories) == ["1", "2", "3", "4"]
+    pytest.importorskip("mixedlm")
+    res = compare.mixedlm_glmer(models["cbpp_laplace"], data)
+    assert -2.0 * float(res.logLik().value) == pytest.approx(fit("cbpp_laplace").objective,
+                                                             rel=1e-6)
+
+
+def test_bench_glmm_scale_small():
+    """bench_glmm_scale.py on a small design: what it reports."""
+    bench = _benchmark("bench_glmm_scale")
+    res = bench.run(3000, 60)
+    assert res["rows"] == 3000 and res["groups"] == 60
+    assert len(res["theta"]) == 3 and np.isfinite(res["minus2loglik"])
+    assert res["n_evals"] == sum(res["stage_evals"]) and res["peak_over_input"] > 0

@@ -47,7 +47,7 @@ def designs(draw):
     n_agq = 1
     if shape == "intercept":
         n_agq = draw(st.sampled_from([1, 1, 3, 7]))
-    sd = draw(st.sampled_from([1.0] if shape == "slope" else [0.0, 0.3, 1.0]))   # (KNOWN_SHORT)
+    sd = draw(st.sampled_from([0.0, 0.3, 1.0]))
     return seed, family, n, n_groups, shape, response, n_agq, sd
 
 
@@ -102,7 +102,12 @@ def test_random_glmm_fits_equal_the_dense_optimum(design):
         return
     pd.testing.assert_frame_equal(df, before)
     event(f"fitted: {family[0]}/{family[1]}, nAGQ={n_agq}")
-    assert_dense_optimum(f)
+    # a vector-valued term fitted on the boundary: the fit may stop at a saddle
+    # (KNOWN_SHORT), its optimality is not checked, its deviance is
+    singular_slope = shape == "slope" and f.is_singular
+    if singular_slope:
+        event("singular random slope: deviance checked, optimality not")
+    assert_dense_optimum(f, optimal=not singular_slope)
 
 
 # Designs on which the fit stops short of the optimum (the dense optimiser

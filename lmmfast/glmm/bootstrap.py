@@ -99,7 +99,9 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
     pandas.DataFrame
         One row per replicate (``columns(fit)``); a failed refit is a row of
         NaN.  ``attrs``: ``seed``, ``n_jobs``, ``backend``, ``seconds``,
-        ``n_failed``, ``n_not_converged`` and ``estimates`` (the fit's values).
+        ``n_failed`` (refits that raised an ``LmmError``), ``n_not_converged``
+        (0: a glmer fit either reaches its optimum or raises) and ``estimates``
+        (the fit's values).
     """
     fit._require_fit()
     result, attrs = run_replicates(lambda seeds: _GlmmJob(fit, seeds), n, seed, n_jobs,

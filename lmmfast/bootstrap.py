@@ -44,7 +44,7 @@ from .profile import parameter_names, theta_to_sdcor
 from .simulate import Simulator, seed_sequence, spawn_seeds
 from .threads import allowed_cores, blas_threads, limit_blas, set_blas_threads
 
-__all__ = ["bootstrap"]
+__all__ = ["bootstrap", "run_replicates"]
 
 
 # ------------------------------------------------------------------ progress
@@ -93,7 +93,13 @@ class _Progress:
 
 # ------------------------------------------------------------------ replicates
 class _Job:
-    """Everything a worker needs: the fit, the seeds and the layout of a result row."""
+    """Everything a worker needs: the fit, the seeds and the layout of a result row.
+
+    The interface of a job, shared with the GLMM's (``lmmfast.glmm.bootstrap``):
+    ``width`` (values per replicate), ``new_model()`` (a private copy of the
+    fit to refit), ``serial_threads()`` (the BLAS threads of a serial run) and
+    ``run(model, indices)``.
+    """
 
     def __init__(self, fit, seeds):
         self.fit = fit
@@ -103,6 +109,12 @@ class _Job:
         self.n_theta = len(self.theta0)
         self.width = 2 + self.p + 2 * self.n_theta
         self.simulator = Simulator(fit, use_re=True, what="bootstrap()")
+
+    def new_model(self):
+        return self.fit.copy()
+
+    def serial_threads(self):
+        return blas_threads(self.fit._layout, self.fit.n_threads)
 
     def run(self, model, indices) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Refit ``model`` (a private copy of the fit) to the responses of ``indices``."""
@@ -135,7 +147,7 @@ def _process_block(indices):
     job = _FORK_JOB["job"]
     model = _FORK_JOB.get("model")
     if model is None:
-        model = _FORK_JOB["model"] = job.fit.copy()
+        model = _FORK_JOB["model"] = job.new_model()
     return job.run(model, indices)
 
 
@@ -147,6 +159,42 @@ def _worker_init() -> None:
 def _blocks(n: int, n_jobs: int) -> list[np.ndarray]:
     size = max(1, min(100, math.ceil(n / (8 * n_jobs))))
     return [np.arange(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def run_replicates(make_job, n: int, seed=None, n_jobs: int | None = None, progress=None,
+                   backend: str | None = None) -> tuple[np.ndarray, dict]:
+    """Run ``n`` replicates of the job ``make_job(seeds)`` on ``n_jobs`` workers.
+
+    Replicate i uses the i-th child of ``SeedSequence(seed)``.  Returns the
+    ``n x job.width`` results (rows of NaN for failed refits) and the
+    attributes ``seed``, ``n_jobs``, ``backend``, ``seconds``, ``n_failed``
+    and ``n_not_converged``.
+    """
+    n = as_count(n, "n")
+    n_jobs = min(as_n_jobs(n_jobs, allowed_cores()), max(n, 1))
+    if backend is None:
+        backend = "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"
+    backend = as_choice(backend, "backend", ("process", "thread"))
+    if backend == "process" and "fork" not in multiprocessing.get_all_start_methods():
+        backend = "thread"
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    progress = as_flag(progress, "progress")
+
+    base = seed_sequence(seed)
+    job = make_job(spawn_seeds(base, n))
+    result = np.full((n, job.width), np.nan)
+    bar = _Progress(n, bool(progress))
+    start = time.perf_counter()
+    blocks = _blocks(n, n_jobs)
+    with warnings.catch_warnings():
+        # replicates that do not converge are counted, not reported one by one
+        warnings.simplefilter("ignore", LmmWarning)
+        n_warn, n_fail = _run(job, blocks, n, n_jobs, backend, result, bar)
+    seconds = time.perf_counter() - start
+    attrs = dict(seed=base.entropy, n_jobs=n_jobs, backend=backend if n_jobs > 1 else "serial",
+                 seconds=seconds, n_failed=n_fail, n_not_converged=n_warn)
+    return result, attrs
 
 
 def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, *,
@@ -186,49 +234,25 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
         one) and ``estimates`` (the same columns for the fit itself).
     """
     fit._require_fit()
-    n = as_count(n, "n")
-    n_jobs = min(as_n_jobs(n_jobs, allowed_cores()), max(n, 1))
-    if backend is None:
-        backend = "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"
-    backend = as_choice(backend, "backend", ("process", "thread"))
-    if backend == "process" and "fork" not in multiprocessing.get_all_start_methods():
-        backend = "thread"
-    if progress is None:
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    progress = as_flag(progress, "progress")
-
-    base = seed_sequence(seed)
-    seeds = spawn_seeds(base, n)
-    job = _Job(fit, seeds)
-    result = np.full((n, job.width), np.nan)
-    bar = _Progress(n, bool(progress))
-    start = time.perf_counter()
-    blocks = _blocks(n, n_jobs)
-    with warnings.catch_warnings():
-        # replicates that do not converge are counted, not reported one by one
-        warnings.simplefilter("ignore", LmmWarning)
-        n_warn, n_fail = _run(job, fit, blocks, n, n_jobs, backend, result, bar)
-    seconds = time.perf_counter() - start
-
+    result, attrs = run_replicates(lambda seeds: _Job(fit, seeds), n, seed, n_jobs, progress,
+                                   backend)
     columns = _columns(fit)
     df = pd.DataFrame(result, columns=columns)
     df.index.name = "replicate"
     theta = fit.theta.to_numpy()
     est = np.concatenate([[fit.objective, fit.sigma], fit.fixef.to_numpy(), theta,
                           theta_to_sdcor(fit, theta, fit.sigma)])
-    df.attrs.update(seed=base.entropy, n_jobs=n_jobs, backend=backend if n_jobs > 1 else "serial",
-                    seconds=seconds, n_failed=n_fail, n_not_converged=n_warn,
-                    estimates=dict(zip(columns, est.tolist())), reml=bool(fit.reml))
+    df.attrs.update(attrs, estimates=dict(zip(columns, est.tolist())), reml=bool(fit.reml))
     return df
 
 
-def _run(job, fit, blocks, n, n_jobs, backend, result, bar) -> tuple[int, int]:
+def _run(job, blocks, n, n_jobs, backend, result, bar) -> tuple[int, int]:
     """Run the blocks of replicates serially, on threads or on forked processes; fill ``result``."""
     n_warn = n_fail = 0
     try:
         if n_jobs == 1 or n == 0:
-            model = fit.copy()
-            with blas_threads(fit._layout, fit.n_threads):
+            model = job.new_model()
+            with job.serial_threads():
                 for blk in blocks:
                     idx, rows, w, f = job.run(model, blk)
                     result[idx] = rows
@@ -239,7 +263,7 @@ def _run(job, fit, blocks, n, n_jobs, backend, result, bar) -> tuple[int, int]:
 
             def work(blk):
                 if not hasattr(local, "model"):
-                    local.model = fit.copy()
+                    local.model = job.new_model()
                 return job.run(local.model, blk)
 
             with limit_blas(1), ThreadPoolExecutor(max_workers=n_jobs) as pool:

@@ -59,17 +59,18 @@ def _term_slices(fit) -> list[tuple[int, slice]]:
     return out
 
 
-def parameter_names(fit) -> tuple[list[str], list[str]]:
+def parameter_names(fit, sigma: bool = True) -> tuple[list[str], list[str]]:
     """lme4's profile names of all parameters and their descriptive names.
 
     Returns ``(names, descriptive)``: ``[".sig01", ..., ".sigma", <fixed effects>]``
     and ``["sd_(Intercept)|Subject", "cor_Days.(Intercept)|Subject", ...,
     "sigma", <fixed effects>]`` (lme4's ``tnames(fit, old = FALSE)``), the
     variance parameters in the order of theta (eq. 7): standard deviations on
-    lambda's diagonal, correlations below it.
+    lambda's diagonal, correlations below it.  ``sigma=False``: without
+    ``.sigma``/``sigma`` (a GLMM with no scale parameter, as lme4's glmer).
     """
     n_theta = len(fit.theta_names)
-    names = [f".sig{i + 1:02d}" for i in range(n_theta)] + [".sigma"]
+    names = [f".sig{i + 1:02d}" for i in range(n_theta)] + ([".sigma"] if sigma else [])
     desc = []
     for r in fit.remats:
         for j in range(r.k):
@@ -78,7 +79,8 @@ def parameter_names(fit) -> tuple[list[str], list[str]]:
                     desc.append(f"sd_{r.cnames[i]}|{r.group}")
                 else:
                     desc.append(f"cor_{r.cnames[i]}.{r.cnames[j]}|{r.group}")
-    desc.append("sigma")
+    if sigma:
+        desc.append("sigma")
     fe = list(fit.fixef_names)
     return names + fe, desc + fe
 

@@ -544,6 +544,68 @@ class GeneralizedLinearMixedModel:
     def __repr__(self) -> str:
         return self.__str__()
 
+    # ------------------------------------------------------------ simulation and inference
+    @property
+    def remats(self) -> list:
+        """The random-effects terms in lme4's order (the design's)."""
+        return self.design.remats
+
+    def copy(self) -> GeneralizedLinearMixedModel:
+        """An independent model with the same design and estimates (its own PIRLS and factors)."""
+        import copy as _copy
+        import dataclasses
+        new = _copy.copy(self)
+        new.design = dataclasses.replace(self.design, y=self.design.y.copy())
+        new.pirls = Pirls(new.design, self.family)
+        if self._mode is not None:
+            new.pirls.last_u = self._mode.u.copy()
+        return new
+
+    def refit(self, y, start=None) -> GeneralizedLinearMixedModel:
+        """Refit in place to a new response on the model's scale (proportions for
+        binomial, counts for poisson) with the same design, X, Z, weights and
+        offset; returns ``self``.  The two stages start from ``start`` (default:
+        the current theta and fixed effects)."""
+        import dataclasses
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if y.shape != self.design.y.shape:
+            raise DataError(f"the new response has {y.size} values, the model has {self.nobs}")
+        if not np.isfinite(y).all():
+            raise DataError("the new response has non-finite values")
+        if (y < 0).any() or (self.family.name == "binomial" and (y > 1).any()):
+            raise DataError(f"the new response is outside the range of the {self.family.name} "
+                            "family (binomial: proportions in [0, 1], poisson: counts >= 0)")
+        if start is None and self._mode is not None:
+            start = {"theta": self._mode.theta.copy(), "fixef": self._mode.beta.copy()}
+        factors = self.pirls._factors
+        self.design = dataclasses.replace(self.design, y=y)
+        self.pirls = Pirls(self.design, self.family)
+        self.pirls._factors = factors   # they depend on X and Z only
+        return self.fit(start)
+
+    def simulate(self, nsim: int = 1, seed=None, re_form="NA") -> pd.DataFrame:
+        """Responses simulated from the fit, as lme4's ``simulate`` (``lmmfast.glmm.simulate``)."""
+        from .simulate import simulate
+        return simulate(self, nsim, seed=seed, re_form=re_form)
+
+    def bootstrap(self, n: int, seed=None, n_jobs: int | None = None, progress=None,
+                  **kwargs) -> pd.DataFrame:
+        """Parametric bootstrap, as lme4's ``bootMer`` (``lmmfast.glmm.bootstrap``)."""
+        from .bootstrap import bootstrap
+        return bootstrap(self, n, seed=seed, n_jobs=n_jobs, progress=progress, **kwargs)
+
+    def profile(self, which=None, **kwargs) -> pd.DataFrame:
+        """Profile zeta traces, as lme4's ``profile`` (``lmmfast.glmm.profile``)."""
+        from .profile import profile
+        return profile(self, which=which, **kwargs)
+
+    def confint(self, parm=None, level: float = 0.95, method: str = "profile",
+                **kwargs) -> pd.DataFrame:
+        """Confidence intervals (``"wald"``, ``"profile"`` or ``"bootstrap"``), as lme4's
+        ``confint`` (``lmmfast.glmm.confint``)."""
+        from .confint import confint
+        return confint(self, parm=parm, level=level, method=method, **kwargs)
+
 
 def glmer(formula: str, data, family="binomial", nAGQ: int = 1, weights=None,
           offset=None, start=None) -> GeneralizedLinearMixedModel:

@@ -36,7 +36,6 @@ from test_glmer import fit
 
 from lmmfast.confint import percentile_intervals
 from lmmfast.errors import DataError, LmmError
-from lmmfast.glmm import glmer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "glmm" / "glmer_confint.json"
 MODELS = ["cbpp_laplace", "epil_int"]

@@ -545,11 +545,6 @@ class GeneralizedLinearMixedModel:
         return self.__str__()
 
     # ------------------------------------------------------------ simulation and inference
-    @property
-    def remats(self) -> list:
-        """The random-effects terms in lme4's order (the design's)."""
-        return self.design.remats
-
     def copy(self) -> GeneralizedLinearMixedModel:
         """An independent model with the same design and estimates (its own PIRLS and factors)."""
         import copy as _copy

@@ -60,7 +60,7 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
     """
     out = new_partial(spec) if out is None else out
     rows = spec.rows(piece, weights, offset)
-    n = len(rows.frame)
+    n = len(rows.data)
     first = out["n"]
     out["n"] += n
     if n == 0:
@@ -75,7 +75,7 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
     starts = np.cumsum([0] + spec.k)
     for start in range(0, n, spec.chunk_rows):
         stop = min(n, start + spec.chunk_rows)
-        frame = rows.frame.iloc[start:stop] if n > spec.chunk_rows else rows.frame
+        frame = rows.data.slice(start, stop) if n > spec.chunk_rows else rows.data
         if y_all is not None:
             y = y_all[first + start:first + stop]
         else:

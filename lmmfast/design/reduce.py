@@ -76,15 +76,17 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
     for start in range(0, n, spec.chunk_rows):
         stop = min(n, start + spec.chunk_rows)
         frame = rows.data.slice(start, stop) if n > spec.chunk_rows else rows.data
+        xy = spec.xy(frame)
         if y_all is not None:
             y = y_all[first + start:first + stop]
         else:
-            y = spec.response(frame)
+            y = xy.y
             if rows.offset is not None:
                 y = y - rows.offset[start:stop]
-        x = spec.fixed(frame)
-        refs = [spec.term_refs(frame, i) for i in spec.internal]
-        z = [spec.term_z(frame, i) for i in spec.internal]
+        x = xy.x
+        terms = [spec.remat(frame, i) for i in spec.internal]
+        refs = [r.refs for r in terms]
+        z = [r.z for r in terms]
         for i, zi in zip(spec.internal, z):
             for a in range(zi.shape[1]):
                 _crossprod.add_sum_dd(np.ascontiguousarray(zi[:, a] ** 2),

@@ -70,11 +70,13 @@ def row_values(spec: DesignSpec, keep: np.ndarray, beta: np.ndarray, b_terms: di
     for start in range(0, n, spec.chunk_rows):
         stop = min(n, start + spec.chunk_rows)
         frame = rows.data.slice(start, stop) if n > spec.chunk_rows else rows.data
+        xy = spec.xy(frame)
+        terms = [spec.remat(frame, i) for i in spec.order]
         mu = linear_predictor(
-            spec.fixed(frame)[:, keep], beta, [spec.term_refs(frame, i) for i in spec.order],
-            [spec.term_z(frame, i) for i in spec.order], [b_terms[i] for i in spec.order],
+            xy.x[:, keep], beta, [r.refs for r in terms], [r.z for r in terms],
+            [b_terms[i] for i in spec.order],
             None if rows.offset is None else rows.offset[start:stop])
-        out[start:stop] = spec.response(frame) - mu if what == "residuals" else mu
+        out[start:stop] = xy.y - mu if what == "residuals" else mu
     return out
 
 

@@ -23,12 +23,12 @@ from formulaic.transforms import TRANSFORMS
 
 from ..errors import DataError, FormulaError
 from ..formula import R_ALIASES, ParsedFormula, parse_formula, response_code
-from .fixed import fixed_matrix, response_vector
+from .fixed import XyMat, build_xymat
 from .frame import (Columns, Factor, ModelFrame, as_factor, column_or_array, is_categorical,
                     model_frame, used_columns)
 from .layout import SPARSE_MIN_SIZE, BlockLayout
 from .materialize import R_FUNCTIONS, design_matrix
-from .terms import ReMat, checked_z, combination_codes, interaction_labels
+from .terms import ReMat, build_remat, checked_z, group_codes, interaction_labels
 
 __all__ = ["PIECE_ROWS", "DesignSpec", "FactorCoding", "piece_columns", "sorted_unique"]
 
@@ -221,39 +221,24 @@ class DesignSpec:
             (self.offset_column or offset) if self.has_offset else None,
             codings=self.codings, coded=coded, piece=True)
 
+    def xy(self, frame: Columns) -> XyMat:
+        """y and X (every column: the rank check is that of all pieces) of
+        model-frame rows (``build_xymat``)."""
+        xy = build_xymat(self.parsed, frame, check_rank=False)
+        if self.x_names is not None and xy.names != self.x_names:
+            raise DataError(f"the fixed-effects columns of a piece of the data ({xy.names}) "
+                            f"differ from those of the whole ({self.x_names})")
+        return xy
+
+    def remat(self, frame: Columns, i: int) -> ReMat:
+        """Random term ``i`` (formula order) of model-frame rows (``build_remat``),
+        with the levels of the whole data."""
+        return build_remat(frame, self.parsed.random[i], self.present.get(i),
+                           self.term_levels(i))
+
     def term_refs(self, frame: Columns, i: int) -> np.ndarray:
         """Level codes of the rows in random term ``i`` (formula order)."""
-        term = self.parsed.random[i]
-        names = [f.strip("`") for f in term.factors]
-        codes = [frame.factor(n).codes for n in names]
-        if len(codes) == 1:
-            return np.ascontiguousarray(codes[0])
-        combo = combination_codes(codes, [len(self.codings[n].labels) for n in names])
-        present = self.present.get(i)
-        if present is None:
-            return combo
-        refs = np.searchsorted(present, combo)
-        if len(refs) and (refs.max() >= len(present) or (present[refs] != combo).any()):
-            raise DataError(f"random term {term.source} has a combination of levels that "
-                            "was not present when the data were first read: did the data change?")
-        return refs.astype(np.int64)
-
-    def response(self, frame: Columns) -> np.ndarray:
-        """y of the rows (as ``build_xymat``)."""
-        return response_vector(self.parsed.response, frame)
-
-    def fixed(self, frame: Columns) -> np.ndarray:
-        """X of the rows, every column (before the rank check)."""
-        x, names = fixed_matrix(self.parsed.fixed, frame)
-        if self.x_names is not None and names != self.x_names:
-            raise DataError(f"the fixed-effects columns of a piece of the data ({names}) "
-                            f"differ from those of the whole ({self.x_names})")
-        return x
-
-    def term_z(self, frame: Columns, i: int) -> np.ndarray:
-        term = self.parsed.random[i]
-        z, _ = design_matrix(term.expr, frame, f"random term {term.source}")
-        return checked_z(z, term)
+        return group_codes(frame, self.parsed.random[i], self.present.get(i))[0]
 
     # ------------------------------------------------------ global structure
     def set_levels(self, merged: dict) -> None:
@@ -270,7 +255,7 @@ class DesignSpec:
                  for t in self.parsed.random]
         self.cnames = [names for _, names, _ in terms]
         self.term_specs = [spec for _, _, spec in terms]
-        self.k = [self.term_z(rows.data, i).shape[1] for i in range(len(self.parsed.random))]
+        self.k = [checked_z(z, t).shape[1] for (z, _, _), t in zip(terms, self.parsed.random)]
         self.nlevels = [len(self.present[i]) if i in self.present
                         else len(self.codings[t.factors[0].strip("`")].labels)
                         for i, t in enumerate(self.parsed.random)]
@@ -307,11 +292,19 @@ class DesignSpec:
         return out
 
     def term_levels(self, i: int) -> list[str]:
-        term = self.parsed.random[i]
-        names = [f.strip("`") for f in term.factors]
-        if len(names) == 1:
-            return list(self.codings[names[0]].labels)
-        return interaction_labels(self.present[i], [self.codings[n].labels for n in names])
+        """The level labels of random term ``i`` (formula order), made once."""
+        cache = self.__dict__.setdefault("_term_levels", {})
+        if i not in cache:
+            term = self.parsed.random[i]
+            names = [f.strip("`") for f in term.factors]
+            cache[i] = list(self.codings[names[0]].labels) if len(names) == 1 else \
+                interaction_labels(self.present[i], [self.codings[n].labels for n in names])
+        return cache[i]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_term_levels", None)   # made again where needed
+        return state
 
     @property
     def factor_levels(self) -> dict[str, list[str]]:
@@ -391,7 +384,7 @@ def merge_levels(a: dict, b: dict) -> dict:
 def piece_groups(spec: DesignSpec, piece: pd.DataFrame, weights=None, offset=None) -> dict:
     """Pass 2: the level combinations present in each interaction grouping."""
     rows = spec.rows(piece, weights, offset)
-    return {i: sorted_unique(spec.term_refs(rows.data, i))
+    return {i: group_codes(rows.data, t)[2]
             for i, t in enumerate(spec.parsed.random) if len(t.factors) > 1}
 
 

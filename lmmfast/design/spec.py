@@ -274,12 +274,11 @@ class DesignSpec:
             np.cumsum(np.bincount(cols, minlength=nl[0]), out=colptr[1:])
             self.patterns[s] = (colptr, rows)
 
-    def build_layout(self, p1: int | None = None) -> BlockLayout:
+    def build_layout(self) -> BlockLayout:
         T = len(self.internal)
         return BlockLayout.build(
             [None] * T, [self.nlevels[i] for i in self.internal],
-            [self.k[i] for i in self.internal],
-            len(self.x_names) + 1 if p1 is None else p1, self.patterns)
+            [self.k[i] for i in self.internal], len(self.x_names) + 1, self.patterns)
 
     def remats(self) -> list[ReMat]:
         """The terms in lme4's order, with their levels (no rows)."""

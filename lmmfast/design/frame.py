@@ -85,7 +85,7 @@ class Columns:
             self._factors[name] = Factor(codes, levels)
         return self._factors[name]
 
-    def slice(self, start: int, stop: int) -> "Columns":
+    def slice(self, start: int, stop: int) -> Columns:
         """Rows ``start:stop`` of the columns (views), factors coded as here."""
         def part(col):
             return Factor(col.codes[start:stop], col.levels, col.ordered) \

@@ -9,8 +9,8 @@ matrix, sparsity patterns.
 
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,7 +125,7 @@ class BlockLayout:
                    kind_a, kind_l, off_a, off_l, cp_off, ri_off,
                    cat(colptrs), cat(rowidxs), pos_a, pos_l)
 
-    def with_p1(self, p1: int) -> "BlockLayout":
+    def with_p1(self, p1: int) -> BlockLayout:
         """The same layout for [X y] of ``p1`` columns (X's columns dropped)."""
         T = self.n_terms
         size_a = np.diff(np.append(self.off_a, self.n_a))

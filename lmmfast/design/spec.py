@@ -3,9 +3,10 @@
 ``DesignSpec`` holds what is global to a data set (the formula, the used
 columns, the levels of every factor in R's order, X's columns and each
 term's columns and levels, the block layout of A) and turns any piece of rows
-into the model-frame rows, X, y and the random-effects terms exactly as the
-in-memory path does for the whole frame (ordered factors by ``contr.poly``,
-the formula's ``offset(expr)`` terms added to the offset).  What depends on
+into the model-frame rows, X, y and the random-effects terms with the
+functions the in-memory fit uses for the whole frame (``frame.model_frame``,
+``fixed.build_xymat``, ``terms.build_remat``), given the levels of the whole
+data.  What depends on
 all rows at once (``scale``, ``poly``, ``factor()`` of a numeric column, ...)
 is refused with a FormulaError that points to the in-memory path.  The
 ``piece_*`` functions are the passes of a reduction (``design.reduce``).

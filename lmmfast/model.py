@@ -31,7 +31,8 @@ from .design.dask import predict as predict_dask
 from .design.fixed import build_xymat, r_diagonal
 from .design.frame import Factor, is_table, model_frame, used_frame
 from .design.layout import BlockLayout
-from .design.reduce import ChunkReducer, Reduced, reduce_design, reweighted, streamable
+from .design.reduce import (ChunkReducer, Reduced, check_rank, reduce_design, reweighted,
+                            streamable)
 from .design.rows import ChunkedRows, InMemoryRows, column_sumsq, require_rows, theta_scale
 from .design.spec import PIECE_ROWS, DesignSpec
 from .design.terms import ReMat, build_remat
@@ -129,15 +130,26 @@ class LinearMixedModel:
         # models on the same data (ranova) read again, as lme4 keeps its frame
         self._call = {"data": data, "weights": weights, "offset": offset}
         parsed = parse_formula(formula)
+        # the data in memory as the one piece of a reduction (design.reduce): its model
+        # frame with its own levels, every column of X and the terms, A of all of
+        # them, then X's rank check; the rows kept
         frame = model_frame(parsed, data, weights, offset)
-        xy = build_xymat(parsed, frame.data)
+        xy = build_xymat(parsed, frame.data, check_rank=False)
         remats = [build_remat(frame.data, term) for term in parsed.random]
         self.response = xy.response
-        self.x = xy.x
-        self.resp = Response(xy.y, frame.weights, frame.offset,
-                             working_y=None if frame.offset is None else xy.y - frame.offset)
-        self.fixef_names = xy.names
-        self.dropped_columns = xy.dropped
+        self.resp = resp = Response(xy.y, frame.weights, frame.offset,
+                                    working_y=None if frame.offset is None
+                                    else xy.y - frame.offset)
+        self._order_terms(remats)
+        inner = [self.remats[i] for i in self._internal]
+        refs, z = [r.refs for r in inner], [r.z for r in inner]
+        layout = BlockLayout.build(refs, [r.nlevels for r in inner], [r.k for r in inner],
+                                   xy.x.shape[1] + 1)
+        acc = blocks.crossproducts(layout, refs, z, xy.x, resp.z, resp.sqrt_w, rounded=False)
+        keep, self.dropped_columns, layout, acc = check_rank(layout, acc, xy.x, xy.names,
+                                                             stacklevel=3)
+        self.x = np.ascontiguousarray(xy.x[:, keep]) if self.dropped_columns else xy.x
+        self.fixef_names = [xy.names[j] for j in keep]
         self.n_dropped = frame.n_dropped
         self.row_index = frame.row_index
         self.nobs = len(self.y)
@@ -150,16 +162,11 @@ class LinearMixedModel:
             if isinstance(frame.data[name], Factor) or name in grouping:
                 self.factor_levels[name] = list(frame.data.factor(name).levels)
         for r in remats:   # a term on the fixed effects' own columns shares X's memory
-            if r.cnames == xy.names and r.z.shape == self.x.shape \
+            if r.cnames == self.fixef_names and r.z.shape == self.x.shape \
                     and (r.z == self.x).all():
                 r.z = self.x
-        self._order_terms(remats)
-        inner = [self.remats[i] for i in self._internal]
-        layout = BlockLayout.build(
-            [r.refs for r in inner], [r.nlevels for r in inner], [r.k for r in inner],
-            self.x.shape[1] + 1)
         self._layout = layout
-        self._form_crossproducts()
+        self._setup_core(layout, acc, 0.0 if resp.w is None else blocks.dd_sum(np.log(resp.w)))
 
     def _form_crossproducts(self) -> None:
         """A = [Z X y]^T W [Z X y] from the rows held, with the response's working

@@ -153,7 +153,7 @@ def _partition_rows(part: pd.DataFrame, params, what: str) -> pd.Series:
     values = row_values(spec, keep, beta, b, rows, kind)
     if what == "pearson" and rows.weights is not None:
         values = values * np.sqrt(rows.weights)
-    return pd.Series(values, index=rows.index, name=what)
+    return pd.Series(values, index=rows.row_index, name=what)
 
 
 # ------------------------------------------------------- exact quantiles

@@ -248,13 +248,17 @@ def warn_dropped(dropped: list[str], stacklevel: int) -> None:
         RankDeficiencyWarning, stacklevel=stacklevel + 1)
 
 
-def build_xymat(parsed: ParsedFormula, frame) -> XyMat:
-    """X (rank-checked) and y for ``parsed`` on the model frame ``frame``."""
+def build_xymat(parsed: ParsedFormula, frame, check_rank: bool = True) -> XyMat:
+    """X (rank-checked) and y for ``parsed`` on the model frame ``frame``;
+    ``check_rank=False``: every column of X (a piece of the data, whose rank
+    check is that of all pieces)."""
     resp = parsed.response
     y = response_vector(resp, frame)
     x, names, spec = fixed_matrix(parsed.fixed, frame, with_spec=True)
-    keep = independent_columns(x)
-    dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
+    dropped = []
+    if check_rank:
+        keep = independent_columns(x)
+        dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
     if dropped:
         warn_dropped(dropped, stacklevel=3)
         x = x[:, keep]

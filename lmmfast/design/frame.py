@@ -85,6 +85,16 @@ class Columns:
             self._factors[name] = Factor(codes, levels)
         return self._factors[name]
 
+    def slice(self, start: int, stop: int) -> Columns:
+        """Rows ``start:stop`` of the columns (views), factors coded as here."""
+        def part(col):
+            return Factor(col.codes[start:stop], col.levels, col.ordered) \
+                if isinstance(col, Factor) else col[start:stop]
+        out = Columns({name: part(col) for name, col in self._cols.items()},
+                      len(range(start, min(stop, self.nrows))))
+        out._factors = {name: part(fac) for name, fac in self._factors.items()}
+        return out
+
     @cached_property
     def ones(self) -> np.ndarray:
         """A read-only column of ones (n x 1), shared by every intercept-only matrix
@@ -110,6 +120,7 @@ class ModelFrame:
     n_dropped: int              # rows dropped for missing values
     row_index: pd.Index         # the kept rows' labels in the caller's frame
     na_columns: tuple[str, ...]  # columns in which missing values were found
+    keep: np.ndarray | None = None   # the complete rows (None: all rows)
 
 
 def _variables(expr: str, what: str) -> frozenset[str]:
@@ -339,10 +350,20 @@ def used_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> pd.Dat
     return as_pandas(data, list(needed) + _argument_columns(weights, offset))
 
 
-def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> ModelFrame:
-    """Validate and subset ``data`` for ``parsed``; drop rows with missing values."""
+def model_frame(parsed: ParsedFormula, data, weights=None, offset=None, *,
+                codings: dict | None = None, coded: bool = True,
+                piece: bool = False) -> ModelFrame:
+    """Validate and subset ``data`` for ``parsed``; drop rows with missing values.
+
+    The factors get the levels of ``data``'s own rows, or with ``codings``
+    (column -> ``spec.FactorCoding``, a ``DesignSpec``'s) those of the whole
+    data of which ``data`` is a piece.  ``coded=False``: the columns as they
+    are (no factor coding, no ``offset(expr)`` terms).  ``piece``: ``data`` is
+    one piece of the data: no rows, or none complete, is no error and the rows
+    dropped are counted, not warned about (the reduction warns once).
+    """
     data = used_frame(parsed, data, weights, offset)
-    if len(data) == 0:
+    if len(data) == 0 and not piece:
         raise DataError("the data frame has no rows")
     needed = used_columns(parsed, data.columns)
     columns = {name: _column_array(data, name) for name in needed}
@@ -376,25 +397,40 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
             na_cols.append(name)
     n_dropped = 0 if rows_bad is None else int(rows_bad.sum())
     row_index = data.index
+    keep = None
     if n_dropped:
         keep = ~rows_bad
-        if not keep.any():
+        if not piece and not keep.any():
             raise DataError(
                 f"every row has a missing value (in {', '.join(map(repr, na_cols))})")
         raw = {name: values[keep] for name, values in raw.items()}
         w = None if w is None else w[keep]
         off = None if off is None else off[keep]
         row_index = row_index[keep]
-        warnings.warn(
-            f"{n_dropped} row{'s' if n_dropped > 1 else ''} with missing values "
-            f"dropped (in {', '.join(map(repr, na_cols))}); {int(keep.sum())} rows remain",
-            MissingValuesWarning, stacklevel=3)
+        if not piece:
+            warnings.warn(
+                f"{n_dropped} row{'s' if n_dropped > 1 else ''} with missing values "
+                f"dropped (in {', '.join(map(repr, na_cols))}); {int(keep.sum())} rows remain",
+                MissingValuesWarning, stacklevel=3)
     if w is not None:
         check_weights(w)
+    if not coded:
+        return ModelFrame(Columns(raw, len(row_index)), w, off, n_dropped, row_index,
+                          tuple(na_cols), keep)
 
     cols: dict = {}
+    factors: dict = {}
     for name, values in raw.items():
-        if isinstance(values, pd.Categorical):
+        coding = None if codings is None else codings.get(name)
+        if coding is not None:   # the levels of the whole data
+            fac = coding.factor(values)
+            if isinstance(values, pd.Categorical) or values.dtype == object \
+                    or values.dtype.kind == "b":
+                cols[name] = fac
+            else:                # a numeric grouping column stays numeric
+                cols[name] = values
+                factors[name] = fac
+        elif isinstance(values, pd.Categorical):
             codes, labels, _ = category_codes(values)
             cols[name] = Factor(codes, labels, bool(values.ordered))
         elif values.dtype == object or values.dtype.kind == "b":
@@ -402,5 +438,6 @@ def model_frame(parsed: ParsedFormula, data, weights=None, offset=None) -> Model
         else:
             cols[name] = values
     frame = Columns(cols, len(row_index))
+    frame._factors.update(factors)
     return ModelFrame(frame, w, total_offset(parsed, frame, off), n_dropped, row_index,
-                      tuple(na_cols))
+                      tuple(na_cols), keep)

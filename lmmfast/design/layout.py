@@ -9,6 +9,7 @@ matrix, sparsity patterns.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -123,6 +124,20 @@ class BlockLayout:
         return cls(np.asarray(nlev, dtype=np.int64), np.asarray(k, dtype=np.int64), p1,
                    kind_a, kind_l, off_a, off_l, cp_off, ri_off,
                    cat(colptrs), cat(rowidxs), pos_a, pos_l)
+
+    def with_p1(self, p1: int) -> BlockLayout:
+        """The same layout for [X y] of ``p1`` columns (X's columns dropped)."""
+        T = self.n_terms
+        size_a = np.diff(np.append(self.off_a, self.n_a))
+        size_l = np.diff(np.append(self.off_l, self.n_l))
+        rows = (self.nlev * self.k).tolist() + [p1]
+        for t in range(T + 1):
+            b = block_index(T, t)
+            size_a[b] = size_l[b] = p1 * rows[t]
+        off_a = np.concatenate([[0], np.cumsum(size_a)[:-1]]).astype(np.int64)
+        off_l = np.concatenate([[0], np.cumsum(size_l)[:-1]]).astype(np.int64)
+        return dataclasses.replace(self, p1=p1, off_a=off_a, off_l=off_l,
+                                   n_a=int(size_a.sum()), n_l=int(size_l.sum()))
 
     @functools.cached_property
     def response_offsets(self) -> tuple[np.ndarray, np.ndarray, int]:

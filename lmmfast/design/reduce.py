@@ -37,7 +37,7 @@ from .spec import (PIECE_ROWS, DesignSpec, merge_levels, merge_sets, piece_colum
                    piece_groups, piece_levels, piece_pattern)
 from .terms import ReMat
 
-__all__ = ["ChunkReducer", "Reduced", "reduce_design", "reweighted", "streamable"]
+__all__ = ["ChunkReducer", "Reduced", "check_rank", "reduce_design", "reweighted", "streamable"]
 
 
 # --------------------------------------------------------- partial sums
@@ -60,7 +60,7 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
     """
     out = new_partial(spec) if out is None else out
     rows = spec.rows(piece, weights, offset)
-    n = len(rows.frame)
+    n = len(rows.data)
     first = out["n"]
     out["n"] += n
     if n == 0:
@@ -75,16 +75,18 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
     starts = np.cumsum([0] + spec.k)
     for start in range(0, n, spec.chunk_rows):
         stop = min(n, start + spec.chunk_rows)
-        frame = rows.frame.iloc[start:stop] if n > spec.chunk_rows else rows.frame
+        frame = rows.data.slice(start, stop) if n > spec.chunk_rows else rows.data
+        xy = spec.xy(frame)
         if y_all is not None:
             y = y_all[first + start:first + stop]
         else:
-            y = spec.response(frame)
+            y = xy.y
             if rows.offset is not None:
                 y = y - rows.offset[start:stop]
-        x = spec.fixed(frame)
-        refs = [spec.term_refs(frame, i) for i in spec.internal]
-        z = [spec.term_z(frame, i) for i in spec.internal]
+        x = xy.x
+        terms = [spec.remat(frame, i) for i in spec.internal]
+        refs = [r.refs for r in terms]
+        z = [r.z for r in terms]
         for i, zi in zip(spec.internal, z):
             for a in range(zi.shape[1]):
                 _crossprod.add_sum_dd(np.ascontiguousarray(zi[:, a] ** 2),
@@ -93,6 +95,21 @@ def piece_crossproducts(spec: DesignSpec, piece: pd.DataFrame, weights=None, off
         add_rows(layout, out["acc"], refs, z, x, y,
                  None if w is None else np.sqrt(w[start:stop]))
     return out
+
+
+def check_rank(layout: BlockLayout, acc: np.ndarray, r: np.ndarray, names: list[str],
+               stacklevel: int) -> tuple:
+    """X's rank check (``fixed.independent_columns``) on X's rows or, for data in
+    pieces, R of their QR decomposition (``r``): the columns kept, the names of
+    those dropped (with lme4's warning), and A's layout and accumulator (formed
+    with every column of X) without them."""
+    keep = independent_columns(r)
+    kept = set(keep.tolist())
+    dropped = [names[j] for j in range(len(names)) if j not in kept]
+    if dropped:
+        warn_dropped(dropped, stacklevel + 1)
+        layout, acc = _drop_columns(layout, acc, keep)
+    return keep, dropped, layout, acc
 
 
 def merge_partials(a: dict, b: dict) -> dict:
@@ -117,13 +134,12 @@ def finish_partial(layout: BlockLayout, part: dict) -> dict:
             "logw": float(_crossprod.dd_round(part["logw"])[0]), "n": int(part["n"])}
 
 
-def _drop_columns(spec: DesignSpec, a: np.ndarray, keep: np.ndarray) -> tuple:
+def _drop_columns(full: BlockLayout, a: np.ndarray, keep: np.ndarray) -> tuple:
     """A (or its double-double accumulator, ``n_a x 2``) and its layout without
     the X columns not in ``keep``."""
-    full = spec.layout
     p1 = full.p1
     sel = np.append(keep, p1 - 1)
-    layout = spec.build_layout(len(sel))
+    layout = full.with_p1(len(sel))
     tail = a.shape[1:]
     out = np.zeros((max(layout.n_a, 1),) + tail)
     T = full.n_terms
@@ -224,15 +240,9 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> Reduced:
     spec.layout = spec.build_layout()
     sums = reducer.run(spec, piece_crossproducts, merge_partials,
                        partial(finish_partial, spec.layout))
-    acc = _accumulator(spec.layout, sums)
-    keep = independent_columns(sums["rank"])
     names = list(spec.x_names)
-    kept = set(keep.tolist())
-    dropped = [names[j] for j in range(len(names)) if j not in kept]
-    layout = spec.layout
-    if dropped:
-        warn_dropped(dropped, stacklevel)
-        layout, acc = _drop_columns(spec, acc, keep)
+    keep, dropped, layout, acc = check_rank(spec.layout, _accumulator(spec.layout, sums),
+                                            sums["rank"], names, stacklevel)
     starts = np.cumsum([0] + spec.k)
     return Reduced(spec, spec.remats(), [names[j] for j in keep], dropped, keep, layout, acc,
                    sums["n"], levels["n_bad"], sums["logw"],
@@ -258,7 +268,7 @@ def reweighted(spec: DesignSpec, reducer: ChunkReducer, keep: np.ndarray, weight
     acc = _accumulator(spec.layout, sums)
     layout = spec.layout
     if len(keep) < len(spec.x_names):
-        layout, acc = _drop_columns(spec, acc, keep)
+        layout, acc = _drop_columns(layout, acc, keep)
     return layout, acc, sums["logw"]
 
 

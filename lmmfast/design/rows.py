@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import DataError
 from .crossprod import dd_sum
-from .spec import DesignSpec, Rows, piece_columns
+from .frame import ModelFrame
+from .spec import DesignSpec, piece_columns
 
 __all__ = ["ChunkedRows", "InMemoryRows", "column_sumsq", "linear_predictor", "require_rows",
            "row_values", "theta_scale"]
@@ -62,18 +63,20 @@ def theta_scale(remats: list, z_sumsq: list[np.ndarray] | None, nobs: int) -> np
 
 
 def row_values(spec: DesignSpec, keep: np.ndarray, beta: np.ndarray, b_terms: dict,
-               rows: Rows, what: str) -> np.ndarray:
+               rows: ModelFrame, what: str) -> np.ndarray:
     """Fitted values or residuals of model-frame ``rows`` made by ``spec``."""
-    n = len(rows.frame)
+    n = len(rows.data)
     out = np.empty(n)
     for start in range(0, n, spec.chunk_rows):
         stop = min(n, start + spec.chunk_rows)
-        frame = rows.frame.iloc[start:stop] if n > spec.chunk_rows else rows.frame
+        frame = rows.data.slice(start, stop) if n > spec.chunk_rows else rows.data
+        xy = spec.xy(frame)
+        terms = [spec.remat(frame, i) for i in spec.order]
         mu = linear_predictor(
-            spec.fixed(frame)[:, keep], beta, [spec.term_refs(frame, i) for i in spec.order],
-            [spec.term_z(frame, i) for i in spec.order], [b_terms[i] for i in spec.order],
+            xy.x[:, keep], beta, [r.refs for r in terms], [r.z for r in terms],
+            [b_terms[i] for i in spec.order],
             None if rows.offset is None else rows.offset[start:stop])
-        out[start:stop] = spec.response(frame) - mu if what == "residuals" else mu
+        out[start:stop] = xy.y - mu if what == "residuals" else mu
     return out
 
 

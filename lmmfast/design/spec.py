@@ -3,9 +3,10 @@
 ``DesignSpec`` holds what is global to a data set (the formula, the used
 columns, the levels of every factor in R's order, X's columns and each
 term's columns and levels, the block layout of A) and turns any piece of rows
-into the model-frame rows, X, y and the random-effects terms exactly as the
-in-memory path does for the whole frame (ordered factors by ``contr.poly``,
-the formula's ``offset(expr)`` terms added to the offset).  What depends on
+into the model-frame rows, X, y and the random-effects terms with the
+functions the in-memory fit uses for the whole frame (``frame.model_frame``,
+``fixed.build_xymat``, ``terms.build_remat``), given the levels of the whole
+data.  What depends on
 all rows at once (``scale``, ``poly``, ``factor()`` of a numeric column, ...)
 is refused with a FormulaError that points to the in-memory path.  The
 ``piece_*`` functions are the passes of a reduction (``design.reduce``).
@@ -23,14 +24,14 @@ from formulaic.transforms import TRANSFORMS
 
 from ..errors import DataError, FormulaError
 from ..formula import R_ALIASES, ParsedFormula, parse_formula, response_code
-from .fixed import fixed_matrix, response_vector
-from .frame import (as_factor, check_weights, column_or_array, is_categorical, total_offset,
-                    used_columns)
+from .fixed import XyMat, build_xymat
+from .frame import (Columns, Factor, ModelFrame, as_factor, column_or_array, is_categorical,
+                    model_frame, used_columns)
 from .layout import SPARSE_MIN_SIZE, BlockLayout
 from .materialize import R_FUNCTIONS, design_matrix
-from .terms import ReMat, checked_z, combination_codes, interaction_labels
+from .terms import ReMat, build_remat, checked_z, group_codes, interaction_labels
 
-__all__ = ["PIECE_ROWS", "DesignSpec", "FactorCoding", "Rows", "piece_columns", "sorted_unique"]
+__all__ = ["PIECE_ROWS", "DesignSpec", "FactorCoding", "piece_columns", "sorted_unique"]
 
 PIECE_ROWS = 262_144   # rows of a data frame turned into model-frame rows at once
 
@@ -77,38 +78,34 @@ class FactorCoding:
     def _label_index(self) -> pd.Index:
         return pd.Index(self.labels)
 
-    def codes(self, col: pd.Series) -> np.ndarray:
-        """Level codes (int64) of a column without missing values."""
+    def factor(self, values) -> Factor:
+        """The model frame's factor of a column's values without missing values
+        (a Categorical or a numpy array): codes of the levels of the whole data."""
         if self.kind == "bool":
-            codes = col.to_numpy().astype(np.int64)
-        elif self.kind == "category" and isinstance(col.dtype, pd.CategoricalDtype):
-            cats = col.cat.categories
-            remap = self._label_index.get_indexer([str(c) for c in cats])
-            codes = remap[col.cat.codes.to_numpy()]
+            codes = np.asarray(values).astype(np.int64)
+        elif self.kind == "category" and isinstance(values, pd.Categorical):
+            remap = self._label_index.get_indexer([str(c) for c in values.categories])
+            codes = remap[np.asarray(values.codes)]
         else:
-            codes = self._index.get_indexer(col.to_numpy())
+            codes = self._index.get_indexer(np.asarray(values))
         codes = np.asarray(codes, dtype=np.int64)
         if len(codes) and codes.min() < 0:
-            bad = col.to_numpy()[codes < 0][0]
+            bad = np.asarray(values)[codes < 0][0]
             raise DataError(f"column {self.name!r} has a value ({bad!r}) that was not among "
                             "its levels when the data were first read: did the data change?")
-        return codes
-
-    def categorical(self, col: pd.Series) -> pd.Categorical:
-        """The column as the model frame's factor (R's levels of the whole data)."""
-        return pd.Categorical.from_codes(self.codes(col), categories=self.labels,
-                                         ordered=self.ordered, validate=False)
+        return Factor(codes, self.labels, self.ordered)
 
 
-def _piece_levels_of(col: pd.Series):
-    """What a piece knows about a factor column's levels (merged by ``_merge_level``)."""
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        codes = col.cat.codes.to_numpy()
-        used = np.bincount(codes[codes >= 0], minlength=len(col.cat.categories)) > 0
-        return ("category", list(col.cat.categories), used)
-    if col.dtype.kind == "b":
+def _piece_levels_of(values, dtype):
+    """What a piece knows about a factor column's levels (merged by ``_merge_level``),
+    from its values without missing values and the column's dtype."""
+    if isinstance(values, pd.Categorical):
+        codes = np.asarray(values.codes)
+        used = np.bincount(codes[codes >= 0], minlength=len(values.categories)) > 0
+        return ("category", list(values.categories), used)
+    if dtype.kind == "b":
         return ("bool", None, None)
-    return ("values", pd.unique(col.to_numpy()), None)
+    return ("values", pd.unique(values), None)
 
 
 def _as_values(level):
@@ -153,19 +150,6 @@ def _coding(name: str, level, dtype) -> FactorCoding:
 
 
 # --------------------------------------------------------------- the design
-@dataclass
-class Rows:
-    """The model-frame rows of one piece: complete rows, factors coded."""
-
-    frame: pd.DataFrame
-    weights: np.ndarray | None
-    offset: np.ndarray | None    # the offset; coded rows: plus the formula's offset terms
-    index: pd.Index              # the rows' labels in the piece
-    keep: np.ndarray | None      # the piece's complete rows (None: all of them)
-    n_bad: int                   # rows dropped for missing values
-    na_columns: list[str]
-
-
 @dataclass
 class DesignSpec:
     """Everything global about a model's data: formula, columns, levels, layout.
@@ -229,76 +213,33 @@ class DesignSpec:
         return spec
 
     # ------------------------------------------------------------ one piece
-    def rows(self, piece: pd.DataFrame, weights=None, offset=None, coded: bool = True) -> Rows:
-        """The model-frame rows of ``piece`` (as ``model_frame`` on the whole data).
+    def rows(self, piece: pd.DataFrame, weights=None, offset=None,
+             coded: bool = True) -> ModelFrame:
+        """The model-frame rows of ``piece`` (``model_frame`` with the levels of the
+        whole data); ``coded=False``: the columns as they are (``model_frame``)."""
+        return model_frame(
+            self.parsed, piece, (self.weights_column or weights) if self.has_weights else None,
+            (self.offset_column or offset) if self.has_offset else None,
+            codings=self.codings, coded=coded, piece=True)
 
-        ``coded``: factors coded with the levels of the whole data, and the
-        formula's ``offset(expr)`` terms added to the offset; else the factor
-        columns as they are and the offset argument alone.
-        """
-        w = column_or_array(self.weights_column or weights, piece, "weights") \
-            if self.has_weights else None
-        off = column_or_array(self.offset_column or offset, piece, "offset") \
-            if self.has_offset else None
-        sub = piece[self.columns]
-        isna = sub.isna().to_numpy()
-        bad = isna.any(axis=1)
-        na_cols = [c for c, b in zip(self.columns, isna.any(axis=0)) if b]
-        for arr, name in ((w, "weights"), (off, "offset")):
-            if arr is not None and np.isnan(arr).any():
-                bad |= np.isnan(arr)
-                na_cols.append(name)
-        n_bad = int(bad.sum())
-        keep = None
-        if n_bad:
-            keep = ~bad
-            sub = sub[keep]
-            w = None if w is None else w[keep]
-            off = None if off is None else off[keep]
-        if w is not None:
-            check_weights(w)
-        index = sub.index
-        frame = sub.reset_index(drop=True)
-        if coded:
-            for name in self.frame_factors:
-                frame[name] = self.codings[name].categorical(frame[name])
-            off = total_offset(self.parsed, frame, off)
-        return Rows(frame, w, off, index, keep, n_bad, na_cols)
-
-    def term_refs(self, frame: pd.DataFrame, i: int) -> np.ndarray:
-        """Level codes of the rows in random term ``i`` (formula order)."""
-        term = self.parsed.random[i]
-        names = [f.strip("`") for f in term.factors]
-        codes = [frame[n].cat.codes.to_numpy().astype(np.int64) if n in self.frame_factors
-                 else self.codings[n].codes(frame[n]) for n in names]
-        if len(codes) == 1:
-            return np.ascontiguousarray(codes[0])
-        combo = combination_codes(codes, [len(self.codings[n].labels) for n in names])
-        present = self.present.get(i)
-        if present is None:
-            return combo
-        refs = np.searchsorted(present, combo)
-        if len(refs) and (refs.max() >= len(present) or (present[refs] != combo).any()):
-            raise DataError(f"random term {term.source} has a combination of levels that "
-                            "was not present when the data were first read: did the data change?")
-        return refs.astype(np.int64)
-
-    def response(self, frame: pd.DataFrame) -> np.ndarray:
-        """y of the rows (as ``build_xymat``)."""
-        return response_vector(self.parsed.response, frame)
-
-    def fixed(self, frame: pd.DataFrame) -> np.ndarray:
-        """X of the rows, every column (before the rank check)."""
-        x, names = fixed_matrix(self.parsed.fixed, frame)
-        if self.x_names is not None and names != self.x_names:
-            raise DataError(f"the fixed-effects columns of a piece of the data ({names}) "
+    def xy(self, frame: Columns) -> XyMat:
+        """y and X (every column: the rank check is that of all pieces) of
+        model-frame rows (``build_xymat``)."""
+        xy = build_xymat(self.parsed, frame, check_rank=False)
+        if self.x_names is not None and xy.names != self.x_names:
+            raise DataError(f"the fixed-effects columns of a piece of the data ({xy.names}) "
                             f"differ from those of the whole ({self.x_names})")
-        return x
+        return xy
 
-    def term_z(self, frame: pd.DataFrame, i: int) -> np.ndarray:
-        term = self.parsed.random[i]
-        z, _ = design_matrix(term.expr, frame, f"random term {term.source}")
-        return checked_z(z, term)
+    def remat(self, frame: Columns, i: int) -> ReMat:
+        """Random term ``i`` (formula order) of model-frame rows (``build_remat``),
+        with the levels of the whole data."""
+        return build_remat(frame, self.parsed.random[i], self.present.get(i),
+                           self.term_levels(i))
+
+    def term_refs(self, frame: Columns, i: int) -> np.ndarray:
+        """Level codes of the rows in random term ``i`` (formula order)."""
+        return group_codes(frame, self.parsed.random[i], self.present.get(i))[0]
 
     # ------------------------------------------------------ global structure
     def set_levels(self, merged: dict) -> None:
@@ -309,13 +250,13 @@ class DesignSpec:
         """X's columns, each term's k and levels, and the term orders."""
         rows = self.rows(meta.iloc[:0], np.zeros(0), np.zeros(0))
         _, self.x_names, self.fixed_spec = design_matrix(
-            self.parsed.fixed, rows.frame, f"the fixed-effects part {self.parsed.fixed!r}",
+            self.parsed.fixed, rows.data, f"the fixed-effects part {self.parsed.fixed!r}",
             with_spec=True)
-        terms = [design_matrix(t.expr, rows.frame, f"random term {t.source}", with_spec=True)
+        terms = [design_matrix(t.expr, rows.data, f"random term {t.source}", with_spec=True)
                  for t in self.parsed.random]
         self.cnames = [names for _, names, _ in terms]
         self.term_specs = [spec for _, _, spec in terms]
-        self.k = [self.term_z(rows.frame, i).shape[1] for i in range(len(self.parsed.random))]
+        self.k = [checked_z(z, t).shape[1] for (z, _, _), t in zip(terms, self.parsed.random)]
         self.nlevels = [len(self.present[i]) if i in self.present
                         else len(self.codings[t.factors[0].strip("`")].labels)
                         for i, t in enumerate(self.parsed.random)]
@@ -334,12 +275,11 @@ class DesignSpec:
             np.cumsum(np.bincount(cols, minlength=nl[0]), out=colptr[1:])
             self.patterns[s] = (colptr, rows)
 
-    def build_layout(self, p1: int | None = None) -> BlockLayout:
+    def build_layout(self) -> BlockLayout:
         T = len(self.internal)
         return BlockLayout.build(
             [None] * T, [self.nlevels[i] for i in self.internal],
-            [self.k[i] for i in self.internal],
-            len(self.x_names) + 1 if p1 is None else p1, self.patterns)
+            [self.k[i] for i in self.internal], len(self.x_names) + 1, self.patterns)
 
     def remats(self) -> list[ReMat]:
         """The terms in lme4's order, with their levels (no rows)."""
@@ -352,11 +292,19 @@ class DesignSpec:
         return out
 
     def term_levels(self, i: int) -> list[str]:
-        term = self.parsed.random[i]
-        names = [f.strip("`") for f in term.factors]
-        if len(names) == 1:
-            return list(self.codings[names[0]].labels)
-        return interaction_labels(self.present[i], [self.codings[n].labels for n in names])
+        """The level labels of random term ``i`` (formula order), made once."""
+        cache = self.__dict__.setdefault("_term_levels", {})
+        if i not in cache:
+            term = self.parsed.random[i]
+            names = [f.strip("`") for f in term.factors]
+            cache[i] = list(self.codings[names[0]].labels) if len(names) == 1 else \
+                interaction_labels(self.present[i], [self.codings[n].labels for n in names])
+        return cache[i]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_term_levels", None)   # made again where needed
+        return state
 
     @property
     def factor_levels(self) -> dict[str, list[str]]:
@@ -419,9 +367,10 @@ def sorted_unique(values: np.ndarray, counts: np.ndarray | None = None):
 def piece_levels(spec: DesignSpec, piece: pd.DataFrame, weights=None, offset=None) -> dict:
     """Pass 1: rows, missing values and the levels of the factor columns."""
     rows = spec.rows(piece, weights, offset, coded=False)
-    return {"n": len(rows.frame), "n_bad": rows.n_bad, "na": rows.na_columns,
-            "levels": {c: _piece_levels_of(rows.frame[c]) for c in spec.level_columns}
-            if len(rows.frame) else {}}
+    return {"n": len(rows.data), "n_bad": rows.n_dropped, "na": list(rows.na_columns),
+            "levels": {c: _piece_levels_of(rows.data[c], spec.dtypes[c])
+                       for c in spec.level_columns}
+            if len(rows.data) else {}}
 
 
 def merge_levels(a: dict, b: dict) -> dict:
@@ -435,7 +384,7 @@ def merge_levels(a: dict, b: dict) -> dict:
 def piece_groups(spec: DesignSpec, piece: pd.DataFrame, weights=None, offset=None) -> dict:
     """Pass 2: the level combinations present in each interaction grouping."""
     rows = spec.rows(piece, weights, offset)
-    return {i: sorted_unique(spec.term_refs(rows.frame, i))
+    return {i: group_codes(rows.data, t)[2]
             for i, t in enumerate(spec.parsed.random) if len(t.factors) > 1}
 
 
@@ -447,10 +396,10 @@ def piece_pattern(spec: DesignSpec, piece: pd.DataFrame, weights=None, offset=No
     """Pass 3: the level pairs (s, 0) present, as keys ``refs_0 * nl_s + refs_s``."""
     rows = spec.rows(piece, weights, offset)
     out = {}
-    ref0 = spec.term_refs(rows.frame, spec.internal[0])
+    ref0 = spec.term_refs(rows.data, spec.internal[0])
     for s in spec.candidates:
         nl_s = spec.nlevels[spec.internal[s]]
-        out[s] = sorted_unique(ref0 * nl_s + spec.term_refs(rows.frame, spec.internal[s]))
+        out[s] = sorted_unique(ref0 * nl_s + spec.term_refs(rows.data, spec.internal[s]))
     return out
 
 

@@ -19,7 +19,8 @@ from ..formula import RandomTerm
 from .materialize import design_matrix
 from .frame import Columns, Factor, as_factor
 
-__all__ = ["ReMat", "build_remat", "checked_z", "combination_codes", "interaction_labels"]
+__all__ = ["ReMat", "build_remat", "checked_z", "combination_codes", "group_codes",
+           "interaction_labels"]
 
 
 @dataclass
@@ -93,17 +94,27 @@ def _factor(frame, name: str) -> Factor:
                   bool(cat.ordered))
 
 
-def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
-    """Level codes and labels of the (interaction of the) term's grouping factors.
+def group_codes(frame, term: RandomTerm, present: np.ndarray | None = None) -> tuple:
+    """Level codes of the (interaction of the) term's grouping factors, the
+    factors, and for an interaction the combination codes (``combination_codes``)
+    that are its levels (None for one factor).
 
-    An interaction's levels are the combinations present, ordered with the first
-    factor varying slowest, labelled ``a:b`` (R's ``factor(a:b)``).
+    An interaction's levels are the combinations present in ``frame``, ordered
+    with the first factor varying slowest (R's ``factor(a:b)``), or those of
+    ``present`` (the whole data's, sorted): a combination not among them is a
+    DataError.
     """
     facs = [_factor(frame, f.strip("`")) for f in term.factors]
     if len(facs) == 1:
-        return facs[0].codes, list(facs[0].levels)
+        return facs[0].codes, facs, None
     sizes = [len(fac.levels) for fac in facs]
     codes = combination_codes([fac.codes for fac in facs], sizes)
+    if present is not None:
+        refs = np.searchsorted(present, codes)
+        if len(refs) and (refs.max() >= len(present) or (present[refs] != codes).any()):
+            raise DataError(f"random term {term.source} has a combination of levels that "
+                            "was not present when the data were first read: did the data change?")
+        return refs.astype(np.int64), facs, present
     n_combos = int(np.prod(sizes))
     if n_combos <= max(8 * len(codes), 1024):   # the combinations present, by counting
         present = np.flatnonzero(np.bincount(codes, minlength=n_combos))
@@ -112,7 +123,7 @@ def _group_codes(frame, term: RandomTerm) -> tuple[np.ndarray, list[str]]:
         refs = remap[codes]
     else:
         present, refs = np.unique(codes, return_inverse=True)
-    return refs.astype(np.int64, copy=False), interaction_labels(present, [f.levels for f in facs])
+    return refs.astype(np.int64, copy=False), facs, present
 
 
 def combination_codes(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
@@ -135,9 +146,15 @@ def interaction_labels(present: np.ndarray, levels: list[list[str]]) -> list[str
     return labels
 
 
-def build_remat(frame, term: RandomTerm) -> ReMat:
-    """The random-effects term ``term`` evaluated on the model frame (``Columns`` or a DataFrame)."""
-    refs, levels = _group_codes(frame, term)
+def build_remat(frame, term: RandomTerm, present: np.ndarray | None = None,
+                levels: list[str] | None = None) -> ReMat:
+    """The random-effects term ``term`` evaluated on the model frame (``Columns`` or a
+    DataFrame); the levels of an interaction are those present in ``frame`` or
+    ``present`` (``group_codes``).  ``levels``: the term's level labels, if known."""
+    refs, facs, present = group_codes(frame, term, present)
+    if levels is None:
+        levels = list(facs[0].levels) if present is None \
+            else interaction_labels(present, [f.levels for f in facs])
     z, cnames, spec = design_matrix(term.expr, frame, f"random term {term.source}",
                                     with_spec=True)
     if cnames == ["(Intercept)"] and isinstance(frame, Columns):

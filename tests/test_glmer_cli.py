@@ -27,11 +27,12 @@ def lines(text):
     return [line.rstrip() for line in text.strip("\n").splitlines()]
 
 
-def test_cli_process_prints_lme4_summary():
-    """The installed command, run as a process, prints R's summary of cbpp's fit."""
+def test_cli_process_prints_lme4_summary(tmp_path):
+    """The installed command, run as a process (outside the source tree, whose
+    lmmfast/ has no compiled core), prints R's summary of cbpp's fit."""
     proc = subprocess.run([sys.executable, "-m", "lmmfast", "fit", "cbpp", CBPP,
                            "--family", "binomial"], capture_output=True, text=True,
-                          timeout=300)
+                          cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert lines(proc.stdout) == lines(REF["models"]["cbpp_laplace"]["summary"])
 

@@ -12,7 +12,8 @@ def _require_compiled_core() -> None:
     """ImportError saying how to build the compiled core when its modules are missing."""
     from importlib.util import find_spec
     from pathlib import Path
-    compiled = ("_factor", "_gradient", "_hessian", "_cholesky", "_crossprod", "_trust_region")
+    compiled = ("_factor", "_gradient", "_hessian", "_cholesky", "_crossprod", "_pirls",
+                "_trust_region")
     missing = [f"{__name__}.{name}" for name in compiled
                if find_spec(f"{__name__}.{name}") is None]
     if missing:

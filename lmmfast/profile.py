@@ -508,21 +508,7 @@ def profile(fit, which=None, *, alphamax: float = 0.01, maxpts: int = 100, delta
         traces[w] = _trace_both(opt, w, zeta_at, -np.inf, np.inf, delta, cutoff, maxpts,
                                 maxmult, shift=opt[w] + delta * se[j], reset=reset)
 
-    irregular = {names[w]: traces[w][1] for w in selected if traces[w][1]}
-    if irregular:
-        warnings.warn("irregular profile (zeta not increasing away from the estimate, "
-                      "minimal steps taken) for " + ", ".join(
-                          f"{k} ({v} points)" for k, v in irregular.items())
-                      + "; its intervals may be unreliable", LmmWarning, stacklevel=2)
-    frames = []
-    for w in selected:
-        arr = np.array(traces[w][0])
-        df = pd.DataFrame(arr[:, 1:], columns=names)
-        df.insert(0, "zeta", arr[:, 0])
-        df.insert(0, "value", arr[:, 1 + w])
-        df.insert(0, "parameter", names[w])
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True)
+    out = traces_frame(traces, selected, names)
     out.attrs.update(
         descriptive=dict(zip(names, desc)),
         estimates=dict(zip(names, opt.tolist())),
@@ -534,6 +520,26 @@ def profile(fit, which=None, *, alphamax: float = 0.01, maxpts: int = 100, delta
     )
     return out
 
+
+
+def traces_frame(traces: dict, selected: list[int], names: list[str]) -> pd.DataFrame:
+    """The profile table of the traced parameters (parameter, value, zeta, and every
+    parameter at each point), warning where a trace was irregular."""
+    irregular = {names[w]: traces[w][1] for w in selected if traces[w][1]}
+    if irregular:
+        warnings.warn("irregular profile (zeta not increasing away from the estimate, "
+                      "minimal steps taken) for " + ", ".join(
+                          f"{k} ({v} points)" for k, v in irregular.items())
+                      + "; its intervals may be unreliable", LmmWarning, stacklevel=3)
+    frames = []
+    for w in selected:
+        arr = np.array(traces[w][0])
+        df = pd.DataFrame(arr[:, 1:], columns=names)
+        df.insert(0, "zeta", arr[:, 0])
+        df.insert(0, "value", arr[:, 1 + w])
+        df.insert(0, "parameter", names[w])
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 def _shift(est, lo, hi):
     """First step from the estimate: 1 % of it, or 0.001 at zero (lme4), within the bounds."""

@@ -17,16 +17,15 @@ steps (the linear model's tracing, ``lmmfast.profile``).
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..arguments import as_count, as_positive, as_probability
-from ..errors import DataError, FitError, LmmError, LmmWarning
+from ..errors import DataError, FitError, LmmError
 from ..profile import (INVALID_PENALTY, _minimise, _sdcor_theta, _shift, _trace_both,
-                       parameter_names, resolve_parameters, theta_to_sdcor)
+                       parameter_names, resolve_parameters, theta_to_sdcor, traces_frame)
 
 __all__ = ["profile"]
 
@@ -138,21 +137,7 @@ def profile(fit, which=None, *, alphamax: float = 0.01, maxpts: int = 100, delta
         traces[w] = _trace_both(opt, w, zeta_at, lower[w], upper[w], delta, cutoff, maxpts,
                                 maxmult, shift=shift)
 
-    irregular = {names[w]: traces[w][1] for w in selected if traces[w][1]}
-    if irregular:
-        warnings.warn("irregular profile (zeta not increasing away from the estimate, "
-                      "minimal steps taken) for " + ", ".join(
-                          f"{k} ({v} points)" for k, v in irregular.items())
-                      + "; its intervals may be unreliable", LmmWarning, stacklevel=2)
-    frames = []
-    for w in selected:
-        arr = np.array(traces[w][0])
-        df = pd.DataFrame(arr[:, 1:], columns=names)
-        df.insert(0, "zeta", arr[:, 0])
-        df.insert(0, "value", arr[:, 1 + w])
-        df.insert(0, "parameter", names[w])
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True)
+    out = traces_frame(traces, selected, names)
     out.attrs.update(descriptive=dict(zip(names, desc)), estimates=dict(zip(names, opt.tolist())),
                      lower=dict(zip(names, lower.tolist())),
                      upper=dict(zip(names, upper.tolist())), deviance=float(base),

@@ -61,11 +61,6 @@ def _factor_state(core: BlockedCholesky) -> tuple:
     return core.__reduce__()[1][1]
 
 
-def _as_bool(value, name: str) -> bool:
-    """``value`` as a bool (True, False, 1 or 0); a DataError naming ``name`` otherwise."""
-    return as_flag(value, name)
-
-
 def _reduced_class(data, streaming) -> type | None:
     """The model class of data reduced elsewhere: Dask frames and Parquet paths
     (``DaskLinearMixedModel``), pandas frames in row chunks when ``streaming``
@@ -125,7 +120,7 @@ class LinearMixedModel:
         # the name lme4 prints as "Data:": a bundled dataset's (datasets.load)
         self.data_name = data_name(data)
         self.formula = formula
-        self.reml = _as_bool(reml, "reml")
+        self.reml = as_flag(reml, "reml")
         # the data as given (a reference, not kept by pickles): what refits of other
         # models on the same data (ranova) read again, as lme4 keeps its frame
         self._call = {"data": data, "weights": weights, "offset": offset}
@@ -270,7 +265,7 @@ class LinearMixedModel:
                       dropped_columns: list[str] | None) -> None:
         """The model of A (or its accumulator) reduced from rows not held here."""
         self.formula = formula
-        self.reml = _as_bool(reml, "reml")
+        self.reml = as_flag(reml, "reml")
         self.response = response
         self.x = None
         self.resp = Response(None)
@@ -958,7 +953,7 @@ class LinearMixedModel:
         """
         from .predict import predict
         return predict(self, newdata=newdata, re_form=re_form,
-                       allow_new_levels=_as_bool(allow_new_levels, "allow_new_levels"),
+                       allow_new_levels=as_flag(allow_new_levels, "allow_new_levels"),
                        offset=offset, se_fit=se_fit, interval=interval, level=level)
 
     def marginal_effects(self, term, by=None, at=None, n: int = 10, level: float = 0.95):
@@ -1000,7 +995,7 @@ class StreamedLinearMixedModel(LinearMixedModel):
                  chunk_rows: int = PIECE_ROWS, stacklevel: int = 3):
         self.n_threads = as_n_threads(n_threads)
         self.data_name = data_name(data)
-        reml = _as_bool(reml, "reml")
+        reml = as_flag(reml, "reml")
         data = used_frame(parse_formula(formula), data, weights, offset)
         reducer = ChunkReducer(data, weights, offset, chunk_rows)
         spec = DesignSpec.from_meta(formula, data.iloc[:0], weights, offset, chunk_rows)
@@ -1063,7 +1058,7 @@ class DaskLinearMixedModel(LinearMixedModel):
                  stacklevel: int = 3):
         self.n_threads = as_n_threads(n_threads)
         self.data_name = data_name(data)
-        reml = _as_bool(reml, "reml")
+        reml = as_flag(reml, "reml")
         ddf = as_dask_frame(data)
         for value, what in ((weights, "weights"), (offset, "offset")):
             if value is not None and not isinstance(value, str):

@@ -58,10 +58,6 @@ def is_partitioned(data) -> bool:
         and hasattr(data, "to_delayed") and hasattr(data, "columns")
 
 
-def _is_dask_frame(data) -> bool:
-    return not isinstance(data, (str, os.PathLike)) and is_partitioned(data)
-
-
 def as_dask_frame(data):
     """A Dask DataFrame: ``data`` itself, or the Parquet files at a path or glob."""
     _, dd = _import_dask()

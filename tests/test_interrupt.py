@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -71,7 +72,13 @@ def _interrupt_after(code: str, delay: float = 1.0) -> tuple[float, list[str], s
         sent = time.perf_counter()
         first = child.stdout.readline().strip()
         waited = time.perf_counter() - sent
-        rest, err = child.communicate(timeout=30)
+        # the rest through the same buffered stream: ``communicate`` reads the
+        # raw pipe and would miss lines ``readline`` has already buffered
+        watchdog = threading.Timer(30, child.kill)
+        watchdog.start()
+        rest, err = child.stdout.read(), child.stderr.read()
+        child.wait()
+        watchdog.cancel()
     finally:
         if child.poll() is None:
             child.kill()

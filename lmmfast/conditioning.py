@@ -13,10 +13,11 @@ accumulated.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg import cho_solve, solve_triangular
+from scipy.linalg import lapack, solve_triangular
 
 from . import _crossprod
 
@@ -40,13 +41,11 @@ class WorkingBasis:
     identity: bool = field(init=False)
 
     def __post_init__(self):
-        p = len(self.gamma)
-        object.__setattr__(self, "identity",
-                           not self.gamma.any() and np.array_equal(self.m, np.eye(p)))
+        object.__setattr__(self, "identity", not self.gamma.any() and _is_eye(self.m))
 
     def x_work(self, x: np.ndarray) -> np.ndarray:
         """X M, the rows of X in the working basis."""
-        if np.array_equal(self.m, np.eye(len(self.m))):
+        if _is_eye(self.m):
             return x
         return np.ascontiguousarray(x @ self.m)
 
@@ -72,6 +71,11 @@ class WorkingBasis:
                                        unit_diagonal=True)
         out[p, :p] = lxx_w[p, :p] + out[:p, :p].T @ self.gamma
         return out
+
+
+def _is_eye(m: np.ndarray) -> bool:
+    """m is the identity matrix."""
+    return bool((m.diagonal() == 1.0).all() and np.count_nonzero(m) == len(m))
 
 
 def _transform(acc: np.ndarray, layout, t: np.ndarray) -> None:
@@ -100,8 +104,16 @@ def _transform(acc: np.ndarray, layout, t: np.ndarray) -> None:
 def _xy_block(layout, a: np.ndarray) -> np.ndarray:
     """[X y]^T W [X y] (p1 x p1, symmetric) from the rounded A."""
     T, p1 = layout.n_terms, layout.p1
-    s = layout.block_a(a, T, T).reshape(p1, p1).T   # lower triangle: entry (i, j), i >= j
-    return np.tril(s) + np.tril(s, -1).T
+    s = layout.block_a(a, T, T).reshape(p1, p1).T.copy()   # lower triangle: entry (i, j), i >= j
+    upper = _upper_indices(p1)
+    s[upper] = s.T[upper]
+    return s
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the strict upper triangle of an n x n matrix."""
+    return np.triu_indices(n, 1)
 
 
 def _pivot_ratios(s: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -120,12 +132,12 @@ def condition(layout, acc: np.ndarray, names: list[str]) -> tuple[np.ndarray, Wo
     in the working basis, and that basis (eq. 72)."""
     p1 = layout.p1
     p = p1 - 1
-    total = np.eye(p1)
+    total = None
 
     def apply(t: np.ndarray) -> np.ndarray:
         nonlocal total
         _transform(acc, layout, t)
-        total = total @ t
+        total = t if total is None else total @ t
         return _xy_block(layout, _crossprod.dd_round(acc))
 
     a = _crossprod.dd_round(acc)
@@ -152,14 +164,14 @@ def condition(layout, acc: np.ndarray, names: list[str]) -> tuple[np.ndarray, Wo
         r, ratios = _pivot_ratios(s[:p, :p])
     # 3. y less its least-squares fit on X
     for _ in range(MAX_PASSES if p and r is not None else 0):
-        step = cho_solve((r, False), s[:p, p])
+        step, _ = lapack.dpotrs(r, s[:p, p], lower=0)   # R'R step = X'W y
         rss = s[p, p] - float(s[:p, p] @ step)
         if not np.isfinite(step).all() or not (rss <= 0 or s[p, p] > CENTRE_RATIO * rss):
             break
         t = np.eye(p1)
         t[:p, p] = -step
         s = apply(t)   # (X's part, and so r, stays as it was)
-    if np.array_equal(total, np.eye(p1)):
+    if total is None:
         return a, WorkingBasis(np.eye(p), np.zeros(p), yty)
     return _crossprod.dd_round(acc), WorkingBasis(total[:p, :p], -total[:p, p], yty)
 

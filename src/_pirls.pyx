@@ -159,3 +159,62 @@ def working(int link, int family, const double[::1] eta, const double[::1] y,
             zwork[r] = eta[r] - fixed[r] + (y[r] - m) / me
             finite = finite and isfinite(sqrt_w[r]) and isfinite(zwork[r])
     return bool(finite)
+
+
+cdef inline double _mu_eta_slope(int link, double eta, double mu, double me) noexcept nogil:
+    """d(mu')/d eta of the link's clamped d mu / d eta (0 where a clamp holds it)."""
+    cdef double e
+    if link == 0:       # logit
+        return 0.0 if fabs(eta) > THRESH else me * (1.0 - 2.0 * mu)
+    if link == 1:       # probit
+        return 0.0 if me <= EPS else -eta * me
+    if link == 2:       # cloglog
+        if eta > 700.0 or me <= EPS:
+            return 0.0
+        return me * (1.0 - exp(eta))
+    if link == 3:       # cauchit
+        e = 1.0 + eta * eta
+        return 0.0 if me <= EPS else -2.0 * eta / (M_PI * e * e)
+    if link == 4:       # log
+        return 0.0 if me <= EPS else me
+    if link == 5:       # identity
+        return 0.0
+    return 2.0          # sqrt
+
+
+def working_observed(int link, int family, const double[::1] eta, const double[::1] y,
+                     const double[::1] wt, const double[::1] fixed, double[::1] sqrt_w,
+                     double[::1] zwork):
+    """A Newton step's working weights and response for a non-canonical link: eq. 93
+    with the observed information, w = a [mu'^2 / V - (y - mu)(mu'' / V - mu'^2 V' / V^2)],
+    sqrt(w) and z = eta - fixed + a (y - mu) mu' / (V w).  Returns False
+    where a weight of a row with a > 0 is not positive or not finite (the caller
+    then takes the Fisher weights of ``working``)."""
+    cdef Py_ssize_t n = eta.shape[0], r
+    cdef double m, me, var, dvar, d2, resid, w
+    cdef bint ok = True
+    with nogil:
+        for r in range(n):
+            _link(link, eta[r], &m, &me)
+            if family == 0:
+                var = m * (1.0 - m)
+                dvar = 1.0 - 2.0 * m
+            else:
+                var = m
+                dvar = 1.0
+            d2 = _mu_eta_slope(link, eta[r], m, me)
+            resid = y[r] - m
+            w = wt[r] * (me * me / var - resid * (d2 / var - me * me * dvar / (var * var)))
+            if not isfinite(w) or (wt[r] > 0 and not w > 0):
+                ok = False
+                break
+            if w > 0:
+                sqrt_w[r] = sqrt(w)
+                zwork[r] = eta[r] - fixed[r] + wt[r] * resid * me / var / w
+            else:
+                sqrt_w[r] = 0.0
+                zwork[r] = eta[r] - fixed[r]
+            if not isfinite(zwork[r]):
+                ok = False
+                break
+    return bool(ok)

@@ -205,29 +205,6 @@ class Pirls:
         w = self.wt * mu_eta * mu_eta / fam.variance(mu)
         return np.sqrt(w), (self.y - mu) / mu_eta
 
-    def _working_observed(self, eta: np.ndarray, mu: np.ndarray):
-        """Working weights and residual of a Newton step for a non-canonical link
-        (eq. 93 with the observed information), None where a weight is not positive.
-
-        w_i = a_i [mu'^2 / V - (y_i - mu_i)(mu'' / V - mu'^2 V' / V^2)], the
-        derivatives mu'' and V' by central differences (they set only the
-        iteration's matrix; its fixed point, the mode, is the score's zero).
-        """
-        fam = self.family
-        mu_eta = fam.mu_eta(eta)
-        var = fam.variance(mu)
-        h = 1e-6 * (1.0 + np.abs(eta))
-        d2 = (fam.mu_eta(eta + h) - fam.mu_eta(eta - h)) / (2.0 * h)
-        hv = 1e-6 * np.maximum(np.minimum(mu, 1.0), 1e-8)
-        dv = (fam.variance(mu + hv) - fam.variance(mu - hv)) / (2.0 * hv)
-        resid = self.y - mu
-        w = self.wt * (mu_eta * mu_eta / var - resid * (d2 / var - mu_eta * mu_eta * dv / var ** 2))
-        if not (np.isfinite(w).all() and (w[self.wt > 0] > 0).all()):
-            return None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(w > 0, self.wt * resid * mu_eta / var / w, 0.0)
-        return np.sqrt(np.maximum(w, 0.0)), r
-
     # ------------------------------------------------------------ PIRLS
     def mode(self, theta, beta, u0: np.ndarray | None = None) -> Mode:
         """u~ at (theta, beta) (eq. 94), started at ``u0``; by default at the
@@ -301,17 +278,12 @@ class Pirls:
         With ``newton`` (a non-canonical link, before the mode), the observed
         information's weights where they are positive.  Returns whether they were used.
         """
-        working = self._working_observed(eta, mu) if newton else None
-        observed = working is not None
-        base = self.offset if joint else fixed
-        if observed:
-            sw, r = working
-            zwork = (eta - base) + r
-            finite = bool(np.isfinite(sw).all() and np.isfinite(zwork).all())
-        else:
-            sw, zwork = self._sw, self._zwork
-            finite = _pirls.working(self._link_code, self._family_code, eta, self.y, self.wt,
-                                    np.ascontiguousarray(base, dtype=np.float64), sw, zwork)
+        base = np.ascontiguousarray(self.offset if joint else fixed, dtype=np.float64)
+        sw, zwork = self._sw, self._zwork
+        observed = newton and _pirls.working_observed(self._link_code, self._family_code, eta,
+                                                      self.y, self.wt, base, sw, zwork)
+        finite = observed or _pirls.working(self._link_code, self._family_code, eta, self.y,
+                                            self.wt, base, sw, zwork)
         if not finite:
             raise FitError(f"PIRLS: non-finite working weights or response at theta = "
                            f"{theta.tolist()}")

@@ -17,6 +17,7 @@ import pytest
 from test_glmer import dataset, fit
 
 from lmmfast.errors import DataError, FitError, LmmError
+import lmmfast
 from lmmfast.glmm import GeneralizedLinearMixedModel, glmer
 
 NSIM = 2000
@@ -58,7 +59,29 @@ def test_simulate_proportion_poisson_and_bernoulli_shapes():
     e = fit("epil_int").simulate(4, seed=3)
     assert e.shape == (236, 4) and all(dt == np.int64 for dt in e.dtypes)
     v = fit("verbagg_main").simulate(2, seed=3)
-    assert set(np.unique(v.to_numpy())) <= {0.0, 1.0} and v.shape == (7584, 2)
+    assert v.shape == (7584, 2)
+
+
+def test_simulate_factor_response_gives_its_levels_as_r():
+    """R's binomial()$simulate: factor(1 + y*, labels = levels(y)) for a factor
+    response; a logical response gives 0/1 numbers."""
+    f = fit("verbagg_main")           # r2: a factor with levels N, Y
+    v = f.simulate(3, seed=3)
+    for col in v.columns:
+        assert isinstance(v[col].dtype, pd.CategoricalDtype)
+        assert list(v[col].cat.categories) == ["N", "Y"]
+    draws = f.simulate(3, seed=3, re_form=None)
+    assert set(draws["sim_1"].unique()) == {"N", "Y"}
+    # the same draws as the 0/1 coding of the same response
+    data = dataset("VerbAgg").assign(r01=lambda d: (d["r2"] == "Y").astype(float),
+                                      rbool=lambda d: d["r2"] == "Y")
+    formula = "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)"
+    f01 = lmmfast.glmer(formula.replace("r2", "r01"), data, family="binomial")
+    as01 = f01.simulate(3, seed=3)
+    np.testing.assert_array_equal((v == "Y").to_numpy(), as01.to_numpy() == 1.0)
+    fbool = lmmfast.glmer(formula.replace("r2", "rbool"), data, family="binomial")
+    b = fbool.simulate(1, seed=3)
+    assert b.dtypes.iloc[0] == np.float64 and set(np.unique(b.to_numpy())) <= {0.0, 1.0}
 
 
 def test_simulate_reproducible_with_seed():

@@ -52,6 +52,7 @@ class Design:
     n_dropped: int
     dropped_columns: list[str]
     fixed_spec: object = None   # formulaic's ModelSpec of X (the codings predict() reuses)
+    response_levels: list | None = None   # a factor or string response's two levels
 
     @property
     def nobs(self) -> int:
@@ -74,7 +75,8 @@ class Design:
 
 def _response_column(data: pd.DataFrame, name: str, family_name: str):
     """A factor, bool or string response as 0/1 (first level = failure, as R's
-    binomial), None where the column is numeric or not a column."""
+    binomial) and its levels (None for a bool: R's logical), or None where the
+    column is numeric or not a column."""
     if name not in data.columns:
         return None
     col = data[name]
@@ -102,7 +104,7 @@ def _response_column(data: pd.DataFrame, name: str, family_name: str):
             raise DataError(f"response {name!r} has {len(levels)} levels ({shown}): "
                             "a binomial response needs two (the first is failure)")
         out = np.where(codes < 0, np.nan, (codes >= 1).astype(np.float64))
-        return out
+        return out, (None if levels == [False, True] else levels)
     return None
 
 
@@ -118,6 +120,7 @@ def build_design(formula: str, data, family_name: str, weights=None,
     lhs = parsed.response.strip()
     m = _CBIND.match(lhs)
     pieces = None
+    levels = None
     if m:
         pieces = [p.strip() for _, p in split_top(m.group(1), ",")]
         if len(pieces) != 2 or not all(pieces):
@@ -134,6 +137,7 @@ def build_design(formula: str, data, family_name: str, weights=None,
         name = lhs[1:-1] if lhs.startswith("`") and lhs.endswith("`") else lhs
         coded = _response_column(frame_data, name, family_name)
         if coded is not None:   # a new frame: the caller's is not modified
+            coded, levels = coded
             frame_data = frame_data.assign(**{name: coded})
     frame = model_frame(parsed_frame, frame_data, weights, offset)
     xy = build_xymat(parsed_frame, frame.data)
@@ -162,7 +166,7 @@ def build_design(formula: str, data, family_name: str, weights=None,
     _check_response(y, prior, family_name, lhs)
     off = np.zeros(n) if frame.offset is None else np.asarray(frame.offset, dtype=np.float64)
     return Design(formula, lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
-                  frame.row_index, frame.n_dropped, xy.dropped, xy.spec)
+                  frame.row_index, frame.n_dropped, xy.dropped, xy.spec, levels)
 
 
 def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str) -> None:

@@ -90,9 +90,10 @@ def simulate(fit, nsim: int = 1, seed=None, re_form="NA") -> pd.DataFrame:
     """``nsim`` simulated responses (eq. 91), as lme4's ``simulate(fit, nsim, seed)``.
 
     Returns a DataFrame indexed by the fit's rows with columns ``sim_1``,
-    ... ``sim_<nsim>`` as lme4's: proportions for a binomial proportion or
-    0/1 response (0/1 for a factor or bool response, 1 = its second level),
-    counts (integers) for poisson; for a ``cbind(successes, failures)`` response, two
+    ... ``sim_<nsim>`` as lme4's: proportions for a binomial proportion, 0/1
+    or bool response, the response's levels (a categorical column) for a
+    factor or string response, counts (integers) for poisson; for a
+    ``cbind(successes, failures)`` response, two
     columns per simulation, ``(sim_j, <successes>)`` and ``(sim_j,
     <failures>)`` (a column MultiIndex), as lme4's two-column matrices.
     """
@@ -108,6 +109,11 @@ def simulate(fit, nsim: int = 1, seed=None, re_form="NA") -> pd.DataFrame:
     pieces = _cbind_columns(d.response)
     if fit.family.name == "poisson":
         return pd.DataFrame(out.astype(np.int64), index=index, columns=names)
+    levels = d.response_levels
+    if pieces is None and levels is not None and len(levels) == 2:   # R's factor(1 + y*, labels)
+        return pd.DataFrame({name: pd.Categorical.from_codes(out[:, j].astype(np.int8),
+                                                             categories=levels)
+                             for j, name in enumerate(names)}, index=index)
     if pieces is None:
         return pd.DataFrame(out, index=index, columns=names)
     succ = np.rint(out * sim.size[:, None]).astype(np.int64)

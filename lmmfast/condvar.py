@@ -30,7 +30,8 @@ import scipy.sparse
 
 from ._factor import BLOCK_SPARSE
 
-__all__ = ["ranef_with_condvar", "condvar_blocks", "spherical_condvar_blocks"]
+__all__ = ["ranef_with_condvar", "condvar_blocks", "spherical_condvar_blocks",
+           "factor_condvar_blocks", "scaled_condvar_blocks"]
 
 CHUNK_DOUBLES = 1 << 22   # at most this many doubles of Y at a time
 
@@ -39,12 +40,11 @@ def _bidx(s: int, t: int) -> int:
     return s * (s + 1) // 2 + t
 
 
-def _block(fit, s: int, t: int) -> np.ndarray:
+def _block(layout, l_values, s: int, t: int) -> np.ndarray:
     """The flat storage of block (s, t) of L (internal order)."""
-    lay = fit._layout
     b = _bidx(s, t)
-    end = lay.off_l[b + 1] if b + 1 < len(lay.off_l) else lay.n_l
-    return fit._core.l_values[lay.off_l[b]:end]
+    end = layout.off_l[b + 1] if b + 1 < len(layout.off_l) else layout.n_l
+    return l_values[layout.off_l[b]:end]
 
 
 def _ensure_factor_at_fit(fit) -> None:
@@ -65,15 +65,23 @@ def _lower_inverse_stack(l: np.ndarray) -> np.ndarray:
 
 
 def spherical_condvar_blocks(fit) -> tuple[dict[int, np.ndarray], dict[tuple[int, int], np.ndarray]]:
-    """Diagonal level blocks of (L_Z L_Z^T)^{-1}, the conditional covariance of u / sigma^2.
+    """``factor_condvar_blocks`` of a fitted LMM, its factor at the fitted theta."""
+    _ensure_factor_at_fit(fit)
+    return factor_condvar_blocks(fit._layout, fit._core.l_values, fit.remats, fit._internal)
 
-    Returns ``(diag, cross)`` in lme4 term order: ``diag[i]`` is an array
+
+def factor_condvar_blocks(layout, l_values, remats, internal) -> tuple[
+        dict[int, np.ndarray], dict[tuple[int, int], np.ndarray]]:
+    """Diagonal level blocks of (L_Z L_Z^T)^{-1}, the conditional covariance of u / sigma^2,
+    from the blocked factor's ``layout`` and values ``l_values``.
+
+    Returns ``(diag, cross)`` in lme4 term order (``remats``; ``internal`` maps
+    the factor's term positions to them): ``diag[i]`` is an array
     (nl, k_i, k_i) with the block of each level of term i (eqs. 60, 61);
     ``cross[(i, j)]`` (nl, k_i, k_j), for terms i != j with the same grouping
     factor, the block between their effects of the same level (eq. 62).
     """
-    _ensure_factor_at_fit(fit)
-    inner = [fit.remats[i] for i in fit._internal]
+    inner = [remats[i] for i in internal]
     T = len(inner)
     nl = [r.nlevels for r in inner]
     k = [r.k for r in inner]
@@ -85,11 +93,11 @@ def spherical_condvar_blocks(fit) -> tuple[dict[int, np.ndarray], dict[tuple[int
     cross_i: dict[tuple[int, int], np.ndarray] = {}
 
     # term 0: block-diagonal L_11, stored level by level, each k x k column-major
-    l0 = np.asarray(_block(fit, 0, 0)).reshape(nl[0], k[0], k[0]).transpose(0, 2, 1)
+    l0 = np.asarray(_block(layout, l_values, 0, 0)).reshape(nl[0], k[0], k[0]).transpose(0, 2, 1)
     inv0 = _lower_inverse_stack(np.tril(l0) if k[0] > 1 else l0)
     if T == 1:
         diag_i[0] = inv0.transpose(0, 2, 1) @ inv0
-        return _to_lme4(fit, diag_i, cross_i)
+        return _to_lme4(internal, diag_i, cross_i)
 
     # the dense trailing part L_tr and M = L_tr^{-1} (eq. 60)
     off = np.concatenate([[0], np.cumsum(q[1:])]).astype(np.int64)   # offsets of terms 1..T-1
@@ -97,7 +105,7 @@ def spherical_condvar_blocks(fit) -> tuple[dict[int, np.ndarray], dict[tuple[int
     ltr = np.zeros((qt, qt), order="F")
     for s in range(1, T):
         for t in range(1, s + 1):
-            blk = np.asarray(_block(fit, s, t)).reshape(q[s], q[t], order="F")
+            blk = np.asarray(_block(layout, l_values, s, t)).reshape(q[s], q[t], order="F")
             if s == t:
                 blk = np.tril(blk)
             ltr[off[s - 1]:off[s], off[t - 1]:off[t]] = blk
@@ -123,9 +131,9 @@ def spherical_condvar_blocks(fit) -> tuple[dict[int, np.ndarray], dict[tuple[int
     g_blocks = []
     for s in range(1, T):
         b = _bidx(s, 0)
-        flat = np.asarray(_block(fit, s, 0))
-        if fit._layout.kind_l[b] == BLOCK_SPARSE:
-            colptr, rowidx = fit._layout.pattern(s)
+        flat = np.asarray(_block(layout, l_values, s, 0))
+        if layout.kind_l[b] == BLOCK_SPARSE:
+            colptr, rowidx = layout.pattern(s)
             nnz = len(rowidx)
             vals = flat[:nnz * k[s] * k[0]].reshape(nnz, k[0], k[s])      # [e, c, a]
             lev_col = np.repeat(np.arange(nl[0]), np.diff(colptr))
@@ -164,12 +172,11 @@ def spherical_condvar_blocks(fit) -> tuple[dict[int, np.ndarray], dict[tuple[int
     diag_i[0] = diag0
     for s, c in cross0.items():
         cross_i[(s, 0)] = c
-    return _to_lme4(fit, diag_i, cross_i)
+    return _to_lme4(internal, diag_i, cross_i)
 
 
-def _to_lme4(fit, diag_i, cross_i):
-    """Re-key blocks from internal term positions to lme4 term indices."""
-    perm = fit._internal                       # internal position -> lme4 index
+def _to_lme4(perm, diag_i, cross_i):
+    """Re-key blocks from internal term positions to lme4 term indices (``perm``)."""
     diag = {perm[t]: v for t, v in diag_i.items()}
     cross = {}
     for (s, t), v in cross_i.items():
@@ -191,17 +198,24 @@ def condvar_blocks(fit) -> dict[str, np.ndarray]:
     the diagonal sub-blocks of this one.
     """
     diag, cross = spherical_condvar_blocks(fit)
-    sigma2 = fit.sigma ** 2
-    theta_split = np.split(fit._theta, np.cumsum([r.n_theta for r in fit.remats])[:-1])
-    lams = [r.lambda_(th) for r, th in zip(fit.remats, theta_split)]
+    return scaled_condvar_blocks(diag, cross, fit.remats, fit._theta, fit.sigma ** 2)
+
+
+def scaled_condvar_blocks(diag, cross, remats, theta: np.ndarray,
+                          sigma2: float) -> dict[str, np.ndarray]:
+    """``condvar_blocks`` from the spherical blocks ``(diag, cross)`` (lme4 term
+    order) at ``theta`` (lme4 order) and sigma^2 (eq. 25)."""
+    theta_split = np.split(np.asarray(theta, dtype=np.float64),
+                           np.cumsum([r.n_theta for r in remats])[:-1])
+    lams = [r.lambda_(th) for r, th in zip(remats, theta_split)]
     groups: dict[str, list[int]] = {}
-    for i, r in enumerate(fit.remats):
+    for i, r in enumerate(remats):
         groups.setdefault(r.group, []).append(i)
     out: dict[str, np.ndarray] = {}
     for g, idx in groups.items():
-        ks = [fit.remats[i].k for i in idx]
+        ks = [remats[i].k for i in idx]
         pos = np.concatenate([[0], np.cumsum(ks)])
-        v = np.zeros((fit.remats[idx[0]].nlevels, pos[-1], pos[-1]))
+        v = np.zeros((remats[idx[0]].nlevels, pos[-1], pos[-1]))
         for a, i in enumerate(idx):
             for b, j in enumerate(idx):
                 s = diag[i] if i == j else cross[(i, j)]

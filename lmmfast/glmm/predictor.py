@@ -284,15 +284,7 @@ def varcorr(design: Design, theta: np.ndarray) -> pd.DataFrame:
 def condvar_blocks(design: Design, factor: Factor, theta: np.ndarray) -> dict[str, np.ndarray]:
     """Var(b | y) per level, Lambda (L_Z L_Z^T)^{-1} Lambda^T's diagonal blocks at the
     factor's current weights (eqs. 25, 60-62 with sigma = 1, eq. 97)."""
-    from types import SimpleNamespace
-
     from .. import condvar
-    comps = tuple(factor.core.components())
-    theta = np.asarray(theta, dtype=np.float64)
-    shim = SimpleNamespace(
-        _layout=factor.layout, _core=factor.core, remats=design.remats,
-        _internal=design.internal, _theta=theta, sigma=1.0,
-        _solution={"ld_l2": comps[0], "ld_rx2": comps[1], "pwrss": comps[2]},
-        _require_fit=lambda: None,
-        _to_internal=lambda th: np.ascontiguousarray(np.asarray(th)[design.theta_perm()]))
-    return condvar.condvar_blocks(shim)
+    diag, cross = condvar.factor_condvar_blocks(factor.layout, factor.core.l_values,
+                                                design.remats, design.internal)
+    return condvar.scaled_condvar_blocks(diag, cross, design.remats, theta, 1.0)

@@ -28,7 +28,7 @@ from .design import crossprod as blocks
 from .design.crossprod import row_chunks
 from .design.dask import DaskReducer, DaskRows, as_dask_frame, exact_quantiles, is_partitioned
 from .design.dask import predict as predict_dask
-from .design.fixed import build_xymat, r_diagonal
+from .design.fixed import back_substitution, build_xymat, r_diagonal
 from .design.frame import Factor, is_table, model_frame, used_frame
 from .design.layout import BlockLayout
 from .design.reduce import (ChunkReducer, Reduced, check_rank, reduce_design, reweighted,
@@ -679,7 +679,7 @@ class LinearMixedModel:
         working basis, from the current factor (eqs. 21, 73, 74)."""
         lxx_w = self._core.lxx()
         p = lxx_w.shape[0] - 1
-        beta_w = _back_substitution(lxx_w[:p, :p], lxx_w[p, :p])
+        beta_w = back_substitution(lxx_w[:p, :p], lxx_w[p, :p])
         if self._basis.identity:
             return lxx_w[:p, :p], beta_w, beta_w
         return self._basis.lxx(lxx_w)[:p, :p], self._basis.beta(beta_w), beta_w
@@ -1110,23 +1110,6 @@ class DaskLinearMixedModel(LinearMixedModel):
                                            [0.0, 0.25, 0.5, 0.75, 1.0]))
             self.__dict__["_resid_quantiles"] = cached
         return cached[1] / self.sigma
-
-
-def _back_substitution(rx: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """beta with R_X^T beta = rhs, R_X lower-triangular (eq. 21): plain floats for a
-    few columns (numpy's solve costs more than the arithmetic), LAPACK beyond."""
-    p = len(rhs)
-    if p > 16:
-        from scipy.linalg import solve_triangular
-        return solve_triangular(rx, rhs, trans="T", lower=True)
-    r = rx.tolist()
-    beta = rhs.tolist()
-    for i in range(p - 1, -1, -1):
-        acc = beta[i]
-        for j in range(i + 1, p):
-            acc -= r[j][i] * beta[j]
-        beta[i] = acc / r[i][i]
-    return np.array(beta, dtype=np.float64)
 
 
 def lmer(formula: str, data, reml: bool = True, weights=None, offset=None, *,

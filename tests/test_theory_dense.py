@@ -91,11 +91,11 @@ def test_closed_forms_equal_gls(dataset, formula, kw, reml):
 def test_beta_by_back_substitution(p):
     """eq. 21's R_X^T beta = r_Xy, by plain floats up to 16 columns and LAPACK
     beyond, against a general solve."""
-    from lmmfast.model import _back_substitution
+    from lmmfast.design.fixed import back_substitution
     rng = np.random.default_rng(p)
     rx = np.tril(rng.normal(size=(p, p))) + 3.0 * np.eye(p)
     rhs = rng.normal(size=p)
-    got = _back_substitution(rx, rhs)
+    got = back_substitution(rx, rhs)
     assert got.shape == (p,)
     if p:
         np.testing.assert_allclose(got, np.linalg.solve(rx.T, rhs), rtol=1e-12)

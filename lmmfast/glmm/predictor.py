@@ -22,7 +22,7 @@ import pandas as pd
 from .. import _crossprod
 from .._cholesky import BlockedCholesky
 from ..design.crossprod import add_rows
-from ..design.fixed import build_xymat, response_vector
+from ..design.fixed import back_substitution, build_xymat, response_vector
 from ..design.frame import model_frame, used_frame
 from ..design.layout import BlockLayout
 from ..design.terms import ReMat, build_remat
@@ -250,8 +250,7 @@ class Factor:
         if self.p == 0:
             return np.zeros(0)
         lxx = self.core.lxx()
-        from scipy.linalg import solve_triangular
-        return solve_triangular(lxx[:self.p, :self.p].T, lxx[self.p, :self.p], lower=False)
+        return back_substitution(lxx[:self.p, :self.p], lxx[self.p, :self.p])
 
     def u(self, beta: np.ndarray) -> np.ndarray:
         """Spherical modes u (internal order) from L_Z^T u = l_yZ - L_XZ^T beta (eq. 22)."""

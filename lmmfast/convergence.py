@@ -25,7 +25,8 @@ from .errors import ConvergenceWarning, DataError, FitError, LmmWarning
 from .errors import SINGULAR_MESSAGE
 from .optimize import GRADIENT_TOL, OPTIMIZER_ALIASES, OPTIMIZERS
 
-__all__ = ["Convergence", "check_convergence", "checks_apply", "warn_convergence",
+__all__ = ["Convergence", "check_convergence", "checks_apply", "convergence_of",
+           "warn_convergence",
            "derivative_messages", "allfit", "GRADIENT_TOL", "HESSIAN_TOL"]
 
 HESSIAN_TOL = 1e-6
@@ -176,8 +177,14 @@ def check_convergence(fit, factored: bool = False) -> Convergence:
 
 def _convergence(fit, g: list[float], h: list[list[float]]) -> Convergence:
     """The ``Convergence`` of ``fit`` from g and H at its theta."""
-    singular = fit.is_singular
-    checked = checks_apply(fit)
+    return convergence_of(g, h, fit.is_singular, checks_apply(fit))
+
+
+def convergence_of(g: list[float], h: list[list[float]], singular: bool,
+                   checked: bool) -> Convergence:
+    """lme4's checks (eqs. 85-88) of the gradient g and Hessian H of a criterion
+    at a fit's parameters (theta for an LMM, (theta, beta) for a GLMM), which
+    is ``singular``; the derivative checks only where ``checked``."""
     pd_, scaled, component = _scaled_gradient(g, h) if g else (True, 0.0, 0)
     if not g:
         eigen = [math.nan]

@@ -155,7 +155,7 @@ def test_gradient_hessian_equals_deviance_hessian(name):
     f = fit(name)
     x = np.concatenate([f.theta, f.beta])
     hg, kg = gradient_hessian(f._value_gradient, x)
-    hf, kf = fd_hessian(f._deviance_x, x, f._deviance_x(x))
+    hf, kf, _ = fd_hessian(f._deviance_x, x, f._deviance_x(x))
     assert kg == 2 * len(x) and kf == len(x) * (len(x) + 1)
     np.testing.assert_allclose(hg, hf, rtol=2e-4, atol=2e-4 * np.abs(hf).max())
 

@@ -48,7 +48,7 @@ class _GlmmJob:
 
     def run(self, model, indices) -> tuple[np.ndarray, np.ndarray, int, int]:
         out = np.full((len(indices), self.width), np.nan)
-        n_fail = 0
+        n_warn = n_fail = 0
         p, nt = self.p, self.n_theta
         for row, i in enumerate(indices):
             y = self.simulator.draw(np.random.default_rng(self.seeds[i]))
@@ -57,13 +57,14 @@ class _GlmmJob:
             except LmmError:
                 n_fail += 1
                 continue
+            n_warn += not model.convergence.ok
             theta = model.theta
             res = out[row]
             res[0] = model.objective
             res[1:1 + p] = model.beta
             res[1 + p:1 + p + nt] = theta
             res[1 + p + nt:] = theta_to_sdcor(model, theta, 1.0)
-        return np.asarray(indices), out, 0, n_fail
+        return np.asarray(indices), out, n_warn, n_fail
 
 
 def columns(fit) -> list[str]:
@@ -100,8 +101,8 @@ def bootstrap(fit, n: int, seed=None, n_jobs: int | None = None, progress=None, 
         One row per replicate (``columns(fit)``); a failed refit is a row of
         NaN.  ``attrs``: ``seed``, ``n_jobs``, ``backend``, ``seconds``,
         ``n_failed`` (refits that raised an ``LmmError``), ``n_not_converged``
-        (0: a glmer fit either reaches its optimum or raises) and ``estimates``
-        (the fit's values).
+        (refits that failed lme4's convergence checks, ``fit.convergence``) and
+        ``estimates`` (the fit's values).
     """
     fit._require_fit()
     result, attrs = run_replicates(lambda seeds: _GlmmJob(fit, seeds), n, seed, n_jobs,

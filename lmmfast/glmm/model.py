@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+import warnings
+
 from ..arguments import as_choice
-from ..errors import DataError, FitError
+from ..convergence import Convergence, checks_apply, convergence_of, derivative_messages_of
+from ..errors import ConvergenceWarning, DataError, FitError
 from ..family import Family
 from ..family import family as make_family
 from ..formula import parse_formula
@@ -173,6 +176,8 @@ class GeneralizedLinearMixedModel:
         mode = pirls.mode(x[:nt], x[nt:])
         self._finish(mode, evals1, evals2 + extra)
         warn_if_singular(self)
+        for message in derivative_messages_of(self._convergence):
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)   # the caller of glmer
         return self
 
     def _anchor_at(self, x) -> None:
@@ -260,15 +265,21 @@ class GeneralizedLinearMixedModel:
         self.n_evals = evals1 + evals2
         self._vcov = None
         self.hessian = None
+        self._convergence = convergence_of([], [], self.is_singular, False)
         nt = self.n_theta
         theta = mode.theta
         if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
             self._anchor_at(x)
-            h = gradient_hessian(self._value_gradient, x)[0] if self._has_gradient() \
-                else fd_hessian(self._deviance_x, x, self._objective)[0]
+            if self._has_gradient():
+                g = self._value_gradient(x)[1]
+                h = gradient_hessian(self._value_gradient, x)[0]
+            else:
+                h, _, g = fd_hessian(self._deviance_x, x, self._objective)
             self.pirls.anchor(None)
             self.hessian = h
+            self._convergence = convergence_of(g.tolist(), h.tolist(), self.is_singular,
+                                               checks_apply(self))
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum
         if self._vcov is None:
@@ -351,6 +362,14 @@ class GeneralizedLinearMixedModel:
     @property
     def varcorr(self) -> pd.DataFrame:
         return varcorr(self.design, self.theta)
+
+    @property
+    def convergence(self) -> Convergence:
+        """lme4's convergence checks at the fit (eqs. 85-88) on the gradient and
+        Hessian of the deviance in (theta, beta) that the covariance of beta-hat
+        is computed from (eq. 104); not run for nAGQ = 0, as lme4."""
+        self._require_fit()
+        return self._convergence
 
     @property
     def is_singular(self) -> bool:

@@ -47,8 +47,9 @@ def _notes(fit) -> list[str]:
         lines += ["fit warnings:",
                   f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
                   f"column{plural} ({', '.join(map(str, dropped))})"]
-    if fit.is_singular:
-        lines += ["optimizer (bobyqa) convergence code: 0 (OK)", SINGULAR_MESSAGE]
+    messages = list(fit.convergence.messages)   # the singular fit's first, as lme4's
+    if messages:
+        lines += ["optimizer (bobyqa) convergence code: 0 (OK)"] + messages
     return lines
 
 

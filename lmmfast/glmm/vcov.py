@@ -25,7 +25,7 @@ def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.
     points x +- h e_i +- h e_j of both signs along the same diagonal:
     (f(++) + f(--) - f(+i) - f(-i) - f(+j) - f(-j) + 2 f) / (2 h^2), which
     takes n(n-1) evaluations instead of deriv12's 2n(n-1).
-    Returns (H, evaluations).
+    Returns (H, evaluations, g), g the central-difference gradient (deriv12's).
     """
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
@@ -49,7 +49,7 @@ def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.
             evals += 2
             h[i, j] = h[j, i] = (fpp + fmm - fp[i] - fm[i] - fp[j] - fm[j] + 2.0 * fx) \
                 / (2.0 * delta ** 2)
-    return h, evals
+    return h, evals, (fp - fm) / (2.0 * delta)
 
 
 def gradient_hessian(value_gradient, x: np.ndarray,

@@ -1,0 +1,80 @@
+"""lme4's convergence checks of a glmer fit (``fit.convergence``, eqs. 85-88):
+the scaled gradient and the Hessian of the deviance in (theta, beta) that the
+covariance of beta-hat comes from (eq. 104), a ConvergenceWarning for each
+message, the messages in the summary, and the bootstrap's count of refits
+that fail them."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from test_glmer import dataset, fit, lme4_default, spec
+from test_glmer_property import REPORTED_SHORT, _data
+
+from lmmfast.convergence import GRADIENT_TOL
+from lmmfast.errors import ConvergenceWarning
+from lmmfast.glmm import glmer
+
+MODELS = list(lme4_default()["models"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fixture_fits_pass_lme4s_checks_as_lme4s_do(name):
+    """lme4 1.1-31 fits every fixture model without a convergence message; so
+    does lmmfast, with the checks run wherever lme4 runs them (not nAGQ = 0)."""
+    assert lme4_default()["models"][name]["converged_warnings"] is None
+    m = spec(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        f = glmer(m["formula"], dataset(m["dataset"]), family=(m["family"], m["link"]),
+                  nAGQ=m["nAGQ"], weights=m["weights"])
+    c = f.convergence
+    assert c.ok and c.messages == ()
+    assert c.checked == (m["nAGQ"] > 0)
+    if c.checked:
+        n = f.n_theta + len(f.fixef_names)
+        assert len(c.gradient) == n
+        assert c.scaled_grad < 1e-3 * GRADIENT_TOL and c.max_grad < 1e-3
+        assert c.hessian_pd and 0 < c.hessian_min_eigen <= c.hessian_max_eigen
+        # the extreme eigenvalues are those of the Hessian the covariance uses
+        eig = np.linalg.eigvalsh(f.hessian)
+        assert c.hessian_min_eigen == pytest.approx(eig[0], rel=1e-10)
+        assert c.hessian_max_eigen == pytest.approx(eig[-1], rel=1e-10)
+
+
+def test_a_fit_stopped_short_warns_and_its_summary_says_so():
+    """Quasi-separation: theta runs away and the fit stops where the gradient is
+    not zero; lme4's message is warned, kept on the fit and printed."""
+    seed, family, n, n_groups, shape, response, n_agq, sd = REPORTED_SHORT[0]
+    df, formula, weights = _data(seed, family, n, n_groups, shape, response, sd)
+    with pytest.warns(ConvergenceWarning, match=r"Model failed to converge with max\|grad\| ="):
+        f = glmer(formula, df, family=family, nAGQ=n_agq, weights=weights)
+    c = f.convergence
+    assert not c.ok and c.checked and not c.singular
+    assert c.scaled_grad > GRADIENT_TOL
+    assert c.messages[0].startswith("Model failed to converge with max|grad| = ")
+    assert f"(tol = {GRADIENT_TOL:g}, component " in c.messages[0]
+    text = f.summary()
+    assert "optimizer (bobyqa) convergence code: 0 (OK)" in text
+    assert c.messages[0] in text
+
+
+def test_a_singular_fit_gets_only_the_singular_message():
+    """As lme4: at a singular fit the derivative checks do not run (the summary
+    ends with the singular-fit message alone; tests/test_glmer_results.py)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 | period)",
+                  dataset("cbpp"), family="binomial")
+    assert f.is_singular
+    c = f.convergence
+    assert c.singular and c.ok and c.messages == ("boundary (singular) fit: see help('isSingular')",)
+
+
+def test_the_bootstrap_counts_refits_that_fail_the_checks():
+    f = fit("cbpp_laplace")
+    boot = f.bootstrap(4, seed=1, n_jobs=1, progress=False)
+    assert boot.attrs["n_not_converged"] == 0
+    assert boot.attrs["n_failed"] == 0

@@ -160,25 +160,45 @@ class GeneralizedLinearMixedModel:
         step2 = np.concatenate([np.where(self.theta_lower == 0,
                                          np.maximum(0.05 * np.abs(theta1), 0.01), 0.02),
                                 np.maximum(0.5 * se0, 1e-3)])
-        newton = stages.minimize_newton(
-            self._deviance_x, x0, np.isinf(lower), DELTA, self._start_hessian,
-            at_point=self._anchor_at,
-            value_gradient=self._value_gradient if self._has_gradient() else None)
-        evals2 = newton.n_evals
-        x, fval = newton.x, newton.fval
-        if not newton.converged:
-            s2 = stages.minimize_bobyqa(self._deviance_x, x if np.isfinite(fval) else x0,
-                                        lower, step2, ftol_abs=0.0, xtol_abs=1e-7)
-            evals2 += s2.n_evals
-            if s2.fval < fval or not np.isfinite(fval):
-                x, fval = s2.x, s2.fval
-        x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
+        x, fval, evals2 = self._stage2(x0, lower, step2)
         mode = pirls.mode(x[:nt], x[nt:])
-        self._finish(mode, evals1, evals2 + extra)
+        self._finish(mode, evals1, evals2)
+        if self.is_singular and self.hessian is not None:
+            # a boundary point where H has negative curvature is a saddle, not a
+            # minimum (the deviance is even in theta): stage 2 again from the best
+            # point along that direction, where it is lower
+            escape = stages.escape_saddle(self._deviance_x, x, fval, self.hessian, lower)
+            if escape is not None:
+                x_e, _, k = escape
+                x2, fval2, k2 = self._stage2(x_e, lower, step2)
+                evals2 += k + k2
+                if fval2 < fval:
+                    x, fval = x2, fval2
+                mode = pirls.mode(x[:nt], x[nt:])
+                self._finish(mode, evals1, evals2)
         warn_if_singular(self)
         for message in derivative_messages_of(self._convergence):
             warnings.warn(message, ConvergenceWarning, stacklevel=4)   # the caller of glmer
         return self
+
+    def _stage2(self, x0, lower, step2) -> tuple[np.ndarray, float, int]:
+        """Stage 2 (eq. 103) from x0: Newton steps, BOBYQA where they stop short,
+        the boundary step; returns (x, -2 log L, evaluations)."""
+        nt = self.n_theta
+        newton = stages.minimize_newton(
+            self._deviance_x, x0, np.isinf(lower), DELTA, self._start_hessian,
+            at_point=self._anchor_at,
+            value_gradient=self._value_gradient if self._has_gradient() else None)
+        evals = newton.n_evals
+        x, fval = newton.x, newton.fval
+        if not newton.converged:
+            s2 = stages.minimize_bobyqa(self._deviance_x, x if np.isfinite(fval) else x0,
+                                        lower, step2, ftol_abs=0.0, xtol_abs=1e-7)
+            evals += s2.n_evals
+            if s2.fval < fval or not np.isfinite(fval):
+                x, fval = s2.x, s2.fval
+        x, fval, extra = stages.check_boundary(self._deviance_x, x, fval, lower, nt)
+        return x, fval, evals + extra
 
     def _anchor_at(self, x) -> None:
         """Central differences about x start PIRLS from predicted modes (``Pirls.anchor``)."""

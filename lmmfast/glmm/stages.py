@@ -8,7 +8,9 @@ by quasi-Newton steps on the analytic gradient (``laplace.laplace_gradient``)
 where it is available, else on central differences, whose last Hessian is the one the
 covariance of beta-hat needs (eq. 104), and by BOBYQA where Newton stops
 short (a bound, an indefinite Hessian).  Each evaluation's PIRLS starts at
-the previous mode.
+the previous mode.  A singular fit that ends at a saddle (eq. 104's Hessian
+with a negative eigenvalue) runs stage 2 again from below it
+(``escape_saddle``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "NewtonResult",
     "StageResult",
     "check_boundary",
+    "escape_saddle",
     "fd_gradient",
     "minimize_bobyqa",
     "minimize_newton",
@@ -209,3 +212,32 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     except (LmmError, np.linalg.LinAlgError):
         pass
     return NewtonResult(x, fx, evals, False)
+
+
+SADDLE_TOL = 1e-3          # an eigenvalue below -SADDLE_TOL * max |eigenvalue| is negative
+SADDLE_STEPS = (0.05, 0.1, 0.2, 0.4)
+
+
+def escape_saddle(fun, x: np.ndarray, fval: float, h: np.ndarray,
+                  lower: np.ndarray) -> tuple[np.ndarray, float, int] | None:
+    """Where the Hessian ``h`` at ``x`` has a clearly negative eigenvalue, the
+    best point along either sign of its eigenvector (steps ``SADDLE_STEPS``,
+    clipped to ``lower``) that lowers ``fun`` below ``fval``: (x, f, evaluations);
+    None where H has none or no step lowers ``fun``."""
+    from ..errors import LmmError
+    vals, vecs = np.linalg.eigh(0.5 * (h + h.T))
+    if not (np.isfinite(vals).all() and vals[0] < -SADDLE_TOL * np.abs(vals).max()):
+        return None
+    v = vecs[:, 0]
+    best_x, best_f, evals = None, fval, 0
+    for t in SADDLE_STEPS:
+        for sign in (1.0, -1.0):
+            trial = np.maximum(x + sign * t * v, lower)
+            try:
+                f = float(fun(trial))
+            except LmmError:
+                f = np.inf
+            evals += 1
+            if f < best_f:
+                best_x, best_f = trial, f
+    return None if best_x is None else (best_x, best_f, evals)

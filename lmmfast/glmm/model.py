@@ -8,11 +8,11 @@ at the optimum; ``glmer`` does both, with lme4's signature
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-import warnings
 
 from ..arguments import as_choice
 from ..convergence import Convergence, checks_apply, convergence_of, derivative_messages_of
@@ -173,9 +173,10 @@ class GeneralizedLinearMixedModel:
                 x2, fval2, k2 = self._stage2(x_e, lower, step2)
                 evals2 += k + k2
                 if fval2 < fval:
-                    x, fval = x2, fval2
-                mode = pirls.mode(x[:nt], x[nt:])
-                self._finish(mode, evals1, evals2)
+                    self._finish(pirls.mode(x2[:nt], x2[nt:]), evals1, evals2)
+                else:   # the factor back at the first optimum
+                    pirls.mode(x[:nt], x[nt:])
+                    self.stage_evals, self.n_evals = (evals1, evals2), evals1 + evals2
         warn_if_singular(self)
         for message in derivative_messages_of(self._convergence):
             warnings.warn(message, ConvergenceWarning, stacklevel=4)   # the caller of glmer

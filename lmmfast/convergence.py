@@ -147,16 +147,18 @@ def _scaled_gradient(g: list[float], h: list[list[float]]) -> tuple[bool, float,
     return True, mingrad[i], i + 1
 
 
-def _hessian_messages(eigen: list[float], pd_: bool) -> list[str]:
-    """lme4's ``checkHess`` messages for H with eigenvalues ``eigen`` (eqs. 87, 88)."""
+def _hessian_messages(eigen: list[float], pd_: bool, kind: str = "") -> list[str]:
+    """lme4's ``checkHess`` messages for H with eigenvalues ``eigen`` (eqs. 87, 88);
+    ``kind`` "fixed-effect" for a GLMM's beta block."""
     if not all(math.isfinite(v) for v in eigen):
         return ["Problem with Hessian check (infinite or missing values?)"]
+    hessian = f"{kind} Hessian" if kind else "Hessian"
     negative = sum(v < -HESSIAN_TOL for v in eigen)
     if negative:
-        return [f"Model failed to converge: degenerate Hessian with {negative} "
+        return [f"Model failed to converge: degenerate {hessian} with {negative} "
                 "negative eigenvalues"]
     if any(abs(v) < HESSIAN_TOL for v in eigen) or not pd_:
-        return ["Hessian is numerically singular: parameters are not uniquely determined"]
+        return [f"{hessian} is numerically singular: parameters are not uniquely determined"]
     out = []
     low, high = min(eigen), max(eigen)
     if high * HESSIAN_TOL > 1:
@@ -181,10 +183,12 @@ def _convergence(fit, g: list[float], h: list[list[float]]) -> Convergence:
 
 
 def convergence_of(g: list[float], h: list[list[float]], singular: bool,
-                   checked: bool) -> Convergence:
+                   checked: bool, n_theta: int | None = None) -> Convergence:
     """lme4's checks (eqs. 85-88) of the gradient g and Hessian H of a criterion
-    at a fit's parameters (theta for an LMM, (theta, beta) for a GLMM), which
-    is ``singular``; the derivative checks only where ``checked``."""
+    at a fit's parameters (theta for an LMM, (theta, beta) for a GLMM, whose
+    first ``n_theta`` are theta: then H's beta block is checked first, as
+    lme4's "fixed-effect" Hessian), which is ``singular``; the derivative
+    checks only where ``checked``."""
     pd_, scaled, component = _scaled_gradient(g, h) if g else (True, 0.0, 0)
     if not g:
         eigen = [math.nan]
@@ -193,7 +197,7 @@ def convergence_of(g: list[float], h: list[list[float]], singular: bool,
     else:
         eigen = [math.nan] * len(g)
     messages = [SINGULAR_MESSAGE] if singular else []
-    if checked and g:
+    if checked and g and not singular:   # (lme4 returns after the singular fit's message)
         if not all(math.isfinite(v) for v in g):
             messages.append("Gradient contains NAs")
         else:
@@ -202,6 +206,12 @@ def convergence_of(g: list[float], h: list[list[float]], singular: bool,
             elif scaled > GRADIENT_TOL:
                 messages.append(f"Model failed to converge with max|grad| = {scaled:g} "
                                 f"(tol = {GRADIENT_TOL:g}, component {component})")
+            if n_theta is not None and len(g) > n_theta:
+                hb = np.array(h)[n_theta:, n_theta:]
+                eigen_b = np.linalg.eigvalsh(hb).tolist() if np.isfinite(hb).all() \
+                    else [math.nan]
+                messages += _hessian_messages(eigen_b, _cholesky(hb.tolist()) is not None,
+                                              "fixed-effect")
             messages += _hessian_messages(eigen, pd_)
     return Convergence(
         max_grad=max(map(abs, g), default=0.0), scaled_grad=scaled,

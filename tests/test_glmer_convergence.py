@@ -78,3 +78,29 @@ def test_the_bootstrap_counts_refits_that_fail_the_checks():
     boot = f.bootstrap(4, seed=1, n_jobs=1, progress=False)
     assert boot.attrs["n_not_converged"] == 0
     assert boot.attrs["n_failed"] == 0
+
+
+def test_the_fixed_effect_hessian_is_checked_first_with_lme4s_words():
+    """lme4's checkConv for a GLMM runs checkHess on H's beta block ("fixed-effect")
+    before the whole H; the messages are lme4's strings."""
+    from lmmfast.convergence import convergence_of
+    g = [0.0, 0.0, 0.0]
+    # theta = 1 element; the beta block [[1, 2], [2, 1]] has one negative eigenvalue
+    h = [[4.0, 0.1, 0.1], [0.1, 1.0, 2.0], [0.1, 2.0, 1.0]]
+    c = convergence_of(g, h, singular=False, checked=True, n_theta=1)
+    # lme4's order: the gradient's message, the beta block's, the whole H's
+    assert c.messages == ("unable to evaluate scaled gradient",
+                          "Model failed to converge: degenerate fixed-effect Hessian "
+                          "with 1 negative eigenvalues",
+                          "Model failed to converge: degenerate Hessian with 1 negative "
+                          "eigenvalues")
+    h = [[4.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]   # a singular beta block
+    c = convergence_of(g, h, singular=False, checked=True, n_theta=1)
+    assert c.messages[1] == ("fixed-effect Hessian is numerically singular: parameters "
+                             "are not uniquely determined")
+    # an LMM's checks (theta alone) are unchanged, and a singular fit gets no others
+    assert convergence_of(g, h, singular=False, checked=True).messages == (
+        "unable to evaluate scaled gradient",
+        "Hessian is numerically singular: parameters are not uniquely determined")
+    assert convergence_of(g, h, singular=True, checked=True, n_theta=1).messages == (
+        "boundary (singular) fit: see help('isSingular')",)

@@ -300,7 +300,7 @@ class GeneralizedLinearMixedModel:
             self.pirls.anchor(None)
             self.hessian = h
             self._convergence = convergence_of(g.tolist(), h.tolist(), self.is_singular,
-                                               checks_apply(self))
+                                               checks_apply(self), n_theta=nt)
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum
         if self._vcov is None:

@@ -11,10 +11,12 @@ Laplace deviance the optimiser sees unchanged to 1e-12.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_glmer import dataset, fit, spec
 
 from lmmfast import _crossprod, _pirls
+from lmmfast.design.layout import BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.family import FAMILIES, family
 from lmmfast.glmm import glmer, pirls
 
@@ -135,6 +137,39 @@ def test_analytic_gradient_equals_central_differences(name):
                        for e in np.eye(len(x))])
         scale = max(1.0, float(np.abs(fd).max()))
         assert np.max(np.abs(g - fd)) < 1e-6 * scale
+
+
+@pytest.mark.parametrize("formula,kinds", [
+    ("y ~ x + (1 | a) + (1 | b)", {BLOCK_SPARSE}),
+    ("y ~ x + (1 + x | a) + (1 | b)", {BLOCK_SPARSE}),
+    ("y ~ x + (1 | a) + (1 + x | b) + (1 | c)", {BLOCK_SPARSE, BLOCK_DENSE}),
+])
+def test_analytic_gradient_on_every_block_kind(formula, kinds):
+    """The gradient reads M = Lambda^T A_Z Lambda + I off the factor's A: a sparse
+    (s, 0) block, dense blocks between later terms, vector-valued terms; against
+    central differences of the deviance."""
+    from lmmfast.design.layout import block_index
+    from lmmfast.glmm.laplace import laplace_gradient
+    rng = np.random.default_rng(3)
+    n = 3000
+    a, b, c = rng.integers(0, 600, n), rng.integers(0, 40, n), rng.integers(0, 5, n)
+    x = rng.normal(size=n)
+    eta = 0.3 * x + 0.5 * rng.normal(size=600)[a] + 0.4 * rng.normal(size=40)[b] \
+        + 0.2 * rng.normal(size=5)[c]
+    df = pd.DataFrame({"y": rng.poisson(np.exp(eta)), "x": x, "a": pd.Categorical(a),
+                       "b": pd.Categorical(b), "c": pd.Categorical(c)})
+    f = glmer(formula, df, family="poisson")
+    lay = f.pirls.factor(False).layout
+    off_diagonal = {int(lay.kind_a[block_index(s, t)]) for s in range(lay.n_terms)
+                    for t in range(s)}
+    assert kinds <= off_diagonal
+    nt = f.n_theta
+    xh = np.concatenate([f.theta * 1.1 + 0.05, f.beta])
+    g = laplace_gradient(f.pirls, f.pirls.mode(xh[:nt], xh[nt:]))
+    h = 1e-5
+    fd = np.array([(f._deviance_x(xh + h * e) - f._deviance_x(xh - h * e)) / (2 * h)
+                   for e in np.eye(len(xh))])
+    assert np.max(np.abs(g - fd)) < 1e-6 * max(1.0, float(np.abs(fd).max()))
 
 
 @pytest.mark.parametrize("name", ["cbpp_probit", "cbpp_agq25", "epil_agq9"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..design.layout import BLOCK_SPARSE, block_index
 from .pirls import Mode, Pirls
 
 __all__ = ["gradient_available", "laplace_deviance", "laplace_gradient"]
@@ -34,37 +35,68 @@ DENSE_Q = 3000   # largest q beyond the first term for which S's blocks are form
 class _Inverse:
     """S = (L_Z L_Z^T)^{-1} = M^{-1} where the gradient reads it (eq. 96).
 
-    M = [[D, B], [B^T, C]] with D the first term's block-diagonal part (one
-    k x k block a level), C the other terms': by the Schur complement, S_22 =
+    M = Lambda^T A_Z Lambda + I, A_Z = Z^T W Z the random-effects blocks of the
+    u-only factor's A at the mode (``predictor.Factor``, eq. 12), written
+    [[D, B], [B^T, C]] with D the first term's block-diagonal part (one k x k
+    block a level), C the other terms': by the Schur complement, S_22 =
     (C - B^T D^{-1} B)^{-1}, S_12 = -D^{-1} B S_22 and the diagonal blocks of
     S_11 = D^{-1} + D^{-1} B S_22 B^T D^{-1}, the only ones of S_11 a row touches.
     """
 
-    def __init__(self, cols, gv, w, q1, k1, q):
-        self.q1, self.k1 = q1, k1
-        q2 = q - q1
-        nl1 = q1 // k1
-        first = cols < q1
-        K = cols.shape[1]
-        dblk = np.zeros(nl1 * k1 * k1)
-        b = np.zeros(q1 * q2)
-        c = np.zeros(q2 * q2)
-        for i in range(K):
-            for j in range(K):
-                ci, cj = cols[:, i], cols[:, j]
-                val = w * gv[:, i] * gv[:, j]
-                if first[0, i] and first[0, j]:
-                    key = (ci // k1) * k1 * k1 + (ci % k1) * k1 + cj % k1
-                    dblk += np.bincount(key, weights=val, minlength=len(dblk))
-                elif first[0, i]:
-                    b += np.bincount(ci * q2 + (cj - q1), weights=val, minlength=len(b))
-                elif not first[0, j]:
-                    c += np.bincount((ci - q1) * q2 + (cj - q1), weights=val, minlength=len(c))
-        d = dblk.reshape(nl1, k1, k1) + np.eye(k1)
+    def __init__(self, factor, lams: list[np.ndarray]):
+        lay = factor.layout
+        a = factor.a
+        T = lay.n_terms
+        nl = [int(v) for v in lay.nlev]
+        k = [int(v) for v in lay.k]
+        q = [n * kk for n, kk in zip(nl, k)]
+        self.q1, self.k1 = q1, k1 = q[0], k[0]
+        nl1 = nl[0]
+        off = np.concatenate([[0], np.cumsum(q[1:])]).astype(np.intp)   # terms 1.. in C
+        q2 = int(off[-1])
+
+        def level_blocks(s):   # A's block-diagonal (s, s): (nl, k, k), [level, row, col]
+            return lay.block_a(a, s, s).reshape(nl[s], k[s], k[s]).transpose(0, 2, 1)
+
+        def scaled(blk, s, t):   # Lambda_s^T blk Lambda_t of a dense q_s x q_t block
+            m = blk.reshape(nl[s], k[s], nl[t], k[t])
+            if k[s] > 1 or k[t] > 1:
+                m = np.einsum("satj,jb->satb", np.einsum("ia,sitj->satj", lams[s], m), lams[t])
+            else:
+                m = m * (lams[s][0, 0] * lams[t][0, 0])
+            return m.reshape(q[s], q[t])
+
+        def dense(s, t):   # A's block (s, t), s > t, as a dense q_s x q_t array
+            flat = lay.block_a(a, s, t)
+            if lay.kind_a[block_index(s, t)] != BLOCK_SPARSE:
+                return flat.reshape(q[s], q[t], order="F")
+            colptr, rowidx = lay.pattern(s)
+            nnz = len(rowidx)
+            vals = flat[:nnz * k[s] * k[t]].reshape(nnz, k[t], k[s])   # [entry, col, row]
+            out = np.zeros((nl[s], k[s], nl[t], k[t]))
+            lev_t = np.repeat(np.arange(nl[t]), np.diff(colptr))
+            out[rowidx, :, lev_t, :] = vals.transpose(0, 2, 1)
+            return out.reshape(q[s], q[t])
+
+        l0 = lams[0]
+        d = np.einsum("ia,lij,jb->lab", l0, level_blocks(0), l0) + np.eye(k1)
+        b = np.zeros((q1, q2))
+        c = np.eye(q2)
+        for s in range(1, T):
+            rs = slice(off[s - 1], off[s])
+            b[:, rs] = scaled(dense(s, 0), s, 0).T
+            lb = np.einsum("ia,lij,jb->lab", lams[s], level_blocks(s), lams[s])
+            first = off[s - 1] + np.arange(nl[s])[:, None, None] * k[s]
+            span = np.arange(k[s])
+            c[first + span[:, None], first + span[None, :]] += lb
+            for t in range(1, s):
+                blk = scaled(dense(s, t), s, t)
+                c[rs, off[t - 1]:off[t]] = blk
+                c[off[t - 1]:off[t], rs] = blk.T
         self.dinv = np.linalg.inv(d)
         bm = b.reshape(nl1, k1, q2)
         self.dinv_b = np.einsum("lab,lbq->laq", self.dinv, bm).reshape(q1, q2)
-        schur = c.reshape(q2, q2) + np.eye(q2) - b.reshape(q1, q2).T @ self.dinv_b
+        schur = c - b.T @ self.dinv_b
         self.s22 = np.linalg.inv(schur) if q2 else np.zeros((0, 0))
         self.s12 = -self.dinv_b @ self.s22
         dbl = self.dinv_b.reshape(nl1, k1, q2)
@@ -132,7 +164,7 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     mu2 = mu_eta * (1.0 - 2.0 * mu) if fam.name == "binomial" else mu_eta
     dw = wt * mu2                 # d w / d eta
     K = cols.shape[1]
-    S = _Inverse(cols, gv, w, q1, pirls.k[0], q)
+    S = _Inverse(pirls.factor(False), pirls.lambdas(mode.theta))
     first = [bool(cols[0, a] < q1) for a in range(K)]
     lev0 = pirls.refs[0]
 

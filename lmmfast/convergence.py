@@ -75,7 +75,12 @@ def derivative_messages_of(conv: Convergence) -> list[str]:
 def checks_apply(fit) -> bool:
     """Whether lme4 runs its derivative checks on ``fit``: fewer than ``NOBS_MAX``
     observations and ``NPAR_MAX`` theta elements, and not a singular fit."""
-    return fit.nobs < NOBS_MAX and len(fit.theta_names) < NPAR_MAX and not fit.is_singular
+    return within_check_limits(fit) and not fit.is_singular
+
+
+def within_check_limits(fit) -> bool:
+    """Fewer than ``NOBS_MAX`` observations and ``NPAR_MAX`` theta elements."""
+    return fit.nobs < NOBS_MAX and len(fit.theta_names) < NPAR_MAX
 
 
 def _derivatives(fit, factored: bool) -> tuple[list[float], list[list[float]]]:
@@ -183,12 +188,28 @@ def _convergence(fit, g: list[float], h: list[list[float]]) -> Convergence:
 
 
 def convergence_of(g: list[float], h: list[list[float]], singular: bool,
-                   checked: bool, n_theta: int | None = None) -> Convergence:
+                   checked: bool, n_theta: int | None = None,
+                   free: list[bool] | None = None) -> Convergence:
     """lme4's checks (eqs. 85-88) of the gradient g and Hessian H of a criterion
     at a fit's parameters (theta for an LMM, (theta, beta) for a GLMM, whose
     first ``n_theta`` are theta: then H's beta block is checked first, as
     lme4's "fixed-effect" Hessian), which is ``singular``; the derivative
-    checks only where ``checked``."""
+    checks only where ``checked``.  At a singular fit lme4 checks nothing
+    more; given ``free`` (the parameters not on a bound), the scaled gradient
+    of those is checked there too, since it vanishes at any optimum."""
+    if singular and checked and free is not None and any(free) and g:
+        keep = [i for i, f in enumerate(free) if f]
+        sub_g = [g[i] for i in keep]
+        pd_, scaled, component = _scaled_gradient(sub_g, [[h[i][j] for j in keep]
+                                                          for i in keep])
+        messages = [SINGULAR_MESSAGE]
+        if all(math.isfinite(v) for v in sub_g) and pd_ and scaled > GRADIENT_TOL:
+            messages.append(f"Model failed to converge with max|grad| = {scaled:g} "
+                            f"(tol = {GRADIENT_TOL:g}, component {keep[component - 1] + 1})")
+        return Convergence(
+            max_grad=max(map(abs, sub_g), default=0.0), scaled_grad=scaled,
+            hessian_min_eigen=math.nan, hessian_max_eigen=math.nan, hessian_pd=pd_,
+            singular=True, checked=True, messages=tuple(messages), gradient=tuple(g))
     pd_, scaled, component = _scaled_gradient(g, h) if g else (True, 0.0, 0)
     if not g:
         eigen = [math.nan]

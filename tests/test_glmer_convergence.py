@@ -52,13 +52,31 @@ def test_a_fit_stopped_short_warns_and_its_summary_says_so():
     with pytest.warns(ConvergenceWarning, match=r"Model failed to converge with max\|grad\| ="):
         f = glmer(formula, df, family=family, nAGQ=n_agq, weights=weights)
     c = f.convergence
-    assert not c.ok and c.checked and not c.singular
+    assert not c.ok and c.checked
     assert c.scaled_grad > GRADIENT_TOL
-    assert c.messages[0].startswith("Model failed to converge with max|grad| = ")
-    assert f"(tol = {GRADIENT_TOL:g}, component " in c.messages[0]
+    failed = [m for m in c.messages if m.startswith("Model failed to converge with max|grad| = ")]
+    assert len(failed) == 1 and f"(tol = {GRADIENT_TOL:g}, component " in failed[0]
     text = f.summary()
     assert "optimizer (bobyqa) convergence code: 0 (OK)" in text
-    assert c.messages[0] in text
+    assert failed[0] in text
+
+
+def test_at_a_singular_fit_the_free_parameters_gradient_is_checked():
+    """lme4 checks nothing after a singular fit's message; the gradient in the
+    parameters off the bounds must still vanish at an optimum, and is checked."""
+    from lmmfast.convergence import convergence_of
+    h = [[2.0, 0.0, 0.0], [0.0, 3.0, 0.5], [0.0, 0.5, 1.0]]
+    g = [0.9, 1e-6, -2e-6]              # theta_1 on its bound: its gradient may be > 0
+    c = convergence_of(g, h, singular=True, checked=True, n_theta=1,
+                       free=[False, True, True])
+    assert c.ok and c.messages == ("boundary (singular) fit: see help('isSingular')",)
+    g = [0.9, 1e-6, -0.05]
+    c = convergence_of(g, h, singular=True, checked=True, n_theta=1,
+                       free=[False, True, True])
+    assert not c.ok and c.messages[1].startswith("Model failed to converge with max|grad| = ")
+    assert c.messages[1].endswith("component 3)")
+    # without ``free`` (an LMM) a singular fit gets the singular message alone
+    assert convergence_of(g, h, singular=True, checked=True).messages == c.messages[:1]
 
 
 def test_a_singular_fit_gets_only_the_singular_message():

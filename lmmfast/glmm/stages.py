@@ -167,7 +167,7 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
             evals += 1
             if at_point is not None:
                 at_point(x)
-            h0, k = gradient_hessian(value_gradient, x, delta)
+            h0, k = gradient_hessian(value_gradient, x, delta, g0=g)
         else:
             fx = float(fun(x))
             evals += 1

@@ -52,21 +52,26 @@ def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.
     return h, evals, (fp - fm) / (2.0 * delta)
 
 
-def gradient_hessian(value_gradient, x: np.ndarray,
-                     delta: float = DELTA) -> tuple[np.ndarray, int]:
+def gradient_hessian(value_gradient, x: np.ndarray, delta: float = DELTA,
+                     g0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """The Hessian by central differences of the analytic gradient
     (``value_gradient(x)`` returns (f, g), ``laplace.laplace_gradient``):
     column i = (g(x + h e_i) - g(x - h e_i)) / 2h, symmetrised; 2n
     evaluations instead of ``fd_hessian``'s n(n + 1), with O(h^2) errors
-    of the same order.  Returns (H, evaluations)."""
+    of the same order.  Given g0 = g(x), forward differences (g(x + h e_i)
+    - g0) / h instead: n evaluations, O(h) errors (stage 2's first
+    quasi-Newton matrix, which BFGS then corrects).  Returns (H, evaluations)."""
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     h = np.empty((n, n))
     for i in range(n):
         e = np.zeros(n)
         e[i] = delta
-        h[:, i] = (value_gradient(x + e)[1] - value_gradient(x - e)[1]) / (2.0 * delta)
-    return 0.5 * (h + h.T), 2 * n
+        if g0 is None:
+            h[:, i] = (value_gradient(x + e)[1] - value_gradient(x - e)[1]) / (2.0 * delta)
+        else:
+            h[:, i] = (value_gradient(x + e)[1] - g0) / delta
+    return 0.5 * (h + h.T), (2 if g0 is None else 1) * n
 
 
 def vcov_from_hessian(h: np.ndarray, n_theta: int) -> np.ndarray | None:

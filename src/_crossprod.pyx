@@ -55,6 +55,19 @@ def set_response(double[::1] a, const cnp.int64_t[::1] off_zy, const cnp.int64_t
         fixed_response(&a[0], off_xy, n, p, &x[0, 0] if p else NULL, &wy[0], &y_raw[0])
 
 
+def scale_rows(const double[:, :] x, const double[::1] y, const double[::1] sqrt_w,
+               double[:, ::1] xy):
+    """xy = W^(1/2) [X y]: row r of [X y] times sqrt_w[r], in one pass (eq. 12)."""
+    cdef Py_ssize_t n = x.shape[0], p = x.shape[1], r, j
+    cdef double s
+    with nogil:
+        for r in range(n):
+            s = sqrt_w[r]
+            for j in range(p):
+                xy[r, j] = x[r, j] * s
+            xy[r, p] = y[r] * s
+
+
 def householder_r(double[:, ::1] a):
     """QR of the rows of ``a`` (m x p, row-major) by Householder reflections, in
     place: R on and above the diagonal, as LAPACK's dgeqrf leaves it (its

@@ -79,11 +79,13 @@ def add_rows(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
     re-forms A over the same rows at every iteration).
     """
     xy = _buffer(work, "xy", (len(y), layout.p1))
-    xy[:, :-1] = x
-    xy[:, -1] = y
-    if sqrt_w is not None:
+    if sqrt_w is None:
+        xy[:, :-1] = x
+        xy[:, -1] = y
+    else:
+        _crossprod.scale_rows(x, np.ascontiguousarray(y, dtype=np.float64),
+                              np.ascontiguousarray(sqrt_w, dtype=np.float64), xy)
         sw = sqrt_w[:, None]
-        xy *= sw
         scaled = []
         for t, zz in enumerate(z):
             zs = _buffer(work, ("z", t), zz.shape)

@@ -152,6 +152,12 @@ def _scaled_gradient(g: list[float], h: list[list[float]]) -> tuple[bool, float,
     return True, mingrad[i], i + 1
 
 
+def _gradient_message(scaled: float, component: int) -> str:
+    """lme4's message for a scaled gradient above ``GRADIENT_TOL`` (eq. 86)."""
+    return (f"Model failed to converge with max|grad| = {scaled:g} "
+            f"(tol = {GRADIENT_TOL:g}, component {component})")
+
+
 def _hessian_messages(eigen: list[float], pd_: bool, kind: str = "") -> list[str]:
     """lme4's ``checkHess`` messages for H with eigenvalues ``eigen`` (eqs. 87, 88);
     ``kind`` "fixed-effect" for a GLMM's beta block."""
@@ -204,8 +210,7 @@ def convergence_of(g: list[float], h: list[list[float]], singular: bool,
                                                           for i in keep])
         messages = [SINGULAR_MESSAGE]
         if all(math.isfinite(v) for v in sub_g) and pd_ and scaled > GRADIENT_TOL:
-            messages.append(f"Model failed to converge with max|grad| = {scaled:g} "
-                            f"(tol = {GRADIENT_TOL:g}, component {keep[component - 1] + 1})")
+            messages.append(_gradient_message(scaled, keep[component - 1] + 1))
         return Convergence(
             max_grad=max(map(abs, sub_g), default=0.0), scaled_grad=scaled,
             hessian_min_eigen=math.nan, hessian_max_eigen=math.nan, hessian_pd=pd_,
@@ -225,8 +230,7 @@ def convergence_of(g: list[float], h: list[list[float]], singular: bool,
             if not pd_:
                 messages.append("unable to evaluate scaled gradient")
             elif scaled > GRADIENT_TOL:
-                messages.append(f"Model failed to converge with max|grad| = {scaled:g} "
-                                f"(tol = {GRADIENT_TOL:g}, component {component})")
+                messages.append(_gradient_message(scaled, component))
             if n_theta is not None and len(g) > n_theta:
                 hb = np.array(h)[n_theta:, n_theta:]
                 eigen_b = np.linalg.eigvalsh(hb).tolist() if np.isfinite(hb).all() \

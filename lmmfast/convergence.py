@@ -26,7 +26,7 @@ from .errors import SINGULAR_MESSAGE
 from .optimize import GRADIENT_TOL, OPTIMIZER_ALIASES, OPTIMIZERS
 
 __all__ = ["Convergence", "check_convergence", "checks_apply", "convergence_of",
-           "warn_convergence",
+           "within_check_limits", "warn_convergence",
            "derivative_messages", "allfit", "GRADIENT_TOL", "HESSIAN_TOL"]
 
 HESSIAN_TOL = 1e-6

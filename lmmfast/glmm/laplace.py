@@ -155,7 +155,7 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     fam = pirls.family
     q = int(pirls.q_off[-1])
     q1 = int(pirls.q_off[1])
-    cols, zv, gv = pirls.ell(mode.theta)
+    cols, _, gv = pirls.ell(mode.theta)
     eta, mu = mode.eta, mode.mu
     wt, y = pirls.wt, pirls.y
     mu_eta = fam.mu_eta(eta)

@@ -15,8 +15,8 @@ import pandas as pd
 from scipy import stats
 
 from ..arguments import as_choice
-from ..convergence import (Convergence, checks_apply, convergence_of,
-                           derivative_messages_of, within_check_limits)
+from ..convergence import (Convergence, convergence_of, derivative_messages_of,
+                           within_check_limits)
 from ..errors import ConvergenceWarning, DataError, FitError
 from ..family import Family
 from ..family import family as make_family
@@ -300,12 +300,9 @@ class GeneralizedLinearMixedModel:
                 h, _, g = fd_hessian(self._deviance_x, x, self._objective)
             self.pirls.anchor(None)
             self.hessian = h
-            singular = self.is_singular
             free = (theta - self.theta_lower >= SINGULAR_TOL).tolist() + [True] * len(mode.beta)
-            self._convergence = convergence_of(
-                g.tolist(), h.tolist(), singular,
-                checks_apply(self) or (singular and within_check_limits(self)),
-                n_theta=nt, free=free)
+            self._convergence = convergence_of(g.tolist(), h.tolist(), self.is_singular,
+                                               within_check_limits(self), n_theta=nt, free=free)
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum
         if self._vcov is None:

@@ -9,7 +9,7 @@ the family line, and the z tests (docs/theory.md, eq. 104).
 
 from __future__ import annotations
 
-from ..summary import (SINGULAR_MESSAGE, _criterion, _fixef_correlation, _observations,
+from ..summary import (_criterion, _fixef_correlation, _observations,
                        _random_effects, _residuals, _title_lines, coef_table_lines,
                        formula_lines)
 

@@ -566,15 +566,20 @@ def _fixef_correlation(fit) -> list[str]:
     return ["Correlation of Fixed Effects:"] + _render_table(header, rows, rownames)
 
 
+def rank_warning_lines(fit) -> list[str]:
+    """lme4's "fit warnings:" lines for the fixed-effect columns a fit dropped."""
+    dropped = list(fit.dropped_columns)
+    if not dropped:
+        return []
+    plural = "s / coefficients" if len(dropped) > 1 else " / coefficient"
+    return ["fit warnings:",
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column{plural} ({', '.join(map(str, dropped))})"]
+
+
 def _notes(fit) -> list[str]:
     """lme4's closing lines: "fit warnings:", the optimizer's code and lme4's messages."""
-    lines = []
-    dropped = list(fit.dropped_columns)
-    if dropped:
-        plural = "s / coefficients" if len(dropped) > 1 else " / coefficient"
-        lines += ["fit warnings:",
-                  f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-                  f"column{plural} ({', '.join(map(str, dropped))})"]
+    lines = rank_warning_lines(fit)
     from .convergence import derivative_messages
     messages = derivative_messages(fit)   # lme4's checks of gradient and Hessian
     if not fit.converged:

@@ -9,7 +9,7 @@ the family line, and the z tests (docs/theory.md, eq. 104).
 
 from __future__ import annotations
 
-from ..summary import (_criterion, _fixef_correlation, _observations,
+from ..summary import (_criterion, _fixef_correlation, _observations, rank_warning_lines,
                        _random_effects, _residuals, _title_lines, coef_table_lines,
                        formula_lines)
 
@@ -40,13 +40,7 @@ def _header(fit, call: dict) -> list[str]:
 
 
 def _notes(fit) -> list[str]:
-    lines = []
-    dropped = list(fit.dropped_columns)
-    if dropped:
-        plural = "s / coefficients" if len(dropped) > 1 else " / coefficient"
-        lines += ["fit warnings:",
-                  f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-                  f"column{plural} ({', '.join(map(str, dropped))})"]
+    lines = rank_warning_lines(fit)
     messages = list(fit.convergence.messages)   # the singular fit's first, as lme4's
     if messages:
         lines += ["optimizer (bobyqa) convergence code: 0 (OK)"] + messages

@@ -96,8 +96,12 @@ def _poisson_dev_resids(y, mu, wt):
 
 
 def _binomial_aic(y, n, mu, wt):
-    """R's ``binomial()$aic``: -2 sum (wt/m) log dbinom(m y; m, mu), m the trials."""
-    m = n if (np.asarray(n) > 1).any() else wt
+    """R's ``binomial()$aic``: -2 sum (wt/m) log dbinom(m y; m, mu), m the trials
+    (n where any n > 1, else wt)."""
+    return _binomial_aic_m(y, n if (np.asarray(n) > 1).any() else wt, mu, wt)
+
+
+def _binomial_aic_m(y, m, mu, wt):
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
     trials = np.round(m)
@@ -131,6 +135,13 @@ class Family:
     def aic(self, y, n, mu, wt) -> float:
         """R's ``family$aic(y, n, mu, wt)``: -2 log-likelihood of the response."""
         return self.aic_fn(*(np.asarray(v, dtype=np.float64) for v in (y, n, mu, wt)))
+
+    def aic_rows(self, y, m, mu, wt) -> float:
+        """``aic``'s sum over some of the rows, with the binomial's trials ``m`` as
+        ``aic`` takes them from all rows (n where any n > 1, else wt)."""
+        if self.name == "binomial":
+            return _binomial_aic_m(y, m, mu, wt)
+        return self.aic(y, m, mu, wt)
 
     def valid_mu(self, mu) -> bool:
         mu = np.asarray(mu, dtype=np.float64)

@@ -1,10 +1,11 @@
 # cython: language_level=3
 """One PIRLS pass over the rows of a GLMM (docs/theory.md, eqs. 92-93), compiled.
 
-``linear_predictor`` forms eta = base + Z Lambda u from each term's level
-codes and per-row z (eqs. 2, 3); ``means`` maps eta to mu, ``deviances``
-gives the unit deviances (eq. 92); ``working`` adds the square roots of the working
-weights and the working response (eq. 93).  One nogil loop each, no
+``evaluate`` forms a chunk's eta = o + X beta + Z Lambda u from X, each
+term's level codes and per-row z (eqs. 2, 3, 91), maps it to mu and gives
+the unit deviances (eq. 92) and their sum; ``linear_predictor`` is its
+Z Lambda u alone; ``working`` forms the square roots of the working weights
+and the working response (eq. 93).  One nogil loop each, no
 temporaries.  The links and families are those of ``lmmfast.family`` (R's
 ``binomial()`` and ``poisson()``) with R's clamps near the ends of the
 scale, so the numbers are the numpy ones to rounding.
@@ -91,16 +92,13 @@ cdef inline bint _valid(int family, double mu) noexcept nogil:
     return family != 0 or mu < 1.0
 
 
-def linear_predictor(double[::1] out, const double[::1] base, list refs, list z, list b,
-                     list unit):
-    """out = base + Z Lambda u: row r gets sum_t z_t[r, :] . b_t[refs_t[r], :]
-    (b_t = Lambda_t u_t, nl x k); ``unit[t][a]`` marks columns of z that are all 1."""
-    cdef Py_ssize_t n = out.shape[0], r, t, a, k, base_r
+cdef void _add_zb(double[::1] out, list refs, list z, list b, list unit):
+    """out += Z Lambda u: row r gets sum_t z_t[r, :] . b_t[refs_t[r], :]."""
+    cdef Py_ssize_t n = out.shape[0], r, t, a, k
     cdef const cnp.int64_t[::1] rt
     cdef const double[:, ::1] zt
     cdef const double[:, ::1] bt
     cdef double s
-    out[:] = base
     for t in range(len(refs)):
         rt = refs[t]
         zt = z[t]
@@ -119,28 +117,45 @@ def linear_predictor(double[::1] out, const double[::1] base, list refs, list z,
                     out[r] += s
 
 
-def means(int link, int family, const double[::1] eta, double[::1] mu):
-    """mu = g^{-1}(eta); returns whether every mu is in the family's range."""
-    cdef Py_ssize_t n = eta.shape[0], r
-    cdef double me
+def linear_predictor(double[::1] out, const double[::1] base, list refs, list z, list b,
+                     list unit):
+    """out = base + Z Lambda u: row r gets sum_t z_t[r, :] . b_t[refs_t[r], :]
+    (b_t = Lambda_t u_t, nl x k); ``unit[t][a]`` marks columns of z that are all 1."""
+    out[:] = base
+    _add_zb(out, refs, z, b, unit)
+
+
+def evaluate(int link, int family, const double[:, ::1] x, const double[::1] beta,
+             const double[::1] offset, list refs, list z, list b, list unit,
+             const double[::1] y, const double[::1] wt, double[::1] fixed, double[::1] eta,
+             double[::1] mu, double[::1] dev):
+    """A chunk of rows at (beta, b): fixed = o + X beta, eta = fixed + Z b (eqs. 2, 3,
+    91), mu = g^{-1}(eta) and the unit deviances (eq. 92).  Returns (their sum,
+    compensated (Neumaier), and whether every mu is in the family's range)."""
+    cdef Py_ssize_t n = eta.shape[0], p = x.shape[1], r, j
+    cdef double s, me, total = 0.0, comp = 0.0, t, v
     cdef bint valid = True
+    with nogil:
+        for r in range(n):
+            s = 0.0
+            for j in range(p):
+                s += x[r, j] * beta[j]
+            fixed[r] = offset[r] + s
+            eta[r] = fixed[r]
+    _add_zb(eta, refs, z, b, unit)
     with nogil:
         for r in range(n):
             _link(link, eta[r], &mu[r], &me)
             valid = valid and _valid(family, mu[r])
-    return bool(valid)
-
-
-def deviances(int family, const double[::1] y, const double[::1] mu, const double[::1] wt,
-              double[::1] dev):
-    """The unit deviances (R's ``dev.resids``) into ``dev``; returns their sum."""
-    cdef Py_ssize_t n = y.shape[0], r
-    cdef double total = 0.0
-    with nogil:
-        for r in range(n):
-            dev[r] = _unit_deviance(family, y[r], mu[r], wt[r])
-            total += dev[r]
-    return total
+            v = _unit_deviance(family, y[r], mu[r], wt[r])
+            dev[r] = v
+            t = total + v
+            if fabs(total) >= fabs(v):
+                comp += (total - t) + v
+            else:
+                comp += (v - t) + total
+            total = t
+    return total + comp, bool(valid)
 
 
 def working(int link, int family, const double[::1] eta, const double[::1] y,

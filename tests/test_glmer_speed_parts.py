@@ -46,16 +46,22 @@ def test_compiled_means_and_working_equal_numpy(fam, link):
         rng.poisson(3.0, n).astype(float)
     fixed = rng.normal(0, 1, n)
     code, fcode = _pirls.LINK_CODES[link], _pirls.FAMILY_CODES[fam]
-    mu = np.empty(n)
-    valid = _pirls.means(code, fcode, eta, mu)
-    mu_np = f.linkinv(eta)
+    # eta = o + X beta: X's two columns and the offset make up the test's eta
+    x = np.column_stack([np.ones(n), rng.normal(0, 1, n)])
+    beta = np.array([0.25, -0.5])
+    offset = eta - x @ beta
+    fixed_c, eta_c, mu, dev = (np.empty(n) for _ in range(4))
+    total, valid = _pirls.evaluate(code, fcode, x, beta, offset, [], [], [], [], y, wt,
+                                   fixed_c, eta_c, mu, dev)
+    np.testing.assert_allclose(eta_c, eta, rtol=1e-13, atol=1e-13)
+    assert np.array_equal(eta_c, fixed_c)
+    mu_np = f.linkinv(eta_c)
     np.testing.assert_allclose(mu, mu_np, rtol=1e-13, atol=0)
     assert valid == f.valid_mu(mu_np)
-    dev = np.empty(n)
-    total = _pirls.deviances(fcode, y, mu, wt, dev)
     dev_np = f.dev_resids(y, mu_np, wt)
     np.testing.assert_allclose(dev, dev_np, rtol=1e-12, atol=1e-300)
     assert total == pytest.approx(dev_np.sum(), rel=1e-13)
+    assert total == float(np.sum(dev.astype(np.longdouble)))   # compensated
     sw, zw = np.empty(n), np.empty(n)
     assert _pirls.working(code, fcode, eta, y, wt, fixed, sw, zw)
     mu_eta = f.mu_eta(eta)
@@ -74,7 +80,7 @@ def test_linear_predictor_equals_dense_z_lambda_u():
     dense = fixed.copy()
     for t, b in enumerate(p.b(u, lams)):
         dense += np.einsum("nk,nk->n", p.z[t], b[p.refs[t]])
-    np.testing.assert_allclose(p.eta_at(fixed, u, lams), dense, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(fixed + p.z_lambda_u(u, lams), dense, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("name", ["verbagg_slope", "epil_slope"])
@@ -83,18 +89,18 @@ def test_plain_accumulation_equals_double_double(name):
     sums in plain double, a two-column one in double-double."""
     f = fit(name)
     fac = f.pirls.factor(True)
-    mode = f.pirls.mode(f.theta, f.beta)
-    sw, r = f.pirls._working(mode.eta, mode.mu)
+    rows = f.pirls.rows_at(f.pirls.mode(f.theta, f.beta))
+    sw, r = f.pirls._working(rows.eta, rows.mu, f.design.y, f.design.prior_weights)
     from lmmfast.design.crossprod import add_rows
     dd = np.zeros((len(fac.a), 2))
     plain = np.zeros((len(fac.a), 1))
-    args = (fac.layout, None, fac.refs, fac.z, fac.x, mode.eta + r, sw)
-    add_rows(args[0], dd, *args[2:])
-    add_rows(args[0], plain, *args[2:])
+    refs, z = f.pirls.refs, [np.ascontiguousarray(z) for z in f.pirls.z]
+    for acc in (dd, plain):
+        add_rows(fac.layout, acc, refs, z, f.design.x, rows.eta + r, sw)
     a_dd = _crossprod.dd_round(dd)
     np.testing.assert_allclose(plain[:, 0], a_dd, rtol=1e-11, atol=1e-9 * np.abs(a_dd).max())
     with pytest.raises(ValueError, match="1 \\(plain\\) or 2"):
-        _crossprod.add_diag_dd(fac.refs[0], fac.z[0], np.zeros((len(fac.a), 3)))
+        _crossprod.add_diag_dd(refs[0], z[0], np.zeros((len(fac.a), 3)))
 
 
 @pytest.mark.parametrize("name", ["cbpp_laplace", "verbagg_main", "epil_slope", "cbpp_nagq0"])

@@ -59,13 +59,14 @@ def accumulate(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
 
 
 def _buffer(work: dict | None, key, shape: tuple) -> np.ndarray:
-    """An array of ``shape`` kept in ``work`` across calls (a new one without ``work``)."""
+    """An array of ``shape`` kept in ``work`` across calls (a new one without
+    ``work``): the first rows of the largest asked for under ``key``."""
     if work is None:
         return np.empty(shape)
     buf = work.get(key)
-    if buf is None or buf.shape != shape:
+    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
         buf = work[key] = np.empty(shape)
-    return buf
+    return buf[:shape[0]]
 
 
 def add_rows(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],

@@ -155,50 +155,66 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     fam = pirls.family
     q = int(pirls.q_off[-1])
     q1 = int(pirls.q_off[1])
-    cols, _, gv = pirls.ell(mode.theta)
-    eta, mu = mode.eta, mode.mu
-    wt, y = pirls.wt, pirls.y
-    mu_eta = fam.mu_eta(eta)
-    w = wt * mu_eta               # = a mu'^2 / V for a canonical link (mu' = V)
-    s = -2.0 * wt * (y - mu)      # d d_i / d eta
-    mu2 = mu_eta * (1.0 - 2.0 * mu) if fam.name == "binomial" else mu_eta
-    dw = wt * mu2                 # d w / d eta
-    K = cols.shape[1]
     S = _Inverse(pirls.factor(False), pirls.lambdas(mode.theta))
-    first = [bool(cols[0, a] < q1) for a in range(K)]
-    lev0 = pirls.refs[0]
-
-    def s_at(a, col_b, b_pos, b_first):
-        """S[cols[:, a], col_b]: within the first term by positions in a level."""
-        if first[a] and b_first:
-            return S.at(a, b_pos, True, True, lev0)
-        return S.at(cols[:, a], col_b, first[a], b_first)
-    h = np.zeros(len(y))
-    for a in range(K):
-        for b in range(a, K):
-            h += (1.0 if a == b else 2.0) * gv[:, a] * gv[:, b] \
-                * s_at(a, cols[:, b], b, first[b])
-    v = h * dw
-    r = S.solve(np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=q))
-    gr = np.einsum("nk,nk->n", gv, r[cols])
-    e = s + v - w * gr
-    grad_beta = pirls.x.T @ e
     u = mode.u
-    g_theta = np.empty(pirls.n_theta)
-    pos = 0
-    for t, (rows, cols_t) in enumerate(pirls._tril):
-        k, off = pirls.k[t], pirls.q_off[t]
-        lev = off + pirls.refs[t] * k                 # first column of each row's level
-        zt = pirls.z[t]
-        for rr, cc in zip(rows, cols_t):
-            zr = zt[:, rr]
-            col = lev + cc
-            d_eta_u = zr * u[col]                        # (Z Lambda_k u)_i
-            sg = sum(gv[:, a] * s_at(a, col, cc, t == 0)
-                     for a in range(K))                  # (S g_i)[col_i]
-            trace = float(np.sum(w * zr * sg))
-            g_theta[pos] = e @ d_eta_u - 0.5 * float(s @ (zr * r[col])) + 2.0 * trace
-            pos += 1
+    b_modes = pirls.b(u, pirls.lambdas(mode.theta))
+
+    def s_at(cols, lev0, a, col_b, b_pos, b_first):
+        """S[cols[:, a], col_b]: within the first term by positions in a level."""
+        a_first = bool(cols[0, a] < q1)
+        if a_first and b_first:
+            return S.at(a, b_pos, True, True, lev0)
+        return S.at(cols[:, a], col_b, a_first, b_first)
+
+    def chunk_terms(c):
+        """A chunk's columns and G values (m x K), and s, w and v = h w' of its rows."""
+        cols, _, gv = pirls.ell(mode.theta, c.rows)
+        eta, mu, _ = pirls.chunk_at(c, mode, b_modes)
+        wt, y = c.wt, c.y
+        mu_eta = fam.mu_eta(eta)
+        w = wt * mu_eta               # = a mu'^2 / V for a canonical link (mu' = V)
+        s = -2.0 * wt * (y - mu)      # d d_i / d eta
+        mu2 = mu_eta * (1.0 - 2.0 * mu) if fam.name == "binomial" else mu_eta
+        lev0 = c.refs[0]
+        K = cols.shape[1]
+        h = np.zeros(c.size)
+        for a in range(K):
+            for b in range(a, K):
+                h += (1.0 if a == b else 2.0) * gv[:, a] * gv[:, b] \
+                    * s_at(cols, lev0, a, cols[:, b], b, bool(cols[0, b] < q1))
+        return cols, gv, s, w, h * (wt * mu2)   # (w' = d w / d eta)
+
+    # the first pass: G^T v
+    gtv = np.zeros(q)
+    single = len(pirls.chunks) == 1   # (then its terms are kept for the second pass)
+    for c in pirls.chunks:
+        terms = cols, gv, _, _, v = chunk_terms(c)
+        gtv += np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=q)
+    r = S.solve(gtv)
+    # the second pass: e = s + v - W G r, and the gradient's sums over rows
+    grad_beta = np.zeros(pirls.x.shape[1])
+    g_theta = np.zeros(pirls.n_theta)
+    for c in pirls.chunks:
+        cols, gv, s, w, v = terms if single else chunk_terms(c)
+        lev0 = c.refs[0]
+        K = cols.shape[1]
+        gr = np.einsum("nk,nk->n", gv, r[cols])
+        e = s + v - w * gr
+        grad_beta += c.x.T @ e
+        pos = 0
+        for t, (rows_t, cols_t) in enumerate(pirls._tril):
+            k, off = pirls.k[t], pirls.q_off[t]
+            lev = off + c.refs[t] * k                     # first column of each row's level
+            zt = c.z[t]
+            for rr, cc in zip(rows_t, cols_t):
+                zr = zt[:, rr]
+                col = lev + cc
+                d_eta_u = zr * u[col]                        # (Z Lambda_k u)_i
+                sg = sum(gv[:, a] * s_at(cols, lev0, a, col, cc, t == 0)
+                         for a in range(K))                  # (S g_i)[col_i]
+                trace = float(np.sum(w * zr * sg))
+                g_theta[pos] += e @ d_eta_u - 0.5 * float(s @ (zr * r[col])) + 2.0 * trace
+                pos += 1
     grad = np.empty(pirls.n_theta)
     grad[pirls.perm] = g_theta
     return np.concatenate([grad, grad_beta])

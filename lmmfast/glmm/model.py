@@ -310,11 +310,7 @@ class GeneralizedLinearMixedModel:
 
     def _rx_vcov(self, mode: Mode) -> np.ndarray:
         """(R_X R_X^T)^{-1} of the joint factor at the mode's weights (eq. 23, sigma = 1)."""
-        pirls = self.pirls
-        f = pirls.factor(True)
-        sw, r = pirls._working(mode.eta, mode.mu)
-        f.refactor(sw, mode.eta - pirls.offset + r, pirls.theta_internal(mode.theta))
-        rx = f.rx()
+        rx = self.pirls.factor_at(mode, joint=True).rx()
         inv = np.linalg.inv(rx)
         self.pirls.mode(mode.theta, mode.beta, mode.u)   # the u-only factor at the optimum
         return inv.T @ inv
@@ -354,7 +350,7 @@ class GeneralizedLinearMixedModel:
     def conditional_deviance(self) -> float:
         """sum_i d_i(y_i, mu~_i), the unit deviances at the conditional modes (lme4's
         ``deviance()`` of a glmer fit, ``sum(residuals(fit, "deviance")^2)``)."""
-        return float(self._require_fit().dev_resid.sum())
+        return self._require_fit().dev_sum
 
     @property
     def loglik(self) -> float:
@@ -431,12 +427,12 @@ class GeneralizedLinearMixedModel:
 
     @property
     def linear_predictor(self) -> np.ndarray:
-        return self._require_fit().eta.copy()
+        return self.pirls.rows_at(self._require_fit()).eta
 
     @property
     def fitted(self) -> np.ndarray:
         """Fitted means on the response scale, mu = g^{-1}(eta)."""
-        return self._require_fit().mu.copy()
+        return self.pirls.rows_at(self._require_fit()).mu
 
     # ------------------------------------------------------------ the design
     reml = False   # maximum likelihood (for anova and the summary's criteria)
@@ -507,16 +503,16 @@ class GeneralizedLinearMixedModel:
         family's scale (a proportion for binomial), a_i the prior weights.
         """
         type = as_choice(type, "type", ("deviance", "pearson", "response", "working"))
-        mode = self._require_fit()
+        rows = self.pirls.rows_at(self._require_fit())
         d = self.design
-        r = d.y - mode.mu
+        r = d.y - rows.mu
         if type == "response":
             return r
         if type == "deviance":
-            return np.sign(r) * np.sqrt(np.clip(mode.dev_resid, 0.0, None))
+            return np.sign(r) * np.sqrt(np.clip(rows.dev_resid, 0.0, None))
         if type == "pearson":
-            return r * np.sqrt(d.prior_weights / self.family.variance(mode.mu))
-        return r / self.family.mu_eta(mode.eta)
+            return r * np.sqrt(d.prior_weights / self.family.variance(rows.mu))
+        return r / self.family.mu_eta(rows.eta)
 
     def residual_quantiles(self) -> np.ndarray:
         """Quantiles (0, 1/4, 1/2, 3/4, 1) of the Pearson residuals (lme4's "Scaled
@@ -560,7 +556,7 @@ class GeneralizedLinearMixedModel:
         type = as_choice(type, "type", ("link", "response"))
         mode = self._require_fit()
         if newdata is None and re_form is None and offset is None:
-            eta = mode.eta.copy()
+            eta = self.pirls.rows_at(mode).eta
         else:
             eta = predict_rows(self, newdata, re_form=re_form,
                                allow_new_levels=allow_new_levels, offset=offset)

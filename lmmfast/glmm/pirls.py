@@ -15,10 +15,13 @@ steps) where its weights are positive.  At the mode the factor is re-formed
 once more with the Fisher weights, so that log|L_Z|^2 belongs to the weights
 at u~ (eq. 96).
 
-The passes over rows (eta, mu and the unit deviances, the working weights
-and response) are compiled (``_pirls``); the cross-products of the
-iterations before the mode are summed in plain double, those at the mode
-(the factor the deviance is read from) in double-double.
+Each iteration is one pass over the rows, chunk by chunk (``rows``): at the
+new (beta, u) it forms eta, mu and the unit deviances, and the working
+weights and response whose cross-products re-form the factor, in compiled
+loops (``_pirls``).  The cross-products of the iterations before the mode
+are summed in plain double, those at the mode (the factor the deviance is
+read from) in double-double.  A ``Mode`` keeps (theta, beta, u) and sums;
+its per-row values are formed again where asked (``Pirls.rows_at``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _pirls
+from ..design.fixed import reduced_rows
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
+from .rows import RowChunk, Workspace, at_rows, split_rows, working_at
 
-__all__ = ["Mode", "Pirls"]
+__all__ = ["Mode", "Pirls", "RowValues"]
 
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
@@ -47,7 +52,6 @@ TOL_U_SEARCH = 1e-5
 TOL_U_FISHER = 1e-10
 STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
 #                        or Fisher scoring's steps close to the mode)
-TOL_SAME = 0.0         # a last step of exactly zero leaves the factor as it was
 PLAIN_ITERATIONS = True   # A summed in plain double before the mode (double-double at it)
 
 
@@ -58,9 +62,7 @@ class Mode:
     theta: np.ndarray       # lme4 order
     beta: np.ndarray
     u: np.ndarray           # spherical modes, internal order
-    eta: np.ndarray
-    mu: np.ndarray
-    dev_resid: np.ndarray   # unit deviances d_i
+    dev_sum: float          # sum of the unit deviances d_i at the mode
     ld_l2: float            # log |L_Z|^2 at the weights of u~
     iterations: int
 
@@ -70,7 +72,16 @@ class Mode:
 
     @property
     def pdev(self) -> float:
-        return float(self.dev_resid.sum()) + self.sqr_u
+        return self.dev_sum + self.sqr_u
+
+
+@dataclass
+class RowValues:
+    """Each row's eta, mu and unit deviance at a mode (eqs. 91, 92)."""
+
+    eta: np.ndarray
+    mu: np.ndarray
+    dev_resid: np.ndarray
 
 
 def family_has_no_constant(family: Family) -> bool:
@@ -79,7 +90,8 @@ def family_has_no_constant(family: Family) -> bool:
 
 
 class Pirls:
-    """PIRLS for one model: the design, the family and the compiled factors."""
+    """PIRLS for one model: the design in chunks of rows, the family and the
+    compiled factors."""
 
     def __init__(self, design: Design, family: Family):
         self.design = design
@@ -97,10 +109,8 @@ class Pirls:
         self._ones = [[bool((r.z[:, a] == 1.0).all()) for a in range(r.k)] for r in inner]
         self._link_code = _pirls.LINK_CODES[family.link.name]
         self._family_code = _pirls.FAMILY_CODES[family.name]
-        self._z_c = [np.ascontiguousarray(z, dtype=np.float64) for z in self.z]
-        self._refs_c = [np.ascontiguousarray(r, dtype=np.int64) for r in self.refs]
-        self._sw = np.empty(len(self.y))
-        self._zwork = np.empty(len(self.y))
+        self.chunks = split_rows(design)
+        self._ws = Workspace(max(c.size for c in self.chunks))
         # lambda's lower triangle column by column (eq. 7)
         self._tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
                        np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
@@ -113,19 +123,26 @@ class Pirls:
         self._aic_const: float | None = None
         self.tol_u = TOL_U if family.link.name == family.canonical else TOL_U_FISHER
         self._anchor: np.ndarray | None = None
-        m = design.trials if (design.trials > 1).any() else self.wt
+        self._ws_mode: Mode | None = None   # the mode whose rows the workspace holds
+        # the binomial's trials as R's aic takes them (eq. 99)
+        self._aic_m = m = design.trials if (design.trials > 1).any() else self.wt
         self._whole = bool(np.all(np.abs(m * self.y - np.round(m * self.y)) <= 1e-9 * np.maximum(1.0, m)))
 
     def aic(self, mode: Mode, exact: bool = False) -> float:
         """The family's aic term a(y, mu) at the mode: sum of unit deviances plus
         a constant of the data (eq. 99)."""
-        d = self.design
         if exact or not self._whole or family_has_no_constant(self.family):
-            return self.family.aic(d.y, d.trials, mode.mu, d.prior_weights)
+            return self._family_aic(mode)
         if self._aic_const is None:
-            self._aic_const = self.family.aic(d.y, d.trials, mode.mu, d.prior_weights) \
-                - float(mode.dev_resid.sum())
-        return float(mode.dev_resid.sum()) + self._aic_const
+            self._aic_const = self._family_aic(mode) - mode.dev_sum
+        return mode.dev_sum + self._aic_const
+
+    def _family_aic(self, mode: Mode) -> float:
+        """The family's aic at the mode, summed chunk by chunk of rows."""
+        b = self.b(mode.u, self.lambdas(mode.theta))
+        return sum(self.family.aic_rows(c.y, self._aic_m[c.rows],
+                                        self.chunk_at(c, mode, b)[1], c.wt)
+                   for c in self.chunks)
 
     def blas_count(self) -> int:
         """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
@@ -161,35 +178,41 @@ class Pirls:
 
     def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
         """Z Lambda u (eqs. 2, 3): each row's effects of its own levels."""
-        return self.eta_at(np.zeros(len(self.y)), u, lams)
-
-    def eta_at(self, fixed: np.ndarray, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
-        """eta = fixed + Z Lambda u (eqs. 2, 3), in one compiled pass."""
         out = np.empty(len(self.y))
-        _pirls.linear_predictor(out, np.ascontiguousarray(fixed, dtype=np.float64),
-                                self._refs_c, self._z_c, self.b(u, lams), self._ones)
+        b = self.b(u, lams)
+        for c in self.chunks:
+            _pirls.linear_predictor(out[c.rows], np.zeros(c.size), c.refs, c.z, b, self._ones)
         return out
 
-    def means(self, eta: np.ndarray):
-        """mu at eta and whether every mu is in the family's range, compiled."""
-        mu = np.empty(len(eta))
-        return mu, _pirls.means(self._link_code, self._family_code, eta, mu)
+    def rows_at(self, mode: Mode) -> RowValues:
+        """eta, mu and the unit deviances of every row at ``mode`` (eqs. 91, 92)."""
+        n = len(self.y)
+        out = RowValues(np.empty(n), np.empty(n), np.empty(n))
+        b = self.b(mode.u, self.lambdas(mode.theta))
+        for c in self.chunks:
+            vals = self.chunk_at(c, mode, b)
+            out.eta[c.rows], out.mu[c.rows], out.dev_resid[c.rows] = vals
+        return out
 
-    def deviances(self, mu: np.ndarray):
-        """The unit deviances at mu and their sum (eq. 92), compiled."""
-        dev = np.empty(len(mu))
-        return dev, _pirls.deviances(self._family_code, self.y, mu, self.wt, dev)
+    def chunk_at(self, c: RowChunk, mode: Mode, b: list[np.ndarray]):
+        """eta, mu and the unit deviances of chunk ``c`` at ``mode`` (b = Lambda u),
+        views of the workspace (valid until the next pass): as they are where
+        the workspace holds the mode's one chunk (PIRLS's last pass), else formed."""
+        if self._ws_mode is not mode:
+            self._ws_mode = mode if len(self.chunks) == 1 else None
+            at_rows(c, self._link_code, self._family_code, mode.beta, b, self._ones, self._ws)
+        return self._ws.take(c.size)[:3]
 
-    def ell(self, theta: np.ndarray):
-        """Z and G = Z Lambda row by row (eqs. 2, 3): each row's columns of the
-        random effects (internal order, n x sum k) and its values of Z and of G."""
+    def ell(self, theta: np.ndarray, rows: slice = slice(None)):
+        """Z and G = Z Lambda row by row (eqs. 2, 3) for ``rows``: each row's columns
+        of the random effects (internal order, m x sum k) and its values of Z and of G."""
         cols, zv, gv = [], [], []
         for t, lam in enumerate(self.lambdas(theta)):
             k = self.k[t]
-            first = self.q_off[t] + self.refs[t] * k
+            first = self.q_off[t] + self.refs[t][rows] * k
             cols.append(first[:, None] + np.arange(k)[None, :])
-            zv.append(self.z[t])
-            gv.append(self.z[t] @ lam)
+            zv.append(self.z[t][rows])
+            gv.append(self.z[t][rows] @ lam)
         return np.hstack(cols), np.hstack(zv), np.hstack(gv)
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
@@ -198,12 +221,58 @@ class Pirls:
                     u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T)
                 for t, lam in enumerate(lams)]
 
-    def _working(self, eta: np.ndarray, mu: np.ndarray):
-        """sqrt of the working weights and the working residual (eq. 93)."""
+    def _working(self, eta: np.ndarray, mu: np.ndarray, y: np.ndarray, wt: np.ndarray):
+        """sqrt of the Fisher working weights and the working residual (eq. 93)."""
         fam = self.family
         mu_eta = fam.mu_eta(eta)
-        w = self.wt * mu_eta * mu_eta / fam.variance(mu)
-        return np.sqrt(w), (self.y - mu) / mu_eta
+        w = wt * mu_eta * mu_eta / fam.variance(mu)
+        return np.sqrt(w), (y - mu) / mu_eta
+
+    # ------------------------------------------------------------ a pass over the rows
+    def _pass(self, beta, u, lams, factor: Factor | None = None, joint: bool = False,
+              newton: bool = False, plain: bool = True):
+        """One pass over the rows at (beta, u) (eqs. 91-93): (the sum of the unit
+        deviances, whether every mu is in the family's range, whether the
+        observed information's weights were used).  With ``factor``, its A is
+        re-formed at the working weights there (``Factor.reset``/``add``; it is
+        factored by ``Factor.update``).  The pass stops at the first chunk with
+        a mu off the range (NaN sum)."""
+        b = self.b(u, lams)
+        link, fam, ws = self._link_code, self._family_code, self._ws
+        self._ws_mode = None
+        dsum, observed = 0.0, newton
+        if factor is not None:
+            factor.reset(plain and PLAIN_ITERATIONS)
+        for c in self.chunks:
+            d, valid = at_rows(c, link, fam, beta, b, self._ones, ws)
+            if not valid:
+                return np.nan, False, False
+            dsum += d
+            if factor is not None:
+                obs, finite = working_at(c, link, fam, joint, newton, ws)
+                if not finite:
+                    raise FitError(f"PIRLS: non-finite working weights or response at theta "
+                                   f"= {self._theta_now.tolist()}")
+                observed = observed and obs
+                sw, zwork = ws.take(c.size)[3:5]
+                factor.add(c, sw, zwork)
+        return dsum, True, observed
+
+    def _update(self, factor: Factor, ti: np.ndarray, theta: np.ndarray) -> None:
+        info = factor.update(ti)
+        if info != 0:
+            raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
+                           f"{theta.tolist()}")
+
+    def factor_at(self, mode: Mode, joint: bool) -> Factor:
+        """The factor (with beta's columns where ``joint``) at the Fisher weights of
+        ``mode``, summed in double-double (eqs. 95, 96)."""
+        factor = self.factor(joint)
+        self._theta_now = mode.theta
+        self._pass(mode.beta, mode.u, self.lambdas(mode.theta), factor, joint=joint,
+                   plain=False)
+        self._update(factor, self.theta_internal(mode.theta), mode.theta)
+        return factor
 
     # ------------------------------------------------------------ PIRLS
     def mode(self, theta, beta, u0: np.ndarray | None = None) -> Mode:
@@ -228,10 +297,7 @@ class Pirls:
         self._anchor = None
         if mode is None or self.x.shape[1] == 0:
             return
-        factor = self.factor(True)
-        fixed = self.offset + self.x @ mode.beta
-        self._refactor(factor, mode.eta, mode.mu, fixed, True, self.theta_internal(mode.theta),
-                       mode.theta)
+        self.factor_at(mode, joint=True)
         self._anchor = mode.theta.copy()
 
     def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True) -> Mode:
@@ -247,95 +313,80 @@ class Pirls:
 
     def glm_start(self) -> np.ndarray:
         """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
-        iteration starts from eta = linkfun(mustart))."""
+        iteration starts from eta = linkfun(mustart)), by a QR over chunks of rows."""
         fam = self.family
-        mu = fam.mustart(self.y, self.wt)
-        eta = fam.linkfun(mu)
-        sw, r = self._working(eta, mu)
-        zw = eta - self.offset + r
-        xs = self.x * sw[:, None]
-        beta, *_ = np.linalg.lstsq(xs, zw * sw, rcond=None)
+
+        def scaled_rows():
+            for c in self.chunks:
+                mu = fam.mustart(c.y, c.wt)
+                eta = fam.linkfun(mu)
+                sw, r = self._working(eta, mu, c.y, c.wt)
+                yield np.column_stack([c.x * sw[:, None], (eta - c.offset + r) * sw])
+        rows = reduced_rows(scaled_rows(), self.x.shape[1] + 1)
+        beta, *_ = np.linalg.lstsq(rows[:, :-1], rows[:, -1], rcond=None)
         return beta
 
-    def _separation_note(self, mu: np.ndarray) -> str:
+    def _separation_note(self, beta, u, lams) -> str:
         """A hint where fitted probabilities are numerically 0 or 1 (or means 0)."""
         tiny = 1e-8
+        b = self.b(u, lams)
+        n = 0
+        self._ws_mode = None
+        for c in self.chunks:
+            at_rows(c, self._link_code, self._family_code, beta, b, self._ones, self._ws)
+            mu = self._ws.take(c.size)[1]
+            n += int(((mu < tiny) | (mu > 1 - tiny)).sum()) if self.family.name == "binomial" \
+                else int((mu < tiny).sum())
+        if not n:
+            return ""
         if self.family.name == "binomial":
-            n = int(((mu < tiny) | (mu > 1 - tiny)).sum())
-            if n:
-                return (f": {n} fitted probabilities are numerically 0 or 1, the fixed "
-                        "effects separate the response (perfect or quasi-complete separation)")
-        elif (mu < tiny).any():
-            return (f": {int((mu < tiny).sum())} fitted means are numerically 0, the fixed "
-                    "effects drive them to zero (all-zero counts in a group of the design)")
-        return ""
-
-    def _refactor(self, factor: Factor, eta, mu, fixed, joint: bool, ti, theta,
-                  newton: bool = False, plain: bool = False) -> bool:
-        """Working weights and response at eta (eq. 93), A re-formed and factored
-        (summed in plain double with ``plain``, else in double-double).
-
-        With ``newton`` (a non-canonical link, before the mode), the observed
-        information's weights where they are positive.  Returns whether they were used.
-        """
-        base = np.ascontiguousarray(self.offset if joint else fixed, dtype=np.float64)
-        sw, zwork = self._sw, self._zwork
-        observed = newton and _pirls.working_observed(self._link_code, self._family_code, eta,
-                                                      self.y, self.wt, base, sw, zwork)
-        finite = observed or _pirls.working(self._link_code, self._family_code, eta, self.y,
-                                            self.wt, base, sw, zwork)
-        if not finite:
-            raise FitError(f"PIRLS: non-finite working weights or response at theta = "
-                           f"{theta.tolist()}")
-        info = factor.refactor(sw, zwork, ti, plain=plain and PLAIN_ITERATIONS)
-        if info != 0:
-            raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
-                           f"{theta.tolist()}")
-        return observed
+            return (f": {n} fitted probabilities are numerically 0 or 1, the fixed "
+                    "effects separate the response (perfect or quasi-complete separation)")
+        return (f": {n} fitted means are numerically 0, the fixed "
+                "effects drive them to zero (all-zero counts in a group of the design)")
 
     def _run(self, theta, beta, u0, joint: bool, exact: bool = True) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
         if not np.isfinite(beta).all():
             raise FitError(f"beta must be finite, got {beta}")
+        self._theta_now = theta
+        beta = np.ascontiguousarray(beta, dtype=np.float64)
         factor = self.factor(joint)
         ti = self.theta_internal(theta)
         lams = self.lambdas(theta)
         u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
         if not np.isfinite(u).all():
             u = np.zeros_like(u)
-        fixed = self.offset + self.x @ beta
-        eta = self.eta_at(fixed, u, lams)
-        mu, valid = self.means(eta)
-        if not valid:   # a start off the family's range: from u = 0
-            u = np.zeros_like(u)
-            eta = fixed.copy()
-            mu, valid = self.means(eta)
-        dev = pdev = None   # computed where a step is checked (and at the mode)
-        it = 0
         newton = self.family.link.name != self.family.canonical
         tol = self.tol_u if exact or newton else TOL_U_SEARCH
-        observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton, plain=True)
-        plain = True   # the factor's A was summed in plain double
+        dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)
+        if not valid:   # a start off the family's range: from u = 0
+            u = np.zeros_like(u)
+            dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)
+            if not valid:
+                raise FitError(f"PIRLS: the means at the start (u = 0) leave the "
+                               f"{self.family.name} family's range at theta = "
+                               f"{theta.tolist()}, beta = {beta.tolist()}")
+        self._update(factor, ti, theta)
+        pdev = dsum + float(u @ u)
+        it = 0
         while True:
             beta_new = factor.beta() if joint else beta
             u_new = factor.u(beta_new if joint else np.zeros(0))
-            fixed_new = self.offset + self.x @ beta_new if joint else fixed
-            eta_new = self.eta_at(fixed_new, u_new, lams)
-            mu_new, valid = self.means(eta_new)
-            dev_new = pdev_new = None
             step = float(np.max(np.abs(u_new - u), initial=0.0))
             if joint:
                 step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
+            # a step this short is the last: the factor at its point with the Fisher
+            # weights, in double-double (eq. 96)
+            last = step <= (TOL_U if observed else tol)
+            dsum_new, valid, observed = self._pass(beta_new, u_new, lams, factor, joint,
+                                                   newton and not last, plain=not (last and exact))
+            pdev_new = dsum_new + float(u_new @ u_new)
             halvings = 0
             rounding = False
             if step > STEP_CHECK or not valid:
                 # a long step (or one off the family's range) must decrease pdev (eq. 92)
-                if pdev is None:
-                    dev, dsum = self.deviances(mu)
-                    pdev = dsum + float(u @ u)
-                dev_new, dsum = self.deviances(mu_new)
-                pdev_new = dsum + float(u_new @ u_new)
                 while not (valid and pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (and NaN)
                     if halvings == MAX_HALVINGS:
                         if valid and np.isfinite(pdev_new) \
@@ -348,37 +399,34 @@ class Pirls:
                     u_new = 0.5 * (u + u_new)
                     if joint:
                         beta_new = 0.5 * (beta + beta_new)
-                        fixed_new = self.offset + self.x @ beta_new
-                    eta_new = self.eta_at(fixed_new, u_new, lams)
-                    mu_new, valid = self.means(eta_new)
-                    dev_new, dsum = self.deviances(mu_new)
-                    pdev_new = dsum + float(u_new @ u_new)
+                    dsum_new, valid, observed = self._pass(beta_new, u_new, lams, factor, joint,
+                                                           newton)
+                    pdev_new = dsum_new + float(u_new @ u_new)
                     halvings += 1
                 step = float(np.max(np.abs(u_new - u), initial=0.0))
                 if joint:
                     step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
-            u, eta, mu, dev, pdev = u_new, eta_new, mu_new, dev_new, pdev_new
+            u, dsum, pdev = u_new, dsum_new, pdev_new
             if joint:
-                beta, fixed = beta_new, fixed_new
+                beta = beta_new
             it += 1
             # (a step shortened by halving is no sign of convergence)
-            if rounding or (halvings == 0 and step <= (TOL_U if observed else tol)):
-                # the factor at the weights of the mode, in double-double (eq. 96)
-                if step > TOL_SAME or observed or (plain and PLAIN_ITERATIONS and exact):
-                    self._refactor(factor, eta, mu, fixed, joint, ti, theta, plain=not exact)
+            if rounding or (halvings == 0 and last):
+                if rounding:   # the factor at the mode, as above
+                    self._pass(beta, u, lams, factor, joint, plain=not exact)
+                self._update(factor, ti, theta)
                 break
             if it == MAX_ITER:
                 raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
                                f"{theta.tolist()}, beta = {beta.tolist()}"
-                               + self._separation_note(mu))
-            observed = self._refactor(factor, eta, mu, fixed, joint, ti, theta, newton,
-                                      plain=True)
-        if dev is None:
-            dev = self.deviances(mu)[0]
-        if not np.isfinite(dev).all():
+                               + self._separation_note(beta, u, lams))
+            self._update(factor, ti, theta)
+        if not np.isfinite(dsum):
             raise FitError(f"PIRLS: non-finite unit deviances at theta = {theta.tolist()}, "
                            f"beta = {beta.tolist()}")
         self.last_u = u.copy()
         if joint:
             self.last_beta = beta.copy()
-        return Mode(theta.copy(), beta.copy(), u, eta, mu, dev, factor.log_det_lz(), it)
+        mode = Mode(theta.copy(), beta.copy(), u, dsum, factor.log_det_lz(), it)
+        self._ws_mode = mode if len(self.chunks) == 1 else None   # (the last pass was at it)
+        return mode

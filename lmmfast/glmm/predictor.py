@@ -145,9 +145,11 @@ def build_design(formula: str, data, family_name: str, weights=None,
     order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
     remats = [remats[i] for i in order]
     internal = sorted(range(len(remats)), key=lambda i: -remats[i].q)
+    remats = [_sharing_x(r, xy.x, xy.names) for r in remats]
     n = len(xy.y)
-    user_w = np.ones(n) if frame.weights is None else np.asarray(frame.weights, dtype=np.float64)
-    trials = np.ones(n)
+    user_w = _constant(1.0, n) if frame.weights is None \
+        else np.asarray(frame.weights, dtype=np.float64)
+    trials = _constant(1.0, n)
     if pieces is not None:
         succ = response_vector(pieces[0], frame.data)
         fail = response_vector(pieces[1], frame.data)
@@ -159,14 +161,30 @@ def build_design(formula: str, data, family_name: str, weights=None,
         trials = succ + fail
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.where(trials > 0, succ / np.where(trials > 0, trials, 1.0), 0.0)
-        prior = user_w * trials
+        prior = trials if frame.weights is None else user_w * trials
     else:
         y = np.asarray(xy.y, dtype=np.float64)
         prior = user_w
     _check_response(y, prior, family_name, lhs)
-    off = np.zeros(n) if frame.offset is None else np.asarray(frame.offset, dtype=np.float64)
+    off = _constant(0.0, n) if frame.offset is None \
+        else np.asarray(frame.offset, dtype=np.float64)
     return Design(formula, lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
                   frame.row_index, frame.n_dropped, xy.dropped, xy.spec, levels)
+
+
+def _constant(value: float, n: int) -> np.ndarray:
+    """A read-only column of ``n`` copies of ``value`` that takes no memory per row
+    (unit prior weights and trials, a zero offset)."""
+    return np.broadcast_to(np.float64(value), (n,))
+
+
+def _sharing_x(remat: ReMat, x: np.ndarray, names: list[str]) -> ReMat:
+    """The term with X itself as its z where z has X's columns (``(1 + x | g)``
+    with fixed effects ``1 + x``): one copy of them instead of two."""
+    if remat.cnames == names and remat.z.shape == x.shape and remat.z is not x \
+            and x.flags.c_contiguous and np.array_equal(remat.z, x):
+        return dataclasses.replace(remat, z=x)
+    return remat
 
 
 def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str) -> None:
@@ -199,46 +217,43 @@ class Factor:
 
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
-    ``refactor(sqrt_w, zwork, theta_internal)`` re-forms A over the same design
-    with the working weights and response (``design.crossprod.add_rows``, eqs.
-    12, 105) and factors it (eqs. 13-15).
+    A is re-formed chunk by chunk of rows with the working weights and
+    response (``reset``, ``add``: ``design.crossprod.add_rows``, eqs. 12, 105)
+    and factored at theta (``update``, eqs. 13-15).
     """
 
     def __init__(self, design: Design, with_x: bool):
         inner = design.inner
-        self.refs = [r.refs for r in inner]
-        self.z = [np.ascontiguousarray(r.z) for r in inner]
-        self.x = design.x if with_x else np.zeros((design.nobs, 0))
-        self.p = self.x.shape[1]
-        self.layout = BlockLayout.build(self.refs, [r.nlevels for r in inner],
+        self.p = design.p if with_x else 0
+        self.layout = BlockLayout.build([r.refs for r in inner], [r.nlevels for r in inner],
                                         [r.k for r in inner], self.p + 1)
         lay = self.layout
         self.a = np.zeros(max(lay.n_a, 1))
         self._acc = np.zeros((len(self.a), 2))   # A's double-double accumulator
-        self._acc_plain = np.zeros((len(self.a), 1))   # A's plain-double accumulator
+        # A's plain-double accumulator: the same memory (a factor sums one way at a time)
+        self._acc_plain = self._acc.reshape(-1)[:len(self.a)].reshape(-1, 1)
+        self._plain = False
         self._work: dict = {}   # add_rows' arrays, reused at every iteration
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
             lay.n_l, float(design.nobs), 0.0)
 
-    def refactor(self, sqrt_w: np.ndarray, zwork: np.ndarray, theta_internal: np.ndarray,
-                 plain: bool = False) -> int:
-        """A = [Z X z]^T W [Z X z] for working weights w = sqrt_w^2, factored at theta.
+    def reset(self, plain: bool = False) -> None:
+        """Start a new A: summed in double-double and rounded once, or with ``plain``
+        in plain double (PIRLS iterations before the mode; ``_crossprod``'s one template)."""
+        self._plain = plain
+        (self._acc_plain if plain else self._acc).fill(0.0)
 
-        Summed in double-double and rounded once, or with ``plain`` in plain
-        double (PIRLS iterations before the mode: ``_crossprod``'s one template).
-        """
-        if plain:
-            acc = self._acc_plain
-            acc.fill(0.0)
-            add_rows(self.layout, acc, self.refs, self.z, self.x, zwork, sqrt_w, self._work)
-            self.a[:] = acc[:, 0]
-        else:
-            self._acc.fill(0.0)
-            add_rows(self.layout, self._acc, self.refs, self.z, self.x, zwork, sqrt_w,
-                     self._work)
-            self.a[:] = _crossprod.dd_round(self._acc)
+    def add(self, rows, sqrt_w: np.ndarray, zwork: np.ndarray) -> None:
+        """Add the rows' [Z X z]^T W [Z X z] (a ``rows.RowChunk``, w = sqrt_w^2)."""
+        x = rows.x if self.p else rows.x[:, :0]
+        add_rows(self.layout, self._acc_plain if self._plain else self._acc, rows.refs,
+                 rows.z, x, zwork, sqrt_w, self._work)
+
+    def update(self, theta_internal: np.ndarray) -> int:
+        """A from its accumulator, factored at theta; LAPACK's info (0: success)."""
+        self.a[:] = self._acc_plain[:, 0] if self._plain else _crossprod.dd_round(self._acc)
         return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
     def log_det_lz(self) -> float:

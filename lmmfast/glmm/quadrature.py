@@ -41,24 +41,28 @@ def check_agq(pirls: Pirls, n_agq: int) -> None:
 
 def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     """-2 log L by adaptive Gauss-Hermite quadrature with ``n_agq`` nodes (eq. 101)."""
-    refs, z = pirls.refs[0], pirls.z[0][:, 0]
     nl = pirls.nl[0]
     lam = float(mode.theta[0])
-    fam, y, wt = pirls.family, pirls.y, pirls.wt
-    l_diag = pirls.factor(False).l_diag_first()
-    sd = 1.0 / l_diag
+    fam = pirls.family
+    sd = 1.0 / pirls.factor(False).l_diag_first()
     u = mode.u
-    c0 = np.bincount(refs, weights=mode.dev_resid, minlength=nl) + u * u
+    rows = pirls.rows_at(mode)
     nodes, weights = gh_rule(n_agq)
     off = nodes != 0.0
     zk = nodes[off]
-    # every node at once: the shifted linear predictors (K x n) and their level sums
     shift = zk[:, None] * sd[None, :]
-    eta = mode.eta[None, :] + (z * lam)[None, :] * shift[:, refs]
-    dev = fam.dev_resids(y[None, :], fam.linkinv(eta), wt[None, :])
-    keys = refs[None, :] + nl * np.arange(len(zk))[:, None]
-    ck = np.bincount(keys.ravel(), weights=dev.ravel(),
-                     minlength=len(zk) * nl).astype(np.float64).reshape(-1, nl)
+    c0 = u * u
+    ck = np.zeros((len(zk), nl))
+    # every node at once, chunk by chunk of rows: the shifted linear predictors
+    # (K x m) and their level sums
+    for c in pirls.chunks:
+        refs, z = c.refs[0], c.z[0][:, 0]
+        c0 += np.bincount(refs, weights=rows.dev_resid[c.rows], minlength=nl)
+        eta = rows.eta[c.rows][None, :] + (z * lam)[None, :] * shift[:, refs]
+        dev = fam.dev_resids(c.y[None, :], fam.linkinv(eta), c.wt[None, :])
+        keys = refs[None, :] + nl * np.arange(len(zk))[:, None]
+        ck += np.bincount(keys.ravel(), weights=dev.ravel(),
+                          minlength=len(zk) * nl).reshape(-1, nl)
     uk = u[None, :] + shift
     ck += uk * uk
     mult = np.sum(weights[off][:, None] * np.exp(0.5 * zk[:, None] ** 2 - 0.5 * (ck - c0[None, :])),

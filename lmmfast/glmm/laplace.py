@@ -11,10 +11,14 @@ Lambda^T Z^T W Z Lambda + I at the working weights of u~.
 
 from __future__ import annotations
 
+import operator
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..design.layout import BLOCK_SPARSE, block_index
 from .pirls import Mode, Pirls
+from .rows import at_rows
 
 __all__ = ["gradient_available", "laplace_deviance", "laplace_gradient"]
 
@@ -152,28 +156,59 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     """
     if not gradient_available(pirls):
         return None
-    fam = pirls.family
-    q = int(pirls.q_off[-1])
-    q1 = int(pirls.q_off[1])
-    S = _Inverse(pirls.factor(False), pirls.lambdas(mode.theta))
-    u = mode.u
-    b_modes = pirls.b(u, pirls.lambdas(mode.theta))
+    lams = pirls.lambdas(mode.theta)
+    g = _GradientTerms(_Inverse(pirls.factor(False), lams), pirls.kern, pirls.family,
+                       int(pirls.q_off[-1]), int(pirls.q_off[1]), lams, pirls.k, pirls.q_off,
+                       pirls._tril, mode.beta, mode.u, pirls.b(mode.u, lams),
+                       pirls.rows_at_mode(mode))
+    r = g.S.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
+    g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=_add_pair)
+    grad = np.empty(pirls.n_theta)
+    grad[pirls.perm] = g_theta
+    return np.concatenate([grad, grad_beta])
 
-    def s_at(cols, lev0, a, col_b, b_pos, b_first):
+
+@dataclass
+class _GradientTerms:
+    """What a partition of the rows needs for its part of the gradient."""
+
+    S: _Inverse
+    kern: object              # rows.Kernel
+    family: object
+    q: int
+    q1: int
+    lams: list
+    k: list
+    q_off: np.ndarray
+    tril: list
+    beta: np.ndarray
+    u: np.ndarray
+    b: list                   # Lambda u per term
+    at_mode: bool = False     # the workspace holds the mode's one chunk
+    kept: dict = field(default_factory=dict)   # (one chunk: its terms between the passes)
+
+    def s_at(self, cols, lev0, a, col_b, b_pos, b_first):
         """S[cols[:, a], col_b]: within the first term by positions in a level."""
-        a_first = bool(cols[0, a] < q1)
+        a_first = bool(cols[0, a] < self.q1)
         if a_first and b_first:
-            return S.at(a, b_pos, True, True, lev0)
-        return S.at(cols[:, a], col_b, a_first, b_first)
+            return self.S.at(a, b_pos, True, True, lev0)
+        return self.S.at(cols[:, a], col_b, a_first, b_first)
 
-    def chunk_terms(c):
-        """A chunk's columns and G values (m x K), and s, w and v = h w' of its rows."""
-        cols, _, gv = pirls.ell(mode.theta, c.rows)
-        eta, mu, _ = pirls.chunk_at(c, mode, b_modes)
-        wt, y = c.wt, c.y
+    def chunk(self, c, ws):
+        """A chunk's columns and G = Z Lambda values (m x K, eqs. 2, 3), and s, w and
+        v = h w' of its rows."""
+        if c.start in self.kept:
+            return self.kept[c.start]
+        if not self.at_mode:
+            at_rows(c, self.kern.link, self.kern.family, self.beta, self.b, self.kern.unit, ws)
+        eta, mu = ws.take(c.size)[:2]
+        cols = np.hstack([(self.q_off[t] + c.refs[t] * k)[:, None] + np.arange(k)[None, :]
+                          for t, k in enumerate(self.k)])
+        gv = np.hstack([c.z[t] @ lam for t, lam in enumerate(self.lams)])
+        fam, wt = self.family, c.wt
         mu_eta = fam.mu_eta(eta)
         w = wt * mu_eta               # = a mu'^2 / V for a canonical link (mu' = V)
-        s = -2.0 * wt * (y - mu)      # d d_i / d eta
+        s = -2.0 * wt * (c.y - mu)    # d d_i / d eta
         mu2 = mu_eta * (1.0 - 2.0 * mu) if fam.name == "binomial" else mu_eta
         lev0 = c.refs[0]
         K = cols.shape[1]
@@ -181,40 +216,49 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
         for a in range(K):
             for b in range(a, K):
                 h += (1.0 if a == b else 2.0) * gv[:, a] * gv[:, b] \
-                    * s_at(cols, lev0, a, cols[:, b], b, bool(cols[0, b] < q1))
+                    * self.s_at(cols, lev0, a, cols[:, b], b, bool(cols[0, b] < self.q1))
         return cols, gv, s, w, h * (wt * mu2)   # (w' = d w / d eta)
 
-    # the first pass: G^T v
-    gtv = np.zeros(q)
-    single = len(pirls.chunks) == 1   # (then its terms are kept for the second pass)
-    for c in pirls.chunks:
-        terms = cols, gv, _, _, v = chunk_terms(c)
-        gtv += np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=q)
-    r = S.solve(gtv)
-    # the second pass: e = s + v - W G r, and the gradient's sums over rows
-    grad_beta = np.zeros(pirls.x.shape[1])
-    g_theta = np.zeros(pirls.n_theta)
-    for c in pirls.chunks:
-        cols, gv, s, w, v = terms if single else chunk_terms(c)
+
+def gradient_first(chunks, ws, g: _GradientTerms) -> np.ndarray:
+    """A partition's G^T v (the gradient's first pass over rows)."""
+    gtv = np.zeros(g.q)
+    for c in chunks:
+        terms = cols, gv, _, _, v = g.chunk(c, ws)
+        if len(chunks) == 1:
+            g.kept[c.start] = terms
+        gtv += np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=g.q)
+    return gtv
+
+
+def gradient_second(chunks, ws, g: _GradientTerms, r: np.ndarray):
+    """A partition's sums of the gradient in theta (internal order) and beta, with
+    e = s + v - W G r (the second pass over rows)."""
+    g_theta = np.zeros(sum(len(rows) for rows, _ in g.tril))
+    grad_beta = np.zeros(chunks[0].x.shape[1])
+    u = g.u
+    for c in chunks:
+        cols, gv, s, w, v = g.chunk(c, ws)
         lev0 = c.refs[0]
         K = cols.shape[1]
         gr = np.einsum("nk,nk->n", gv, r[cols])
         e = s + v - w * gr
         grad_beta += c.x.T @ e
         pos = 0
-        for t, (rows_t, cols_t) in enumerate(pirls._tril):
-            k, off = pirls.k[t], pirls.q_off[t]
-            lev = off + c.refs[t] * k                     # first column of each row's level
+        for t, (rows_t, cols_t) in enumerate(g.tril):
+            lev = g.q_off[t] + c.refs[t] * g.k[t]        # first column of each row's level
             zt = c.z[t]
             for rr, cc in zip(rows_t, cols_t):
                 zr = zt[:, rr]
                 col = lev + cc
                 d_eta_u = zr * u[col]                        # (Z Lambda_k u)_i
-                sg = sum(gv[:, a] * s_at(cols, lev0, a, col, cc, t == 0)
+                sg = sum(gv[:, a] * g.s_at(cols, lev0, a, col, cc, t == 0)
                          for a in range(K))                  # (S g_i)[col_i]
                 trace = float(np.sum(w * zr * sg))
                 g_theta[pos] += e @ d_eta_u - 0.5 * float(s @ (zr * r[col])) + 2.0 * trace
                 pos += 1
-    grad = np.empty(pirls.n_theta)
-    grad[pirls.perm] = g_theta
-    return np.concatenate([grad, grad_beta])
+    return g_theta, grad_beta
+
+
+def _add_pair(a, b):
+    return a[0] + b[0], a[1] + b[1]

@@ -26,18 +26,19 @@ its per-row values are formed again where asked (``Pirls.rows_at``).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _pirls
-from ..design.fixed import reduced_rows
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
-from .rows import RowChunk, Workspace, at_rows, split_rows, working_at
+from .rows import (Kernel, LocalRows, RowChunk, aic_partition, at_rows, extreme_partition,
+                   merge_start, pass_partition, start_partition)
 
-__all__ = ["Mode", "Pirls", "RowValues"]
+__all__ = ["Mode", "Pirls", "RowValues", "merge_pass"]
 
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
@@ -84,6 +85,11 @@ class RowValues:
     dev_resid: np.ndarray
 
 
+def merge_pass(a: tuple, b: tuple) -> tuple:
+    """Two partitions' results of ``rows.pass_partition`` combined."""
+    return (a[0] + b[0], a[1] and b[1], a[2] and b[2], a[3] and b[3])
+
+
 def family_has_no_constant(family: Family) -> bool:
     """Families whose aic is not the deviance plus a constant of the data."""
     return family.name not in ("binomial", "poisson")
@@ -93,24 +99,18 @@ class Pirls:
     """PIRLS for one model: the design in chunks of rows, the family and the
     compiled factors."""
 
-    def __init__(self, design: Design, family: Family):
+    def __init__(self, design: Design, family: Family, rows=None):
         self.design = design
         self.family = family
-        self.y = design.y
-        self.wt = design.prior_weights
-        self.offset = design.offset
         self.x = design.x
         inner = design.inner
-        self.refs = [r.refs for r in inner]
-        self.z = [r.z for r in inner]
         self.k = [r.k for r in inner]
         self.nl = [r.nlevels for r in inner]
         self.q_off = np.concatenate([[0], np.cumsum([r.q for r in inner])]).astype(np.intp)
-        self._ones = [[bool((r.z[:, a] == 1.0).all()) for a in range(r.k)] for r in inner]
-        self._link_code = _pirls.LINK_CODES[family.link.name]
-        self._family_code = _pirls.FAMILY_CODES[family.name]
-        self.chunks = split_rows(design)
-        self._ws = Workspace(max(c.size for c in self.chunks))
+        # the rows: in this process (``LocalRows``) or on a cluster (``glmm.dask``)
+        self.rows = LocalRows(design) if rows is None else rows
+        self.kern = Kernel(_pirls.LINK_CODES[family.link.name], _pirls.FAMILY_CODES[family.name],
+                           [[name == "(Intercept)" for name in r.cnames] for r in inner])
         # lambda's lower triangle column by column (eq. 7)
         self._tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
                        np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
@@ -124,14 +124,16 @@ class Pirls:
         self.tol_u = TOL_U if family.link.name == family.canonical else TOL_U_FISHER
         self._anchor: np.ndarray | None = None
         self._ws_mode: Mode | None = None   # the mode whose rows the workspace holds
-        # the binomial's trials as R's aic takes them (eq. 99)
-        self._aic_m = m = design.trials if (design.trials > 1).any() else self.wt
-        self._whole = bool(np.all(np.abs(m * self.y - np.round(m * self.y)) <= 1e-9 * np.maximum(1.0, m)))
+
+    @property
+    def chunks(self):
+        """The rows in chunks (rows held in this process)."""
+        return self.rows.chunks
 
     def aic(self, mode: Mode, exact: bool = False) -> float:
         """The family's aic term a(y, mu) at the mode: sum of unit deviances plus
         a constant of the data (eq. 99)."""
-        if exact or not self._whole or family_has_no_constant(self.family):
+        if exact or not self.rows.whole or family_has_no_constant(self.family):
             return self._family_aic(mode)
         if self._aic_const is None:
             self._aic_const = self._family_aic(mode) - mode.dev_sum
@@ -139,10 +141,9 @@ class Pirls:
 
     def _family_aic(self, mode: Mode) -> float:
         """The family's aic at the mode, summed chunk by chunk of rows."""
-        b = self.b(mode.u, self.lambdas(mode.theta))
-        return sum(self.family.aic_rows(c.y, self._aic_m[c.rows],
-                                        self.chunk_at(c, mode, b)[1], c.wt)
-                   for c in self.chunks)
+        return self.run_rows(aic_partition, self.kern, self.family, self.rows.trials_given,
+                             mode.beta, self.b(mode.u, self.lambdas(mode.theta)),
+                             merge=operator.add)
 
     def blas_count(self) -> int:
         """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
@@ -178,15 +179,16 @@ class Pirls:
 
     def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
         """Z Lambda u (eqs. 2, 3): each row's effects of its own levels."""
-        out = np.empty(len(self.y))
+        out = np.empty(self.rows.nobs)
         b = self.b(u, lams)
         for c in self.chunks:
-            _pirls.linear_predictor(out[c.rows], np.zeros(c.size), c.refs, c.z, b, self._ones)
+            _pirls.linear_predictor(out[c.rows], np.zeros(c.size), c.refs, c.z, b,
+                                    self.kern.unit)
         return out
 
     def rows_at(self, mode: Mode) -> RowValues:
         """eta, mu and the unit deviances of every row at ``mode`` (eqs. 91, 92)."""
-        n = len(self.y)
+        n = self.rows.nobs
         out = RowValues(np.empty(n), np.empty(n), np.empty(n))
         b = self.b(mode.u, self.lambdas(mode.theta))
         for c in self.chunks:
@@ -194,26 +196,25 @@ class Pirls:
             out.eta[c.rows], out.mu[c.rows], out.dev_resid[c.rows] = vals
         return out
 
+    def run_rows(self, fn, *args, merge):
+        """``fn(chunks, workspace, *args)`` over every partition of the rows, the
+        results combined by ``merge`` (``rows.LocalRows.run``)."""
+        self._ws_mode = None
+        return self.rows.run(fn, *args, merge=merge)
+
+    def rows_at_mode(self, mode: Mode) -> bool:
+        """Whether the workspace holds ``mode``'s rows (one chunk, PIRLS's last pass)."""
+        return self._ws_mode is mode
+
     def chunk_at(self, c: RowChunk, mode: Mode, b: list[np.ndarray]):
         """eta, mu and the unit deviances of chunk ``c`` at ``mode`` (b = Lambda u),
         views of the workspace (valid until the next pass): as they are where
         the workspace holds the mode's one chunk (PIRLS's last pass), else formed."""
+        ws = self.rows.ws
         if self._ws_mode is not mode:
-            self._ws_mode = mode if len(self.chunks) == 1 else None
-            at_rows(c, self._link_code, self._family_code, mode.beta, b, self._ones, self._ws)
-        return self._ws.take(c.size)[:3]
-
-    def ell(self, theta: np.ndarray, rows: slice = slice(None)):
-        """Z and G = Z Lambda row by row (eqs. 2, 3) for ``rows``: each row's columns
-        of the random effects (internal order, m x sum k) and its values of Z and of G."""
-        cols, zv, gv = [], [], []
-        for t, lam in enumerate(self.lambdas(theta)):
-            k = self.k[t]
-            first = self.q_off[t] + self.refs[t][rows] * k
-            cols.append(first[:, None] + np.arange(k)[None, :])
-            zv.append(self.z[t][rows])
-            gv.append(self.z[t][rows] @ lam)
-        return np.hstack(cols), np.hstack(zv), np.hstack(gv)
+            self._ws_mode = mode if self.rows.single else None
+            at_rows(c, self.kern.link, self.kern.family, mode.beta, b, self.kern.unit, ws)
+        return ws.take(c.size)[:3]
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
         """b = Lambda u per term (internal order), arrays (nl, k)."""
@@ -221,42 +222,28 @@ class Pirls:
                     u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T)
                 for t, lam in enumerate(lams)]
 
-    def _working(self, eta: np.ndarray, mu: np.ndarray, y: np.ndarray, wt: np.ndarray):
-        """sqrt of the Fisher working weights and the working residual (eq. 93)."""
-        fam = self.family
-        mu_eta = fam.mu_eta(eta)
-        w = wt * mu_eta * mu_eta / fam.variance(mu)
-        return np.sqrt(w), (y - mu) / mu_eta
-
     # ------------------------------------------------------------ a pass over the rows
     def _pass(self, beta, u, lams, factor: Factor | None = None, joint: bool = False,
               newton: bool = False, plain: bool = True):
-        """One pass over the rows at (beta, u) (eqs. 91-93): (the sum of the unit
-        deviances, whether every mu is in the family's range, whether the
-        observed information's weights were used).  With ``factor``, its A is
-        re-formed at the working weights there (``Factor.reset``/``add``; it is
-        factored by ``Factor.update``).  The pass stops at the first chunk with
-        a mu off the range (NaN sum)."""
+        """One pass over the rows at (beta, u) (eqs. 91-93, ``rows.pass_partition``):
+        (the sum of the unit deviances, whether every mu is in the family's range,
+        whether the observed information's weights were used).  With ``factor``,
+        its A is re-formed at the working weights there (it is factored by
+        ``Factor.update``)."""
         b = self.b(u, lams)
-        link, fam, ws = self._link_code, self._family_code, self._ws
         self._ws_mode = None
-        dsum, observed = 0.0, newton
-        if factor is not None:
-            factor.reset(plain and PLAIN_ITERATIONS)
-        for c in self.chunks:
-            d, valid = at_rows(c, link, fam, beta, b, self._ones, ws)
-            if not valid:
-                return np.nan, False, False
-            dsum += d
-            if factor is not None:
-                obs, finite = working_at(c, link, fam, joint, newton, ws)
-                if not finite:
-                    raise FitError(f"PIRLS: non-finite working weights or response at theta "
-                                   f"= {self._theta_now.tolist()}")
-                observed = observed and obs
-                sw, zwork = ws.take(c.size)[3:5]
-                factor.add(c, sw, zwork)
-        return dsum, True, observed
+        args = (self.kern, beta, b, joint, newton)
+        if factor is None:
+            dsum, valid, observed, _ = self.run_rows(pass_partition, None, None, None, *args,
+                                                     merge=merge_pass)
+            return dsum, valid, observed
+        acc = factor.reset(plain and PLAIN_ITERATIONS)
+        dsum, valid, observed, finite = self.rows.run_into(acc, factor.work, pass_partition,
+                                                           factor.layout, *args)
+        if not finite:
+            raise FitError(f"PIRLS: non-finite working weights or response at theta = "
+                           f"{self._theta_now.tolist()}")
+        return dsum, valid, observed
 
     def _update(self, factor: Factor, ti: np.ndarray, theta: np.ndarray) -> None:
         info = factor.update(ti)
@@ -314,32 +301,18 @@ class Pirls:
     def glm_start(self) -> np.ndarray:
         """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
         iteration starts from eta = linkfun(mustart)), by a QR over chunks of rows."""
-        fam = self.family
-
-        def scaled_rows():
-            for c in self.chunks:
-                mu = fam.mustart(c.y, c.wt)
-                eta = fam.linkfun(mu)
-                sw, r = self._working(eta, mu, c.y, c.wt)
-                yield np.column_stack([c.x * sw[:, None], (eta - c.offset + r) * sw])
-        rows = reduced_rows(scaled_rows(), self.x.shape[1] + 1)
+        rows = self.run_rows(start_partition, self.family, merge=merge_start)
         beta, *_ = np.linalg.lstsq(rows[:, :-1], rows[:, -1], rcond=None)
         return beta
 
     def _separation_note(self, beta, u, lams) -> str:
         """A hint where fitted probabilities are numerically 0 or 1 (or means 0)."""
-        tiny = 1e-8
-        b = self.b(u, lams)
-        n = 0
-        self._ws_mode = None
-        for c in self.chunks:
-            at_rows(c, self._link_code, self._family_code, beta, b, self._ones, self._ws)
-            mu = self._ws.take(c.size)[1]
-            n += int(((mu < tiny) | (mu > 1 - tiny)).sum()) if self.family.name == "binomial" \
-                else int((mu < tiny).sum())
+        binomial = self.family.name == "binomial"
+        n = self.run_rows(extreme_partition, self.kern, binomial, beta, self.b(u, lams),
+                          merge=operator.add)
         if not n:
             return ""
-        if self.family.name == "binomial":
+        if binomial:
             return (f": {n} fitted probabilities are numerically 0 or 1, the fixed "
                     "effects separate the response (perfect or quasi-complete separation)")
         return (f": {n} fitted means are numerically 0, the fixed "
@@ -428,5 +401,5 @@ class Pirls:
         if joint:
             self.last_beta = beta.copy()
         mode = Mode(theta.copy(), beta.copy(), u, dsum, factor.log_det_lz(), it)
-        self._ws_mode = mode if len(self.chunks) == 1 else None   # (the last pass was at it)
+        self._ws_mode = mode if self.rows.single else None   # (the last pass was at it)
         return mode

@@ -21,7 +21,6 @@ import pandas as pd
 
 from .. import _crossprod
 from .._cholesky import BlockedCholesky
-from ..design.crossprod import add_rows
 from ..design.fixed import back_substitution, build_xymat, response_vector
 from ..design.frame import model_frame, used_frame
 from ..design.layout import BlockLayout
@@ -218,8 +217,8 @@ class Factor:
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
     A is re-formed chunk by chunk of rows with the working weights and
-    response (``reset``, ``add``: ``design.crossprod.add_rows``, eqs. 12, 105)
-    and factored at theta (``update``, eqs. 13-15).
+    response (``reset``, then ``rows.pass_partition``'s ``design.crossprod.add_rows``,
+    eqs. 12, 105) and factored at theta (``update``, eqs. 13-15).
     """
 
     def __init__(self, design: Design, with_x: bool):
@@ -233,23 +232,20 @@ class Factor:
         # A's plain-double accumulator: the same memory (a factor sums one way at a time)
         self._acc_plain = self._acc.reshape(-1)[:len(self.a)].reshape(-1, 1)
         self._plain = False
-        self._work: dict = {}   # add_rows' arrays, reused at every iteration
+        self.work: dict = {}   # add_rows' arrays, reused at every iteration
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
             lay.n_l, float(design.nobs), 0.0)
 
-    def reset(self, plain: bool = False) -> None:
-        """Start a new A: summed in double-double and rounded once, or with ``plain``
-        in plain double (PIRLS iterations before the mode; ``_crossprod``'s one template)."""
+    def reset(self, plain: bool = False) -> np.ndarray:
+        """A new A's accumulator, zeroed: summed in double-double and rounded once, or
+        with ``plain`` in plain double (PIRLS iterations before the mode;
+        ``_crossprod``'s one template).  The rows add to it (``rows.pass_partition``)."""
         self._plain = plain
-        (self._acc_plain if plain else self._acc).fill(0.0)
-
-    def add(self, rows, sqrt_w: np.ndarray, zwork: np.ndarray) -> None:
-        """Add the rows' [Z X z]^T W [Z X z] (a ``rows.RowChunk``, w = sqrt_w^2)."""
-        x = rows.x if self.p else rows.x[:, :0]
-        add_rows(self.layout, self._acc_plain if self._plain else self._acc, rows.refs,
-                 rows.z, x, zwork, sqrt_w, self._work)
+        acc = self._acc_plain if plain else self._acc
+        acc.fill(0.0)
+        return acc
 
     def update(self, theta_internal: np.ndarray) -> int:
         """A from its accumulator, factored at theta; LAPACK's info (0: success)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import FitError
 from .pirls import Mode, Pirls
+from .rows import at_rows
 
 __all__ = ["agq_deviance", "check_agq", "gh_rule"]
 
@@ -42,27 +43,17 @@ def check_agq(pirls: Pirls, n_agq: int) -> None:
 def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     """-2 log L by adaptive Gauss-Hermite quadrature with ``n_agq`` nodes (eq. 101)."""
     nl = pirls.nl[0]
-    lam = float(mode.theta[0])
-    fam = pirls.family
     sd = 1.0 / pirls.factor(False).l_diag_first()
     u = mode.u
-    rows = pirls.rows_at(mode)
     nodes, weights = gh_rule(n_agq)
     off = nodes != 0.0
     zk = nodes[off]
     shift = zk[:, None] * sd[None, :]
-    c0 = u * u
-    ck = np.zeros((len(zk), nl))
-    # every node at once, chunk by chunk of rows: the shifted linear predictors
-    # (K x m) and their level sums
-    for c in pirls.chunks:
-        refs, z = c.refs[0], c.z[0][:, 0]
-        c0 += np.bincount(refs, weights=rows.dev_resid[c.rows], minlength=nl)
-        eta = rows.eta[c.rows][None, :] + (z * lam)[None, :] * shift[:, refs]
-        dev = fam.dev_resids(c.y[None, :], fam.linkinv(eta), c.wt[None, :])
-        keys = refs[None, :] + nl * np.arange(len(zk))[:, None]
-        ck += np.bincount(keys.ravel(), weights=dev.ravel(),
-                          minlength=len(zk) * nl).reshape(-1, nl)
+    lams = pirls.lambdas(mode.theta)
+    c0, ck = pirls.run_rows(agq_partition, pirls.kern, pirls.family, mode.beta,
+                            pirls.b(u, lams), float(mode.theta[0]), shift, nl,
+                            merge=_add_pair)
+    c0 += u * u
     uk = u[None, :] + shift
     ck += uk * uk
     mult = np.sum(weights[off][:, None] * np.exp(0.5 * zk[:, None] ** 2 - 0.5 * (ck - c0[None, :])),
@@ -72,3 +63,25 @@ def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
         raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
                        f"theta = {mode.theta.tolist()}")
     return float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum())
+
+
+def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray, nl: int):
+    """A partition's level sums of the unit deviances at the mode (c0) and at every
+    node's shifted linear predictor (K x nl, eq. 101), all nodes at once."""
+    c0 = np.zeros(nl)
+    ck = np.zeros((len(shift), nl))
+    keys_off = nl * np.arange(len(shift))[:, None]
+    for c in chunks:
+        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        eta, _, dev = ws.take(c.size)[:3]
+        refs, z = c.refs[0], c.z[0][:, 0]
+        c0 += np.bincount(refs, weights=dev, minlength=nl)
+        eta_k = eta[None, :] + (z * lam)[None, :] * shift[:, refs]
+        dev_k = family.dev_resids(c.y[None, :], family.linkinv(eta_k), c.wt[None, :])
+        ck += np.bincount((refs[None, :] + keys_off).ravel(), weights=dev_k.ravel(),
+                          minlength=len(shift) * nl).reshape(-1, nl)
+    return c0, ck
+
+
+def _add_pair(a, b):
+    return a[0] + b[0], a[1] + b[1]

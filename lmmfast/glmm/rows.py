@@ -17,9 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _pirls
+from ..design.crossprod import add_rows
+from ..design.fixed import reduced_rows
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
-__all__ = ["RowChunk", "Workspace", "split_rows", "at_rows", "working_at"]
+__all__ = ["Kernel", "LocalRows", "RowChunk", "Workspace", "aic_partition", "at_rows",
+           "extreme_partition", "pass_partition", "split_rows", "start_partition",
+           "working_at"]
 
 
 @dataclass
@@ -31,6 +35,7 @@ class RowChunk:
     x: np.ndarray              # m x p
     y: np.ndarray
     wt: np.ndarray             # prior weights
+    trials: np.ndarray         # R's n (trials of cbind, else 1)
     offset: np.ndarray
     refs: list[np.ndarray]     # per term (internal order), int64 level codes
     z: list[np.ndarray]        # per term, m x k
@@ -60,6 +65,16 @@ def _chunk_of(a: np.ndarray, start: int, stop: int, shared: dict, dtype=np.float
     return np.ascontiguousarray(a[start:stop], dtype=dtype)
 
 
+@dataclass
+class Kernel:
+    """What a pass over rows needs of the model: the compiled link and family codes
+    and which columns of each term's z are all 1 (small; sent to every partition)."""
+
+    link: int
+    family: int
+    unit: list[list[bool]]
+
+
 def split_rows(design, chunk_rows: int | None = None) -> list[RowChunk]:
     """The design's rows in chunks of at most ``chunk_rows`` (default ``PASS_ROWS``;
     views where contiguous)."""
@@ -72,8 +87,9 @@ def split_rows(design, chunk_rows: int | None = None) -> list[RowChunk]:
         stop = min(start + chunk_rows, n)
         out.append(RowChunk(
             start, stop, np.ascontiguousarray(design.x[start:stop], dtype=np.float64),
-            _chunk_of(design.y, start, stop, shared), _chunk_of(design.prior_weights, start,
-                                                                stop, shared),
+            _chunk_of(design.y, start, stop, shared),
+            _chunk_of(design.prior_weights, start, stop, shared),
+            _chunk_of(design.trials, start, stop, shared),
             _chunk_of(design.offset, start, stop, shared),
             [np.ascontiguousarray(r.refs[start:stop], dtype=np.int64) for r in inner],
             [np.ascontiguousarray(r.z[start:stop], dtype=np.float64) for r in inner]))
@@ -119,3 +135,99 @@ def working_at(c: RowChunk, link: int, family: int, joint: bool, newton: bool,
                                                   zwork)
     finite = observed or _pirls.working(link, family, eta, c.y, c.wt, base, sw, zwork)
     return observed, finite
+
+
+# ------------------------------------------------------------ what a partition computes
+# Each function below works on one partition of the rows (a list of chunks) with a
+# workspace; the partitions' results are summed (``LocalRows`` has one partition).
+
+def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, work: dict, layout,
+                   kern: Kernel, beta: np.ndarray, b: list[np.ndarray], joint: bool,
+                   newton: bool):
+    """A PIRLS pass over the partition at (beta, b): (sum of the unit deviances,
+    whether every mu is in the family's range, whether the observed information's
+    weights were used, whether the working weights and response are finite).
+
+    With ``acc`` (A's accumulator: one column plain, two double-double), the
+    weighted cross-products of [Z X z] (X where ``joint``) at the working weights
+    are added to it (eq. 12).  Stops at the first chunk with a mu off the range.
+    """
+    dsum, observed = 0.0, newton
+    for c in chunks:
+        d, valid = at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        if not valid:
+            return np.nan, False, False, True
+        dsum += d
+        if acc is not None:
+            obs, finite = working_at(c, kern.link, kern.family, joint, newton, ws)
+            if not finite:
+                return dsum, True, False, False
+            observed = observed and obs
+            _, _, _, sw, zwork, _ = ws.take(c.size)
+            add_rows(layout, acc, c.refs, c.z, c.x if joint else c.x[:, :0], zwork, sw, work)
+    return dsum, True, observed, True
+
+
+def aic_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family,
+                  trials_given: bool, beta: np.ndarray, b: list[np.ndarray]) -> float:
+    """The family's aic (eq. 99) summed over the partition at (beta, b), with the
+    binomial's trials m as R takes them from all rows (n where any n > 1, else wt)."""
+    total = 0.0
+    for c in chunks:
+        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        total += family.aic_rows(c.y, c.trials if trials_given else c.wt, ws.take(c.size)[1],
+                                 c.wt)
+    return total
+
+
+def extreme_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, binomial: bool,
+                      beta: np.ndarray, b: list[np.ndarray], tiny: float = 1e-8) -> int:
+    """Rows whose mean is numerically 0 (or 1 for binomial) at (beta, b)."""
+    n = 0
+    for c in chunks:
+        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        mu = ws.take(c.size)[1]
+        n += int(((mu < tiny) | (mu > 1 - tiny)).sum()) if binomial else int((mu < tiny).sum())
+    return n
+
+
+def start_partition(chunks: list[RowChunk], ws: Workspace, family) -> np.ndarray:
+    """Rows with the R of W^(1/2) [X z] at R's mustart (one weighted least-squares
+    step, lme4's first PIRLS iteration), by a QR over the chunks (``reduced_rows``)."""
+    def scaled():
+        for c in chunks:
+            mu = family.mustart(c.y, c.wt)
+            eta = family.linkfun(mu)
+            mu_eta = family.mu_eta(eta)
+            sw = np.sqrt(c.wt * mu_eta * mu_eta / family.variance(mu))
+            yield np.column_stack([c.x * sw[:, None], (eta - c.offset + (c.y - mu) / mu_eta) * sw])
+    return reduced_rows(scaled(), chunks[0].x.shape[1] + 1)
+
+
+def merge_start(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return reduced_rows([a, b], a.shape[1])
+
+
+class LocalRows:
+    """The rows of a model held in this process, in chunks: one partition."""
+
+    def __init__(self, design, chunk_rows: int | None = None):
+        self.chunks = split_rows(design, chunk_rows)
+        self.ws = Workspace(max(c.size for c in self.chunks))
+        self.single = len(self.chunks) == 1
+        self.nobs = design.nobs
+        d = design
+        self.trials_given = bool((d.trials > 1).any())
+        m = d.trials if self.trials_given else d.prior_weights
+        self.whole = bool(np.all(np.abs(m * d.y - np.round(m * d.y))
+                                 <= 1e-9 * np.maximum(1.0, m)))
+
+    def run(self, fn, *args, merge=None):
+        """``fn(chunks, workspace, *args)`` over the rows (``merge``: how two
+        partitions' results combine, unused here)."""
+        return fn(self.chunks, self.ws, *args)
+
+    def run_into(self, acc: np.ndarray, work: dict, fn, *args):
+        """``fn(chunks, workspace, acc, work, *args)``: ``fn`` adds the rows' part of
+        an accumulator to ``acc`` (``work``: its reusable row buffers)."""
+        return fn(self.chunks, self.ws, acc, work, *args)

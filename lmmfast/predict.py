@@ -282,7 +282,7 @@ def _offset_values(fit, newdata: pd.DataFrame, offset) -> np.ndarray | float:
         name = getattr(fit, "offset_column", None)
         if isinstance(name, str):
             offset = name
-        elif fit.offset is not None and getattr(fit, "offset_given", True):
+        elif getattr(fit, "offset_given", True) and fit.offset is not None:
             raise DataError("the model was fitted with an offset whose column it does not "
                             "record: give the offset for newdata with offset= (a column "
                             "name of newdata or one value per row)")

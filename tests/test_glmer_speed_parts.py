@@ -89,16 +89,17 @@ def test_plain_accumulation_equals_double_double(name):
     sums in plain double, a two-column one in double-double."""
     f = fit(name)
     fac = f.pirls.factor(True)
-    rows = f.pirls.rows_at(f.pirls.mode(f.theta, f.beta))
+    mode = f.pirls.mode(f.theta, f.beta)
+    eta, mu = (f.pirls.row_values(mode, what) for what in ("eta", "mu"))
     fam, d = f.family, f.design
-    mu_eta = fam.mu_eta(rows.eta)
-    sw = np.sqrt(d.prior_weights * mu_eta ** 2 / fam.variance(rows.mu))
+    mu_eta = fam.mu_eta(eta)
+    sw = np.sqrt(d.prior_weights * mu_eta ** 2 / fam.variance(mu))
     from lmmfast.design.crossprod import add_rows
     dd = np.zeros((len(fac.a), 2))
     plain = np.zeros((len(fac.a), 1))
     refs, z = [r.refs for r in d.inner], [np.ascontiguousarray(r.z) for r in d.inner]
     for acc in (dd, plain):
-        add_rows(fac.layout, acc, refs, z, d.x, rows.eta + (d.y - rows.mu) / mu_eta, sw)
+        add_rows(fac.layout, acc, refs, z, d.x, eta + (d.y - mu) / mu_eta, sw)
     a_dd = _crossprod.dd_round(dd)
     np.testing.assert_allclose(plain[:, 0], a_dd, rtol=1e-11, atol=1e-9 * np.abs(a_dd).max())
     with pytest.raises(ValueError, match="1 \\(plain\\) or 2"):

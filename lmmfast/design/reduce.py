@@ -37,7 +37,8 @@ from .spec import (PIECE_ROWS, DesignSpec, merge_levels, merge_sets, piece_colum
                    piece_groups, piece_levels, piece_pattern)
 from .terms import ReMat
 
-__all__ = ["ChunkReducer", "Reduced", "check_rank", "reduce_design", "reweighted", "streamable"]
+__all__ = ["ChunkReducer", "Reduced", "check_rank", "reduce_design", "reduce_structure",
+           "reweighted", "streamable"]
 
 
 # --------------------------------------------------------- partial sums
@@ -218,6 +219,22 @@ class Reduced:
 
 def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> Reduced:
     """Run the passes of ``reducer`` over the data; completes ``spec``."""
+    levels = reduce_structure(spec, reducer, stacklevel + 1)
+    sums = reducer.run(spec, piece_crossproducts, merge_partials,
+                       partial(finish_partial, spec.layout))
+    names = list(spec.x_names)
+    keep, dropped, layout, acc = check_rank(spec.layout, _accumulator(spec.layout, sums),
+                                            sums["rank"], names, stacklevel)
+    starts = np.cumsum([0] + spec.k)
+    return Reduced(spec, spec.remats(), [names[j] for j in keep], dropped, keep, layout, acc,
+                   sums["n"], levels["n_bad"], sums["logw"],
+                   [sums["zz"][starts[i]:starts[i + 1]] for i in spec.order], sums["rank"])
+
+
+def reduce_structure(spec: DesignSpec, reducer, stacklevel: int = 3) -> dict:
+    """Passes 1-3: the levels (a warning for rows with missing values), the
+    combinations of interaction groupings, X's columns, the terms and the sparse
+    patterns; completes ``spec`` up to its layout.  Returns pass 1's result."""
     levels = reducer.run(spec, piece_levels, merge_levels)
     n_total = levels["n"] + levels["n_bad"]
     if n_total == 0:
@@ -238,15 +255,7 @@ def reduce_design(spec: DesignSpec, reducer, stacklevel: int = 3) -> Reduced:
     if spec.candidates:
         spec.set_patterns(reducer.run(spec, piece_pattern, merge_sets))
     spec.layout = spec.build_layout()
-    sums = reducer.run(spec, piece_crossproducts, merge_partials,
-                       partial(finish_partial, spec.layout))
-    names = list(spec.x_names)
-    keep, dropped, layout, acc = check_rank(spec.layout, _accumulator(spec.layout, sums),
-                                            sums["rank"], names, stacklevel)
-    starts = np.cumsum([0] + spec.k)
-    return Reduced(spec, spec.remats(), [names[j] for j in keep], dropped, keep, layout, acc,
-                   sums["n"], levels["n_bad"], sums["logw"],
-                   [sums["zz"][starts[i]:starts[i + 1]] for i in spec.order], sums["rank"])
+    return levels
 
 
 def _accumulator(layout: BlockLayout, sums: dict) -> np.ndarray:

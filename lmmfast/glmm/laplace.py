@@ -197,8 +197,8 @@ class _GradientTerms:
     def chunk(self, c, ws):
         """A chunk's columns and G = Z Lambda values (m x K, eqs. 2, 3), and s, w and
         v = h w' of its rows."""
-        if c.start in self.kept:
-            return self.kept[c.start]
+        if id(c) in self.kept:
+            return self.kept[id(c)]
         if not self.at_mode:
             at_rows(c, self.kern.link, self.kern.family, self.beta, self.b, self.kern.unit, ws)
         eta, mu = ws.take(c.size)[:2]
@@ -226,7 +226,7 @@ def gradient_first(chunks, ws, g: _GradientTerms) -> np.ndarray:
     for c in chunks:
         terms = cols, gv, _, _, v = g.chunk(c, ws)
         if len(chunks) == 1:
-            g.kept[c.start] = terms
+            g.kept[id(c)] = terms
         gtv += np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=g.q)
     return gtv
 

@@ -17,6 +17,7 @@ from scipy import stats
 from ..arguments import as_choice
 from ..convergence import (Convergence, convergence_of, derivative_messages_of,
                            within_check_limits)
+from ..design.dask import SPLIT_EVERY, is_partitioned
 from ..errors import ConvergenceWarning, DataError, FitError
 from ..family import Family
 from ..family import family as make_family
@@ -30,7 +31,7 @@ from .predictor import build_design, condvar_blocks, varcorr
 from .quadrature import agq_deviance, check_agq
 from .vcov import DELTA, fd_hessian, gradient_hessian, vcov_from_hessian
 
-__all__ = ["GeneralizedLinearMixedModel", "glmer"]
+__all__ = ["DaskGeneralizedLinearMixedModel", "GeneralizedLinearMixedModel", "glmer"]
 
 SINGULAR_TOL = 1e-4   # lme4's isSingular / getSingTol
 
@@ -69,15 +70,19 @@ class GeneralizedLinearMixedModel:
                  weights=None, offset=None):
         self.family: Family = make_family(family)
         self.n_agq = _as_nagq(nAGQ)
-        self.design = build_design(formula, data, self.family.name, weights, offset)
-        d = self.design
+        self._setup(formula, data, build_design(formula, data, self.family.name, weights,
+                                                offset), None, weights, offset)
+
+    def _setup(self, formula: str, data, design, rows, weights, offset) -> None:
+        """The model of ``design`` (its rows: ``rows``, default in this process)."""
+        self.design = d = design
         for r in d.remats:
             if r.nlevels < 2:
                 raise DataError(f"grouping factor {r.group!r} of random term {r.source} has "
                                 f"{r.nlevels} level: grouping factors must have > 1 sampled level")
         if d.nobs <= d.p:
             raise DataError(f"{d.nobs} observations cannot identify {d.p} fixed effects")
-        self.pirls = Pirls(d, self.family)
+        self.pirls = Pirls(d, self.family, rows)
         check_agq(self.pirls, self.n_agq)
         self.formula = formula
         self.data_name = data_name(data)
@@ -427,12 +432,12 @@ class GeneralizedLinearMixedModel:
 
     @property
     def linear_predictor(self) -> np.ndarray:
-        return self.pirls.rows_at(self._require_fit()).eta
+        return self.pirls.row_values(self._require_fit(), "eta")
 
     @property
     def fitted(self) -> np.ndarray:
         """Fitted means on the response scale, mu = g^{-1}(eta)."""
-        return self.pirls.rows_at(self._require_fit()).mu
+        return self.pirls.row_values(self._require_fit(), "mu")
 
     # ------------------------------------------------------------ the design
     reml = False   # maximum likelihood (for anova and the summary's criteria)
@@ -503,16 +508,7 @@ class GeneralizedLinearMixedModel:
         family's scale (a proportion for binomial), a_i the prior weights.
         """
         type = as_choice(type, "type", ("deviance", "pearson", "response", "working"))
-        rows = self.pirls.rows_at(self._require_fit())
-        d = self.design
-        r = d.y - rows.mu
-        if type == "response":
-            return r
-        if type == "deviance":
-            return np.sign(r) * np.sqrt(np.clip(rows.dev_resid, 0.0, None))
-        if type == "pearson":
-            return r * np.sqrt(d.prior_weights / self.family.variance(rows.mu))
-        return r / self.family.mu_eta(rows.eta)
+        return self.pirls.row_values(self._require_fit(), type)
 
     def residual_quantiles(self) -> np.ndarray:
         """Quantiles (0, 1/4, 1/2, 3/4, 1) of the Pearson residuals (lme4's "Scaled
@@ -556,7 +552,7 @@ class GeneralizedLinearMixedModel:
         type = as_choice(type, "type", ("link", "response"))
         mode = self._require_fit()
         if newdata is None and re_form is None and offset is None:
-            eta = self.pirls.rows_at(mode).eta
+            eta = self.pirls.row_values(mode, "eta")
         else:
             eta = predict_rows(self, newdata, re_form=re_form,
                                allow_new_levels=allow_new_levels, offset=offset)
@@ -640,7 +636,91 @@ class GeneralizedLinearMixedModel:
         return confint(self, parm=parm, level=level, method=method, **kwargs)
 
 
+class DaskGeneralizedLinearMixedModel(GeneralizedLinearMixedModel):
+    """A GLMM of a Dask DataFrame or Parquet files (``glmm.dask``): the rows stay on
+    the cluster the current ``distributed.Client`` is connected to, and every pass
+    over them (a PIRLS iteration, the gradient, the family's aic) is one map-reduce.
+
+    ``fitted``, ``residuals()`` and ``predict()`` of the fit's rows are Dask
+    Series; ``dask_stats`` gives the partitions, the passes over the data and the
+    bytes brought to the client.  ``simulate``, ``bootstrap`` and ``refit`` need the
+    rows on the client and are not available.
+    """
+
+    def __init__(self, formula: str, data, family="binomial", nAGQ: int = 1,
+                 weights=None, offset=None, *, split_every: int = SPLIT_EVERY,
+                 chunk_rows: int | None = None):
+        from .dask import dask_design
+        self.family = make_family(family)
+        self.n_agq = _as_nagq(nAGQ)
+        design, rows, self._build_stats, self._ddf = dask_design(
+            formula, data, self.family.name, weights, offset, split_every, chunk_rows)
+        self._setup(formula, data, design, rows, weights, offset)
+
+    @property
+    def dask_stats(self) -> dict:
+        """Partitions, passes over the data (building and fitting) and the bytes of
+        their results brought to the client."""
+        rows, built = self.pirls.rows, self._build_stats
+        return {"partitions": built["partitions"], "passes": built["passes"] + rows.passes,
+                "bytes_to_client": built["bytes_to_client"] + rows.bytes_to_client}
+
+    def _no_rows(self, what: str):
+        raise DataError(f"{what} needs the rows on the client; a model of a Dask DataFrame "
+                        "keeps them on the cluster: fit ddf.compute() in memory for it")
+
+    @property
+    def y(self):
+        self._no_rows("the response")
+
+    @property
+    def prior_weights(self):
+        self._no_rows("prior_weights")
+
+    @property
+    def offset(self):
+        if self._has_offset:
+            self._no_rows("the offset")
+        return None
+
+    def copy(self):
+        self._no_rows("copy()")
+
+    def refit(self, y, start=None):
+        self._no_rows("refit()")
+
+    def simulate(self, nsim: int = 1, seed=None, re_form="NA"):
+        self._no_rows("simulate()")
+
+    def bootstrap(self, n: int, seed=None, n_jobs=None, progress=None, **kwargs):
+        self._no_rows("bootstrap()")
+
+    def residual_quantiles(self) -> np.ndarray:
+        """Quantiles (0, 1/4, 1/2, 3/4, 1) of the Pearson residuals, from the cluster."""
+        from ..design.dask import exact_quantiles
+        return exact_quantiles(self.residuals("pearson"), [0.0, 0.25, 0.5, 0.75, 1.0])
+
+    def overdispersion(self) -> pd.Series:
+        chisq = float((self.residuals("pearson") ** 2).sum().compute())
+        rdf = self.df_residual
+        return pd.Series({"chisq": chisq, "ratio": chisq / rdf, "rdf": float(rdf),
+                          "p": float(stats.chi2.sf(chisq, rdf))}, name="overdispersion")
+
+    def predict(self, newdata=None, type: str = "link", re_form=None,
+                allow_new_levels: bool = False, offset=None):
+        """As ``GeneralizedLinearMixedModel.predict``; for the fit's rows a Dask Series."""
+        if newdata is not None or re_form is not None or offset is not None:
+            return super().predict(newdata, type, re_form, allow_new_levels, offset)
+        type = as_choice(type, "type", ("link", "response"))
+        mode = self._require_fit()
+        return self.pirls.row_values(mode, "eta" if type == "link" else "mu")
+
+
 def glmer(formula: str, data, family="binomial", nAGQ: int = 1, weights=None,
           offset=None, start=None) -> GeneralizedLinearMixedModel:
-    """Fit a generalized linear mixed model as lme4's ``glmer``."""
-    return GeneralizedLinearMixedModel(formula, data, family, nAGQ, weights, offset).fit(start)
+    """Fit a generalized linear mixed model as lme4's ``glmer``: of a pandas frame in
+    memory, or of a Dask DataFrame or Parquet files on the cluster the current
+    ``distributed.Client`` is connected to (``DaskGeneralizedLinearMixedModel``)."""
+    cls = DaskGeneralizedLinearMixedModel if is_partitioned(data) \
+        else GeneralizedLinearMixedModel
+    return cls(formula, data, family, nAGQ, weights, offset).fit(start)

@@ -21,7 +21,7 @@ weights and response whose cross-products re-form the factor, in compiled
 loops (``_pirls``).  The cross-products of the iterations before the mode
 are summed in plain double, those at the mode (the factor the deviance is
 read from) in double-double.  A ``Mode`` keeps (theta, beta, u) and sums;
-its per-row values are formed again where asked (``Pirls.rows_at``).
+its per-row values are formed again where asked (``Pirls.row_values``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from .. import _pirls
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
-from .rows import (Kernel, LocalRows, RowChunk, aic_partition, at_rows, extreme_partition,
-                   merge_start, pass_partition, start_partition)
+from .rows import (Kernel, LocalRows, aic_partition, extreme_partition,
+                   merge_start, pass_partition, start_partition, values_partition)
 
-__all__ = ["Mode", "Pirls", "RowValues", "merge_pass"]
+__all__ = ["Mode", "Pirls", "merge_pass"]
 
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
@@ -74,15 +74,6 @@ class Mode:
     @property
     def pdev(self) -> float:
         return self.dev_sum + self.sqr_u
-
-
-@dataclass
-class RowValues:
-    """Each row's eta, mu and unit deviance at a mode (eqs. 91, 92)."""
-
-    eta: np.ndarray
-    mu: np.ndarray
-    dev_resid: np.ndarray
 
 
 def merge_pass(a: tuple, b: tuple) -> tuple:
@@ -186,15 +177,13 @@ class Pirls:
                                     self.kern.unit)
         return out
 
-    def rows_at(self, mode: Mode) -> RowValues:
-        """eta, mu and the unit deviances of every row at ``mode`` (eqs. 91, 92)."""
-        n = self.rows.nobs
-        out = RowValues(np.empty(n), np.empty(n), np.empty(n))
-        b = self.b(mode.u, self.lambdas(mode.theta))
-        for c in self.chunks:
-            vals = self.chunk_at(c, mode, b)
-            out.eta[c.rows], out.mu[c.rows], out.dev_resid[c.rows] = vals
-        return out
+    def row_values(self, mode: Mode, what: str):
+        """One value per row at ``mode`` (``rows.values_partition``: eta, mu, the unit
+        deviances or a type of residual): an array, or a Dask Series for rows on a
+        cluster."""
+        self._ws_mode = None
+        return self.rows.series(values_partition, self.kern, self.family, mode.beta,
+                                self.b(mode.u, self.lambdas(mode.theta)), what, name=what)
 
     def run_rows(self, fn, *args, merge):
         """``fn(chunks, workspace, *args)`` over every partition of the rows, the
@@ -205,16 +194,6 @@ class Pirls:
     def rows_at_mode(self, mode: Mode) -> bool:
         """Whether the workspace holds ``mode``'s rows (one chunk, PIRLS's last pass)."""
         return self._ws_mode is mode
-
-    def chunk_at(self, c: RowChunk, mode: Mode, b: list[np.ndarray]):
-        """eta, mu and the unit deviances of chunk ``c`` at ``mode`` (b = Lambda u),
-        views of the workspace (valid until the next pass): as they are where
-        the workspace holds the mode's one chunk (PIRLS's last pass), else formed."""
-        ws = self.rows.ws
-        if self._ws_mode is not mode:
-            self._ws_mode = mode if self.rows.single else None
-            at_rows(c, self.kern.link, self.kern.family, mode.beta, b, self.kern.unit, ws)
-        return ws.take(c.size)[:3]
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
         """b = Lambda u per term (internal order), arrays (nl, k)."""

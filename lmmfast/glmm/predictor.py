@@ -52,10 +52,12 @@ class Design:
     dropped_columns: list[str]
     fixed_spec: object = None   # formulaic's ModelSpec of X (the codings predict() reuses)
     response_levels: list | None = None   # a factor or string response's two levels
+    n_rows: int | None = None   # rows, where the design holds none (they are on a cluster)
+    patterns: dict | None = None   # the sparse blocks' level pairs, found without the rows
 
     @property
     def nobs(self) -> int:
-        return len(self.y)
+        return len(self.y) if self.n_rows is None else self.n_rows
 
     @property
     def p(self) -> int:
@@ -107,19 +109,25 @@ def _response_column(data: pd.DataFrame, name: str, family_name: str):
     return None
 
 
-def build_design(formula: str, data, family_name: str, weights=None,
-                 offset=None) -> Design:
-    """Parse ``formula`` and build X, the terms and the response on ``data``.
+@dataclasses.dataclass
+class ResponseForm:
+    """How a GLMM's left-hand side is read: ``cbind(successes, failures)`` (its two
+    expressions), else one column or expression; the frame's formula (cbind's
+    two parts summed, so that both are in the model frame)."""
 
-    The response may be ``cbind(successes, failures)``, a proportion (with
-    ``weights=`` trials), 0/1, a bool or a two-level factor (binomial), or
-    counts (poisson), as lme4 takes them.  ``data`` is never modified.
-    """
+    lhs: str
+    pieces: list[str] | None
+    parsed: object            # the formula of the frame (ParsedFormula)
+    name: str                 # the response column, where it is one
+
+
+def response_form(formula: str, family_name: str):
+    """The parsed formula and its ``ResponseForm``."""
     parsed = parse_formula(formula)
     lhs = parsed.response.strip()
     m = _CBIND.match(lhs)
     pieces = None
-    levels = None
+    parsed_frame = parsed
     if m:
         pieces = [p.strip() for _, p in split_top(m.group(1), ",")]
         if len(pieces) != 2 or not all(pieces):
@@ -129,45 +137,66 @@ def build_design(formula: str, data, family_name: str, weights=None,
             raise DataError(f"response {lhs!r}: cbind(successes, failures) is for the "
                             f"binomial family, not {family_name}")
         parsed_frame = dataclasses.replace(parsed, response=f"({pieces[0]}) + ({pieces[1]})")
+    name = lhs[1:-1] if lhs.startswith("`") and lhs.endswith("`") else lhs
+    return parsed, ResponseForm(lhs, pieces, parsed_frame, name)
+
+
+def glm_response(form: ResponseForm, frame, xy_y: np.ndarray, user_w, family_name: str):
+    """y on the family's scale, R's prior weights and trials (R's ``family$initialize``)
+    of model-frame rows, and the warnings R gives for them; a ``DataError`` for a
+    response outside the family's range."""
+    n = len(xy_y)
+    trials = _constant(1.0, n)
+    if form.pieces is not None:
+        succ = response_vector(form.pieces[0], frame)
+        fail = response_vector(form.pieces[1], frame)
+        for v, what, expr in ((succ, "successes", form.pieces[0]),
+                              (fail, "failures", form.pieces[1])):
+            if (v < 0).any():
+                i = int(np.flatnonzero(v < 0)[0])
+                raise DataError(f"response {form.lhs!r}: the {what} {expr!r} are negative "
+                                f"({v[i]}) at row {i}")
+        trials = succ + fail
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(trials > 0, succ / np.where(trials > 0, trials, 1.0), 0.0)
+        prior = trials if user_w is None else user_w * trials
     else:
-        parsed_frame = parsed
-    frame_data = used_frame(parsed_frame, data, weights, offset)
-    if pieces is None:
-        name = lhs[1:-1] if lhs.startswith("`") and lhs.endswith("`") else lhs
-        coded = _response_column(frame_data, name, family_name)
+        y = np.asarray(xy_y, dtype=np.float64)
+        prior = _constant(1.0, n) if user_w is None else user_w
+    return y, prior, trials, _check_response(y, prior, family_name, form.lhs)
+
+
+def build_design(formula: str, data, family_name: str, weights=None,
+                 offset=None) -> Design:
+    """Parse ``formula`` and build X, the terms and the response on ``data``.
+
+    The response may be ``cbind(successes, failures)``, a proportion (with
+    ``weights=`` trials), 0/1, a bool or a two-level factor (binomial), or
+    counts (poisson), as lme4 takes them.  ``data`` is never modified.
+    """
+    parsed, form = response_form(formula, family_name)
+    levels = None
+    frame_data = used_frame(form.parsed, data, weights, offset)
+    if form.pieces is None:
+        coded = _response_column(frame_data, form.name, family_name)
         if coded is not None:   # a new frame: the caller's is not modified
             coded, levels = coded
-            frame_data = frame_data.assign(**{name: coded})
-    frame = model_frame(parsed_frame, frame_data, weights, offset)
-    xy = build_xymat(parsed_frame, frame.data)
+            frame_data = frame_data.assign(**{form.name: coded})
+    frame = model_frame(form.parsed, frame_data, weights, offset)
+    xy = build_xymat(form.parsed, frame.data)
     remats = [build_remat(frame.data, term) for term in parsed.random]
     order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
     remats = [remats[i] for i in order]
     internal = sorted(range(len(remats)), key=lambda i: -remats[i].q)
     remats = [_sharing_x(r, xy.x, xy.names) for r in remats]
-    n = len(xy.y)
-    user_w = _constant(1.0, n) if frame.weights is None \
-        else np.asarray(frame.weights, dtype=np.float64)
-    trials = _constant(1.0, n)
-    if pieces is not None:
-        succ = response_vector(pieces[0], frame.data)
-        fail = response_vector(pieces[1], frame.data)
-        for v, what, expr in ((succ, "successes", pieces[0]), (fail, "failures", pieces[1])):
-            if (v < 0).any():
-                i = int(np.flatnonzero(v < 0)[0])
-                raise DataError(f"response {lhs!r}: the {what} {expr!r} are negative "
-                                f"({v[i]}) at row {i}")
-        trials = succ + fail
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.where(trials > 0, succ / np.where(trials > 0, trials, 1.0), 0.0)
-        prior = trials if frame.weights is None else user_w * trials
-    else:
-        y = np.asarray(xy.y, dtype=np.float64)
-        prior = user_w
-    _check_response(y, prior, family_name, lhs)
+    user_w = None if frame.weights is None else np.asarray(frame.weights, dtype=np.float64)
+    y, prior, trials, notes = glm_response(form, frame.data, xy.y, user_w, family_name)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    n = len(y)
     off = _constant(0.0, n) if frame.offset is None \
         else np.asarray(frame.offset, dtype=np.float64)
-    return Design(formula, lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
+    return Design(formula, form.lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
                   frame.row_index, frame.n_dropped, xy.dropped, xy.spec, levels)
 
 
@@ -186,9 +215,11 @@ def _sharing_x(remat: ReMat, x: np.ndarray, names: list[str]) -> ReMat:
     return remat
 
 
-def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str) -> None:
+def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str,
+                    lhs: str) -> list[str]:
     """R's family checks: binomial y in [0, 1] (a warning for non-integer
-    successes), poisson y >= 0 (a warning for non-integer counts)."""
+    successes), poisson y >= 0 (a warning for non-integer counts); returns the
+    warnings."""
     if family_name == "binomial":
         bad = (y < 0) | (y > 1)
         if bad.any():
@@ -198,8 +229,7 @@ def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str
                             "factor or cbind(successes, failures)")
         m = prior * y
         if (np.abs(m - np.round(m)) > 1e-3).any():
-            warnings.warn(f"response {lhs!r}: non-integer #successes in a binomial glm",
-                          UserWarning, stacklevel=4)
+            return [f"response {lhs!r}: non-integer #successes in a binomial glm"]
     else:
         if (y < 0).any():
             i = int(np.flatnonzero(y < 0)[0])
@@ -207,8 +237,8 @@ def _check_response(y: np.ndarray, prior: np.ndarray, family_name: str, lhs: str
                             "poisson counts must be >= 0")
         if (np.abs(y - np.round(y)) > 1e-3 * np.maximum(1.0, np.abs(y))).any():
             i = int(np.flatnonzero(np.abs(y - np.round(y)) > 1e-3)[0])
-            warnings.warn(f"response {lhs!r}: non-integer count {y[i]} at row {i}",
-                          UserWarning, stacklevel=4)
+            return [f"response {lhs!r}: non-integer count {y[i]} at row {i}"]
+    return []
 
 
 class Factor:
@@ -225,7 +255,7 @@ class Factor:
         inner = design.inner
         self.p = design.p if with_x else 0
         self.layout = BlockLayout.build([r.refs for r in inner], [r.nlevels for r in inner],
-                                        [r.k for r in inner], self.p + 1)
+                                        [r.k for r in inner], self.p + 1, design.patterns)
         lay = self.layout
         self.a = np.zeros(max(lay.n_a, 1))
         self._acc = np.zeros((len(self.a), 2))   # A's double-double accumulator

@@ -21,7 +21,8 @@ from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
-__all__ = ["Kernel", "LocalRows", "RowChunk", "Workspace", "aic_partition", "at_rows",
+__all__ = ["Kernel", "LocalRows", "ROW_VALUES", "RowChunk", "Workspace", "aic_partition",
+           "at_rows", "values_partition",
            "extreme_partition", "pass_partition", "split_rows", "start_partition",
            "working_at"]
 
@@ -191,6 +192,34 @@ def extreme_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, binom
     return n
 
 
+ROW_VALUES = ("eta", "mu", "dev", "response", "deviance", "pearson", "working")
+
+
+def values_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family,
+                     beta: np.ndarray, b: list[np.ndarray], what: str) -> np.ndarray:
+    """One value per row at (beta, b): ``eta``, ``mu``, the unit deviances ``dev``
+    (eqs. 91, 92), or lme4's residuals of type ``response`` (y - mu),
+    ``deviance`` (sign(y - mu) sqrt(d)), ``pearson`` ((y - mu) sqrt(a / V(mu))) or
+    ``working`` ((y - mu) / mu')."""
+    out = []
+    for c in chunks:
+        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        eta, mu, dev = ws.take(c.size)[:3]
+        if what in ("eta", "mu", "dev"):
+            out.append({"eta": eta, "mu": mu, "dev": dev}[what].copy())
+            continue
+        r = c.y - mu
+        if what == "response":
+            out.append(r)
+        elif what == "deviance":
+            out.append(np.sign(r) * np.sqrt(np.clip(dev, 0.0, None)))
+        elif what == "pearson":
+            out.append(r * np.sqrt(c.wt / family.variance(mu)))
+        else:
+            out.append(r / family.mu_eta(eta))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def start_partition(chunks: list[RowChunk], ws: Workspace, family) -> np.ndarray:
     """Rows with the R of W^(1/2) [X z] at R's mustart (one weighted least-squares
     step, lme4's first PIRLS iteration), by a QR over the chunks (``reduced_rows``)."""
@@ -225,6 +254,10 @@ class LocalRows:
     def run(self, fn, *args, merge=None):
         """``fn(chunks, workspace, *args)`` over the rows (``merge``: how two
         partitions' results combine, unused here)."""
+        return fn(self.chunks, self.ws, *args)
+
+    def series(self, fn, *args, name: str) -> np.ndarray:
+        """``fn(chunks, workspace, *args)``, one value per row (an array here)."""
         return fn(self.chunks, self.ws, *args)
 
     def run_into(self, acc: np.ndarray, work: dict, fn, *args):

@@ -56,7 +56,7 @@ class GlmmSimulator:
         self.pirls = pirls
         self.family = fit.family
         self.fixed = d.offset + d.x @ mode.beta
-        self.eta_modes = pirls.rows_at(mode).eta
+        self.eta_modes = pirls.row_values(mode, "eta")
         self.lams = pirls.lambdas(mode.theta)
         self.q = int(pirls.q_off[-1])
         self.nobs = d.nobs

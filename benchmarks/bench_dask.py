@@ -61,18 +61,22 @@ N_G1, N_G2, PER_G1 = 50_000, 2_000, 40
 ROWS_PER_FILE = 500_000
 FORMULA = "y ~ 1 + x + f + (1 | g1) + (1 | g2)"
 TRUTH = {"beta": [2.0, 0.5, 0.3, -0.2], "sd_g1": 0.6, "sd_g2": 0.3, "sigma": 1.0}
+# --glmm: binary outcomes of the same design, logit(P(y = 1)) = eta
+TRUTH_GLMM = {"beta": [-0.5, 0.5, 0.3, -0.2], "sd_g1": 0.6, "sd_g2": 0.3}
 MB = 2 ** 20
 
 
-def generate(directory: Path, rows: int, seed: int = 20240) -> None:
-    """Write the design as Parquet files of ROWS_PER_FILE rows (vectorised, file by file)."""
+def generate(directory: Path, rows: int, seed: int = 20240, glmm: bool = False) -> None:
+    """Write the design as Parquet files of ROWS_PER_FILE rows (vectorised, file by file);
+    ``glmm``: binary outcomes."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
     lecturers = np.stack([rng.choice(N_G2, PER_G1, replace=False) for _ in range(N_G1)])
-    b1 = TRUTH["sd_g1"] * rng.standard_normal(N_G1)
-    b2 = TRUTH["sd_g2"] * rng.standard_normal(N_G2)
-    beta = TRUTH["beta"]
+    truth = TRUTH_GLMM if glmm else TRUTH
+    b1 = truth["sd_g1"] * rng.standard_normal(N_G1)
+    b2 = truth["sd_g2"] * rng.standard_normal(N_G2)
+    beta = truth["beta"]
     directory.mkdir(parents=True, exist_ok=True)
     for i, start in enumerate(range(0, rows, ROWS_PER_FILE)):
         n = min(ROWS_PER_FILE, rows - start)
@@ -80,13 +84,20 @@ def generate(directory: Path, rows: int, seed: int = 20240) -> None:
         g2 = lecturers[g1, rng.integers(0, PER_G1, n)].astype(np.int32)
         x = rng.standard_normal(n)
         f = rng.integers(0, 3, n)
-        y = beta[0] + beta[1] * x + np.array([0.0, beta[2], beta[3]])[f] + b1[g1] + b2[g2] \
-            + TRUTH["sigma"] * rng.standard_normal(n)
+        eta = beta[0] + beta[1] * x + np.array([0.0, beta[2], beta[3]])[f] + b1[g1] + b2[g2]
+        if glmm:
+            y = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(np.float64)
+        else:
+            y = eta + TRUTH["sigma"] * rng.standard_normal(n)
         frame = pd.DataFrame({"y": y, "x": x,
                               "f": pd.Categorical.from_codes(f, ["a", "b", "c"]),
                               "g1": g1, "g2": g2})
         frame.to_parquet(directory / f"part-{i:04d}.parquet", index=False)
-    (directory / "_ROWS").write_text(str(rows))
+    (directory / "_ROWS").write_text(_marker(rows, glmm))
+
+
+def _marker(rows: int, glmm: bool) -> str:
+    return f"glmm:{rows}" if glmm else str(rows)
 
 
 def _peak_rss_mb() -> float:
@@ -125,7 +136,45 @@ def _outgoing(dask_worker=None) -> list:
     return [(e["who"], e["total"], e.get("compressed")) for e in dask_worker.transfer_outgoing_log]
 
 
-def run(rows: int, workers: int, directory: Path) -> dict:
+def _fit(directory: Path, glmm: bool):
+    import lmmfast
+    if glmm:
+        return lmmfast.glmer(FORMULA, str(directory / "*.parquet"), family="binomial")
+    return lmmfast.lmer(FORMULA, str(directory / "*.parquet"))
+
+
+def _subset_check(directory: Path, rows: int) -> dict:
+    """The binary model on the first ``rows`` rows, in memory and on the cluster."""
+    import pandas as pd
+
+    import lmmfast
+    files = sorted(directory.glob("*.parquet"))[:max(1, rows // ROWS_PER_FILE)]
+    sub = directory.parent / "subset"
+    sub.mkdir(exist_ok=True)
+    for f in files:
+        shutil.copy(f, sub / f.name)
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    t0 = time.perf_counter()
+    mem = lmmfast.glmer(FORMULA, frame, family="binomial")
+    mem_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dist = lmmfast.glmer(FORMULA, str(sub / "*.parquet"), family="binomial")
+    dist_s = time.perf_counter() - t0
+    shutil.rmtree(sub)
+    return {"rows": len(frame), "in_memory_s": mem_s, "dask_s": dist_s,
+            "dask_passes": dist.dask_stats["passes"],
+            "minus2loglik": [mem.objective, dist.objective],
+            "max_rel_diff": {
+                "deviance": abs(dist.objective / mem.objective - 1),
+                "fixef": float(np.max(np.abs(dist.beta / mem.beta - 1))),
+                "theta": float(np.max(np.abs(dist.theta / mem.theta - 1))),
+                "ranef": max(float(np.max(np.abs(dist.ranef()[g].to_numpy()
+                                                 - mem.ranef()[g].to_numpy())))
+                             for g in ("g1", "g2"))}}
+
+
+def run(rows: int, workers: int, directory: Path, glmm: bool = False,
+        subset: int = 0) -> dict:
     import dask
     from distributed import Client, LocalCluster
 
@@ -145,7 +194,7 @@ def run(rows: int, workers: int, directory: Path) -> dict:
         sampler = _Sampler()
         sampler.start()
         t0 = time.perf_counter()
-        fit = lmmfast.lmer(FORMULA, str(directory / "*.parquet"))
+        fit = _fit(directory, glmm)
         fit_s = time.perf_counter() - t0
         peak_client_fit = sampler.stop()
         after_fit = client.run(_worker_memory)
@@ -158,10 +207,12 @@ def run(rows: int, workers: int, directory: Path) -> dict:
                         if who not in worker_addresses)
         between_workers = sum(total for log in logs.values() for who, total, _ in log
                               if who in worker_addresses)
+        layout = fit.pirls.factor(True).layout if glmm else fit._layout
         result = {
             "rows": rows, "workers": workers, "threads_per_worker": 1,
             "partitions": fit.dask_stats["partitions"], "passes": fit.dask_stats["passes"],
-            "formula": FORMULA, "levels": {"g1": N_G1, "g2": N_G2},
+            "formula": FORMULA + ("  (binomial)" if glmm else ""),
+            "levels": {"g1": N_G1, "g2": N_G2},
             "parquet_bytes": data_bytes,
             "data_in_memory_bytes": rows * (8 + 8 + 1 + 4 + 4),   # y, x, f, g1, g2
             "fit_wall_s": fit_s, "n_evals": fit.n_evals,
@@ -178,13 +229,19 @@ def run(rows: int, workers: int, directory: Path) -> dict:
             "bytes_to_client_reduced_results": fit.dask_stats["bytes_to_client"],
             "bytes_to_client_transfer_log": to_client,
             "bytes_between_workers": between_workers,
-            "a_entries": int(fit._layout.n_a),
-            "sparse_pairs": int(fit._layout.pattern(1)[1].size)
-            if fit._layout.n_terms > 1 and fit._layout.kind_a[1] == 2 else None,
+            "a_entries": int(layout.n_a),
+            "sparse_pairs": int(layout.pattern(1)[1].size)
+            if layout.n_terms > 1 and layout.kind_a[1] == 2 else None,
             "estimates": {"fixef": fit.fixef.round(4).to_dict(),
-                          "theta": fit.theta.round(4).to_dict(), "sigma": round(fit.sigma, 4)},
-            "truth": TRUTH,
+                          "theta": np.round(np.asarray(fit.theta), 4).tolist()}
+            | ({} if glmm else {"sigma": round(fit.sigma, 4)}),
+            "truth": TRUTH_GLMM if glmm else TRUTH,
         }
+        if glmm:
+            result["stage_evals"] = list(fit.stage_evals)
+            result["minus2loglik"] = fit.objective
+        if subset:
+            result["subset_check"] = _subset_check(directory, subset)
         result["summary"] = summary
         return result
     finally:
@@ -198,24 +255,29 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=None, help="where the Parquet files go")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--glmm", action="store_true",
+                    help="binary outcomes of the same design, fitted by glmer (binomial)")
+    ap.add_argument("--subset", type=int, default=0, metavar="ROWS",
+                    help="(--glmm) also fit the first ROWS rows in memory and on the cluster")
     ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     directory = args.dir or Path(tempfile.mkdtemp(prefix="lmmfast-bench-")) / "data"
     if args.generate_only:
-        generate(directory, args.rows)
+        generate(directory, args.rows, glmm=args.glmm)
         return 0
     marker = directory / "_ROWS"   # a leading "_" keeps Parquet readers away
     gen_s = 0.0
-    if not (marker.exists() and marker.read_text() == str(args.rows)):
+    if not (marker.exists() and marker.read_text() == _marker(args.rows, args.glmm)):
         if directory.exists():
             shutil.rmtree(directory)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dir",
-                        str(directory), "--generate-only"], check=True)
+                        str(directory), "--generate-only"] + (["--glmm"] if args.glmm else []),
+                       check=True)
         gen_s = time.perf_counter() - t0
     try:
-        result = run(args.rows, args.workers, directory)
+        result = run(args.rows, args.workers, directory, args.glmm, args.subset)
     finally:
         if args.dir is None:
             shutil.rmtree(directory.parent, ignore_errors=True)

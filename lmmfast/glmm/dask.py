@@ -98,13 +98,27 @@ def _run(fn, part: Partition, args):
     return fn(part.chunks, ws, *args)
 
 
-def _run_into(fn, part: Partition, shape, args):
-    """``fn`` adding to an accumulator of its own (``rows.pass_partition``)."""
-    if not part.chunks:
+def _run_group(fn, merge, args, *parts: Partition):
+    """``fn`` on the partitions one worker holds, merged there."""
+    return _merge_some(merge, *(_run(fn, p, args) for p in parts))
+
+
+def _run_into_group(fn, shape, args, *parts: Partition):
+    """``fn`` on the partitions one worker holds, all adding to one accumulator of
+    their own (``rows.pass_partition``)."""
+    from .pirls import merge_pass
+    chunks = [c for p in parts for c in p.chunks]
+    if not chunks:
         return None
     acc = np.zeros(shape)
-    ws = Workspace(max(c.size for c in part.chunks))
-    return fn(part.chunks, ws, acc, {}, *args) + (acc,)
+    ws = Workspace(max(c.size for c in chunks))
+    work: dict = {}
+    out = None
+    for p in parts:
+        if p.chunks:
+            res = fn(p.chunks, ws, acc, work, *args)
+            out = res if out is None else merge_pass(out, res)
+    return out + (acc,)
 
 
 def _merge_some(merge, *results):
@@ -155,9 +169,16 @@ class DaskRows:
         if self.client is not None:
             self.parts = self.client.compute(built)
             stats = self.client.gather(self.client.map(_partition_stats, self.parts))
+            # the partitions each worker holds: one task per worker and pass
+            holders = self.client.who_has(self.parts)
+            groups: dict = {}
+            for part in self.parts:
+                groups.setdefault(tuple(holders.get(part.key, ()))[:1], []).append(part)
+            self.groups = list(groups.items())
         else:
             self.parts = list(dask.compute(*built))
             stats = [_partition_stats(p) for p in self.parts]
+            self.groups = [((), self.parts)]
         self.nobs = sum(s["nobs"] for s in stats)
         self.trials_given = any(s["any_trials"] for s in stats)
         key = "whole_trials" if self.trials_given else "whole_weights"
@@ -181,32 +202,36 @@ class DaskRows:
         self.bytes_to_client += int(sizeof(out))
         return out
 
-    def _args(self, args):
-        """The arguments as one object every task shares (scattered once when large)."""
-        if self.client is not None and sum(getattr(a, "nbytes", 0) for a in args) > 1 << 20:
-            [fut] = self.client.scatter([args], broadcast=True, hash=False)
-            return fut
+    def _args(self, args: tuple) -> tuple:
+        """The task's arguments, the last (the pass's own, a tuple) scattered once to
+        every worker where it is large."""
+        last = args[-1]
+        if sum(getattr(a, "nbytes", 0) for a in last) > 1 << 20:
+            [fut] = self.client.scatter([last], broadcast=True, hash=False)
+            return args[:-1] + (fut,)
         return args
 
-    def run(self, fn, *args, merge):
-        """``fn(chunks, workspace, *args)`` on every partition, merged by ``merge``."""
+    def _submit(self, task, *args):
+        """One task per worker, on the partitions it holds (here without a client)."""
         if self.client is None:
-            return self._reduce([_run(fn, p, args) for p in self.parts], merge)
+            return [task(*args, *parts) for _, parts in self.groups]
         a = self._args(args)
-        return self._reduce([self.client.submit(_run, fn, p, a, pure=False)
-                             for p in self.parts], merge)
+        return [self.client.submit(task, *a, *parts, workers=list(where) or None,
+                                   allow_other_workers=True, pure=False)
+                for where, parts in self.groups]
+
+    def run(self, fn, *args, merge):
+        """``fn(chunks, workspace, *args)`` on every partition, merged by ``merge``
+        (first on each worker, then by a tree reduction)."""
+        return self._reduce(self._submit(_run_group, fn, merge, args), merge)
 
     def run_into(self, acc: np.ndarray, work: dict, fn, *args):
-        """``fn(chunks, workspace, acc, work, *args)`` on every partition, each with an
-        accumulator of its own; the merged accumulator is written to ``acc``."""
+        """``fn(chunks, workspace, acc, work, *args)`` on every partition, each worker's
+        partitions adding to an accumulator of their own; the merged accumulator
+        is written to ``acc``."""
         from .pirls import merge_pass
-        merge = _merge_into(merge_pass)
-        if self.client is None:
-            out = self._reduce([_run_into(fn, p, acc.shape, args) for p in self.parts], merge)
-        else:
-            a = self._args(args)
-            out = self._reduce([self.client.submit(_run_into, fn, p, acc.shape, a, pure=False)
-                                for p in self.parts], merge)
+        out = self._reduce(self._submit(_run_into_group, fn, acc.shape, args),
+                           _merge_into(merge_pass))
         acc[:] = out[-1]
         return out[:-1]
 

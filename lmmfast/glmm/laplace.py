@@ -34,6 +34,7 @@ def laplace_deviance(pirls: Pirls, mode: Mode, exact: bool = False) -> float:
 
 
 DENSE_Q = 3000   # largest q beyond the first term for which S's blocks are formed densely
+DENSE_S12 = 10_000_000   # most entries of S's dense block between the first term and the others
 
 
 class _Inverse:
@@ -131,10 +132,12 @@ class _Inverse:
 
 
 def gradient_available(pirls: Pirls) -> bool:
-    """Whether ``laplace_gradient`` applies: a canonical link (logit, log) and at
-    most ``DENSE_Q`` random effects beyond the first term."""
+    """Whether ``laplace_gradient`` applies: a canonical link (logit, log), at most
+    ``DENSE_Q`` random effects beyond the first term and at most ``DENSE_S12``
+    entries in S's block between the first term and the others."""
     fam = pirls.family
-    return fam.link.name == fam.canonical and int(pirls.q_off[-1] - pirls.q_off[1]) <= DENSE_Q
+    q1, q2 = int(pirls.q_off[1]), int(pirls.q_off[-1] - pirls.q_off[1])
+    return fam.link.name == fam.canonical and q2 <= DENSE_Q and q1 * q2 <= DENSE_S12
 
 
 def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
@@ -186,6 +189,12 @@ class _GradientTerms:
     b: list                   # Lambda u per term
     at_mode: bool = False     # the workspace holds the mode's one chunk
     kept: dict = field(default_factory=dict)   # (one chunk: its terms between the passes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (what sending it to a partition costs)."""
+        return sum(v.nbytes for v in vars(self.S).values() if isinstance(v, np.ndarray)) \
+            + self.u.nbytes + sum(v.nbytes for v in self.b)
 
     def s_at(self, cols, lev0, a, col_b, b_pos, b_first):
         """S[cols[:, a], col_b]: within the first term by positions in a level."""

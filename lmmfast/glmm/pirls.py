@@ -30,6 +30,7 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 from .. import _pirls
 from ..errors import FitError
@@ -222,7 +223,19 @@ class Pirls:
         if not finite:
             raise FitError(f"PIRLS: non-finite working weights or response at theta = "
                            f"{self._theta_now.tolist()}")
+        if valid:   # where A was formed: (beta, b, sum of unit deviances, observed)
+            factor.at = (beta.copy(), b, dsum, observed)
         return dsum, valid, observed
+
+    def _u_of(self, at, beta: np.ndarray, lams: list[np.ndarray]) -> np.ndarray | None:
+        """u with Lambda u = b of the point ``at`` where the factor's A was formed, at
+        its beta; None where there is none, beta differs or some Lambda's diagonal is
+        near 0 (lme4's singular tolerance, 1e-4)."""
+        if at is None or not np.array_equal(at[0], beta) \
+                or any(np.diag(lam).min(initial=1.0) < 1e-4 for lam in lams):
+            return None
+        return np.concatenate([solve_triangular(lam, b.T, lower=True).T.ravel()
+                               for lam, b in zip(lams, at[1])])
 
     def _update(self, factor: Factor, ti: np.ndarray, theta: np.ndarray) -> None:
         info = factor.update(ti)
@@ -307,12 +320,18 @@ class Pirls:
         factor = self.factor(joint)
         ti = self.theta_internal(theta)
         lams = self.lambdas(theta)
-        u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
-        if not np.isfinite(u).all():
-            u = np.zeros_like(u)
         newton = self.family.link.name != self.family.canonical
         tol = self.tol_u if exact or newton else TOL_U_SEARCH
-        dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)
+        # by default from the last mode's b = Lambda u (the same eta, so the factor's
+        # A is already that of the start, eq. 93), else from the last u
+        u = self._u_of(factor.at, beta, lams) if u0 is None else None
+        if u is not None:
+            dsum, valid, observed = factor.at[2], True, factor.at[3]
+        else:
+            u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
+            if not np.isfinite(u).all():
+                u = np.zeros_like(u)
+            dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)
         if not valid:   # a start off the family's range: from u = 0
             u = np.zeros_like(u)
             dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)

@@ -262,6 +262,7 @@ class Factor:
         # A's plain-double accumulator: the same memory (a factor sums one way at a time)
         self._acc_plain = self._acc.reshape(-1)[:len(self.a)].reshape(-1, 1)
         self._plain = False
+        self.at = None   # where A was formed: (beta, b, sum of unit deviances, observed)
         self.work: dict = {}   # add_rows' arrays, reused at every iteration
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
@@ -273,6 +274,7 @@ class Factor:
         with ``plain`` in plain double (PIRLS iterations before the mode;
         ``_crossprod``'s one template).  The rows add to it (``rows.pass_partition``)."""
         self._plain = plain
+        self.at = None   # (the point of the rows' pass: set by PIRLS)
         acc = self._acc_plain if plain else self._acc
         acc.fill(0.0)
         return acc

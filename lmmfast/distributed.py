@@ -6,13 +6,17 @@ the rows to the client (``design.dask``): each partition's partial
 cross-products are summed on the cluster and rounded to A once, the same A
 to the last bit as the in-memory path's, so the fit is the same.  The
 result is a ``DaskLinearMixedModel``; ``predict(fit, ddf)`` predicts a Dask
-frame from any fitted model.  The computations run on whatever scheduler
+frame from any fitted model.  ``lmmfast.glmer(formula, ddf, family=...)``
+keeps each partition's model rows on the workers and makes every PIRLS
+iteration one map-reduce over them (``glmm.dask``): a
+``DaskGeneralizedLinearMixedModel``.  The computations run on whatever scheduler
 Dask is using (the ``distributed.Client`` created last).  Dask is an
 optional dependency: ``pip install 'lmmfast[dask]'``.
 """
 
 from .design.dask import INSTALL_HINT, DaskReducer, exact_quantiles, is_partitioned, predict
+from .glmm.model import DaskGeneralizedLinearMixedModel
 from .model import DaskLinearMixedModel
 
-__all__ = ["DaskLinearMixedModel", "DaskReducer", "INSTALL_HINT", "exact_quantiles",
-           "is_partitioned", "predict"]
+__all__ = ["DaskGeneralizedLinearMixedModel", "DaskLinearMixedModel", "DaskReducer",
+           "INSTALL_HINT", "exact_quantiles", "is_partitioned", "predict"]

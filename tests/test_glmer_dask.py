@@ -93,7 +93,7 @@ def test_row_results_are_dask_series_equal_to_pandas(client):
 
 def test_parquet_files_and_missing_values(client, tmp_path):
     """Parquet files on disk, a row with a missing value dropped as in memory."""
-    cb = dataset("cbpp")
+    cb = dataset("cbpp").copy()   # (the cached frame is shared)
     cb.loc[3, "incidence"] = np.nan
     for i, start in enumerate(range(0, len(cb), 20)):
         cb.iloc[start:start + 20].to_parquet(tmp_path / f"part{i}.parquet")

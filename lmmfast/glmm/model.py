@@ -66,6 +66,12 @@ class GeneralizedLinearMixedModel:
         Prior weights and an offset (also ``offset(...)`` in the formula).
     """
 
+    def __new__(cls, formula=None, data=None, *args, **kwargs):
+        """A Dask DataFrame or Parquet data gives a ``DaskGeneralizedLinearMixedModel``."""
+        if cls is GeneralizedLinearMixedModel and data is not None and is_partitioned(data):
+            cls = DaskGeneralizedLinearMixedModel
+        return super().__new__(cls)
+
     def __init__(self, formula: str, data, family="binomial", nAGQ: int = 1,
                  weights=None, offset=None):
         self.family: Family = make_family(family)
@@ -721,6 +727,4 @@ def glmer(formula: str, data, family="binomial", nAGQ: int = 1, weights=None,
     """Fit a generalized linear mixed model as lme4's ``glmer``: of a pandas frame in
     memory, or of a Dask DataFrame or Parquet files on the cluster the current
     ``distributed.Client`` is connected to (``DaskGeneralizedLinearMixedModel``)."""
-    cls = DaskGeneralizedLinearMixedModel if is_partitioned(data) \
-        else GeneralizedLinearMixedModel
-    return cls(formula, data, family, nAGQ, weights, offset).fit(start)
+    return GeneralizedLinearMixedModel(formula, data, family, nAGQ, weights, offset).fit(start)

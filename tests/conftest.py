@@ -153,3 +153,15 @@ def posthoc_fit_at_lme4(model: str) -> lmmfast.LinearMixedModel:
     fit = posthoc_fit(model).copy()
     fit._set_theta(lme4_theta(fit, posthoc()["models"][model]["tidy"]))
     return fit
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A Dask LocalCluster of 2 worker processes with 1 thread each, as the default
+    scheduler (the tests that use it are skipped without distributed)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()

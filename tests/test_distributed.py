@@ -30,16 +30,6 @@ RTOL = 1e-10
 CASES = [(m, k) for m in reference()["models"] for k in ("REML", "ML")]
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A LocalCluster of 2 worker processes with 1 thread each, as the default scheduler."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
-    with distributed.Client(cluster) as c:
-        yield c
-    cluster.close()
-
-
 def _spec(model):
     spec = reference()["models"][model]
     return spec["formula"], lmmfast.datasets.load(spec["dataset"])

@@ -29,16 +29,6 @@ from lmmfast.glmm.model import DaskGeneralizedLinearMixedModel  # noqa: E402
 MODELS = list(lme4_default()["models"]) + ["epil_offset"]
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A LocalCluster of 2 worker processes with 1 thread each, as the default scheduler."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
-    with distributed.Client(cluster) as c:
-        yield c
-    cluster.close()
-
-
 def _dask_fit(name: str, npartitions: int = 3, **kwargs):
     m = spec(name)
     ddf = dd.from_pandas(dataset(m["dataset"]), npartitions=npartitions)

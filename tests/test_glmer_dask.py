@@ -92,7 +92,7 @@ def test_parquet_files_and_missing_values(client, tmp_path):
         ref = glmer(formula, cb, family="binomial")
     with pytest.warns(Warning, match="missing values"):
         got = glmer(formula, str(tmp_path / "*.parquet"), family="binomial")
-    assert got.nobs == ref.nobs == 55
+    assert got.nobs == ref.nobs == 55 and got.n_dropped == ref.n_dropped == 1
     assert got.objective == pytest.approx(ref.objective, rel=1e-10)
     np.testing.assert_allclose(got.beta, ref.beta, rtol=1e-8)
 

@@ -63,10 +63,13 @@ def _buffer(work: dict | None, key, shape: tuple) -> np.ndarray:
     ``work``): the first rows of the largest asked for under ``key``."""
     if work is None:
         return np.empty(shape)
-    buf = work.get(key)
-    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-        buf = work[key] = np.empty(shape)
-    return buf[:shape[0]]
+    view = work.get((key, shape))
+    if view is None:
+        buf = work.get(key)
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+            buf = work[key] = np.empty(shape)
+        view = work[(key, shape)] = buf[:shape[0]]
+    return view
 
 
 def add_rows(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],

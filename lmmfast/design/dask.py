@@ -25,8 +25,8 @@ from ..errors import DataError
 from .rows import row_parameters, row_values
 from .spec import DesignSpec, piece_columns, sorted_unique
 
-__all__ = ["DaskReducer", "DaskRows", "INSTALL_HINT", "as_dask_frame", "exact_quantiles",
-           "is_partitioned", "predict"]
+__all__ = ["DaskReducer", "DaskRows", "INSTALL_HINT", "as_dask_frame", "distributed_client",
+           "exact_quantiles", "is_partitioned", "predict", "shared"]
 
 INSTALL_HINT = "pip install 'lmmfast[dask]'   (installs dask[dataframe], distributed and pyarrow)"
 SPLIT_EVERY = 8   # partials merged per task of the tree reduction
@@ -75,7 +75,7 @@ def _identity(obj):
     return obj
 
 
-def _distributed_client():
+def distributed_client():
     """The ``distributed.Client`` Dask is computing with, if any."""
     from dask.base import get_scheduler
     client = getattr(get_scheduler(), "__self__", None)
@@ -86,7 +86,7 @@ def shared(obj, prefix: str = "lmmfast"):
     """``obj`` as one Delayed that every task can use: scattered to the cluster once
     when a ``distributed.Client`` is computing, else a single graph key."""
     dask, _ = _import_dask()
-    client = _distributed_client()
+    client = distributed_client()
     if client is not None:
         return dask.delayed(_identity, pure=True)(client.scatter(obj, hash=False))
     return dask.delayed(obj, name=f"{prefix}-{uuid.uuid4().hex}", traverse=False)

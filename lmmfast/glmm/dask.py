@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _crossprod
-from ..design.dask import INSTALL_HINT, SPLIT_EVERY, DaskReducer, _distributed_client, \
-    as_dask_frame, shared
-from ..design.fixed import r_factor, reduced_rows, warn_dropped
+from ..design.dask import SPLIT_EVERY, DaskReducer, as_dask_frame, distributed_client, shared
+from ..design.fixed import independent_columns, r_factor, reduced_rows, warn_dropped
 from ..design.reduce import reduce_structure
 from ..design.spec import DesignSpec, piece_columns
 from ..errors import DataError
@@ -87,7 +86,7 @@ def _build_partition(spec: DesignSpec, form, family_name: str, keep: np.ndarray,
 def _partition_stats(part: Partition) -> dict:
     return {"nobs": part.nobs, "any_trials": part.any_trials,
             "whole_trials": part.whole_trials, "whole_weights": part.whole_weights,
-            "notes": part.notes, "chunk_rows": max([c.size for c in part.chunks], default=0)}
+            "notes": part.notes}
 
 
 def _run(fn, part: Partition, args):
@@ -158,7 +157,7 @@ class DaskRows:
     def __init__(self, ddf, spec: DesignSpec, form, family_name: str, keep: np.ndarray,
                  split_every: int = SPLIT_EVERY, chunk_rows: int | None = None):
         import dask
-        self.client = _distributed_client()
+        self.client = distributed_client()
         self.split_every = max(2, int(split_every))
         self.passes = 0
         self.bytes_to_client = 0
@@ -296,10 +295,9 @@ def dask_design(formula: str, data, family_name: str, weights=None, offset=None,
     lhs_formula = f"{form.parsed.response} ~ {formula.split('~', 1)[1]}"
     spec = DesignSpec.from_meta(lhs_formula, ddf._meta, weights, offset)
     reducer = DaskReducer(ddf, split_every)
-    reduce_structure(spec, reducer, stacklevel + 1)
+    n_dropped = reduce_structure(spec, reducer, stacklevel + 1)["n_bad"]
     names = list(spec.x_names)
     r = r_factor([reducer.run(spec, _x_rows, _merge_x_rows)], len(names))
-    from ..design.fixed import independent_columns
     keep = independent_columns(r)
     dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
     if dropped:
@@ -312,11 +310,9 @@ def dask_design(formula: str, data, family_name: str, weights=None, offset=None,
     p = len(keep)
     empty = np.zeros(0)
     design = Design(formula, form.lhs, np.zeros((0, p)), [names[j] for j in keep], remats,
-                    internal, empty, empty, empty, empty, pd.RangeIndex(0), 0, dropped,
+                    internal, empty, empty, empty, empty, pd.RangeIndex(0), n_dropped, dropped,
                     spec.fixed_spec, levels, n_rows=rows.nobs, patterns=dict(spec.patterns))
     stats = {"partitions": rows.partitions, "passes": reducer.passes + 1,
              "bytes_to_client": reducer.bytes_to_client}
     return design, rows, stats, ddf
 
-
-__all__ += ["INSTALL_HINT"]

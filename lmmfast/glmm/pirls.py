@@ -231,7 +231,7 @@ class Pirls:
         """u with Lambda u = b of the point ``at`` where the factor's A was formed, at
         its beta; None where there is none, beta differs or some Lambda's diagonal is
         near 0 (lme4's singular tolerance, 1e-4)."""
-        if at is None or not np.array_equal(at[0], beta) \
+        if at is None or at[0].tolist() != beta.tolist() \
                 or any(np.diag(lam).min(initial=1.0) < 1e-4 for lam in lams):
             return None
         return np.concatenate([solve_triangular(lam, b.T, lower=True).T.ravel()
@@ -323,8 +323,9 @@ class Pirls:
         newton = self.family.link.name != self.family.canonical
         tol = self.tol_u if exact or newton else TOL_U_SEARCH
         # by default from the last mode's b = Lambda u (the same eta, so the factor's
-        # A is already that of the start, eq. 93), else from the last u
-        u = self._u_of(factor.at, beta, lams) if u0 is None else None
+        # A is already that of the start, eq. 93; for a canonical link, whose first
+        # step it is), else from the last u
+        u = self._u_of(factor.at, beta, lams) if u0 is None and not newton else None
         if u is not None:
             dsum, valid, observed = factor.at[2], True, factor.at[3]
         else:

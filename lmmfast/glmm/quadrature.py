@@ -52,7 +52,7 @@ def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     lams = pirls.lambdas(mode.theta)
     c0, ck = pirls.run_rows(agq_partition, pirls.kern, pirls.family, mode.beta,
                             pirls.b(u, lams), float(mode.theta[0]), shift, nl,
-                            merge=_add_pair)
+                            pirls.rows_at_mode(mode), merge=_add_pair)
     c0 += u * u
     uk = u[None, :] + shift
     ck += uk * uk
@@ -65,14 +65,17 @@ def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     return float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum())
 
 
-def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray, nl: int):
+def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray, nl: int,
+                  at_mode: bool = False):
     """A partition's level sums of the unit deviances at the mode (c0) and at every
-    node's shifted linear predictor (K x nl, eq. 101), all nodes at once."""
+    node's shifted linear predictor (K x nl, eq. 101), all nodes at once
+    (``at_mode``: the workspace holds the mode's one chunk)."""
     c0 = np.zeros(nl)
     ck = np.zeros((len(shift), nl))
     keys_off = nl * np.arange(len(shift))[:, None]
     for c in chunks:
-        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        if not at_mode:
+            at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
         eta, _, dev = ws.take(c.size)[:3]
         refs, z = c.refs[0], c.z[0][:, 0]
         c0 += np.bincount(refs, weights=dev, minlength=nl)

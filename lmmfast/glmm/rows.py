@@ -21,7 +21,7 @@ from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
-__all__ = ["Kernel", "LocalRows", "ROW_VALUES", "RowChunk", "Workspace", "aic_partition",
+__all__ = ["Kernel", "LocalRows", "RowChunk", "Workspace", "aic_partition",
            "at_rows", "values_partition",
            "extreme_partition", "pass_partition", "split_rows", "start_partition",
            "working_at"]
@@ -190,9 +190,6 @@ def extreme_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, binom
         mu = ws.take(c.size)[1]
         n += int(((mu < tiny) | (mu > 1 - tiny)).sum()) if binomial else int((mu < tiny).sum())
     return n
-
-
-ROW_VALUES = ("eta", "mu", "dev", "response", "deviance", "pearson", "working")
 
 
 def values_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family,

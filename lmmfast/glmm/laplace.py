@@ -211,7 +211,7 @@ class _GradientTerms:
         if id(c) in self.kept:
             return self.kept[id(c)]
         if not self.at_mode:
-            at_rows(c, self.kern.link, self.kern.family, self.beta, self.b, self.kern.unit, ws)
+            at_rows(c, self.kern, self.beta, self.b, ws)
         eta, mu = ws.take(c.size)[:2]
         cols = np.hstack([(self.q_off[t] + c.refs[t] * k)[:, None] + np.arange(k)[None, :]
                           for t, k in enumerate(self.k)])

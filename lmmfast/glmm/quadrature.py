@@ -75,7 +75,7 @@ def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarr
     keys_off = nl * np.arange(len(shift))[:, None]
     for c in chunks:
         if not at_mode:
-            at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+            at_rows(c, kern, beta, b, ws)
         eta, _, dev = ws.take(c.size)[:3]
         refs, z = c.refs[0], c.z[0][:, 0]
         c0 += np.bincount(refs, weights=dev, minlength=nl)

@@ -2,10 +2,12 @@
 
 A pass at (beta, b = Lambda u) forms each row's linear predictor, mean and
 unit deviance (docs/theory.md, eqs. 91, 92) and, where a factor is to be
-re-formed, the working weights and response (eq. 93) whose cross-products
-``predictor.Factor.add`` sums (eq. 12).  It goes one chunk of rows at a
+re-formed, the working weights and response (eq. 93) whose cross-products it
+adds to the factor's accumulator (eq. 12).  It goes one chunk of rows at a
 time, so a fit holds no per-row array beyond the design and one chunk's
-workspace, however many rows there are.  A chunk's arrays are views of the
+workspace, however many rows there are.  The functions ``*_partition`` are
+what a pass computes on one partition of the rows (a list of chunks): in this
+process (``LocalRows``, one partition) or on a Dask cluster (``glmm.dask``).  A chunk's arrays are views of the
 design's where these are contiguous; a constant column (unit prior weights,
 a zero offset) is one shared chunk of its value.
 """
@@ -19,12 +21,12 @@ import numpy as np
 from .. import _pirls
 from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
-PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
-__all__ = ["Kernel", "LocalRows", "RowChunk", "Workspace", "aic_partition",
-           "at_rows", "values_partition",
-           "extreme_partition", "pass_partition", "split_rows", "start_partition",
-           "working_at"]
+__all__ = ["Kernel", "LocalRows", "PASS_ROWS", "RowChunk", "Workspace", "aic_partition",
+           "at_rows", "extreme_partition", "merge_start", "pass_partition", "split_rows",
+           "start_partition", "values_partition", "working_at"]
+
+PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
 
 @dataclass
@@ -113,18 +115,17 @@ class Workspace:
         return views
 
 
-def at_rows(c: RowChunk, link: int, family: int, beta: np.ndarray, b: list[np.ndarray],
-            unit: list[list[bool]], ws: Workspace):
+def at_rows(c: RowChunk, kern: Kernel, beta: np.ndarray, b: list[np.ndarray],
+            ws: Workspace):
     """eta = o + X beta + Z b, mu and the unit deviances of the chunk (eqs. 91, 92)
     into ``ws``, in one compiled loop; returns (sum of the unit deviances, whether
     every mu is in the family's range)."""
     eta, mu, dev, _, _, fixed = ws.take(c.size)
-    return _pirls.evaluate(link, family, c.x, beta, c.offset, c.refs, c.z, b, unit, c.y,
-                           c.wt, fixed, eta, mu, dev)
+    return _pirls.evaluate(kern.link, kern.family, c.x, beta, c.offset, c.refs, c.z, b,
+                           kern.unit, c.y, c.wt, fixed, eta, mu, dev)
 
 
-def working_at(c: RowChunk, link: int, family: int, joint: bool, newton: bool,
-               ws: Workspace):
+def working_at(c: RowChunk, kern: Kernel, joint: bool, newton: bool, ws: Workspace):
     """sqrt of the working weights and the working response (eq. 93) at the chunk's
     eta in ``ws`` (after ``at_rows``): with ``newton`` the observed information's
     where all of them are positive, else Fisher's.  The response is taken net of
@@ -132,6 +133,7 @@ def working_at(c: RowChunk, link: int, family: int, joint: bool, newton: bool,
     (whether the observed information's were used, whether all are finite)."""
     eta, _, _, sw, zwork, fixed = ws.take(c.size)
     base = c.offset if joint else fixed
+    link, family = kern.link, kern.family
     observed = newton and _pirls.working_observed(link, family, eta, c.y, c.wt, base, sw,
                                                   zwork)
     finite = observed or _pirls.working(link, family, eta, c.y, c.wt, base, sw, zwork)
@@ -155,12 +157,12 @@ def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, work: dict, layou
     """
     dsum, observed = 0.0, newton
     for c in chunks:
-        d, valid = at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        d, valid = at_rows(c, kern, beta, b, ws)
         if not valid:
             return np.nan, False, False, True
         dsum += d
         if acc is not None:
-            obs, finite = working_at(c, kern.link, kern.family, joint, newton, ws)
+            obs, finite = working_at(c, kern, joint, newton, ws)
             if not finite:
                 return dsum, True, False, False
             observed = observed and obs
@@ -175,7 +177,7 @@ def aic_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family,
     binomial's trials m as R takes them from all rows (n where any n > 1, else wt)."""
     total = 0.0
     for c in chunks:
-        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        at_rows(c, kern, beta, b, ws)
         total += family.aic_rows(c.y, c.trials if trials_given else c.wt, ws.take(c.size)[1],
                                  c.wt)
     return total
@@ -186,7 +188,7 @@ def extreme_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, binom
     """Rows whose mean is numerically 0 (or 1 for binomial) at (beta, b)."""
     n = 0
     for c in chunks:
-        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        at_rows(c, kern, beta, b, ws)
         mu = ws.take(c.size)[1]
         n += int(((mu < tiny) | (mu > 1 - tiny)).sum()) if binomial else int((mu < tiny).sum())
     return n
@@ -200,7 +202,7 @@ def values_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family
     ``working`` ((y - mu) / mu')."""
     out = []
     for c in chunks:
-        at_rows(c, kern.link, kern.family, beta, b, kern.unit, ws)
+        at_rows(c, kern, beta, b, ws)
         eta, mu, dev = ws.take(c.size)[:3]
         if what in ("eta", "mu", "dev"):
             out.append({"eta": eta, "mu": mu, "dev": dev}[what].copy())

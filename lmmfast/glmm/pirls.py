@@ -30,7 +30,6 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from .. import _pirls
 from ..errors import FitError
@@ -234,7 +233,8 @@ class Pirls:
         if at is None or at[0].tolist() != beta.tolist() \
                 or any(np.diag(lam).min(initial=1.0) < 1e-4 for lam in lams):
             return None
-        return np.concatenate([solve_triangular(lam, b.T, lower=True).T.ravel()
+        return np.concatenate([(b / lam[0, 0] if len(lam) == 1 else
+                                np.linalg.solve(lam, b.T).T).ravel()
                                for lam, b in zip(lams, at[1])])
 
     def _update(self, factor: Factor, ti: np.ndarray, theta: np.ndarray) -> None:

@@ -43,9 +43,8 @@ class RowChunk:
     refs: list[np.ndarray]     # per term (internal order), int64 level codes
     z: list[np.ndarray]        # per term, m x k
 
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
+    def __post_init__(self):
+        self.size = self.stop - self.start   # (read at every pass: an attribute)
 
     @property
     def rows(self) -> slice:

@@ -161,6 +161,7 @@ class DaskRows:
         self.split_every = max(2, int(split_every))
         self.passes = 0
         self.bytes_to_client = 0
+        self._held: dict = {}
         parts = ddf[piece_columns(spec)].to_delayed()
         spec_d = shared(spec, "lmmfast-spec")
         built = [dask.delayed(_build_partition, pure=True)(spec_d, form, family_name, keep,
@@ -201,11 +202,21 @@ class DaskRows:
         self.bytes_to_client += int(sizeof(out))
         return out
 
+    def held(self, obj):
+        """``obj`` sent to every worker once, for every pass that uses it (the layout of
+        A, with its sparse patterns, is the size of the model)."""
+        kept = self._held.get(id(obj))
+        if kept is None or kept[0] is not obj:
+            [fut] = self.client.scatter([obj], broadcast=True, hash=False)
+            kept = self._held[id(obj)] = (obj, fut)
+        return kept[1]
+
     def _args(self, args: tuple) -> tuple:
         """The task's arguments, the last (the pass's own, a tuple) scattered once to
         every worker where it is large."""
+        from dask.sizeof import sizeof
         last = args[-1]
-        if sum(getattr(a, "nbytes", 0) for a in last) > 1 << 20:
+        if sum(getattr(a, "nbytes", 0) or sizeof(a) for a in last) > 1 << 20:
             [fut] = self.client.scatter([last], broadcast=True, hash=False)
             return args[:-1] + (fut,)
         return args
@@ -229,6 +240,8 @@ class DaskRows:
         partitions adding to an accumulator of their own; the merged accumulator
         is written to ``acc``."""
         from .pirls import merge_pass
+        if self.client is not None:   # (the layout of A, args[0], is the same every pass)
+            args = (self.held(args[0]),) + args[1:]
         out = self._reduce(self._submit(_run_into_group, fn, acc.shape, args),
                            _merge_into(merge_pass))
         acc[:] = out[-1]

@@ -27,8 +27,8 @@ from ..design.fixed import independent_columns, r_factor, reduced_rows, warn_dro
 from ..design.reduce import reduce_structure
 from ..design.spec import DesignSpec, piece_columns
 from ..errors import DataError
-from .predictor import Design, glm_response, response_form
-from .rows import Workspace, split_rows
+from .predictor import Design, glm_response, model_offset, response_form
+from .rows import Workspace, split_rows, whole_counts
 
 __all__ = ["DaskRows", "dask_design"]
 
@@ -44,10 +44,6 @@ class Partition:
     whole_trials: bool        # m y whole with m the trials
     whole_weights: bool       # m y whole with m the prior weights
     notes: list[str]          # R's warnings for the response
-
-
-def _whole(m, y) -> bool:
-    return bool(np.all(np.abs(m * y - np.round(m * y)) <= 1e-9 * np.maximum(1.0, m)))
 
 
 def _frame_rows(spec: DesignSpec, piece: pd.DataFrame):
@@ -72,15 +68,13 @@ def _build_partition(spec: DesignSpec, form, family_name: str, keep: np.ndarray,
     user_w = None if rows.weights is None else np.asarray(rows.weights, dtype=np.float64)
     y, prior, trials, notes = glm_response(form, rows.data, xy.y, user_w, family_name)
     n = len(y)
-    offset = np.broadcast_to(np.float64(0.0), (n,)) if rows.offset is None \
-        else np.asarray(rows.offset, dtype=np.float64)
     remats = [spec.remat(rows.data, i) for i in spec.order]
     internal = [spec.order.index(i) for i in spec.internal]
-    design = Design(spec.formula, form.lhs, x, [], remats, internal, y, prior, trials, offset,
-                    rows.row_index, 0, [])
+    design = Design(spec.formula, form.lhs, x, [], remats, internal, y, prior, trials,
+                    model_offset(rows.offset, n), rows.row_index, 0, [])
     chunks = split_rows(design, chunk_rows) if n else []
     return Partition(chunks, rows.row_index, n, bool((trials > 1).any()),
-                     _whole(trials, y), _whole(prior, y), notes)
+                     whole_counts(trials, y), whole_counts(prior, y), notes)
 
 
 def _partition_stats(part: Partition) -> dict:

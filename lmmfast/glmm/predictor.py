@@ -194,10 +194,14 @@ def build_design(formula: str, data, family_name: str, weights=None,
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     n = len(y)
-    off = _constant(0.0, n) if frame.offset is None \
-        else np.asarray(frame.offset, dtype=np.float64)
-    return Design(formula, form.lhs, xy.x, xy.names, remats, internal, y, prior, trials, off,
+    return Design(formula, form.lhs, xy.x, xy.names, remats, internal, y, prior, trials,
+                  model_offset(frame.offset, n),
                   frame.row_index, frame.n_dropped, xy.dropped, xy.spec, levels)
+
+
+def model_offset(offset, n: int) -> np.ndarray:
+    """The total offset of ``n`` model rows: a zero constant where there is none."""
+    return _constant(0.0, n) if offset is None else np.asarray(offset, dtype=np.float64)
 
 
 def _constant(value: float, n: int) -> np.ndarray:

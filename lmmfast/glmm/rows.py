@@ -24,7 +24,7 @@ from ..design.fixed import reduced_rows
 
 __all__ = ["Kernel", "LocalRows", "PASS_ROWS", "RowChunk", "Workspace", "aic_partition",
            "at_rows", "extreme_partition", "merge_start", "pass_partition", "split_rows",
-           "start_partition", "values_partition", "working_at"]
+           "start_partition", "values_partition", "whole_counts", "working_at"]
 
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
@@ -235,6 +235,12 @@ def merge_start(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return reduced_rows([a, b], a.shape[1])
 
 
+def whole_counts(m: np.ndarray, y: np.ndarray) -> bool:
+    """Whether every m y is a whole number (the successes or counts whose aic is
+    the sum of unit deviances plus a constant, eq. 99)."""
+    return bool(np.all(np.abs(m * y - np.round(m * y)) <= 1e-9 * np.maximum(1.0, m)))
+
+
 class LocalRows:
     """The rows of a model held in this process, in chunks: one partition."""
 
@@ -245,9 +251,7 @@ class LocalRows:
         self.nobs = design.nobs
         d = design
         self.trials_given = bool((d.trials > 1).any())
-        m = d.trials if self.trials_given else d.prior_weights
-        self.whole = bool(np.all(np.abs(m * d.y - np.round(m * d.y))
-                                 <= 1e-9 * np.maximum(1.0, m)))
+        self.whole = whole_counts(d.trials if self.trials_given else d.prior_weights, d.y)
 
     def run(self, fn, *args, merge=None):
         """``fn(chunks, workspace, *args)`` over the rows (``merge``: how two

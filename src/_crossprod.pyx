@@ -275,10 +275,16 @@ cdef bint _xy_z(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1
     cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], p1 = xy.shape[1]
     cdef Py_ssize_t r, b, i, col0, work = 0
     cdef double zb, xi
+    cdef double* out
     for r in range(n):
         col0 = refs[r] * k
         for b in range(k):
             zb = z[r, b]
+            if acc_mode is PlainDouble:   # (a zero adds nothing: no test)
+                out = &acc[(col0 + b) * p1, 0]
+                for i in range(p1):
+                    out[i] += xy[r, i] * zb
+                continue
             for i in range(p1):
                 xi = xy[r, i]
                 if xi != 0.0:

@@ -1,11 +1,13 @@
 # cython: language_level=3
-"""One PIRLS pass over the rows of a GLMM (docs/theory.md, eqs. 92-93), compiled.
+"""The passes over the rows of a GLMM (docs/theory.md, eqs. 92-93), compiled.
 
 ``evaluate`` forms a chunk's eta = o + X beta + Z Lambda u from X, each
 term's level codes and per-row z (eqs. 2, 3, 91), maps it to mu and gives
 the unit deviances (eq. 92) and their sum; ``linear_predictor`` is its
 Z Lambda u alone; ``working`` forms the square roots of the working weights
-and the working response (eq. 93).  One nogil loop each, no
+and the working response (eq. 93).  ``gradient_columns``, ``gradient_first``
+and ``gradient_second`` are the two passes of the Laplace deviance's
+gradient (``lmmfast.glmm.laplace``).  One nogil loop each, no
 temporaries.  The links and families are those of ``lmmfast.family`` (R's
 ``binomial()`` and ``poisson()``) with R's clamps near the ends of the
 scale, so the numbers are the numpy ones to rounding.
@@ -233,3 +235,125 @@ def working_observed(int link, int family, const double[::1] eta, const double[:
                 ok = False
                 break
     return bool(ok)
+
+
+# ------------------------------------------------------------ the Laplace gradient's passes
+
+cdef inline double _s_at(Py_ssize_t ia, Py_ssize_t ib, Py_ssize_t pa, Py_ssize_t pb,
+                         Py_ssize_t level, Py_ssize_t q1, Py_ssize_t k1, Py_ssize_t q2,
+                         const double* s11, const double* s12,
+                         const double* s22) noexcept nogil:
+    """S[ia, ib] of the gradient's inverse (``laplace._Inverse``): the first term's
+    diagonal blocks (by positions pa, pb within a level), S_12 and S_22."""
+    if ia < q1:
+        if ib < q1:
+            return s11[(level * k1 + pa) * k1 + pb]
+        return s12[ia * q2 + ib - q1]
+    if ib < q1:
+        return s12[ib * q2 + ia - q1]
+    return s22[(ia - q1) * q2 + ib - q1]
+
+
+cdef inline double _h_of(Py_ssize_t r, const cnp.int64_t[:, ::1] cols, const double[:, ::1] gv,
+                         Py_ssize_t q1, Py_ssize_t k1, Py_ssize_t q2, const double* s11,
+                         const double* s12, const double* s22) noexcept nogil:
+    """h = g^T S g of row r (g: its G = Z Lambda values at its columns)."""
+    cdef Py_ssize_t K = cols.shape[1], a, b, level = cols[r, 0] // k1
+    cdef double h = 0.0, ga
+    for a in range(K):
+        ga = gv[r, a]
+        h += ga * ga * _s_at(cols[r, a], cols[r, a], a, a, level, q1, k1, q2, s11, s12, s22)
+        for b in range(a + 1, K):
+            h += 2.0 * ga * gv[r, b] * _s_at(cols[r, a], cols[r, b], a, b, level, q1, k1,
+                                             q2, s11, s12, s22)
+    return h
+
+
+def gradient_columns(list refs, list z, list lams, const cnp.int64_t[::1] q_off,
+                     cnp.int64_t[:, ::1] cols, double[:, ::1] gv, double[:, ::1] zall):
+    """Each row's random-effects columns (term t's k_t at q_off[t] + refs_t k_t, the
+    terms side by side: m x K), its G = Z Lambda values there (eqs. 2, 3) and its z."""
+    cdef Py_ssize_t n = cols.shape[0], t, r, a, c, k, koff = 0
+    cdef const cnp.int64_t[::1] rt
+    cdef const double[:, ::1] zt
+    cdef const double[:, ::1] lam
+    cdef double s
+    for t in range(len(refs)):
+        rt = refs[t]
+        zt = z[t]
+        lam = lams[t]
+        k = zt.shape[1]
+        with nogil:
+            for r in range(n):
+                for a in range(k):
+                    cols[r, koff + a] = q_off[t] + rt[r] * k + a
+                    zall[r, koff + a] = zt[r, a]
+                    s = 0.0
+                    for c in range(a, k):   # lambda is lower-triangular
+                        s += zt[r, c] * lam[c, a]
+                    gv[r, koff + a] = s
+        koff += k
+
+
+def gradient_first(int link, int family, const double[::1] wt, const double[::1] eta,
+                   const double[::1] mu, const cnp.int64_t[:, ::1] cols,
+                   const double[:, ::1] gv, Py_ssize_t q1, Py_ssize_t k1, cnp.ndarray s11,
+                   cnp.ndarray s12, cnp.ndarray s22, double[::1] gtv):
+    """The rows' G^T v into ``gtv``, v = h w' (``laplace.laplace_gradient``, for the
+    canonical links: w' = d w / d eta)."""
+    cdef Py_ssize_t n = eta.shape[0], K = cols.shape[1], r, a
+    cdef Py_ssize_t q2 = cnp.PyArray_DIM(s22, 0)
+    cdef const double* p11 = <const double*>cnp.PyArray_DATA(s11)
+    cdef const double* p12 = <const double*>cnp.PyArray_DATA(s12)
+    cdef const double* p22 = <const double*>cnp.PyArray_DATA(s22)
+    cdef double m, me, v
+    with nogil:
+        for r in range(n):
+            _link(link, eta[r], &m, &me)
+            v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] \
+                * (me * (1.0 - 2.0 * mu[r]) if family == 0 else me)
+            for a in range(K):
+                gtv[cols[r, a]] += gv[r, a] * v
+
+
+def gradient_second(int link, int family, const double[::1] y, const double[::1] wt,
+                    const double[::1] eta, const double[::1] mu, const double[:, ::1] x,
+                    const cnp.int64_t[:, ::1] cols, const double[:, ::1] gv,
+                    const double[:, ::1] zall, Py_ssize_t q1, Py_ssize_t k1, cnp.ndarray s11,
+                    cnp.ndarray s12, cnp.ndarray s22, const double[::1] rv,
+                    const double[::1] u, const cnp.int64_t[::1] ent_z,
+                    const cnp.int64_t[::1] ent_col, double[::1] g_theta,
+                    double[::1] grad_beta):
+    """The rows' sums of the gradient in theta (entry m: z's column ``ent_z[m]`` and
+    lambda's column ``ent_col[m]``, positions in the rows' columns) and in beta,
+    with e = s + v - w G r (``laplace.laplace_gradient``)."""
+    cdef Py_ssize_t n = eta.shape[0], K = cols.shape[1], p = x.shape[1], r, a, j, mm, col, cc
+    cdef Py_ssize_t n_ent = ent_z.shape[0], level
+    cdef Py_ssize_t q2 = cnp.PyArray_DIM(s22, 0)
+    cdef const double* p11 = <const double*>cnp.PyArray_DATA(s11)
+    cdef const double* p12 = <const double*>cnp.PyArray_DATA(s12)
+    cdef const double* p22 = <const double*>cnp.PyArray_DATA(s22)
+    cdef double m, me, v, w, s, gr, e, zr, sg
+    with nogil:
+        for r in range(n):
+            _link(link, eta[r], &m, &me)
+            v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] \
+                * (me * (1.0 - 2.0 * mu[r]) if family == 0 else me)
+            w = wt[r] * me
+            s = -2.0 * wt[r] * (y[r] - mu[r])
+            gr = 0.0
+            for a in range(K):
+                gr += gv[r, a] * rv[cols[r, a]]
+            e = s + v - w * gr
+            for j in range(p):
+                grad_beta[j] += x[r, j] * e
+            level = cols[r, 0] // k1
+            for mm in range(n_ent):
+                zr = zall[r, ent_z[mm]]
+                cc = ent_col[mm]
+                col = cols[r, cc]
+                sg = 0.0
+                for a in range(K):
+                    sg += gv[r, a] * _s_at(cols[r, a], col, a, cc, level, q1, k1, q2,
+                                           p11, p12, p22)
+                g_theta[mm] += zr * (e * u[col] - 0.5 * s * rv[col] + 2.0 * w * sg)

@@ -122,3 +122,63 @@ def test_the_fixed_effect_hessian_is_checked_first_with_lme4s_words():
         "Hessian is numerically singular: parameters are not uniquely determined")
     assert convergence_of(g, h, singular=True, checked=True, n_theta=1).messages == (
         "boundary (singular) fit: see help('isSingular')",)
+
+
+def test_newton_steps_stay_within_the_bounds_and_converge_on_them():
+    """Stage 2's steps hold a diagonal theta at its bound 0 where they would take it
+    below, and shorten a step that crosses it: a quadratic whose minimum lies
+    beyond the bound converges on the bound (such a step used to end the Newton
+    steps, for BOBYQA to finish)."""
+    from lmmfast.glmm import stages
+    target, scale = np.array([1.0, -1.0, 0.5]), np.array([1.0, 2.0, 3.0])
+
+    def value_gradient(x):
+        return float((scale * (x - target) ** 2).sum()), 2.0 * scale * (x - target)
+
+    free = np.array([True, False, False])
+    r = stages.minimize_newton(lambda x: value_gradient(x)[0], np.array([0.0, 0.7, 0.2]),
+                               free, 1e-4, None, value_gradient=value_gradient)
+    assert r.converged
+    np.testing.assert_allclose(r.x, [1.0, 0.0, 0.5], atol=1e-8)
+    assert r.n_evals <= 8
+
+
+def test_a_theta_that_stage_1_leaves_on_its_bound_does_not_hold_stage_2(monkeypatch):
+    """The deviance is even in a diagonal theta at 0, so its derivative there is 0:
+    stage 2 starts it at ``OFF_BOUND`` and reaches the optimum off the bound."""
+    from lmmfast.glmm import stages
+    m = spec("cbpp_laplace")
+    data = dataset(m["dataset"])
+    expected = glmer(m["formula"], data, family=m["family"])
+    bobyqa = stages.minimize_bobyqa
+    calls = []
+
+    def stage1_at_zero(fun, x0, lower, step, **kw):
+        result = bobyqa(fun, x0, lower, step, **kw)
+        if not calls:   # stage 1: its optimum replaced by the bound
+            x = np.zeros_like(result.x)
+            result = stages.StageResult(x, float(fun(x)), result.n_evals, result.return_code)
+        calls.append(result)
+        return result
+
+    newton = stages.minimize_newton
+    starts = []
+
+    def recorded(fun, x0, *args, **kw):
+        starts.append(np.array(x0))
+        return newton(fun, x0, *args, **kw)
+
+    monkeypatch.setattr(stages, "minimize_bobyqa", stage1_at_zero)
+    monkeypatch.setattr(stages, "minimize_newton", recorded)
+    f = glmer(m["formula"], data, family=m["family"])
+    assert starts[0][0] == stages.OFF_BOUND   # theta; beta from stage 1's mode at 0
+    assert len(calls) == 1   # stage 2 by Newton steps alone
+    assert f.objective <= expected.objective * (1 + 1e-12)
+    np.testing.assert_allclose(f.theta, expected.theta, rtol=1e-6)
+
+
+def test_stage_1_is_loose_only_where_newton_steps_finish_the_search():
+    from lmmfast.glmm import stages
+    assert stages.stage1_ftol(0, True) == stages.stage1_ftol(0, False) == 1e-9
+    assert stages.stage1_ftol(1, False) == 1e-6
+    assert stages.stage1_ftol(1, True) == 1.0

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..design.layout import BLOCK_SPARSE, block_index
 from .pirls import Mode, Pirls
+from .. import _pirls
 from .rows import at_rows
 
 __all__ = ["gradient_available", "laplace_deviance", "laplace_gradient"]
@@ -103,26 +104,12 @@ class _Inverse:
         self.dinv_b = np.einsum("lab,lbq->laq", self.dinv, bm).reshape(q1, q2)
         schur = c - b.T @ self.dinv_b
         self.s22 = np.linalg.inv(schur) if q2 else np.zeros((0, 0))
-        self.s12 = -self.dinv_b @ self.s22
+        self.s12 = np.ascontiguousarray(-self.dinv_b @ self.s22)
         dbl = self.dinv_b.reshape(nl1, k1, q2)
         # (the product with S_22 first, by one matrix product: q1 q2^2 flops in BLAS)
         dbl_s22 = (self.dinv_b @ self.s22).reshape(nl1, k1, q2)
         self.s11 = self.dinv + np.einsum("laq,lbq->lab", dbl_s22, dbl)
-        self.s11_flat = self.s11.ravel()
-
-    def at(self, ia: np.ndarray, ib: np.ndarray, a_first: bool, b_first: bool,
-           level: np.ndarray | None = None) -> np.ndarray:
-        """S[ia, ib] elementwise, ``ia`` (``ib``) all in the first term or all
-        beyond it (pairs in the first term share a level: ``level``, each row's
-        level of the first term, with ``ia``, ``ib`` that term's fixed columns a, b)."""
-        q1, k1 = self.q1, self.k1
-        if a_first and b_first:
-            return self.s11_flat.take(level * (k1 * k1) + (int(ia) * k1 + int(ib)))
-        if a_first:
-            return self.s12[ia, ib - q1]
-        if b_first:
-            return self.s12[ib, ia - q1]
-        return self.s22[ia - q1, ib - q1]
+        self.s11_flat = np.ascontiguousarray(self.s11).ravel()
 
     def solve(self, v: np.ndarray) -> np.ndarray:
         """S v."""
@@ -190,7 +177,17 @@ class _GradientTerms:
     u: np.ndarray
     b: list                   # Lambda u per term
     at_mode: bool = False     # the workspace holds the mode's one chunk
-    kept: dict = field(default_factory=dict)   # (one chunk: its terms between the passes)
+    kept: dict = field(default_factory=dict)   # (one chunk: its rows between the passes)
+
+    def __post_init__(self):
+        # each theta entry's z column and lambda column, as positions in a row's
+        # columns (the terms' k_t side by side)
+        koff = np.concatenate([[0], np.cumsum(self.k)]).astype(np.int64)
+        self.ent_z = np.concatenate([koff[t] + np.asarray(rows, dtype=np.int64)
+                                     for t, (rows, _) in enumerate(self.tril)])
+        self.ent_col = np.concatenate([koff[t] + np.asarray(cols, dtype=np.int64)
+                                       for t, (_, cols) in enumerate(self.tril)])
+        self.q_off64 = np.asarray(self.q_off, dtype=np.int64)
 
     @property
     def nbytes(self) -> int:
@@ -198,76 +195,49 @@ class _GradientTerms:
         return sum(v.nbytes for v in vars(self.S).values() if isinstance(v, np.ndarray)) \
             + self.u.nbytes + sum(v.nbytes for v in self.b)
 
-    def s_at(self, cols, lev0, a, col_b, b_pos, b_first):
-        """S[cols[:, a], col_b]: within the first term by positions in a level."""
-        a_first = bool(cols[0, a] < self.q1)
-        if a_first and b_first:
-            return self.S.at(a, b_pos, True, True, lev0)
-        return self.S.at(cols[:, a], col_b, a_first, b_first)
-
     def chunk(self, c, ws):
-        """A chunk's columns and G = Z Lambda values (m x K, eqs. 2, 3), and s, w and
-        v = h w' of its rows."""
-        if id(c) in self.kept:
-            return self.kept[id(c)]
+        """A chunk's eta and mu at the mode, and its rows' columns, G = Z Lambda
+        values and z (m x K, eqs. 2, 3; ``_pirls.gradient_columns``)."""
+        kept = self.kept.get(id(c))
+        if kept is not None:
+            return kept
         if not self.at_mode:
             at_rows(c, self.kern, self.beta, self.b, ws)
         eta, mu = ws.take(c.size)[:2]
-        cols = np.hstack([(self.q_off[t] + c.refs[t] * k)[:, None] + np.arange(k)[None, :]
-                          for t, k in enumerate(self.k)])
-        gv = np.hstack([c.z[t] @ lam for t, lam in enumerate(self.lams)])
-        fam, wt = self.family, c.wt
-        mu_eta = fam.mu_eta(eta)
-        w = wt * mu_eta               # = a mu'^2 / V for a canonical link (mu' = V)
-        s = -2.0 * wt * (c.y - mu)    # d d_i / d eta
-        mu2 = mu_eta * (1.0 - 2.0 * mu) if fam.name == "binomial" else mu_eta
-        lev0 = c.refs[0]
-        K = cols.shape[1]
-        h = np.zeros(c.size)
-        for a in range(K):
-            for b in range(a, K):
-                h += (1.0 if a == b else 2.0) * gv[:, a] * gv[:, b] \
-                    * self.s_at(cols, lev0, a, cols[:, b], b, bool(cols[0, b] < self.q1))
-        return cols, gv, s, w, h * (wt * mu2)   # (w' = d w / d eta)
+        K = int(sum(self.k))
+        cols = np.empty((c.size, K), dtype=np.int64)
+        gv, zall = np.empty((c.size, K)), np.empty((c.size, K))
+        _pirls.gradient_columns(c.refs, c.z, self.lams, self.q_off64, cols, gv, zall)
+        return eta, mu, cols, gv, zall
+
+    def inverse(self):
+        """(q1, k1, S_11, S_12, S_22) as the compiled passes take them."""
+        S = self.S
+        return S.q1, S.k1, S.s11_flat, S.s12, S.s22
 
 
 def gradient_first(chunks, ws, g: _GradientTerms) -> np.ndarray:
     """A partition's G^T v (the gradient's first pass over rows)."""
     gtv = np.zeros(g.q)
     for c in chunks:
-        terms = cols, gv, _, _, v = g.chunk(c, ws)
+        eta, mu, cols, gv, zall = terms = g.chunk(c, ws)
         if len(chunks) == 1:
-            g.kept[id(c)] = terms
-        gtv += np.bincount(cols.ravel(), weights=(gv * v[:, None]).ravel(), minlength=g.q)
+            g.kept[id(c)] = (eta.copy(), mu.copy(), cols, gv, zall)
+        _pirls.gradient_first(g.kern.link, g.kern.family, c.wt, eta, mu, cols, gv,
+                              *g.inverse(), gtv)
     return gtv
 
 
 def gradient_second(chunks, ws, g: _GradientTerms, r: np.ndarray):
     """A partition's sums of the gradient in theta (internal order) and beta, with
     e = s + v - W G r (the second pass over rows)."""
-    g_theta = np.zeros(sum(len(rows) for rows, _ in g.tril))
+    g_theta = np.zeros(len(g.ent_z))
     grad_beta = np.zeros(chunks[0].x.shape[1])
-    u = g.u
     for c in chunks:
-        cols, gv, s, w, v = g.chunk(c, ws)
-        lev0 = c.refs[0]
-        K = cols.shape[1]
-        gr = np.einsum("nk,nk->n", gv, r[cols])
-        e = s + v - w * gr
-        grad_beta += c.x.T @ e
-        pos = 0
-        for t, (rows_t, cols_t) in enumerate(g.tril):
-            lev = g.q_off[t] + c.refs[t] * g.k[t]        # first column of each row's level
-            zt = c.z[t]
-            for rr, cc in zip(rows_t, cols_t):
-                zr = zt[:, rr]
-                col = lev + cc
-                d_eta_u = zr * u[col]                        # (Z Lambda_k u)_i
-                sg = sum(gv[:, a] * g.s_at(cols, lev0, a, col, cc, t == 0)
-                         for a in range(K))                  # (S g_i)[col_i]
-                trace = float(np.sum(w * zr * sg))
-                g_theta[pos] += e @ d_eta_u - 0.5 * float(s @ (zr * r[col])) + 2.0 * trace
-                pos += 1
+        eta, mu, cols, gv, zall = g.chunk(c, ws)
+        _pirls.gradient_second(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, c.x, cols, gv,
+                               zall, *g.inverse(), r, g.u, g.ent_z, g.ent_col, g_theta,
+                               grad_beta)
     return g_theta, grad_beta
 
 

@@ -154,7 +154,8 @@ class GeneralizedLinearMixedModel:
         pirls.last_u = np.zeros_like(pirls.last_u)
         step1 = np.where(self.theta_lower == 0, np.maximum(0.2 * np.abs(theta0), 0.05), 0.1)
         s1 = stages.minimize_bobyqa(self.deviance_theta, theta0, self.theta_lower, step1,
-                                    ftol_abs=1e-9 if self.n_agq == 0 else 1e-6)
+                                    ftol_abs=stages.stage1_ftol(self.n_agq,
+                                                                self._has_gradient()))
         theta1 = s1.x
         evals1 = s1.n_evals
         if self.n_agq == 0:
@@ -166,7 +167,7 @@ class GeneralizedLinearMixedModel:
             warn_if_singular(self)
             return self
         beta1 = pirls.mode_joint(theta1).beta if beta0 is None else beta0
-        x0 = np.concatenate([theta1, beta1])
+        x0 = np.concatenate([stages.off_bounds(theta1, self.theta_lower), beta1])
         lower = np.concatenate([self.theta_lower, np.full(len(beta1), -np.inf)])
         se0 = self._rx_se(theta1)
         step2 = np.concatenate([np.where(self.theta_lower == 0,

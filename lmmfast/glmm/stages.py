@@ -29,9 +29,30 @@ __all__ = [
     "fd_gradient",
     "minimize_bobyqa",
     "minimize_newton",
+    "off_bounds",
+    "stage1_ftol",
 ]
 
 BOUNDARY_TOL = 1e-5   # lme4's glmerControl boundary.tol
+STAGE1_FTOL = {"nAGQ=0": 1e-9, "newton": 1.0, "differences": 1e-6}
+OFF_BOUND = 0.01       # stage 2's start of a diagonal theta that stage 1 left at 0
+
+
+def stage1_ftol(n_agq: int, gradient: bool) -> float:
+    """Stage 1's stopping change in the deviance: tight where it is the fit (nAGQ = 0)
+    or where stage 2's steps cost 2n evaluations each (central differences), loose
+    where stage 2 takes Newton steps on the analytic gradient (eq. 103), which
+    finish the search in a few evaluations."""
+    if n_agq == 0:
+        return STAGE1_FTOL["nAGQ=0"]
+    return STAGE1_FTOL["newton" if gradient else "differences"]
+
+
+def off_bounds(theta: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """theta with each diagonal entry at its bound 0 moved to ``OFF_BOUND``: the
+    deviance is even in it there, so its derivative is 0 and Newton steps could
+    not leave it (stage 2 returns to 0 where that is the optimum)."""
+    return np.where((lower == 0) & (theta <= 0), OFF_BOUND, theta)
 
 
 @dataclass
@@ -138,6 +159,30 @@ def _positive_definite(h: np.ndarray) -> np.ndarray:
     return (vecs * vals) @ vecs.T
 
 
+def _bounded_step(b: np.ndarray, g: np.ndarray, x: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """The Newton step -B^{-1} g, with the bounded coordinates at 0 that it would
+    take below 0 held there (the step solved in the others)."""
+    p = -np.linalg.solve(b, g)
+    held = ~free & (x <= 0) & (p < 0)
+    while held.any():
+        move = ~held
+        p = np.zeros_like(g)
+        p[move] = -np.linalg.solve(b[np.ix_(move, move)], g[move])
+        more = held | (~free & (x <= 0) & (p < 0))
+        if (more == held).all():
+            break
+        held = more
+    return p
+
+
+def _step_to_bound(x: np.ndarray, p: np.ndarray, free: np.ndarray) -> float:
+    """The longest step length in (0, 1] along p that keeps the bounded coordinates >= 0."""
+    down = ~free & (p < 0)
+    if not down.any():
+        return 1.0
+    return float(min(1.0, np.min(x[down] / -p[down])))
+
+
 def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian_fn,
                     tol: float = 1e-12, maxit: int = 30, at_point=None,
                     value_gradient=None) -> NewtonResult:
@@ -149,12 +194,14 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     step).  With ``value_gradient`` (x -> (f, g), the analytic gradient of
     ``laplace.laplace_gradient``), the first Hessian is the central
     differences of gradients (``vcov.gradient_hessian``) and each point costs
-    one evaluation.  Stops when the Newton decrement g^T H^{-1} g is below
-    ``tol``.  ``free`` marks the coordinates with no bound; a step that would
-    take a bounded one (a diagonal theta) below 0, a line search that fails, or
-    no convergence returns ``converged=False`` with the best point, for BOBYQA
-    to finish.  ``at_point(x)``, if given, is called at each point before its
-    differences are taken.
+    one evaluation.  ``free`` marks the coordinates with no bound; the
+    others (diagonal thetas) stay at or above 0: one at 0 that the step would
+    take below stays there (the step is taken in the others, ``_bounded_step``),
+    and a step that would take one below 0 is shortened to reach it.  Stops
+    when the Newton decrement g^T H^{-1} g of that step is below ``tol``; a
+    line search that fails, or no convergence, returns ``converged=False``
+    with the best point, for BOBYQA to finish.  ``at_point(x)``, if given, is
+    called at each point before its differences are taken.
     """
     from ..errors import LmmError
     from .vcov import gradient_hessian
@@ -177,17 +224,16 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
         evals += k
         b = _positive_definite(h0)
         for _ in range(maxit):
-            p = -np.linalg.solve(b, g)
+            p = _bounded_step(b, g, x, free)
             decrement = float(-g @ p)
             if decrement < tol:
                 return NewtonResult(x, fx, evals, True)
             if decrement < 0:
                 break
-            t = 1.0
+            t = t0 = _step_to_bound(x, p, free)
             while True:
                 xn = x + t * p
-                if (xn[~free] < 0).any():
-                    return NewtonResult(x, fx, evals, False)
+                xn[~free] = np.maximum(xn[~free], 0.0)
                 if value_gradient is not None:
                     fn, gn = value_gradient(xn)
                 else:
@@ -196,7 +242,7 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
                 if fn <= fx - 1e-4 * t * decrement:
                     break
                 t *= 0.5
-                if t < 1e-3:
+                if t < 1e-3 * t0:
                     return NewtonResult(x, fx, evals, False)
             if value_gradient is None:
                 if at_point is not None:

@@ -85,7 +85,17 @@ class _Inverse:
             return out.reshape(q[s], q[t])
 
         l0 = lams[0]
-        d = np.einsum("ia,lij,jb->lab", l0, level_blocks(0), l0) + np.eye(k1)
+        if k1 == 1:   # D and its inverse level by level, without einsum's set-up
+            self.dinv = 1.0 / (level_blocks(0) * (l0[0, 0] * l0[0, 0]) + 1.0)
+        else:
+            self.dinv = np.linalg.inv(np.einsum("ia,lij,jb->lab", l0, level_blocks(0), l0)
+                                      + np.eye(k1))
+        if T == 1:   # one term: S = D^{-1}
+            self.dinv_b = self.s12 = np.zeros((q1, 0))
+            self.s22 = np.zeros((0, 0))
+            self.s11 = self.dinv
+            self.s11_flat = np.ascontiguousarray(self.s11).ravel()
+            return
         b = np.zeros((q1, q2))
         c = np.eye(q2)
         for s in range(1, T):
@@ -99,7 +109,6 @@ class _Inverse:
                 blk = scaled(dense(s, t), s, t)
                 c[rs, off[t - 1]:off[t]] = blk
                 c[off[t - 1]:off[t], rs] = blk.T
-        self.dinv = np.linalg.inv(d)
         bm = b.reshape(nl1, k1, q2)
         self.dinv_b = np.einsum("lab,lbq->laq", self.dinv, bm).reshape(q1, q2)
         schur = c - b.T @ self.dinv_b
@@ -150,9 +159,9 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
         return None
     lams = pirls.lambdas(mode.theta)
     g = _GradientTerms(_Inverse(pirls.factor(False), lams), pirls.kern, pirls.family,
-                       int(pirls.q_off[-1]), int(pirls.q_off[1]), lams, pirls.k, pirls.q_off,
-                       pirls._tril, mode.beta, mode.u, pirls.b(mode.u, lams),
-                       pirls.rows_at_mode(mode))
+                       int(pirls.q_off[-1]), int(pirls.q_off[1]), lams, pirls.k,
+                       np.asarray(pirls.q_off, dtype=np.int64), *pirls.theta_columns,
+                       mode.beta, mode.u, pirls.b(mode.u, lams), pirls.rows_at_mode(mode))
     r = g.S.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
     g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=_add_pair)
     grad = np.empty(pirls.n_theta)
@@ -171,23 +180,14 @@ class _GradientTerms:
     q1: int
     lams: list
     k: list
-    q_off: np.ndarray
-    tril: list
+    q_off: np.ndarray         # int64
+    ent_z: np.ndarray         # each theta entry's z column and lambda column among a
+    ent_col: np.ndarray       # row's random-effects columns (``Pirls.theta_columns``)
     beta: np.ndarray
     u: np.ndarray
     b: list                   # Lambda u per term
     at_mode: bool = False     # the workspace holds the mode's one chunk
     kept: dict = field(default_factory=dict)   # (one chunk: its rows between the passes)
-
-    def __post_init__(self):
-        # each theta entry's z column and lambda column, as positions in a row's
-        # columns (the terms' k_t side by side)
-        koff = np.concatenate([[0], np.cumsum(self.k)]).astype(np.int64)
-        self.ent_z = np.concatenate([koff[t] + np.asarray(rows, dtype=np.int64)
-                                     for t, (rows, _) in enumerate(self.tril)])
-        self.ent_col = np.concatenate([koff[t] + np.asarray(cols, dtype=np.int64)
-                                       for t, (_, cols) in enumerate(self.tril)])
-        self.q_off64 = np.asarray(self.q_off, dtype=np.int64)
 
     @property
     def nbytes(self) -> int:
@@ -207,7 +207,7 @@ class _GradientTerms:
         K = int(sum(self.k))
         cols = np.empty((c.size, K), dtype=np.int64)
         gv, zall = np.empty((c.size, K)), np.empty((c.size, K))
-        _pirls.gradient_columns(c.refs, c.z, self.lams, self.q_off64, cols, gv, zall)
+        _pirls.gradient_columns(c.refs, c.z, self.lams, self.q_off, cols, gv, zall)
         return eta, mu, cols, gv, zall
 
     def inverse(self):

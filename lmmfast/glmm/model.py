@@ -199,10 +199,15 @@ class GeneralizedLinearMixedModel:
         """Stage 2 (eq. 103) from x0: Newton steps, BOBYQA where they stop short,
         the boundary step; returns (x, -2 log L, evaluations)."""
         nt = self.n_theta
+        gradient = self._has_gradient()
+        beta_block = None
+        if gradient:   # the first matrix's beta block: 2 R_X R_X^T of stage 1's joint factor
+            rx = self.pirls.factor(True).rx()
+            beta_block = 2.0 * (rx @ rx.T)
         newton = stages.minimize_newton(
             self._deviance_x, x0, np.isinf(lower), DELTA, self._start_hessian,
             at_point=self._anchor_at,
-            value_gradient=self._value_gradient if self._has_gradient() else None)
+            value_gradient=self._value_gradient if gradient else None, beta_block=beta_block)
         evals = newton.n_evals
         x, fval = newton.x, newton.fval
         if not newton.converged:

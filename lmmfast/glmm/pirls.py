@@ -106,6 +106,12 @@ class Pirls:
         self._tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
                        np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
                       for k in self.k]
+        # each theta entry's z column and lambda column as positions among a row's
+        # random-effects columns, the terms' k side by side (the Laplace gradient's)
+        koff = np.cumsum([0] + self.k[:-1])
+        self.theta_columns = tuple(
+            np.concatenate([o + tr[i] for o, tr in zip(koff, self._tril)]).astype(np.int64)
+            for i in (0, 1))
         self.perm = design.theta_perm()
         self.n_theta = len(self.perm)
         self._factors: dict[bool, Factor] = {}

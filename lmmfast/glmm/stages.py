@@ -185,7 +185,7 @@ def _step_to_bound(x: np.ndarray, p: np.ndarray, free: np.ndarray) -> float:
 
 def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian_fn,
                     tol: float = 1e-12, maxit: int = 30, at_point=None,
-                    value_gradient=None) -> NewtonResult:
+                    value_gradient=None, beta_block=None) -> NewtonResult:
     """Quasi-Newton steps on central differences, for stage 2 (eq. 103).
 
     A first Hessian (``hessian_fn(x, f(x))`` returns it with the gradient and
@@ -193,8 +193,10 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     updated by BFGS from the central-difference gradients (2n evaluations a
     step).  With ``value_gradient`` (x -> (f, g), the analytic gradient of
     ``laplace.laplace_gradient``), the first Hessian is the central
-    differences of gradients (``vcov.gradient_hessian``) and each point costs
-    one evaluation.  ``free`` marks the coordinates with no bound; the
+    differences of gradients (``vcov.gradient_hessian``; with ``beta_block``,
+    those in theta alone, n_theta runs, the beta block given: 2 R_X R_X^T, the
+    penalised deviance's curvature in beta) and each point costs one
+    evaluation.  ``free`` marks the coordinates with no bound; the
     others (diagonal thetas) stay at or above 0: one at 0 that the step would
     take below stays there (the step is taken in the others, ``_bounded_step``),
     and a step that would take one below 0 is shortened to reach it.  Stops
@@ -214,7 +216,12 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
             evals += 1
             if at_point is not None:
                 at_point(x)
-            h0, k = gradient_hessian(value_gradient, x, delta, g0=g)
+            if beta_block is None:
+                h0, k = gradient_hessian(value_gradient, x, delta, g0=g)
+            else:
+                nt = len(x) - len(beta_block)
+                h0, k = gradient_hessian(value_gradient, x, delta, g0=g, columns=nt)
+                h0[nt:, nt:] = beta_block
         else:
             fx = float(fun(x))
             evals += 1

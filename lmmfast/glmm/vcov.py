@@ -53,25 +53,31 @@ def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.
 
 
 def gradient_hessian(value_gradient, x: np.ndarray, delta: float = DELTA,
-                     g0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                     g0: np.ndarray | None = None,
+                     columns: int | None = None) -> tuple[np.ndarray, int]:
     """The Hessian by central differences of the analytic gradient
     (``value_gradient(x)`` returns (f, g), ``laplace.laplace_gradient``):
     column i = (g(x + h e_i) - g(x - h e_i)) / 2h, symmetrised; 2n
     evaluations instead of ``fd_hessian``'s n(n + 1), with O(h^2) errors
     of the same order.  Given g0 = g(x), forward differences (g(x + h e_i)
     - g0) / h instead: n evaluations, O(h) errors (stage 2's first
-    quasi-Newton matrix, which BFGS then corrects).  Returns (H, evaluations)."""
+    quasi-Newton matrix, which BFGS then corrects).  With ``columns`` m, only
+    the first m columns (theta's) and their transposes are formed, the rest
+    left 0.  Returns (H, evaluations)."""
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
-    h = np.empty((n, n))
-    for i in range(n):
+    m = n if columns is None else columns
+    h = np.zeros((n, n))
+    for i in range(m):
         e = np.zeros(n)
         e[i] = delta
         if g0 is None:
             h[:, i] = (value_gradient(x + e)[1] - value_gradient(x - e)[1]) / (2.0 * delta)
         else:
             h[:, i] = (value_gradient(x + e)[1] - g0) / delta
-    return 0.5 * (h + h.T), (2 if g0 is None else 1) * n
+    h[:m, m:] = h[m:, :m].T
+    h[:m, :m] = 0.5 * (h[:m, :m] + h[:m, :m].T)
+    return h, (2 if g0 is None else 1) * m
 
 
 def vcov_from_hessian(h: np.ndarray, n_theta: int) -> np.ndarray | None:

@@ -130,12 +130,13 @@ def linear_predictor(double[::1] out, const double[::1] base, list refs, list z,
 def evaluate(int link, int family, const double[:, ::1] x, const double[::1] beta,
              const double[::1] offset, list refs, list z, list b, list unit,
              const double[::1] y, const double[::1] wt, double[::1] fixed, double[::1] eta,
-             double[::1] mu, double[::1] dev):
+             double[::1] mu, double[::1] dev, double[::1] mu_eta):
     """A chunk of rows at (beta, b): fixed = o + X beta, eta = fixed + Z b (eqs. 2, 3,
-    91), mu = g^{-1}(eta) and the unit deviances (eq. 92).  Returns (their sum,
-    compensated (Neumaier), and whether every mu is in the family's range)."""
+    91), mu = g^{-1}(eta), d mu / d eta and the unit deviances (eq. 92).  Returns
+    (their sum, compensated (Neumaier), and whether every mu is in the family's
+    range)."""
     cdef Py_ssize_t n = eta.shape[0], p = x.shape[1], r, j
-    cdef double s, me, total = 0.0, comp = 0.0, t, v
+    cdef double s, total = 0.0, comp = 0.0, t, v
     cdef bint valid = True
     with nogil:
         for r in range(n):
@@ -147,7 +148,7 @@ def evaluate(int link, int family, const double[:, ::1] x, const double[::1] bet
     _add_zb(eta, refs, z, b, unit)
     with nogil:
         for r in range(n):
-            _link(link, eta[r], &mu[r], &me)
+            _link(link, eta[r], &mu[r], &mu_eta[r])
             valid = valid and _valid(family, mu[r])
             v = _unit_deviance(family, y[r], mu[r], wt[r])
             dev[r] = v
@@ -160,17 +161,19 @@ def evaluate(int link, int family, const double[:, ::1] x, const double[::1] bet
     return total + comp, bool(valid)
 
 
-def working(int link, int family, const double[::1] eta, const double[::1] y,
-            const double[::1] wt, const double[::1] fixed, double[::1] sqrt_w,
-            double[::1] zwork):
+def working(int family, const double[::1] eta, const double[::1] mu,
+            const double[::1] mu_eta, const double[::1] y, const double[::1] wt,
+            const double[::1] fixed, double[::1] sqrt_w, double[::1] zwork):
     """sqrt of the working weights w = a mu'^2 / V(mu) and the working response
-    z = eta - fixed + (y - mu) / mu' (eq. 93); returns whether all are finite."""
+    z = eta - fixed + (y - mu) / mu' (eq. 93), at ``evaluate``'s mu and mu';
+    returns whether all are finite."""
     cdef Py_ssize_t n = eta.shape[0], r
     cdef double m, me, var
     cdef bint finite = True
     with nogil:
         for r in range(n):
-            _link(link, eta[r], &m, &me)
+            m = mu[r]
+            me = mu_eta[r]
             var = m * (1.0 - m) if family == 0 else m
             sqrt_w[r] = sqrt(wt[r] * me * me / var)
             zwork[r] = eta[r] - fixed[r] + (y[r] - m) / me
@@ -199,12 +202,13 @@ cdef inline double _mu_eta_slope(int link, double eta, double mu, double me) noe
     return 2.0          # sqrt
 
 
-def working_observed(int link, int family, const double[::1] eta, const double[::1] y,
-                     const double[::1] wt, const double[::1] fixed, double[::1] sqrt_w,
-                     double[::1] zwork):
+def working_observed(int link, int family, const double[::1] eta, const double[::1] mu,
+                     const double[::1] mu_eta, const double[::1] y, const double[::1] wt,
+                     const double[::1] fixed, double[::1] sqrt_w, double[::1] zwork):
     """A Newton step's working weights and response for a non-canonical link: eq. 93
     with the observed information, w = a [mu'^2 / V - (y - mu)(mu'' / V - mu'^2 V' / V^2)],
-    sqrt(w) and z = eta - fixed + a (y - mu) mu' / (V w).  Returns False
+    sqrt(w) and z = eta - fixed + a (y - mu) mu' / (V w), at ``evaluate``'s mu and
+    mu'.  Returns False
     where a weight of a row with a > 0 is not positive or not finite (the caller
     then takes the Fisher weights of ``working``)."""
     cdef Py_ssize_t n = eta.shape[0], r
@@ -212,7 +216,8 @@ def working_observed(int link, int family, const double[::1] eta, const double[:
     cdef bint ok = True
     with nogil:
         for r in range(n):
-            _link(link, eta[r], &m, &me)
+            m = mu[r]
+            me = mu_eta[r]
             if family == 0:
                 var = m * (1.0 - m)
                 dvar = 1.0 - 2.0 * m

@@ -50,9 +50,9 @@ def test_compiled_means_and_working_equal_numpy(fam, link):
     x = np.column_stack([np.ones(n), rng.normal(0, 1, n)])
     beta = np.array([0.25, -0.5])
     offset = eta - x @ beta
-    fixed_c, eta_c, mu, dev = (np.empty(n) for _ in range(4))
+    fixed_c, eta_c, mu, dev, mu_eta_c = (np.empty(n) for _ in range(5))
     total, valid = _pirls.evaluate(code, fcode, x, beta, offset, [], [], [], [], y, wt,
-                                   fixed_c, eta_c, mu, dev)
+                                   fixed_c, eta_c, mu, dev, mu_eta_c)
     np.testing.assert_allclose(eta_c, eta, rtol=1e-13, atol=1e-13)
     assert np.array_equal(eta_c, fixed_c)
     mu_np = f.linkinv(eta_c)
@@ -62,12 +62,14 @@ def test_compiled_means_and_working_equal_numpy(fam, link):
     np.testing.assert_allclose(dev, dev_np, rtol=1e-12, atol=1e-300)
     assert total == pytest.approx(dev_np.sum(), rel=1e-13)
     assert total == float(np.sum(dev.astype(np.longdouble)))   # compensated
+    mu_eta = f.mu_eta(eta_c)
+    np.testing.assert_allclose(mu_eta_c, mu_eta, rtol=1e-13, atol=0)
     sw, zw = np.empty(n), np.empty(n)
-    assert _pirls.working(code, fcode, eta, y, wt, fixed, sw, zw)
-    mu_eta = f.mu_eta(eta)
+    assert _pirls.working(fcode, eta_c, mu, mu_eta_c, y, wt, fixed, sw, zw)
     np.testing.assert_allclose(sw, np.sqrt(wt * mu_eta ** 2 / f.variance(mu_np)),
                                rtol=1e-13)
-    np.testing.assert_allclose(zw, eta - fixed + (y - mu_np) / mu_eta, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(zw, eta_c - fixed + (y - mu_np) / mu_eta, rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_linear_predictor_equals_dense_z_lambda_u():

@@ -103,11 +103,11 @@ class Workspace:
     response), allocated once at the largest chunk's size and reused by every pass."""
 
     def __init__(self, rows: int):
-        self._buf = np.empty((6, rows))
+        self._buf = np.empty((7, rows))
         self._views: dict[int, tuple] = {}
 
     def take(self, m: int):
-        """(eta, mu, dev, sqrt_w, zwork, fixed) of a chunk of ``m`` rows."""
+        """(eta, mu, dev, sqrt_w, zwork, fixed, mu_eta) of a chunk of ``m`` rows."""
         views = self._views.get(m)
         if views is None:
             views = self._views[m] = tuple(self._buf[:, :m])
@@ -119,9 +119,9 @@ def at_rows(c: RowChunk, kern: Kernel, beta: np.ndarray, b: list[np.ndarray],
     """eta = o + X beta + Z b, mu and the unit deviances of the chunk (eqs. 91, 92)
     into ``ws``, in one compiled loop; returns (sum of the unit deviances, whether
     every mu is in the family's range)."""
-    eta, mu, dev, _, _, fixed = ws.take(c.size)
+    eta, mu, dev, _, _, fixed, mu_eta = ws.take(c.size)
     return _pirls.evaluate(kern.link, kern.family, c.x, beta, c.offset, c.refs, c.z, b,
-                           kern.unit, c.y, c.wt, fixed, eta, mu, dev)
+                           kern.unit, c.y, c.wt, fixed, eta, mu, dev, mu_eta)
 
 
 def working_at(c: RowChunk, kern: Kernel, joint: bool, newton: bool, ws: Workspace):
@@ -130,12 +130,12 @@ def working_at(c: RowChunk, kern: Kernel, joint: bool, newton: bool, ws: Workspa
     where all of them are positive, else Fisher's.  The response is taken net of
     the offset (``joint``: beta in the system, eq. 95) or of o + X beta.  Returns
     (whether the observed information's were used, whether all are finite)."""
-    eta, _, _, sw, zwork, fixed = ws.take(c.size)
+    eta, mu, _, sw, zwork, fixed, mu_eta = ws.take(c.size)
     base = c.offset if joint else fixed
-    link, family = kern.link, kern.family
-    observed = newton and _pirls.working_observed(link, family, eta, c.y, c.wt, base, sw,
-                                                  zwork)
-    finite = observed or _pirls.working(link, family, eta, c.y, c.wt, base, sw, zwork)
+    family = kern.family
+    observed = newton and _pirls.working_observed(kern.link, family, eta, mu, mu_eta, c.y,
+                                                  c.wt, base, sw, zwork)
+    finite = observed or _pirls.working(family, eta, mu, mu_eta, c.y, c.wt, base, sw, zwork)
     return observed, finite
 
 
@@ -165,7 +165,7 @@ def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, work: dict, layou
             if not finite:
                 return dsum, True, False, False
             observed = observed and obs
-            _, _, _, sw, zwork, _ = ws.take(c.size)
+            sw, zwork = ws.take(c.size)[3:5]
             add_rows(layout, acc, c.refs, c.z, c.x if joint else c.x[:, :0], zwork, sw, work)
     return dsum, True, observed, True
 

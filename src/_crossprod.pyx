@@ -29,7 +29,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport fma, sqrt, copysign
 
-from lmmfast._kernels cimport interrupted, raise_pending, SIGNAL_CHECK_WORK
+from lmmfast._kernels cimport blas_int, interrupted, raise_pending, syrk_n, SIGNAL_CHECK_WORK
 from lmmfast._response cimport term_response, fixed_response
 
 cnp.import_array()
@@ -169,6 +169,20 @@ cdef inline bint _double_double(double[:, ::1] acc) except -1:
 cdef void _diag(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 double[:, ::1] acc) noexcept nogil:
     cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
+    cdef double* out
+    cdef double v
+    if acc_mode is PlainDouble:
+        if k == 1:   # the loop below for one column: a level's run of rows summed in
+            out = &acc[0, 0]   # a register, in the same order
+            r = 0
+            while r < n:
+                base = refs[r]
+                v = out[base]
+                while r < n and refs[r] == base:
+                    v += z[r, 0] * z[r, 0]
+                    r += 1
+                out[base] = v
+            return
     for r in range(n):
         base = refs[r] * k * k
         for b in range(k):
@@ -196,6 +210,13 @@ cdef void _offdiag_dense(acc_mode* mode, const cnp.int64_t[::1] refs_s,
                          double[:, ::1] acc) noexcept nogil:
     cdef Py_ssize_t n = refs_s.shape[0], ks = z_s.shape[1], kt = z_t.shape[1]
     cdef Py_ssize_t r, a, b, row0, col0
+    cdef double* out
+    if acc_mode is PlainDouble:
+        if ks == 1 and kt == 1:   # (the loop below for one column each)
+            out = &acc[0, 0]
+            for r in range(n):
+                out[refs_s[r] + refs_t[r] * q_s] += z_s[r, 0] * z_t[r, 0]
+            return
     for r in range(n):
         row0 = refs_s[r] * ks
         col0 = refs_t[r] * kt
@@ -276,6 +297,18 @@ cdef bint _xy_z(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1
     cdef Py_ssize_t r, b, i, col0, work = 0
     cdef double zb, xi
     cdef double* out
+    if acc_mode is PlainDouble:
+        if k == 1 and p1 == 1:   # the loop below for one column each, a level's run
+            out = &acc[0, 0]      # of rows summed in a register, in the same order
+            r = 0
+            while r < n:
+                col0 = refs[r]
+                zb = out[col0]
+                while r < n and refs[r] == col0:
+                    zb += xy[r, 0] * z[r, 0]
+                    r += 1
+                out[col0] = zb
+            return False
     for r in range(n):
         col0 = refs[r] * k
         for b in range(k):
@@ -316,12 +349,18 @@ def add_xy_z_dd(const cnp.int64_t[::1] refs, const double[:, ::1] z,
 
 cdef enum:
     SMALL_ROW = 64
+    DENSE_XY = 16    # up to this many columns of [X y], a plain sum is BLAS's dsyrk
 
 
 cdef bint _xy_xy(acc_mode* mode, const double[:, ::1] xy, double[:, ::1] acc,
                  Py_ssize_t* ix, double* v) noexcept nogil:
     cdef Py_ssize_t n = xy.shape[0], p1 = xy.shape[1], r, i, j, m, col, work = 0
     cdef double xi, xj
+    if acc_mode is PlainDouble:
+        if p1 <= DENSE_XY and n > 0:   # few columns: one BLAS rank-n update
+            syrk_n(<blas_int>p1, <blas_int>n, 1.0, &xy[0, 0], <blas_int>p1, 1.0, &acc[0, 0],
+                   <blas_int>p1)
+            return False
     for r in range(n):
         m = 0
         for i in range(p1):
@@ -350,7 +389,8 @@ def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
     Only the products of a row's nonzero entries are added: a factor's
     indicator columns have one nonzero a row, so the work is O(n nnz^2) rather
     than O(n p1^2).  Adding an exact zero leaves a double-double as it is, so
-    the sums are those of every product, whatever the rows' split.
+    the sums are those of every product, whatever the rows' split.  A plain
+    accumulator of at most ``DENSE_XY`` columns is summed by BLAS's dsyrk.
     """
     cdef Py_ssize_t p1 = xy.shape[1]
     cdef DoubleDouble dd

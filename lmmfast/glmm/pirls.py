@@ -48,7 +48,8 @@ MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
 # is of order 1e-14.  Fisher scoring converges linearly: a tighter bound.
 TOL_U = 1e-7
 # Stage 1's search (``exact=False``, a canonical link): Newton's error after a step
-# of 1e-5 is of order 1e-10, below what BOBYQA's tolerance there resolves.
+# of 1e-5 is of order 1e-10, below what BOBYQA's tolerance there resolves (a
+# looser bound where that tolerance is loose: ``stages.stage1_tolerances``).
 TOL_U_SEARCH = 1e-5
 TOL_U_FISHER = 1e-10
 STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
@@ -285,16 +286,17 @@ class Pirls:
         self.factor_at(mode, joint=True)
         self._anchor = mode.theta.copy()
 
-    def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True) -> Mode:
+    def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True,
+                   search_tol: float = TOL_U_SEARCH) -> Mode:
         """u~ and beta together at theta (nAGQ = 0, eq. 95); with ``exact=False``
         (stage 1's search before stage 2) the factor at the mode is summed in
         plain double too, and a canonical link's PIRLS stops at steps of
-        ``TOL_U_SEARCH``."""
+        ``search_tol``."""
         self._anchor = None   # (the joint factor is about to change)
         if beta0 is None:
             beta0 = self.last_beta if self.last_beta is not None else self.glm_start()
         return self._run(np.asarray(theta, dtype=np.float64), np.asarray(beta0, dtype=np.float64),
-                         u0, joint=True, exact=exact)
+                         u0, joint=True, exact=exact, search_tol=search_tol)
 
     def glm_start(self) -> np.ndarray:
         """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
@@ -316,7 +318,8 @@ class Pirls:
         return (f": {n} fitted means are numerically 0, the fixed "
                 "effects drive them to zero (all-zero counts in a group of the design)")
 
-    def _run(self, theta, beta, u0, joint: bool, exact: bool = True) -> Mode:
+    def _run(self, theta, beta, u0, joint: bool, exact: bool = True,
+             search_tol: float = TOL_U_SEARCH) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
         if not np.isfinite(beta).all():
@@ -327,7 +330,7 @@ class Pirls:
         ti = self.theta_internal(theta)
         lams = self.lambdas(theta)
         newton = self.family.link.name != self.family.canonical
-        tol = self.tol_u if exact or newton else TOL_U_SEARCH
+        tol = self.tol_u if exact or newton else search_tol
         # by default from the last mode's b = Lambda u (the same eta, so the factor's
         # A is already that of the start, eq. 93; for a canonical link, whose first
         # step it is), else from the last u

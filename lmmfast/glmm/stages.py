@@ -30,22 +30,24 @@ __all__ = [
     "minimize_bobyqa",
     "minimize_newton",
     "off_bounds",
-    "stage1_ftol",
+    "stage1_tolerances",
 ]
 
 BOUNDARY_TOL = 1e-5   # lme4's glmerControl boundary.tol
-STAGE1_FTOL = {"nAGQ=0": 1e-9, "newton": 1.0, "differences": 1e-6}
+# stage 1's stopping change in the deviance and PIRLS's step bound for u there
+STAGE1 = {"nAGQ=0": (1e-9, 1e-5), "newton": (1.0, 1e-3), "differences": (1e-6, 1e-5)}
 OFF_BOUND = 0.01       # stage 2's start of a diagonal theta that stage 1 left at 0
 
 
-def stage1_ftol(n_agq: int, gradient: bool) -> float:
-    """Stage 1's stopping change in the deviance: tight where it is the fit (nAGQ = 0)
-    or where stage 2's steps cost 2n evaluations each (central differences), loose
-    where stage 2 takes Newton steps on the analytic gradient (eq. 103), which
-    finish the search in a few evaluations."""
+def stage1_tolerances(n_agq: int, gradient: bool) -> tuple[float, float]:
+    """Stage 1's stopping change in the deviance and the PIRLS step bound of its
+    search (``Pirls.mode_joint``'s ``search_tol``): tight where it is the fit
+    (nAGQ = 0) or where stage 2's steps cost 2n evaluations each (central
+    differences), loose where stage 2 takes Newton steps on the analytic
+    gradient (eq. 103), which finish the search in a few evaluations."""
     if n_agq == 0:
-        return STAGE1_FTOL["nAGQ=0"]
-    return STAGE1_FTOL["newton" if gradient else "differences"]
+        return STAGE1["nAGQ=0"]
+    return STAGE1["newton" if gradient else "differences"]
 
 
 def off_bounds(theta: np.ndarray, lower: np.ndarray) -> np.ndarray:

@@ -340,6 +340,10 @@ cdef class BlockedFactor:
                 if s == T:
                     # [X y]^T Z_t Lambda_t: p1 x q_t dense
                     rs = self.p1
+                    if kt == 1:   # (small_lt_a_l's operations, without a call an entry)
+                        for i in range(rs * nl_t):
+                            dst[i] = 0.0 + src[i] * lam_t[0]
+                        continue
                     for lev in range(nl_t):
                         small_lt_a_l(NULL, 0, src + lev * kt * rs, rs, rs,
                                      lam_t, kt, dst + lev * kt * rs, rs, work)
@@ -348,7 +352,10 @@ cdef class BlockedFactor:
                 nl_s = self.nlev[s]
                 lam_s = &self.lam[self.lam_off[s]]
                 if s == t:
-                    if self.kind_l[b] == BLOCKDIAG:
+                    if self.kind_l[b] == BLOCKDIAG and kt == 1:
+                        for lev in range(nl_t):
+                            dst[lev] = (0.0 + lam_t[0] * (0.0 + src[lev] * lam_t[0])) + 1.0
+                    elif self.kind_l[b] == BLOCKDIAG:
                         for lev in range(nl_t):
                             small_lt_a_l(lam_t, kt, src + lev * kt * kt, kt, kt,
                                          lam_t, kt, dst + lev * kt * kt, kt, work)
@@ -373,6 +380,9 @@ cdef class BlockedFactor:
                     for e in range(self.colptr[self.sp_cp[b] + nl_t]):
                         small_lt_a_l(lam_s, ks, src + e * ks * kt, ks, ks,
                                      lam_t, kt, dst + e * ks * kt, ks, work)
+                elif ks == 1 and kt == 1:   # dense q_s x q_t, one call's operations an entry
+                    for i in range(nl_s * nl_t):
+                        dst[i] = 0.0 + lam_s[0] * (0.0 + src[i] * lam_t[0])
                 else:
                     ld = self.q[s]
                     for lev in range(nl_t):

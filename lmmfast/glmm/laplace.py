@@ -109,15 +109,20 @@ class _Inverse:
                 blk = scaled(dense(s, t), s, t)
                 c[rs, off[t - 1]:off[t]] = blk
                 c[off[t - 1]:off[t], rs] = blk.T
-        bm = b.reshape(nl1, k1, q2)
-        self.dinv_b = np.einsum("lab,lbq->laq", self.dinv, bm).reshape(q1, q2)
+        if k1 == 1:
+            self.dinv_b = self.dinv.reshape(q1, 1) * b
+        else:
+            self.dinv_b = np.einsum("lab,lbq->laq", self.dinv,
+                                    b.reshape(nl1, k1, q2)).reshape(q1, q2)
         schur = c - b.T @ self.dinv_b
         self.s22 = np.linalg.inv(schur) if q2 else np.zeros((0, 0))
-        self.s12 = np.ascontiguousarray(-self.dinv_b @ self.s22)
-        dbl = self.dinv_b.reshape(nl1, k1, q2)
         # (the product with S_22 first, by one matrix product: q1 q2^2 flops in BLAS)
-        dbl_s22 = (self.dinv_b @ self.s22).reshape(nl1, k1, q2)
-        self.s11 = self.dinv + np.einsum("laq,lbq->lab", dbl_s22, dbl)
+        self.s12 = np.ascontiguousarray(-self.dinv_b @ self.s22)
+        if k1 == 1:   # D^{-1} B S_22 B^T D^{-1}'s diagonal
+            self.s11 = self.dinv - np.sum(self.s12 * self.dinv_b, axis=1).reshape(q1, 1, 1)
+        else:
+            dbl = self.dinv_b.reshape(nl1, k1, q2)
+            self.s11 = self.dinv - np.einsum("laq,lbq->lab", self.s12.reshape(nl1, k1, q2), dbl)
         self.s11_flat = np.ascontiguousarray(self.s11).ravel()
 
     def solve(self, v: np.ndarray) -> np.ndarray:

@@ -99,6 +99,16 @@ def test_ranef_shapes_and_condvar():
     assert (np.linalg.eigvalsh(v) > 0).all()
 
 
+def test_condvar_is_the_modes_after_deviances_elsewhere():
+    """The conditional variances come from the factor at the mode's weights, not
+    from wherever a later evaluation (``deviance_at``) left the factor."""
+    f = glmer(CBPP, dataset("cbpp"), family="binomial")
+    before = f.ranef(condvar=True)["herd"].attrs["condsd"].to_numpy()
+    f.deviance_at(f.theta * 1.5, f.beta * 0.9)
+    after = f.ranef(condvar=True)["herd"].attrs["condsd"].to_numpy()
+    np.testing.assert_allclose(after, before, rtol=1e-12)
+
+
 # ------------------------------------------------------------------ bad input
 def test_negative_counts():
     epil = dataset("epil").assign(y=lambda d: d["y"].where(d.index != 3, -2))

@@ -433,8 +433,8 @@ class GeneralizedLinearMixedModel:
         for r, bt in zip(d.remats, b):
             df = pd.DataFrame(bt, index=pd.Index(r.levels, name=r.group), columns=r.cnames)
             out[r.group] = pd.concat([out[r.group], df], axis=1) if r.group in out else df
-        if condvar:
-            blocks = condvar_blocks(d, self.pirls.factor(False), mode.theta)
+        if condvar:   # (the factor at the mode's weights: other calls may have moved it)
+            blocks = condvar_blocks(d, self.pirls.factor_at(mode, joint=False), mode.theta)
             for g, df in out.items():
                 v = blocks[g]
                 df.attrs["condvar"] = v

@@ -166,22 +166,28 @@ cdef inline bint _double_double(double[:, ::1] acc) except -1:
                      f"got {acc.shape[1]}")
 
 
+cdef inline void _level_sums(double* out, const cnp.int64_t* refs, const double* a,
+                             const double* b, Py_ssize_t n) noexcept nogil:
+    """out[refs[r]] += a[r] b[r] in plain double, row after row: a level's run of
+    consecutive rows summed in a register (sorted codes do not wait on memory)."""
+    cdef Py_ssize_t r = 0, level
+    cdef double v
+    while r < n:
+        level = refs[r]
+        v = out[level]
+        while r < n and refs[r] == level:
+            v += a[r] * b[r]
+            r += 1
+        out[level] = v
+
+
 cdef void _diag(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1] z,
                 double[:, ::1] acc) noexcept nogil:
     cdef Py_ssize_t n = refs.shape[0], k = z.shape[1], r, a, b, base
-    cdef double* out
-    cdef double v
     if acc_mode is PlainDouble:
-        if k == 1:   # the loop below for one column: a level's run of rows summed in
-            out = &acc[0, 0]   # a register, in the same order
-            r = 0
-            while r < n:
-                base = refs[r]
-                v = out[base]
-                while r < n and refs[r] == base:
-                    v += z[r, 0] * z[r, 0]
-                    r += 1
-                out[base] = v
+        if k == 1:   # the loop below for one column
+            if n:
+                _level_sums(&acc[0, 0], &refs[0], &z[0, 0], &z[0, 0], n)
             return
     for r in range(n):
         base = refs[r] * k * k
@@ -298,16 +304,9 @@ cdef bint _xy_z(acc_mode* mode, const cnp.int64_t[::1] refs, const double[:, ::1
     cdef double zb, xi
     cdef double* out
     if acc_mode is PlainDouble:
-        if k == 1 and p1 == 1:   # the loop below for one column each, a level's run
-            out = &acc[0, 0]      # of rows summed in a register, in the same order
-            r = 0
-            while r < n:
-                col0 = refs[r]
-                zb = out[col0]
-                while r < n and refs[r] == col0:
-                    zb += xy[r, 0] * z[r, 0]
-                    r += 1
-                out[col0] = zb
+        if k == 1 and p1 == 1:   # the loop below for one column each
+            if n:
+                _level_sums(&acc[0, 0], &refs[0], &xy[0, 0], &z[0, 0], n)
             return False
     for r in range(n):
         col0 = refs[r] * k

@@ -28,7 +28,7 @@ from . import stages
 from .laplace import gradient_available, laplace_deviance, laplace_gradient
 from .pirls import Mode, Pirls
 from .predictor import build_design, condvar_blocks, varcorr
-from .quadrature import agq_deviance, check_agq
+from .quadrature import agq_deviance, agq_gradient, check_agq
 from .vcov import DELTA, fd_hessian, gradient_hessian, vcov_from_hessian
 
 __all__ = ["DaskGeneralizedLinearMixedModel", "GeneralizedLinearMixedModel", "glmer"]
@@ -128,14 +128,17 @@ class GeneralizedLinearMixedModel:
         return self.deviance_at(x[:self.n_theta], x[self.n_theta:])
 
     def _value_gradient(self, x):
-        """The Laplace deviance and its analytic gradient in (theta, beta) at x."""
+        """The deviance and its analytic gradient in (theta, beta) at x: Laplace's
+        (eq. 98) or the quadrature's (eq. 101a)."""
         mode = self.pirls.mode(x[:self.n_theta], x[self.n_theta:])
+        if self.n_agq > 1:
+            return agq_gradient(self.pirls, mode, self.n_agq)
         return laplace_deviance(self.pirls, mode), laplace_gradient(self.pirls, mode)
 
     def _has_gradient(self) -> bool:
-        """Whether stage 2 and the Hessian use the analytic gradient (Laplace, a
+        """Whether stage 2 and the Hessian use the analytic gradient (nAGQ >= 1, a
         canonical link, ``laplace.DENSE_Q``)."""
-        return self.n_agq == 1 and gradient_available(self.pirls)
+        return self.n_agq >= 1 and gradient_available(self.pirls)
 
     # ------------------------------------------------------------ fitting
     def fit(self, start=None) -> GeneralizedLinearMixedModel:

@@ -21,7 +21,7 @@ from ..errors import FitError
 from .pirls import Mode, Pirls
 from .rows import at_rows
 
-__all__ = ["agq_deviance", "check_agq", "gh_rule"]
+__all__ = ["agq_deviance", "agq_gradient", "check_agq", "gh_rule"]
 
 
 @functools.cache
@@ -88,3 +88,99 @@ def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarr
 
 def _add_pair(a, b):
     return a[0] + b[0], a[1] + b[1]
+
+
+def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarray]:
+    """-2 log L of eq. 101 at a conditional mode and its gradient in (theta, beta),
+    for a canonical link (eq. 101a).
+
+    Per level j, with c_j' and c_j'' the derivatives of c_j in u, s_i = d d_i / d eta,
+    w_i the working weights and w_i' = d w_i / d eta: the mode moves by
+    u~' = -(d c_j' / d phi) / c_j''(u~), c_j'' = 2 L_jj^2 (Newton = Fisher), and the
+    scale by s_j' = -s_j^3 (L_jj^2)' / 2; the level's term differentiates to
+    dc_j(u~) + (L_jj^2)' / L_jj^2 + sum_k w_k E_jk G_jk / M_j, E_jk its quadrature
+    summands, M_j their sum, G_jk = dc_j(u_jk) - dc_j(u~), u_jk = u~_j + z_k s_j
+    (d: partial in phi at fixed u, plus c_j'(u_jk) (u~' + z_k s_j')).
+    """
+    nl = pirls.nl[0]
+    l2 = pirls.factor(False).l_diag_first() ** 2
+    sd = 1.0 / np.sqrt(l2)
+    u = mode.u
+    theta = float(mode.theta[0])
+    nodes, weights = gh_rule(n_agq)
+    off = nodes != 0.0
+    zk = nodes[off]
+    shift = zk[:, None] * sd[None, :]
+    lams = pirls.lambdas(mode.theta)
+    (c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z) = pirls.run_rows(
+        agq_gradient_partition, pirls.kern, pirls.family, mode.beta, pirls.b(u, lams), theta,
+        shift, nl, pirls.rows_at_mode(mode), merge=_add_all)
+    c0 = c0 + u * u
+    uk = u[None, :] + shift
+    ck = ck + uk * uk
+    e = np.exp(0.5 * zk[:, None] ** 2 - 0.5 * (ck - c0[None, :]))
+    mult = np.sum(weights[off][:, None] * e, axis=0) + weights[~off].sum()
+    if not (np.isfinite(mult).all() and (mult > 0).all()):
+        raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
+                       f"theta = {mode.theta.tolist()}")
+    value = float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum())
+    # the mode's and the scale's derivatives, per level: [theta, beta...]
+    du = np.column_stack([-(0.5 * s_z + theta * u * w_z2), -theta * w_zx]) / l2[:, None]
+    dl2 = np.column_stack([2.0 * theta * w_z2 + theta ** 2 * w1_z3 * (u + theta * du[:, 0]),
+                           theta ** 2 * (w1_z2x + theta * w1_z3[:, None] * du[:, 1:])])
+    dsd = -0.5 * (sd ** 3)[:, None] * dl2
+    part_mode = np.column_stack([s_z * u, s_x])               # d c_j(u~) / d phi
+    part_k = np.concatenate([(t_z * uk)[:, :, None], t_x], axis=2)   # at u_jk (K x nl x n)
+    slope_k = 2.0 * uk + theta * t_z                           # c_j'(u_jk)
+    g_k = part_k + slope_k[:, :, None] * (du[None, :, :] + zk[:, None, None] * dsd[None, :, :]) \
+        - part_mode[None, :, :]
+    grad = part_mode.sum(axis=0) + (dl2 / l2[:, None]).sum(axis=0) \
+        + np.einsum("k,kj,kjn->n", weights[off], e / mult[None, :], g_k)
+    return value, grad
+
+
+def agq_gradient_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray,
+                           nl: int, at_mode: bool = False):
+    """A partition's level sums for ``agq_gradient``: the unit deviances at the mode
+    and at each node (as ``agq_partition``), and of s z, s x, w z^2, w z x, w' z^2 x,
+    w' z^3 at the mode and s x, s z at each node."""
+    nk = len(shift)
+    p = chunks[0].x.shape[1]
+    out = [np.zeros(nl), np.zeros((nk, nl)), np.zeros((nl, p)), np.zeros(nl), np.zeros(nl),
+           np.zeros((nl, p)), np.zeros((nl, p)), np.zeros(nl), np.zeros((nk, nl, p)),
+           np.zeros((nk, nl))]
+    c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z = out
+    keys = nl * np.arange(nk)[:, None]
+    binomial = family.name == "binomial"
+    for c in chunks:
+        if not at_mode:
+            at_rows(c, kern, beta, b, ws)
+        eta, mu, dev = ws.take(c.size)[:3]
+        refs, z, x, y, wt = c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt
+        mu_eta = family.mu_eta(eta)
+        s = -2.0 * wt * (y - mu)
+        w = wt * mu_eta
+        w1 = w * (1.0 - 2.0 * mu) if binomial else w
+        c0 += np.bincount(refs, weights=dev, minlength=nl)
+        s_z += np.bincount(refs, weights=s * z, minlength=nl)
+        w_z2 += np.bincount(refs, weights=w * z * z, minlength=nl)
+        w1_z3 += np.bincount(refs, weights=w1 * z ** 3, minlength=nl)
+        np.add.at(s_x, refs, s[:, None] * x)
+        np.add.at(w_zx, refs, (w * z)[:, None] * x)
+        np.add.at(w1_z2x, refs, (w1 * z * z)[:, None] * x)
+        eta_k = eta[None, :] + (z * lam)[None, :] * shift[:, refs]
+        mu_k = family.linkinv(eta_k)
+        dev_k = family.dev_resids(y[None, :], mu_k, wt[None, :])
+        s_k = -2.0 * wt[None, :] * (y[None, :] - mu_k)
+        flat = (refs[None, :] + keys).ravel()
+        ck += np.bincount(flat, weights=dev_k.ravel(), minlength=nk * nl).reshape(nk, nl)
+        t_z += np.bincount(flat, weights=(s_k * z[None, :]).ravel(),
+                           minlength=nk * nl).reshape(nk, nl)
+        for j in range(p):
+            t_x[:, :, j] += np.bincount(flat, weights=(s_k * x[None, :, j]).ravel(),
+                                        minlength=nk * nl).reshape(nk, nl)
+    return tuple(out)
+
+
+def _add_all(a, b):
+    return tuple(x + y for x, y in zip(a, b))

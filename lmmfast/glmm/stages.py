@@ -4,7 +4,8 @@ Stage 1 (nAGQ = 0) minimises the Laplace deviance over theta alone, with
 beta found by PIRLS together with u (eq. 102), by Powell's bound-constrained
 BOBYQA (NLopt).  Stage 2 starts there and minimises the Laplace (or
 quadrature) deviance over (theta, beta) together, u alone by PIRLS (eq. 103):
-by quasi-Newton steps on the analytic gradient (``laplace.laplace_gradient``)
+by quasi-Newton steps on the analytic gradient (``laplace.laplace_gradient``,
+``quadrature.agq_gradient``)
 where it is available, else on central differences, whose last Hessian is the one the
 covariance of beta-hat needs (eq. 104), and by BOBYQA where Newton stops
 short (a bound, an indefinite Hessian).  Each evaluation's PIRLS starts at
@@ -194,7 +195,7 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     its number of evaluations) has its eigenvalues made positive and is then
     updated by BFGS from the central-difference gradients (2n evaluations a
     step).  With ``value_gradient`` (x -> (f, g), the analytic gradient of
-    ``laplace.laplace_gradient``), the first Hessian is the central
+    ``laplace.laplace_gradient`` or ``quadrature.agq_gradient``), the first Hessian is the central
     differences of gradients (``vcov.gradient_hessian``; with ``beta_block``,
     those in theta alone, n_theta runs, the beta block given: 2 R_X R_X^T, the
     penalised deviance's curvature in beta) and each point costs one

@@ -2,8 +2,8 @@
 
 lme4's glmer default: H, the Hessian of -2 log L in (theta, beta) at the
 optimum by central finite differences (step 1e-4, as ``deriv12``), and
-Var(beta-hat) = the beta block of 2 H^{-1}.  Where the analytic gradient
-of the Laplace deviance is available (``laplace.laplace_gradient``), H is
+Var(beta-hat) = the beta block of 2 H^{-1}.  Where the deviance's analytic
+gradient is available (``laplace.laplace_gradient``, ``quadrature.agq_gradient``), H is
 formed from central differences of gradients at the same step instead.  At a boundary optimum (a
 diagonal theta within 1e-4 of 0) lme4 does not form H; then Var(beta-hat) =
 (R_X R_X^T)^{-1} from the PIRLS factor at the mode, as for nAGQ = 0.

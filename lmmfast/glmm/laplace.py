@@ -163,8 +163,8 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     if not gradient_available(pirls):
         return None
     lams = pirls.lambdas(mode.theta)
-    g = _GradientTerms(_Inverse(pirls.factor(False), lams), pirls.kern, pirls.family,
-                       int(pirls.q_off[-1]), int(pirls.q_off[1]), lams, pirls.k,
+    g = _GradientTerms(_Inverse(pirls.factor(False), lams), pirls.kern,
+                       int(pirls.q_off[-1]), lams, pirls.k,
                        np.asarray(pirls.q_off, dtype=np.int64), *pirls.theta_columns,
                        mode.beta, mode.u, pirls.b(mode.u, lams), pirls.rows_at_mode(mode))
     r = g.S.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
@@ -180,9 +180,7 @@ class _GradientTerms:
 
     S: _Inverse
     kern: object              # rows.Kernel
-    family: object
     q: int
-    q1: int
     lams: list
     k: list
     q_off: np.ndarray         # int64

@@ -155,9 +155,8 @@ def agq_gradient_partition(chunks, ws, kern, family, beta, b, lam: float, shift:
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
-        eta, mu, dev = ws.take(c.size)[:3]
+        eta, mu, dev, _, _, _, mu_eta = ws.take(c.size)
         refs, z, x, y, wt = c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt
-        mu_eta = family.mu_eta(eta)
         s = -2.0 * wt * (y - mu)
         w = wt * mu_eta
         w1 = w * (1.0 - 2.0 * mu) if binomial else w

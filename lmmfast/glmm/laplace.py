@@ -19,7 +19,7 @@ import numpy as np
 from ..design.layout import BLOCK_SPARSE, block_index
 from .pirls import Mode, Pirls
 from .. import _pirls
-from .rows import at_rows
+from .rows import at_rows, merge_sums
 
 __all__ = ["gradient_available", "laplace_deviance", "laplace_gradient"]
 
@@ -168,7 +168,7 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
                        np.asarray(pirls.q_off, dtype=np.int64), *pirls.theta_columns,
                        mode.beta, mode.u, pirls.b(mode.u, lams), pirls.rows_at_mode(mode))
     r = g.S.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
-    g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=_add_pair)
+    g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=merge_sums)
     grad = np.empty(pirls.n_theta)
     grad[pirls.perm] = g_theta
     return np.concatenate([grad, grad_beta])
@@ -242,7 +242,3 @@ def gradient_second(chunks, ws, g: _GradientTerms, r: np.ndarray):
                                zall, *g.inverse(), r, g.u, g.ent_z, g.ent_col, g_theta,
                                grad_beta)
     return g_theta, grad_beta
-
-
-def _add_pair(a, b):
-    return a[0] + b[0], a[1] + b[1]

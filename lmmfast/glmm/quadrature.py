@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import FitError
 from .pirls import Mode, Pirls
-from .rows import at_rows
+from .rows import at_rows, merge_sums
 
 __all__ = ["agq_deviance", "agq_gradient", "check_agq", "gh_rule"]
 
@@ -42,27 +42,43 @@ def check_agq(pirls: Pirls, n_agq: int) -> None:
 
 def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     """-2 log L by adaptive Gauss-Hermite quadrature with ``n_agq`` nodes (eq. 101)."""
-    nl = pirls.nl[0]
-    sd = 1.0 / pirls.factor(False).l_diag_first()
-    u = mode.u
-    nodes, weights = gh_rule(n_agq)
-    off = nodes != 0.0
-    zk = nodes[off]
-    shift = zk[:, None] * sd[None, :]
-    lams = pirls.lambdas(mode.theta)
-    c0, ck = pirls.run_rows(agq_partition, pirls.kern, pirls.family, mode.beta,
-                            pirls.b(u, lams), float(mode.theta[0]), shift, nl,
-                            pirls.rows_at_mode(mode), merge=_add_pair)
-    c0 += u * u
-    uk = u[None, :] + shift
-    ck += uk * uk
-    mult = np.sum(weights[off][:, None] * np.exp(0.5 * zk[:, None] ** 2 - 0.5 * (ck - c0[None, :])),
-                  axis=0)
-    mult += weights[~off].sum()
-    if not (np.isfinite(mult).all() and (mult > 0).all()):
-        raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
-                       f"theta = {mode.theta.tolist()}")
-    return float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum())
+    rule = _Rule(pirls, mode, n_agq)
+    c0, ck = pirls.run_rows(agq_partition, *rule.args(pirls, mode), merge=merge_sums)
+    return rule.integrals(c0, ck, mode)[0]
+
+
+class _Rule:
+    """The nodes of eq. 101 at a mode: each level's scale s_j = 1 / (L_Z)_jj and the
+    shifts z_k s_j of the nodes off 0."""
+
+    def __init__(self, pirls: Pirls, mode: Mode, n_agq: int):
+        l_diag = pirls.factor(False).l_diag_first()
+        self.l2 = l_diag ** 2
+        self.sd = 1.0 / l_diag
+        nodes, self.weights = gh_rule(n_agq)
+        self.off = nodes != 0.0
+        self.zk = nodes[self.off]
+        self.shift = self.zk[:, None] * self.sd[None, :]
+
+    def args(self, pirls: Pirls, mode: Mode) -> tuple:
+        """A partition function's arguments after the rows (``agq_partition``)."""
+        return (pirls.kern, pirls.family, mode.beta, pirls.b(mode.u, pirls.lambdas(mode.theta)),
+                float(mode.theta[0]), self.shift, pirls.nl[0], pirls.rows_at_mode(mode))
+
+    def integrals(self, c0: np.ndarray, ck: np.ndarray, mode: Mode):
+        """(-2 log L, the summands E_jk, u_jk, their sums M_j) from the level sums of
+        the unit deviances at the mode (c0) and at the nodes (ck)."""
+        u = mode.u
+        c0 = c0 + u * u
+        uk = u[None, :] + self.shift
+        ck = ck + uk * uk
+        e = np.exp(0.5 * self.zk[:, None] ** 2 - 0.5 * (ck - c0[None, :]))
+        w = self.weights
+        mult = np.sum(w[self.off][:, None] * e, axis=0) + w[~self.off].sum()
+        if not (np.isfinite(mult).all() and (mult > 0).all()):
+            raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
+                           f"theta = {mode.theta.tolist()}")
+        return float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum()), e, uk, mult
 
 
 def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray, nl: int,
@@ -70,24 +86,28 @@ def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarr
     """A partition's level sums of the unit deviances at the mode (c0) and at every
     node's shifted linear predictor (K x nl, eq. 101), all nodes at once
     (``at_mode``: the workspace holds the mode's one chunk)."""
-    c0 = np.zeros(nl)
-    ck = np.zeros((len(shift), nl))
-    keys_off = nl * np.arange(len(shift))[:, None]
+    c0, ck = np.zeros(nl), np.zeros((len(shift), nl))
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
-        eta, _, dev = ws.take(c.size)[:3]
-        refs, z = c.refs[0], c.z[0][:, 0]
-        c0 += np.bincount(refs, weights=dev, minlength=nl)
-        eta_k = eta[None, :] + (z * lam)[None, :] * shift[:, refs]
-        dev_k = family.dev_resids(c.y[None, :], family.linkinv(eta_k), c.wt[None, :])
-        ck += np.bincount((refs[None, :] + keys_off).ravel(), weights=dev_k.ravel(),
-                          minlength=len(shift) * nl).reshape(-1, nl)
+        _add_deviances(c, ws, family, lam, shift, c0, ck)
     return c0, ck
 
 
-def _add_pair(a, b):
-    return a[0] + b[0], a[1] + b[1]
+def _add_deviances(c, ws, family, lam: float, shift: np.ndarray, c0: np.ndarray,
+                   ck: np.ndarray):
+    """A chunk's unit deviances (its eta in ``ws``) added to their level sums at the
+    mode (c0) and at each node's shifted eta (ck); returns the keys (node, level) of
+    its rows and mu at the nodes (K x m)."""
+    nk, nl = ck.shape
+    eta, _, dev = ws.take(c.size)[:3]
+    refs, z = c.refs[0], c.z[0][:, 0]
+    c0 += np.bincount(refs, weights=dev, minlength=nl)
+    mu_k = family.linkinv(eta[None, :] + (z * lam)[None, :] * shift[:, refs])
+    dev_k = family.dev_resids(c.y[None, :], mu_k, c.wt[None, :])
+    flat = (refs[None, :] + nl * np.arange(nk)[:, None]).ravel()
+    ck += np.bincount(flat, weights=dev_k.ravel(), minlength=nk * nl).reshape(nk, nl)
+    return flat, mu_k
 
 
 def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarray]:
@@ -102,28 +122,12 @@ def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarra
     summands, M_j their sum, G_jk = dc_j(u_jk) - dc_j(u~), u_jk = u~_j + z_k s_j
     (d: partial in phi at fixed u, plus c_j'(u_jk) (u~' + z_k s_j')).
     """
-    nl = pirls.nl[0]
-    l2 = pirls.factor(False).l_diag_first() ** 2
-    sd = 1.0 / np.sqrt(l2)
-    u = mode.u
-    theta = float(mode.theta[0])
-    nodes, weights = gh_rule(n_agq)
-    off = nodes != 0.0
-    zk = nodes[off]
-    shift = zk[:, None] * sd[None, :]
-    lams = pirls.lambdas(mode.theta)
+    rule = _Rule(pirls, mode, n_agq)
     (c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z) = pirls.run_rows(
-        agq_gradient_partition, pirls.kern, pirls.family, mode.beta, pirls.b(u, lams), theta,
-        shift, nl, pirls.rows_at_mode(mode), merge=_add_all)
-    c0 = c0 + u * u
-    uk = u[None, :] + shift
-    ck = ck + uk * uk
-    e = np.exp(0.5 * zk[:, None] ** 2 - 0.5 * (ck - c0[None, :]))
-    mult = np.sum(weights[off][:, None] * e, axis=0) + weights[~off].sum()
-    if not (np.isfinite(mult).all() and (mult > 0).all()):
-        raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
-                       f"theta = {mode.theta.tolist()}")
-    value = float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum())
+        agq_gradient_partition, *rule.args(pirls, mode), merge=merge_sums)
+    value, e, uk, mult = rule.integrals(c0, ck, mode)
+    u, theta, l2, sd, zk = mode.u, float(mode.theta[0]), rule.l2, rule.sd, rule.zk
+    weights = rule.weights[rule.off]
     # the mode's and the scale's derivatives, per level: [theta, beta...]
     du = np.column_stack([-(0.5 * s_z + theta * u * w_z2), -theta * w_zx]) / l2[:, None]
     dl2 = np.column_stack([2.0 * theta * w_z2 + theta ** 2 * w1_z3 * (u + theta * du[:, 0]),
@@ -135,7 +139,7 @@ def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarra
     g_k = part_k + slope_k[:, :, None] * (du[None, :, :] + zk[:, None, None] * dsd[None, :, :]) \
         - part_mode[None, :, :]
     grad = part_mode.sum(axis=0) + (dl2 / l2[:, None]).sum(axis=0) \
-        + np.einsum("k,kj,kjn->n", weights[off], e / mult[None, :], g_k)
+        + np.einsum("k,kj,kjn->n", weights, e / mult[None, :], g_k)
     return value, grad
 
 
@@ -150,36 +154,26 @@ def agq_gradient_partition(chunks, ws, kern, family, beta, b, lam: float, shift:
            np.zeros((nl, p)), np.zeros((nl, p)), np.zeros(nl), np.zeros((nk, nl, p)),
            np.zeros((nk, nl))]
     c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z = out
-    keys = nl * np.arange(nk)[:, None]
     binomial = family.name == "binomial"
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
-        eta, mu, dev, _, _, _, mu_eta = ws.take(c.size)
+        flat, mu_k = _add_deviances(c, ws, family, lam, shift, c0, ck)
+        _, mu, _, _, _, _, mu_eta = ws.take(c.size)
         refs, z, x, y, wt = c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt
         s = -2.0 * wt * (y - mu)
         w = wt * mu_eta
         w1 = w * (1.0 - 2.0 * mu) if binomial else w
-        c0 += np.bincount(refs, weights=dev, minlength=nl)
         s_z += np.bincount(refs, weights=s * z, minlength=nl)
         w_z2 += np.bincount(refs, weights=w * z * z, minlength=nl)
         w1_z3 += np.bincount(refs, weights=w1 * z ** 3, minlength=nl)
         np.add.at(s_x, refs, s[:, None] * x)
         np.add.at(w_zx, refs, (w * z)[:, None] * x)
         np.add.at(w1_z2x, refs, (w1 * z * z)[:, None] * x)
-        eta_k = eta[None, :] + (z * lam)[None, :] * shift[:, refs]
-        mu_k = family.linkinv(eta_k)
-        dev_k = family.dev_resids(y[None, :], mu_k, wt[None, :])
         s_k = -2.0 * wt[None, :] * (y[None, :] - mu_k)
-        flat = (refs[None, :] + keys).ravel()
-        ck += np.bincount(flat, weights=dev_k.ravel(), minlength=nk * nl).reshape(nk, nl)
         t_z += np.bincount(flat, weights=(s_k * z[None, :]).ravel(),
                            minlength=nk * nl).reshape(nk, nl)
         for j in range(p):
             t_x[:, :, j] += np.bincount(flat, weights=(s_k * x[None, :, j]).ravel(),
                                         minlength=nk * nl).reshape(nk, nl)
     return tuple(out)
-
-
-def _add_all(a, b):
-    return tuple(x + y for x, y in zip(a, b))

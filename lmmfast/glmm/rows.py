@@ -23,8 +23,8 @@ from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
 
 __all__ = ["Kernel", "LocalRows", "PASS_ROWS", "RowChunk", "Workspace", "aic_partition",
-           "at_rows", "extreme_partition", "merge_start", "pass_partition", "split_rows",
-           "start_partition", "values_partition", "whole_counts", "working_at"]
+           "at_rows", "extreme_partition", "merge_start", "merge_sums", "pass_partition",
+           "split_rows", "start_partition", "values_partition", "whole_counts", "working_at"]
 
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
@@ -233,6 +233,11 @@ def start_partition(chunks: list[RowChunk], ws: Workspace, family) -> np.ndarray
 
 def merge_start(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return reduced_rows([a, b], a.shape[1])
+
+
+def merge_sums(a: tuple, b: tuple) -> tuple:
+    """Two partitions' tuples of sums combined, item by item."""
+    return tuple(x + y for x, y in zip(a, b))
 
 
 def whole_counts(m: np.ndarray, y: np.ndarray) -> bool:

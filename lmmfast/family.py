@@ -104,12 +104,17 @@ def _binomial_aic(y, n, mu, wt):
 def _binomial_aic_m(y, m, mu, wt):
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-    trials = np.round(m)
-    return -2.0 * float(np.sum(scale * stats.binom.logpmf(np.round(m * y), trials, mu)))
+    n, k = np.round(m), np.round(m * y)
+    # scipy.stats.binom.logpmf's formula, without its argument checks (k <= n here)
+    logpmf = special.gammaln(n + 1) - (special.gammaln(k + 1) + special.gammaln(n - k + 1)) \
+        + special.xlogy(k, mu) + special.xlog1py(n - k, -mu)
+    return -2.0 * float(np.sum(scale * logpmf))
 
 
 def _poisson_aic(y, n, mu, wt):
-    return -2.0 * float(np.sum(stats.poisson.logpmf(y, mu) * wt))
+    # scipy.stats.poisson.logpmf's formula, without its argument checks (y >= 0 here)
+    logpmf = special.xlogy(y, mu) - special.gammaln(y + 1) - mu
+    return -2.0 * float(np.sum(logpmf * wt))
 
 
 @dataclass(frozen=True)

@@ -300,23 +300,50 @@ def gradient_columns(list refs, list z, list lams, const cnp.int64_t[::1] q_off,
         koff += k
 
 
-def gradient_first(int link, int family, const double[::1] wt, const double[::1] eta,
-                   const double[::1] mu, const cnp.int64_t[:, ::1] cols,
-                   const double[:, ::1] gv, Py_ssize_t q1, Py_ssize_t k1, cnp.ndarray s11,
-                   cnp.ndarray s12, cnp.ndarray s22, double[::1] gtv):
-    """The rows' G^T v into ``gtv``, v = h w' (``laplace.laplace_gradient``, for the
-    canonical links: w' = d w / d eta)."""
+cdef inline void _gradient_weights(int link, int family, double y, double wt, double eta,
+                                   double mu, double* s, double* w, double* dw_unit,
+                                   double* w_obs) noexcept nogil:
+    """A row's terms of the Laplace gradient: s = d d_i / d eta, the Fisher weight
+    w = a mu'^2 / V, d w / d eta = a dw_unit, and the observed information's
+    weight w_obs = (d^2 d_i / d eta^2) / 2; for the canonical links w_obs = w."""
+    cdef double m, me, var, dvar, d2
+    _link(link, eta, &m, &me)
+    if (family == 0 and link == 0) or (family == 1 and link == 4):
+        s[0] = -2.0 * wt * (y - mu)
+        w[0] = wt * me
+        dw_unit[0] = me * (1.0 - 2.0 * mu) if family == 0 else me
+        w_obs[0] = w[0]
+        return
+    if family == 0:
+        var = mu * (1.0 - mu)
+        dvar = 1.0 - 2.0 * mu
+    else:
+        var = mu
+        dvar = 1.0
+    d2 = _mu_eta_slope(link, eta, mu, me)
+    s[0] = -2.0 * wt * (y - mu) * me / var
+    w[0] = wt * me * me / var
+    dw_unit[0] = 2.0 * me * d2 / var - me * me * me * dvar / (var * var)
+    w_obs[0] = wt * (me * me / var - (y - mu) * (d2 / var - me * me * dvar / (var * var)))
+
+
+def gradient_first(int link, int family, const double[::1] y, const double[::1] wt,
+                   const double[::1] eta, const double[::1] mu,
+                   const cnp.int64_t[:, ::1] cols, const double[:, ::1] gv, Py_ssize_t q1,
+                   Py_ssize_t k1, cnp.ndarray s11, cnp.ndarray s12, cnp.ndarray s22,
+                   double[::1] gtv):
+    """The rows' G^T v into ``gtv``, v = h w' (``laplace.laplace_gradient``,
+    w' = d w / d eta of the Fisher weights)."""
     cdef Py_ssize_t n = eta.shape[0], K = cols.shape[1], r, a
     cdef Py_ssize_t q2 = cnp.PyArray_DIM(s22, 0)
     cdef const double* p11 = <const double*>cnp.PyArray_DATA(s11)
     cdef const double* p12 = <const double*>cnp.PyArray_DATA(s12)
     cdef const double* p22 = <const double*>cnp.PyArray_DATA(s22)
-    cdef double m, me, v
+    cdef double v, s, w, dw, w_obs
     with nogil:
         for r in range(n):
-            _link(link, eta[r], &m, &me)
-            v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] \
-                * (me * (1.0 - 2.0 * mu[r]) if family == 0 else me)
+            _gradient_weights(link, family, y[r], wt[r], eta[r], mu[r], &s, &w, &dw, &w_obs)
+            v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] * dw
             for a in range(K):
                 gtv[cols[r, a]] += gv[r, a] * v
 
@@ -331,25 +358,22 @@ def gradient_second(int link, int family, const double[::1] y, const double[::1]
                     double[::1] grad_beta):
     """The rows' sums of the gradient in theta (entry m: z's column ``ent_z[m]`` and
     lambda's column ``ent_col[m]``, positions in the rows' columns) and in beta,
-    with e = s + v - w G r (``laplace.laplace_gradient``)."""
+    with e = s + v - w_obs G r (``laplace.laplace_gradient``)."""
     cdef Py_ssize_t n = eta.shape[0], K = cols.shape[1], p = x.shape[1], r, a, j, mm, col, cc
     cdef Py_ssize_t n_ent = ent_z.shape[0], level
     cdef Py_ssize_t q2 = cnp.PyArray_DIM(s22, 0)
     cdef const double* p11 = <const double*>cnp.PyArray_DATA(s11)
     cdef const double* p12 = <const double*>cnp.PyArray_DATA(s12)
     cdef const double* p22 = <const double*>cnp.PyArray_DATA(s22)
-    cdef double m, me, v, w, s, gr, e, zr, sg
+    cdef double v, w, s, dw, w_obs, gr, e, zr, sg
     with nogil:
         for r in range(n):
-            _link(link, eta[r], &m, &me)
-            v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] \
-                * (me * (1.0 - 2.0 * mu[r]) if family == 0 else me)
-            w = wt[r] * me
-            s = -2.0 * wt[r] * (y[r] - mu[r])
+            _gradient_weights(link, family, y[r], wt[r], eta[r], mu[r], &s, &w, &dw, &w_obs)
+            v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] * dw
             gr = 0.0
             for a in range(K):
                 gr += gv[r, a] * rv[cols[r, a]]
-            e = s + v - w * gr
+            e = s + v - w_obs * gr
             for j in range(p):
                 grad_beta[j] += x[r, j] * e
             level = cols[r, 0] // k1

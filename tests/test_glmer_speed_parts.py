@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from test_glmer import dataset, fit, spec
 
+import lmmfast
 from lmmfast import _crossprod, _pirls
 from lmmfast.design.layout import BLOCK_DENSE, BLOCK_SPARSE
 from lmmfast.family import FAMILIES, family
@@ -183,15 +184,69 @@ def test_analytic_gradient_on_every_block_kind(formula, kinds):
     assert np.max(np.abs(g - fd)) < 1e-6 * max(1.0, float(np.abs(fd).max()))
 
 
-def test_no_analytic_gradient_where_it_does_not_apply():
-    """Non-canonical links keep central differences, with quadrature too."""
+NON_CANONICAL = [
+    ("cbpp", "cbind(incidence, size - incidence) ~ period + (1 | herd)", ("binomial", "probit")),
+    ("cbpp", "cbind(incidence, size - incidence) ~ period + (1 | herd)", ("binomial", "cloglog")),
+    ("VerbAgg", "r2 ~ Anger + btype + (1 | id) + (1 + Gender | item)", ("binomial", "probit")),
+    ("epil", "y ~ lbase * trt + lage + V4 + (1 + V4 | subject)", ("poisson", "sqrt")),
+]
+
+
+@pytest.mark.parametrize("data,formula,fam", NON_CANONICAL,
+                         ids=[f"{d}-{f[1]}" for d, _, f in NON_CANONICAL])
+def test_non_canonical_gradient_equals_central_differences(data, formula, fam):
+    """For a non-canonical link the mode's sensitivity takes the observed
+    information (eq. 98a, ``Pirls.observed_factor``): the gradient against
+    central differences of the deviance, at the optimum and off it; the fit
+    takes it (no central-difference gradients)."""
     from lmmfast.glmm.laplace import laplace_gradient
-    f = fit("cbpp_probit")
-    assert not f._has_gradient()
-    assert laplace_gradient(f.pirls, f.pirls.mode(f.theta, f.beta)) is None
+    f = glmer(formula, lmmfast.datasets.load(data), family=fam)
+    assert f._has_gradient() and f.fd_gradient_evals == 0
+    x_hat = np.concatenate([f.theta, f.beta])
+    nt = f.n_theta
+    for x in (x_hat, x_hat * 1.05 + 0.01):
+        g = laplace_gradient(f.pirls, f.pirls.mode(x[:nt], x[nt:]))
+        h = 1e-5
+        fd = np.array([(f._deviance_x(x + h * e) - f._deviance_x(x - h * e)) / (2 * h)
+                       for e in np.eye(len(x))])
+        scale = max(1.0, float(np.abs(fd).max()))
+        assert np.max(np.abs(g - fd)) < 1e-6 * scale
+
+
+def test_no_analytic_gradient_where_it_does_not_apply():
+    """The cauchit link (not log-concave) and a non-canonical link with quadrature
+    keep central differences."""
+    from lmmfast.glmm.laplace import laplace_gradient
     m = spec("cbpp_probit")
-    q = glmer(m["formula"], dataset(m["dataset"]), family=(m["family"], m["link"]), nAGQ=5)
+    data = dataset(m["dataset"])
+    c = glmer(m["formula"], data, family=("binomial", "cauchit"))
+    assert not c._has_gradient()
+    assert laplace_gradient(c.pirls, c.pirls.mode(c.theta, c.beta)) is None
+    q = glmer(m["formula"], data, family=(m["family"], m["link"]), nAGQ=5)
     assert not q._has_gradient()
+
+
+def test_gradient_falls_back_where_observed_weights_vanish():
+    """A Poisson identity link's observed information is 0 at y = 0: there the
+    gradient is central differences of the deviance, counted in ``n_evals``,
+    and the covariance comes from the deviance's stencil (eq. 104): the same
+    fit as with the analytic gradient switched off."""
+    from lmmfast.glmm.laplace import laplace_gradient
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(30), 8)
+    x = rng.uniform(0, 1, len(g))
+    mu = 2.0 + 3.0 * x + rng.gamma(4.0, 0.25, 30)[g]
+    df = pd.DataFrame({"y": rng.poisson(mu), "x": x, "g": pd.Categorical(g)})
+    assert (df["y"] == 0).any()
+    f = glmer("y ~ x + (1 | g)", df, family=("poisson", "identity"))
+    assert f._has_gradient() and f.fd_gradient_evals > 0
+    assert laplace_gradient(f.pirls, f.pirls.mode(f.theta, f.beta)) is None
+    ref = glmer("y ~ x + (1 | g)", df, family=("poisson", "identity"))
+    ref._has_gradient = lambda: False
+    ref.fit()
+    assert f.objective <= ref.objective + 1e-8 * abs(ref.objective)
+    np.testing.assert_allclose(f.beta, ref.beta, rtol=1e-5)
+    np.testing.assert_allclose(f.stderr, ref.stderr, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["cbpp_agq25", "epil_agq9"])

@@ -135,39 +135,46 @@ class _Inverse:
 
 
 def gradient_available(pirls: Pirls) -> bool:
-    """Whether ``laplace_gradient`` applies: a canonical link (logit, log), at most
-    ``DENSE_Q`` random effects beyond the first term and at most ``DENSE_S12``
-    entries in S's block between the first term and the others."""
-    fam = pirls.family
+    """Whether ``laplace_gradient`` applies: a link whose log-likelihood is concave
+    in eta (every one but cauchit: the observed information's weights are then
+    not negative), at most ``DENSE_Q`` random effects beyond the first term and at
+    most ``DENSE_S12`` entries in S's block between the first term and the others."""
     q1, q2 = int(pirls.q_off[1]), int(pirls.q_off[-1] - pirls.q_off[1])
-    return fam.link.name == fam.canonical and q2 <= DENSE_Q and q1 * q2 <= DENSE_S12
+    return pirls.family.link.name != "cauchit" and q2 <= DENSE_Q and q1 * q2 <= DENSE_S12
 
 
 def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
     """The gradient of the Laplace deviance (eq. 98) in (theta, beta) at a
-    conditional mode, lme4's theta order then beta; None where it is not
-    available (a non-canonical link, or more than ``DENSE_Q`` random effects
-    beyond the first term).
+    conditional mode, lme4's theta order then beta (eq. 98a); None where it is
+    not available (``gradient_available``, or a non-canonical link whose
+    observed information has a weight that is not positive at the mode, as a
+    Poisson identity link's at y = 0).
 
-    With G = Z Lambda, M = G^T W G + I = L_Z L_Z^T (eq. 96), S = M^{-1},
-    s_i = d d_i / d eta_i, w_i' = d w_i / d eta_i and h_i = g_i^T S g_i,
-    the mode's stationarity in u (eq. 94) removes du/dphi from a(y, mu) +
-    ||u||^2, and differentiating it gives du/dphi for log|M|'s weights:
+    With G = Z Lambda, M = G^T W G + I = L_Z L_Z^T (eq. 96, Fisher weights),
+    S = M^{-1}, S_o = (G^T W_o G + I)^{-1} (W_o the observed information's
+    weights, W for a canonical link), s_i = d d_i / d eta_i, w_i' = d w_i /
+    d eta_i and h_i = g_i^T S g_i:
 
         d/d beta    = X^T e,
         d/d theta_k = e^T Z Lambda_k u - 1/2 s^T Z Lambda_k r + 2 tr(S G^T W Z Lambda_k),
 
-    e = s + h w' - W G r, r = S G^T (h w'), Lambda_k = d Lambda / d theta_k.
-    For the canonical links the Hessian of eq. 92 in u is 2M (Newton = Fisher).
+    e = s + h w' - W_o G r, r = S_o G^T (h w'), Lambda_k = d Lambda / d theta_k.
     """
     if not gradient_available(pirls):
         return None
+    fam = pirls.family
     lams = pirls.lambdas(mode.theta)
-    g = _GradientTerms(_Inverse(pirls.factor(False), lams), pirls.kern,
-                       int(pirls.q_off[-1]), lams, pirls.k,
+    s_fisher = _Inverse(pirls.factor(False), lams)
+    s_observed = s_fisher
+    if fam.link.name != fam.canonical:
+        observed = pirls.observed_factor(mode)
+        if observed is None:
+            return None
+        s_observed = _Inverse(observed, lams)
+    g = _GradientTerms(s_fisher, pirls.kern, int(pirls.q_off[-1]), lams, pirls.k,
                        np.asarray(pirls.q_off, dtype=np.int64), *pirls.theta_columns,
                        mode.beta, mode.u, pirls.b(mode.u, lams), pirls.rows_at_mode(mode))
-    r = g.S.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
+    r = s_observed.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
     g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=merge_sums)
     grad = np.empty(pirls.n_theta)
     grad[pirls.perm] = g_theta
@@ -226,7 +233,7 @@ def gradient_first(chunks, ws, g: _GradientTerms) -> np.ndarray:
         eta, mu, cols, gv, zall = terms = g.chunk(c, ws)
         if len(chunks) == 1:
             g.kept[id(c)] = (eta.copy(), mu.copy(), cols, gv, zall)
-        _pirls.gradient_first(g.kern.link, g.kern.family, c.wt, eta, mu, cols, gv,
+        _pirls.gradient_first(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, cols, gv,
                               *g.inverse(), gtv)
     return gtv
 

@@ -29,7 +29,7 @@ from .laplace import gradient_available, laplace_deviance, laplace_gradient
 from .pirls import Mode, Pirls
 from .predictor import build_design, condvar_blocks, varcorr
 from .quadrature import agq_deviance, agq_gradient, check_agq
-from .vcov import DELTA, fd_hessian, gradient_hessian, vcov_from_hessian
+from .vcov import DELTA, GRADIENT_DELTA, fd_hessian, gradient_hessian, vcov_from_hessian
 
 __all__ = ["DaskGeneralizedLinearMixedModel", "GeneralizedLinearMixedModel", "glmer"]
 
@@ -107,6 +107,8 @@ class GeneralizedLinearMixedModel:
         self.stage_evals: tuple[int, int] = (0, 0)
         self._vcov: np.ndarray | None = None
         self.hessian: np.ndarray | None = None
+        # deviances for central-difference gradients where the analytic one failed
+        self.fd_gradient_evals = 0
 
     # ------------------------------------------------------------ criteria
     def _deviance(self, mode: Mode, exact: bool = False) -> float:
@@ -133,12 +135,18 @@ class GeneralizedLinearMixedModel:
         mode = self.pirls.mode(x[:self.n_theta], x[self.n_theta:])
         if self.n_agq > 1:
             return agq_gradient(self.pirls, mode, self.n_agq)
-        return laplace_deviance(self.pirls, mode), laplace_gradient(self.pirls, mode)
+        value, g = laplace_deviance(self.pirls, mode), laplace_gradient(self.pirls, mode)
+        if g is None:   # (a non-canonical link's observed weights not all positive here)
+            g, k = stages.fd_gradient(self._deviance_x, x, DELTA)
+            self.fd_gradient_evals += k
+        return value, g
 
     def _has_gradient(self) -> bool:
-        """Whether stage 2 and the Hessian use the analytic gradient (nAGQ >= 1, a
-        canonical link, ``laplace.DENSE_Q``)."""
-        return self.n_agq >= 1 and gradient_available(self.pirls)
+        """Whether stage 2 and the Hessian use the analytic gradient: nAGQ = 1
+        (``laplace.gradient_available``), or nAGQ > 1 with a canonical link."""
+        fam = self.family
+        return (self.n_agq == 1 or (self.n_agq > 1 and fam.link.name == fam.canonical)) \
+            and gradient_available(self.pirls)
 
     # ------------------------------------------------------------ fitting
     def fit(self, start=None) -> GeneralizedLinearMixedModel:
@@ -208,11 +216,12 @@ class GeneralizedLinearMixedModel:
         if gradient:   # the first matrix's beta block: 2 R_X R_X^T of stage 1's joint factor
             rx = self.pirls.factor(True).rx()
             beta_block = 2.0 * (rx @ rx.T)
+        fd_before = self.fd_gradient_evals
         newton = stages.minimize_newton(
             self._deviance_x, x0, np.isinf(lower), DELTA, self._start_hessian,
             at_point=self._anchor_at,
             value_gradient=self._value_gradient if gradient else None, beta_block=beta_block)
-        evals = newton.n_evals
+        evals = newton.n_evals + self.fd_gradient_evals - fd_before
         x, fval = newton.x, newton.fval
         if not newton.converged:
             s2 = stages.minimize_bobyqa(self._deviance_x, x if np.isfinite(fval) else x0,
@@ -314,10 +323,11 @@ class GeneralizedLinearMixedModel:
         if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
             self._anchor_at(x)
+            fd_before = self.fd_gradient_evals
             if self._has_gradient():
                 g = self._value_gradient(x)[1]
-                h = gradient_hessian(self._value_gradient, x)[0]
-            else:
+                h = gradient_hessian(self._value_gradient, x, GRADIENT_DELTA, g0=g)[0]
+            if not self._has_gradient() or self.fd_gradient_evals > fd_before:
                 h, _, g = fd_hessian(self._deviance_x, x, self._objective)
             self.pirls.anchor(None)
             self.hessian = h

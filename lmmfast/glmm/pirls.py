@@ -115,7 +115,7 @@ class Pirls:
             for i in (0, 1))
         self.perm = design.theta_perm()
         self.n_theta = len(self.perm)
-        self._factors: dict[bool, Factor] = {}
+        self._factors: dict[bool | str, Factor] = {}   # ("observed": observed_factor's)
         self.last_u: np.ndarray = np.zeros(int(self.q_off[-1]))
         self.last_beta: np.ndarray | None = None
         self._aic_const: float | None = None
@@ -258,6 +258,22 @@ class Pirls:
         self._pass(mode.beta, mode.u, self.lambdas(mode.theta), factor, joint=joint,
                    plain=False)
         self._update(factor, self.theta_internal(mode.theta), mode.theta)
+        return factor
+
+    def observed_factor(self, mode: Mode) -> Factor | None:
+        """A u-only factor whose A (not factored) holds the cross-products at the
+        observed information's weights of ``mode`` (a non-canonical link's Hessian
+        of eq. 92 in u, eq. 98a); None where a weight is not positive there."""
+        factor = self._factors.get("observed")
+        if factor is None:
+            factor = self._factors["observed"] = Factor(self.design, False)
+        self._theta_now = mode.theta
+        _, valid, observed = self._pass(mode.beta, mode.u, self.lambdas(mode.theta), factor,
+                                        newton=True)
+        if not (valid and observed):
+            return None
+        factor.form_a()
+        self._ws_mode = mode if self.rows.single else None   # (the pass was at it)
         return factor
 
     # ------------------------------------------------------------ PIRLS

@@ -283,9 +283,13 @@ class Factor:
         acc.fill(0.0)
         return acc
 
+    def form_a(self) -> None:
+        """A from its accumulator (rounded once where summed in double-double)."""
+        self.a[:] = self._acc_plain[:, 0] if self._plain else _crossprod.dd_round(self._acc)
+
     def update(self, theta_internal: np.ndarray) -> int:
         """A from its accumulator, factored at theta; LAPACK's info (0: success)."""
-        self.a[:] = self._acc_plain[:, 0] if self._plain else _crossprod.dd_round(self._acc)
+        self.form_a()
         return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
     def log_det_lz(self) -> float:

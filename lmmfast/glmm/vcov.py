@@ -4,7 +4,8 @@ lme4's glmer default: H, the Hessian of -2 log L in (theta, beta) at the
 optimum by central finite differences (step 1e-4, as ``deriv12``), and
 Var(beta-hat) = the beta block of 2 H^{-1}.  Where the deviance's analytic
 gradient is available (``laplace.laplace_gradient``, ``quadrature.agq_gradient``), H is
-formed from central differences of gradients at the same step instead.  At a boundary optimum (a
+formed from forward differences of gradients at step ``GRADIENT_DELTA`` instead
+(n runs beyond the gradient at the optimum).  At a boundary optimum (a
 diagonal theta within 1e-4 of 0) lme4 does not form H; then Var(beta-hat) =
 (R_X R_X^T)^{-1} from the PIRLS factor at the mode, as for nAGQ = 0.
 """
@@ -16,6 +17,9 @@ import numpy as np
 __all__ = ["fd_hessian", "gradient_hessian", "vcov_from_hessian"]
 
 DELTA = 1e-4   # lme4's deriv12 step
+# forward differences of the analytic gradient: O(h) errors, 2e-6 of H's largest entry
+# on the fixture models (the gradient at a PIRLS mode is exact to ~1e-12)
+GRADIENT_DELTA = 1e-6
 
 
 def fd_hessian(fun, x: np.ndarray, fx: float, delta: float = DELTA) -> tuple[np.ndarray, int]:
@@ -60,8 +64,9 @@ def gradient_hessian(value_gradient, x: np.ndarray, delta: float = DELTA,
     column i = (g(x + h e_i) - g(x - h e_i)) / 2h, symmetrised; 2n
     evaluations instead of ``fd_hessian``'s n(n + 1), with O(h^2) errors
     of the same order.  Given g0 = g(x), forward differences (g(x + h e_i)
-    - g0) / h instead: n evaluations, O(h) errors (stage 2's first
-    quasi-Newton matrix, which BFGS then corrects).  With ``columns`` m, only
+    - g0) / h instead: n evaluations, O(h) errors (the covariance's H at
+    ``GRADIENT_DELTA``; stage 2's first quasi-Newton matrix at ``DELTA``,
+    which BFGS then corrects).  With ``columns`` m, only
     the first m columns (theta's) and their transposes are formed, the rest
     left 0.  Returns (H, evaluations)."""
     x = np.asarray(x, dtype=np.float64)

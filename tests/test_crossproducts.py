@@ -8,6 +8,7 @@ import pytest
 
 import lmmfast
 from lmmfast.design import crossprod as blocks
+from lmmfast.design.layout import BLOCK_SPARSE
 from lmmfast.model import LinearMixedModel
 
 CASES = [
@@ -99,7 +100,7 @@ def test_default_workers_one_thread_for_a_large_sparse_a():
     """Two crossed factors whose sparse block has almost a pair per row: a further
     accumulator would cost more memory than a quarter of the rows' values."""
     layout, n = _layout([20_000, 5_000], [1, 1], 2)
-    assert blocks.BLOCK_SPARSE in layout.kind_a
+    assert BLOCK_SPARSE in layout.kind_a
     assert 16 * layout.n_a > 8 * n * (layout.p1 + 2) // 4
     assert blocks.default_workers(layout, n, n_chunks=16, cores=2) == 1
 

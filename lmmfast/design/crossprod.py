@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import _crossprod
-from .layout import BLOCK_SPARSE, BlockLayout, block_index
+from .layout import BlockLayout
 
 __all__ = ["CHUNK_ROWS", "accumulate", "add_rows", "crossproducts", "default_workers",
            "dd_sum", "row_chunks", "set_response"]
@@ -35,27 +35,25 @@ def accumulate(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
     ``refs``/``z`` are the chunk's rows of each term (internal order), ``xy`` its
     rows of [X y] (C-contiguous), all already scaled by sqrt(prior weights).
     """
-    T = layout.n_terms
     cp = _crossprod
-    for s in range(T + 1):
-        for t in range(s + 1):
-            blk = layout.block_a(acc, s, t)
-            if s == T and t == T:
-                cp.add_xy_xy_dd(xy, blk)
-            elif s == T:
-                cp.add_xy_z_dd(refs[t], z[t], xy, blk)
-            elif s == t:
-                cp.add_diag_dd(refs[t], z[t], blk)
-            elif layout.kind_a[block_index(s, t)] == BLOCK_SPARSE:
-                colptr, rowidx = layout.pattern(s)
-                missing = cp.add_offdiag_sparse_dd(refs[s], z[s], refs[t], z[t], colptr,
-                                                   rowidx, blk)
-                if missing:
-                    raise ValueError(f"{missing} rows have level pairs outside the "
-                                     f"sparsity pattern of block ({s}, {t})")
-            else:
-                cp.add_offdiag_dense_dd(refs[s], z[s], refs[t], z[t],
-                                        int(layout.nlev[s] * layout.k[s]), blk)
+    for s, t, start, end, kind in layout.accumulation_plan:
+        blk = acc[start:end]
+        if kind == "xy_xy":
+            cp.add_xy_xy_dd(xy, blk)
+        elif kind == "xy_z":
+            cp.add_xy_z_dd(refs[t], z[t], xy, blk)
+        elif kind == "diag":
+            cp.add_diag_dd(refs[t], z[t], blk)
+        elif kind == "sparse":
+            colptr, rowidx = layout.pattern(s)
+            missing = cp.add_offdiag_sparse_dd(refs[s], z[s], refs[t], z[t], colptr,
+                                               rowidx, blk)
+            if missing:
+                raise ValueError(f"{missing} rows have level pairs outside the "
+                                 f"sparsity pattern of block ({s}, {t})")
+        else:
+            cp.add_offdiag_dense_dd(refs[s], z[s], refs[t], z[t],
+                                    int(layout.nlev[s] * layout.k[s]), blk)
 
 
 def _buffer(work: dict | None, key, shape: tuple) -> np.ndarray:

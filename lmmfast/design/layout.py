@@ -147,6 +147,26 @@ class BlockLayout:
         return (np.ascontiguousarray(self.off_a[[block_index(T, t) for t in range(T)]]),
                 np.ascontiguousarray(self.nlev * self.k), int(self.off_a[block_index(T, T)]))
 
+    @functools.cached_property
+    def accumulation_plan(self) -> tuple:
+        """Each block (s, t) of A, s >= t, as (s, t, start, end, kind) with its flat
+        slice of A and its kind: "xy_xy", "xy_z", "diag", "sparse" or "dense"
+        (what ``design.crossprod.accumulate`` adds to it)."""
+        T = self.n_terms
+        plan = []
+        for s in range(T + 1):
+            for t in range(s + 1):
+                b = block_index(s, t)
+                end = int(self.off_a[b + 1]) if b + 1 < len(self.off_a) else int(self.n_a)
+                if s == T:
+                    kind = "xy_xy" if t == T else "xy_z"
+                elif s == t:
+                    kind = "diag"
+                else:
+                    kind = "sparse" if self.kind_a[b] == BLOCK_SPARSE else "dense"
+                plan.append((s, t, int(self.off_a[b]), end, kind))
+        return tuple(plan)
+
     def block_a(self, a: np.ndarray, s: int, t: int) -> np.ndarray:
         """The flat slice of ``a`` holding block (s, t)."""
         b = block_index(s, t)

@@ -7,7 +7,8 @@ the unit deviances (eq. 92) and their sum; ``linear_predictor`` is its
 Z Lambda u alone; ``working`` forms the square roots of the working weights
 and the working response (eq. 93).  ``gradient_columns``, ``gradient_first``
 and ``gradient_second`` are the two passes of the Laplace deviance's
-gradient (``lmmfast.glmm.laplace``).  One nogil loop each, no
+gradient (``lmmfast.glmm.laplace``, eq. 98a); ``agq_sums`` the level sums of
+adaptive quadrature and its gradient (eqs. 101, 101a).  One nogil loop each, no
 temporaries.  The links and families are those of ``lmmfast.family`` (R's
 ``binomial()`` and ``poisson()``) with R's clamps near the ends of the
 scale, so the numbers are the numpy ones to rounding.
@@ -386,3 +387,48 @@ def gradient_second(int link, int family, const double[::1] y, const double[::1]
                     sg += gv[r, a] * _s_at(cols[r, a], col, a, cc, level, q1, k1, q2,
                                            p11, p12, p22)
                 g_theta[mm] += zr * (e * u[col] - 0.5 * s * rv[col] + 2.0 * w * sg)
+
+
+# ------------------------------------------------------------ adaptive quadrature's level sums
+
+def agq_sums(int link, int family, const cnp.int64_t[::1] refs, const double[::1] z,
+             const double[:, ::1] x, const double[::1] y, const double[::1] wt,
+             const double[::1] eta, const double[::1] mu, const double[::1] dev, double lam,
+             const double[:, ::1] shift, double[::1] c0, double[:, ::1] ck,
+             bint gradient=False, double[:, ::1] s_x=None, double[::1] s_z=None,
+             double[::1] w_z2=None, double[:, ::1] w_zx=None, double[:, ::1] w1_z2x=None,
+             double[::1] w1_z3=None, double[:, :, ::1] t_x=None, double[:, ::1] t_z=None):
+    """A chunk's level sums for adaptive quadrature (eq. 101, one scalar term: row r
+    in level refs[r] with z[r]): the unit deviances at the mode (``dev``) into c0
+    and at each node's eta + z lam shift[k, level] into ck[k]; with ``gradient``
+    (a canonical link, eq. 101a) also, with s = d d_i / d eta, w the working
+    weight and w' = d w / d eta at the mode, the sums of s z, s x, w z^2, w z x,
+    w' z^2 x and w' z^3, and of s z and s x at each node."""
+    cdef Py_ssize_t n = eta.shape[0], nk = shift.shape[0], p = x.shape[1], r, k, j, level
+    cdef double zr, s, w, w1, ek, mk, mek, sk
+    with nogil:
+        for r in range(n):
+            level = refs[r]
+            zr = z[r]
+            c0[level] += dev[r]
+            if gradient:
+                _link(link, eta[r], &mk, &mek)
+                s = -2.0 * wt[r] * (y[r] - mu[r])
+                w = wt[r] * mek
+                w1 = w * (1.0 - 2.0 * mu[r]) if family == 0 else w
+                s_z[level] += s * zr
+                w_z2[level] += w * zr * zr
+                w1_z3[level] += w1 * zr * zr * zr
+                for j in range(p):
+                    s_x[level, j] += s * x[r, j]
+                    w_zx[level, j] += w * zr * x[r, j]
+                    w1_z2x[level, j] += w1 * zr * zr * x[r, j]
+            for k in range(nk):
+                ek = eta[r] + zr * lam * shift[k, level]
+                _link(link, ek, &mk, &mek)
+                ck[k, level] += _unit_deviance(family, y[r], mk, wt[r])
+                if gradient:
+                    sk = -2.0 * wt[r] * (y[r] - mk)
+                    t_z[k, level] += sk * zr
+                    for j in range(p):
+                        t_x[k, level, j] += sk * x[r, j]

@@ -17,6 +17,7 @@ import functools
 
 import numpy as np
 
+from .. import _pirls
 from ..errors import FitError
 from .pirls import Mode, Pirls
 from .rows import at_rows, merge_sums
@@ -62,7 +63,7 @@ class _Rule:
 
     def args(self, pirls: Pirls, mode: Mode) -> tuple:
         """A partition function's arguments after the rows (``agq_partition``)."""
-        return (pirls.kern, pirls.family, mode.beta, pirls.b(mode.u, pirls.lambdas(mode.theta)),
+        return (pirls.kern, mode.beta, pirls.b(mode.u, pirls.lambdas(mode.theta)),
                 float(mode.theta[0]), self.shift, pirls.nl[0], pirls.rows_at_mode(mode))
 
     def integrals(self, c0: np.ndarray, ck: np.ndarray, mode: Mode):
@@ -81,33 +82,19 @@ class _Rule:
         return float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum()), e, uk, mult
 
 
-def agq_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray, nl: int,
+def agq_partition(chunks, ws, kern, beta, b, lam: float, shift: np.ndarray, nl: int,
                   at_mode: bool = False):
     """A partition's level sums of the unit deviances at the mode (c0) and at every
-    node's shifted linear predictor (K x nl, eq. 101), all nodes at once
-    (``at_mode``: the workspace holds the mode's one chunk)."""
+    node's shifted linear predictor (K x nl, eq. 101), all nodes in one compiled
+    pass (``_pirls.agq_sums``; ``at_mode``: the workspace holds the mode's one chunk)."""
     c0, ck = np.zeros(nl), np.zeros((len(shift), nl))
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
-        _add_deviances(c, ws, family, lam, shift, c0, ck)
+        eta, mu, dev = ws.take(c.size)[:3]
+        _pirls.agq_sums(kern.link, kern.family, c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt,
+                        eta, mu, dev, lam, shift, c0, ck)
     return c0, ck
-
-
-def _add_deviances(c, ws, family, lam: float, shift: np.ndarray, c0: np.ndarray,
-                   ck: np.ndarray):
-    """A chunk's unit deviances (its eta in ``ws``) added to their level sums at the
-    mode (c0) and at each node's shifted eta (ck); returns the keys (node, level) of
-    its rows and mu at the nodes (K x m)."""
-    nk, nl = ck.shape
-    eta, _, dev = ws.take(c.size)[:3]
-    refs, z = c.refs[0], c.z[0][:, 0]
-    c0 += np.bincount(refs, weights=dev, minlength=nl)
-    mu_k = family.linkinv(eta[None, :] + (z * lam)[None, :] * shift[:, refs])
-    dev_k = family.dev_resids(c.y[None, :], mu_k, c.wt[None, :])
-    flat = (refs[None, :] + nl * np.arange(nk)[:, None]).ravel()
-    ck += np.bincount(flat, weights=dev_k.ravel(), minlength=nk * nl).reshape(nk, nl)
-    return flat, mu_k
 
 
 def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarray]:
@@ -143,37 +130,21 @@ def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarra
     return value, grad
 
 
-def agq_gradient_partition(chunks, ws, kern, family, beta, b, lam: float, shift: np.ndarray,
+def agq_gradient_partition(chunks, ws, kern, beta, b, lam: float, shift: np.ndarray,
                            nl: int, at_mode: bool = False):
     """A partition's level sums for ``agq_gradient``: the unit deviances at the mode
     and at each node (as ``agq_partition``), and of s z, s x, w z^2, w z x, w' z^2 x,
-    w' z^3 at the mode and s x, s z at each node."""
+    w' z^3 at the mode and s x, s z at each node (``_pirls.agq_sums``)."""
     nk = len(shift)
     p = chunks[0].x.shape[1]
-    out = [np.zeros(nl), np.zeros((nk, nl)), np.zeros((nl, p)), np.zeros(nl), np.zeros(nl),
+    out = (np.zeros(nl), np.zeros((nk, nl)), np.zeros((nl, p)), np.zeros(nl), np.zeros(nl),
            np.zeros((nl, p)), np.zeros((nl, p)), np.zeros(nl), np.zeros((nk, nl, p)),
-           np.zeros((nk, nl))]
-    c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z = out
-    binomial = family.name == "binomial"
+           np.zeros((nk, nl)))
+    c0, ck = out[:2]
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
-        flat, mu_k = _add_deviances(c, ws, family, lam, shift, c0, ck)
-        _, mu, _, _, _, _, mu_eta = ws.take(c.size)
-        refs, z, x, y, wt = c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt
-        s = -2.0 * wt * (y - mu)
-        w = wt * mu_eta
-        w1 = w * (1.0 - 2.0 * mu) if binomial else w
-        s_z += np.bincount(refs, weights=s * z, minlength=nl)
-        w_z2 += np.bincount(refs, weights=w * z * z, minlength=nl)
-        w1_z3 += np.bincount(refs, weights=w1 * z ** 3, minlength=nl)
-        np.add.at(s_x, refs, s[:, None] * x)
-        np.add.at(w_zx, refs, (w * z)[:, None] * x)
-        np.add.at(w1_z2x, refs, (w1 * z * z)[:, None] * x)
-        s_k = -2.0 * wt[None, :] * (y[None, :] - mu_k)
-        t_z += np.bincount(flat, weights=(s_k * z[None, :]).ravel(),
-                           minlength=nk * nl).reshape(nk, nl)
-        for j in range(p):
-            t_x[:, :, j] += np.bincount(flat, weights=(s_k * x[None, :, j]).ravel(),
-                                        minlength=nk * nl).reshape(nk, nl)
-    return tuple(out)
+        eta, mu, dev = ws.take(c.size)[:3]
+        _pirls.agq_sums(kern.link, kern.family, c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt,
+                        eta, mu, dev, lam, shift, c0, ck, True, *out[2:])
+    return out

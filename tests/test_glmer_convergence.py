@@ -15,6 +15,7 @@ from test_glmer import dataset, fit, lme4_default, spec
 from lmmfast.convergence import GRADIENT_TOL
 from lmmfast.errors import ConvergenceWarning
 from lmmfast.glmm import glmer
+from lmmfast.glmm.laplace import laplace_deviance
 
 MODELS = list(lme4_default()["models"])
 
@@ -188,6 +189,33 @@ def test_a_theta_that_stage_1_leaves_on_its_bound_does_not_hold_stage_2(monkeypa
 def test_stage_1_is_loose_only_where_newton_steps_finish_the_search():
     from lmmfast.glmm import stages
     assert stages.stage1_tolerances(0, True) == stages.stage1_tolerances(0, False) \
-        == (1e-9, 1e-5)
-    assert stages.stage1_tolerances(1, False) == (1e-6, 1e-5)
-    assert stages.stage1_tolerances(1, True) == (1.0, 1e-3)
+        == (1e-9, 1e-5, False)
+    assert stages.stage1_tolerances(1, False) == (1e-6, 1e-5, False)
+    assert stages.stage1_tolerances(1, True) == (1.0, 1e-3, True)
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "verbagg_main"])
+def test_settled_search_is_near_the_mode_with_fewer_passes(name):
+    """Stage 1's loose search stops PIRLS before its last step (``settle``): the
+    point is within the step bound of the joint mode, its deviance within 1e-2
+    of the exact one (BOBYQA's tolerance there is 1), in fewer passes."""
+    m = spec(name)
+    passes, modes = [], {}
+    for settle in (False, True):   # each from the same state: a fit's end
+        f = glmer(m["formula"], dataset(m["dataset"]), family=m["family"])
+        p = f.pirls
+        theta = f.theta * 1.2
+        real = p._pass
+
+        def counted(*a, real=real, **k):
+            passes[-1] += 1
+            return real(*a, **k)
+
+        p._pass = counted
+        passes.append(0)
+        modes[settle] = p.mode_joint(theta, exact=False, search_tol=1e-3, settle=settle)
+    assert passes[1] < passes[0]
+    exact = p.mode_joint(theta)
+    assert np.max(np.abs(modes[True].u - exact.u)) < 2e-3
+    assert np.max(np.abs(modes[True].beta - exact.beta)) < 2e-3
+    assert abs(f.deviance_theta(theta) - laplace_deviance(p, exact)) < 1e-2

@@ -118,9 +118,9 @@ class GeneralizedLinearMixedModel:
 
     def deviance_theta(self, theta) -> float:
         """Stage 1's criterion: the Laplace deviance with beta and u by PIRLS (eq. 102)."""
-        search_tol = stages.stage1_tolerances(self.n_agq, self._has_gradient())[1]
+        tol = stages.stage1_tolerances(self.n_agq, self._has_gradient())
         return laplace_deviance(self.pirls, self.pirls.mode_joint(
-            theta, exact=self.n_agq == 0, search_tol=search_tol))
+            theta, exact=self.n_agq == 0, search_tol=tol.search_tol, settle=tol.settle))
 
     def deviance_at(self, theta, beta) -> float:
         """-2 log L at (theta, beta): Laplace (eq. 98) or quadrature (eq. 101)."""
@@ -167,7 +167,7 @@ class GeneralizedLinearMixedModel:
         step1 = np.where(self.theta_lower == 0, np.maximum(0.2 * np.abs(theta0), 0.05), 0.1)
         s1 = stages.minimize_bobyqa(
             self.deviance_theta, theta0, self.theta_lower, step1,
-            ftol_abs=stages.stage1_tolerances(self.n_agq, self._has_gradient())[0])
+            ftol_abs=stages.stage1_tolerances(self.n_agq, self._has_gradient()).ftol)
         theta1 = s1.x
         evals1 = s1.n_evals
         if self.n_agq == 0:

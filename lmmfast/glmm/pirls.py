@@ -82,6 +82,11 @@ def merge_pass(a: tuple, b: tuple) -> tuple:
     return (a[0] + b[0], a[1] and b[1], a[2] and b[2], a[3] and b[3])
 
 
+def _max_abs(v: np.ndarray) -> float:
+    """max |v_i| (0 for an empty v)."""
+    return float(np.abs(v).max()) if v.size else 0.0
+
+
 def family_has_no_constant(family: Family) -> bool:
     """Families whose aic is not the deviance plus a constant of the data."""
     return family.name not in ("binomial", "poisson")
@@ -122,6 +127,7 @@ class Pirls:
         self.tol_u = TOL_U if family.link.name == family.canonical else TOL_U_FISHER
         self._anchor: np.ndarray | None = None
         self._ws_mode: Mode | None = None   # the mode whose rows the workspace holds
+        self._lams_key, self._lams = b"", []   # (``lambdas``' last theta)
 
     @property
     def chunks(self):
@@ -165,14 +171,20 @@ class Pirls:
         return np.ascontiguousarray(np.asarray(theta, dtype=np.float64)[self.perm])
 
     def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
-        """Each term's k x k lambda (internal order) from theta in lme4's order (eq. 7)."""
+        """Each term's k x k lambda (internal order) from theta in lme4's order (eq. 7);
+        the last theta's are kept (every pass of a PIRLS run takes them)."""
+        key = np.asarray(theta, dtype=np.float64).tobytes()
+        if key == self._lams_key:
+            return self._lams
         ti = self.theta_internal(theta)
         out, pos = [], 0
         for k, (rows, cols) in zip(self.k, self._tril):
             lam = np.zeros((k, k))
             lam[rows, cols] = ti[pos:pos + len(rows)]
             pos += len(rows)
+            lam.flags.writeable = False
             out.append(lam)
+        self._lams_key, self._lams = key, out
         return out
 
     def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
@@ -303,16 +315,18 @@ class Pirls:
         self._anchor = mode.theta.copy()
 
     def mode_joint(self, theta, beta0=None, u0=None, exact: bool = True,
-                   search_tol: float = TOL_U_SEARCH) -> Mode:
+                   search_tol: float = TOL_U_SEARCH, settle: bool = False) -> Mode:
         """u~ and beta together at theta (nAGQ = 0, eq. 95); with ``exact=False``
         (stage 1's search before stage 2) the factor at the mode is summed in
         plain double too, and a canonical link's PIRLS stops at steps of
-        ``search_tol``."""
+        ``search_tol``: with ``settle``, at the point before that step, whose
+        pass the factor already holds (``stages.Stage1``)."""
         self._anchor = None   # (the joint factor is about to change)
         if beta0 is None:
             beta0 = self.last_beta if self.last_beta is not None else self.glm_start()
         return self._run(np.asarray(theta, dtype=np.float64), np.asarray(beta0, dtype=np.float64),
-                         u0, joint=True, exact=exact, search_tol=search_tol)
+                         u0, joint=True, exact=exact, search_tol=search_tol,
+                         settle=settle and not exact)
 
     def glm_start(self) -> np.ndarray:
         """beta of one weighted least-squares step from R's mustart (lme4's first PIRLS
@@ -335,7 +349,7 @@ class Pirls:
                 "effects drive them to zero (all-zero counts in a group of the design)")
 
     def _run(self, theta, beta, u0, joint: bool, exact: bool = True,
-             search_tol: float = TOL_U_SEARCH) -> Mode:
+             search_tol: float = TOL_U_SEARCH, settle: bool = False) -> Mode:
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
         if not np.isfinite(beta).all():
@@ -371,12 +385,14 @@ class Pirls:
         while True:
             beta_new = factor.beta() if joint else beta
             u_new = factor.u(beta_new if joint else np.zeros(0))
-            step = float(np.max(np.abs(u_new - u), initial=0.0))
+            step = _max_abs(u_new - u)
             if joint:
-                step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
+                step = max(step, _max_abs(beta_new - beta))
             # a step this short is the last: the factor at its point with the Fisher
             # weights, in double-double (eq. 96)
             last = step <= (TOL_U if observed else tol)
+            if last and settle and not newton:   # (u, beta) and its factor as they are
+                break
             dsum_new, valid, observed = self._pass(beta_new, u_new, lams, factor, joint,
                                                    newton and not last, plain=not (last and exact))
             pdev_new = dsum_new + float(u_new @ u_new)
@@ -400,9 +416,9 @@ class Pirls:
                                                            newton)
                     pdev_new = dsum_new + float(u_new @ u_new)
                     halvings += 1
-                step = float(np.max(np.abs(u_new - u), initial=0.0))
+                step = _max_abs(u_new - u)
                 if joint:
-                    step = max(step, float(np.max(np.abs(beta_new - beta), initial=0.0)))
+                    step = max(step, _max_abs(beta_new - beta))
             u, dsum, pdev = u_new, dsum_new, pdev_new
             if joint:
                 beta = beta_new

@@ -17,6 +17,7 @@ with a negative eigenvalue) runs stage 2 again from below it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import nlopt
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 __all__ = [
     "BOUNDARY_TOL",
     "NewtonResult",
+    "Stage1",
     "StageResult",
     "check_boundary",
     "escape_saddle",
@@ -35,17 +37,28 @@ __all__ = [
 ]
 
 BOUNDARY_TOL = 1e-5   # lme4's glmerControl boundary.tol
-# stage 1's stopping change in the deviance and PIRLS's step bound for u there
-STAGE1 = {"nAGQ=0": (1e-9, 1e-5), "newton": (1.0, 1e-3), "differences": (1e-6, 1e-5)}
+
+
+class Stage1(NamedTuple):
+    """How closely stage 1 searches (``stage1_tolerances``)."""
+
+    ftol: float        # BOBYQA's stopping change in the deviance
+    search_tol: float  # PIRLS's step bound for u there (``Pirls.mode_joint``)
+    settle: bool       # PIRLS stops before its last step, without a pass at its end
+
+
+STAGE1 = {"nAGQ=0": Stage1(1e-9, 1e-5, False), "newton": Stage1(1.0, 1e-3, True),
+          "differences": Stage1(1e-6, 1e-5, False)}
 OFF_BOUND = 0.01       # stage 2's start of a diagonal theta that stage 1 left at 0
 
 
-def stage1_tolerances(n_agq: int, gradient: bool) -> tuple[float, float]:
-    """Stage 1's stopping change in the deviance and the PIRLS step bound of its
-    search (``Pirls.mode_joint``'s ``search_tol``): tight where it is the fit
-    (nAGQ = 0) or where stage 2's steps cost 2n evaluations each (central
-    differences), loose where stage 2 takes Newton steps on the analytic
-    gradient (eq. 103), which finish the search in a few evaluations."""
+def stage1_tolerances(n_agq: int, gradient: bool) -> Stage1:
+    """Stage 1's tolerances: tight where it is the fit (nAGQ = 0) or where stage
+    2's steps cost 2n evaluations each (central differences), loose where stage 2
+    takes Newton steps on the analytic gradient (eq. 103), which finish the
+    search in a few evaluations; there PIRLS's deviance is that of the point
+    before its last step (within ``search_tol`` of the mode: log|L|^2 off by
+    about as much, far below ``ftol``)."""
     if n_agq == 0:
         return STAGE1["nAGQ=0"]
     return STAGE1["newton" if gradient else "differences"]

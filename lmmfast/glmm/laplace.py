@@ -55,14 +55,27 @@ class _Inverse:
         T = lay.n_terms
         nl = [int(v) for v in lay.nlev]
         k = [int(v) for v in lay.k]
-        q = [n * kk for n, kk in zip(nl, k)]
-        self.q1, self.k1 = q1, k1 = q[0], k[0]
+        self.q1, self.k1 = q1, k1 = nl[0] * k[0], k[0]
         nl1 = nl[0]
-        off = np.concatenate([[0], np.cumsum(q[1:])]).astype(np.intp)   # terms 1.. in C
-        q2 = int(off[-1])
 
         def level_blocks(s):   # A's block-diagonal (s, s): (nl, k, k), [level, row, col]
             return lay.block_a(a, s, s).reshape(nl[s], k[s], k[s]).transpose(0, 2, 1)
+
+        l0 = lams[0]
+        if k1 == 1:   # D and its inverse level by level, without einsum's set-up
+            self.dinv = 1.0 / (level_blocks(0) * (l0[0, 0] * l0[0, 0]) + 1.0)
+        else:
+            self.dinv = np.linalg.inv(np.einsum("ia,lij,jb->lab", l0, level_blocks(0), l0)
+                                      + np.eye(k1))
+        if T == 1:   # one term: S = D^{-1}
+            self.dinv_b = self.s12 = np.zeros((q1, 0))
+            self.s22 = np.zeros((0, 0))
+            self.s11 = self.dinv
+            self.s11_flat = np.ascontiguousarray(self.s11).ravel()
+            return
+        q = [n * kk for n, kk in zip(nl, k)]
+        off = np.concatenate([[0], np.cumsum(q[1:])]).astype(np.intp)   # terms 1.. in C
+        q2 = int(off[-1])
 
         def scaled(blk, s, t):   # Lambda_s^T blk Lambda_t of a dense q_s x q_t block
             m = blk.reshape(nl[s], k[s], nl[t], k[t])
@@ -84,18 +97,6 @@ class _Inverse:
             out[rowidx, :, lev_t, :] = vals.transpose(0, 2, 1)
             return out.reshape(q[s], q[t])
 
-        l0 = lams[0]
-        if k1 == 1:   # D and its inverse level by level, without einsum's set-up
-            self.dinv = 1.0 / (level_blocks(0) * (l0[0, 0] * l0[0, 0]) + 1.0)
-        else:
-            self.dinv = np.linalg.inv(np.einsum("ia,lij,jb->lab", l0, level_blocks(0), l0)
-                                      + np.eye(k1))
-        if T == 1:   # one term: S = D^{-1}
-            self.dinv_b = self.s12 = np.zeros((q1, 0))
-            self.s22 = np.zeros((0, 0))
-            self.s11 = self.dinv
-            self.s11_flat = np.ascontiguousarray(self.s11).ravel()
-            return
         b = np.zeros((q1, q2))
         c = np.eye(q2)
         for s in range(1, T):
@@ -128,6 +129,8 @@ class _Inverse:
     def solve(self, v: np.ndarray) -> np.ndarray:
         """S v."""
         q1, k1 = self.q1, self.k1
+        if len(v) == q1 and k1 == 1:   # one scalar term: S = D^{-1}
+            return self.dinv.ravel() * v
         v1, v2 = v[:q1], v[q1:]
         t = self.s22 @ (v2 - self.dinv_b.T @ v1)
         r1 = np.einsum("lab,lb->la", self.dinv, v1.reshape(-1, k1)).ravel() - self.dinv_b @ t
@@ -172,7 +175,7 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
             return None
         s_observed = _Inverse(observed, lams)
     g = _GradientTerms(s_fisher, pirls.kern, int(pirls.q_off[-1]), lams, pirls.k,
-                       np.asarray(pirls.q_off, dtype=np.int64), *pirls.theta_columns,
+                       pirls.q_off64, *pirls.theta_columns,
                        mode.beta, mode.u, pirls.b(mode.u, lams), pirls.rows_at_mode(mode))
     r = s_observed.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
     g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=merge_sums)

@@ -104,6 +104,7 @@ class Pirls:
         self.k = [r.k for r in inner]
         self.nl = [r.nlevels for r in inner]
         self.q_off = np.concatenate([[0], np.cumsum([r.q for r in inner])]).astype(np.intp)
+        self.q_off64 = self.q_off.astype(np.int64)
         # the rows: in this process (``LocalRows``) or on a cluster (``glmm.dask``)
         self.rows = LocalRows(design) if rows is None else rows
         self.kern = Kernel(_pirls.LINK_CODES[family.link.name], _pirls.FAMILY_CODES[family.name],
@@ -216,8 +217,10 @@ class Pirls:
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
         """b = Lambda u per term (internal order), arrays (nl, k)."""
-        return [np.ascontiguousarray(
-                    u[self.q_off[t]:self.q_off[t + 1]].reshape(self.nl[t], self.k[t]) @ lam.T)
+        q_off = self.q_off
+        return [(u[q_off[t]:q_off[t + 1]] * lam[0, 0]).reshape(-1, 1) if len(lam) == 1 else
+                np.ascontiguousarray(u[q_off[t]:q_off[t + 1]].reshape(self.nl[t], self.k[t])
+                                     @ lam.T)
                 for t, lam in enumerate(lams)]
 
     # ------------------------------------------------------------ a pass over the rows

@@ -280,6 +280,8 @@ def test_gradient_hessian_equals_deviance_hessian(name):
     hf, kf, _ = fd_hessian(f._deviance_x, x, f._deviance_x(x))
     assert kg == 2 * len(x) and kf == len(x) * (len(x) + 1)
     np.testing.assert_allclose(hg, hf, rtol=2e-4, atol=2e-4 * np.abs(hf).max())
+    # the fit's own H: forward differences of gradients at GRADIENT_DELTA (n runs)
+    np.testing.assert_allclose(f.hessian, hg, rtol=1e-5, atol=1e-5 * np.abs(hg).max())
 
 
 def _benchmark(name: str):

@@ -203,6 +203,23 @@ cdef inline double _mu_eta_slope(int link, double eta, double mu, double me) noe
     return 2.0          # sqrt
 
 
+cdef inline void _variance(int family, double mu, double* var, double* dvar) noexcept nogil:
+    """V(mu) and V'(mu) of the family."""
+    if family == 0:
+        var[0] = mu * (1.0 - mu)
+        dvar[0] = 1.0 - 2.0 * mu
+    else:
+        var[0] = mu
+        dvar[0] = 1.0
+
+
+cdef inline double _observed_unit(double resid, double me, double d2, double var,
+                                  double dvar) noexcept nogil:
+    """The observed information's weight of a row with a = 1:
+    mu'^2 / V - (y - mu)(mu'' / V - mu'^2 V' / V^2)."""
+    return me * me / var - resid * (d2 / var - me * me * dvar / (var * var))
+
+
 def working_observed(int link, int family, const double[::1] eta, const double[::1] mu,
                      const double[::1] mu_eta, const double[::1] y, const double[::1] wt,
                      const double[::1] fixed, double[::1] sqrt_w, double[::1] zwork):
@@ -213,21 +230,15 @@ def working_observed(int link, int family, const double[::1] eta, const double[:
     where a weight of a row with a > 0 is not positive or not finite (the caller
     then takes the Fisher weights of ``working``)."""
     cdef Py_ssize_t n = eta.shape[0], r
-    cdef double m, me, var, dvar, d2, resid, w
+    cdef double m, me, var, dvar, resid, w
     cdef bint ok = True
     with nogil:
         for r in range(n):
             m = mu[r]
             me = mu_eta[r]
-            if family == 0:
-                var = m * (1.0 - m)
-                dvar = 1.0 - 2.0 * m
-            else:
-                var = m
-                dvar = 1.0
-            d2 = _mu_eta_slope(link, eta[r], m, me)
+            _variance(family, m, &var, &dvar)
             resid = y[r] - m
-            w = wt[r] * (me * me / var - resid * (d2 / var - me * me * dvar / (var * var)))
+            w = wt[r] * _observed_unit(resid, me, _mu_eta_slope(link, eta[r], m, me), var, dvar)
             if not isfinite(w) or (wt[r] > 0 and not w > 0):
                 ok = False
                 break
@@ -315,17 +326,12 @@ cdef inline void _gradient_weights(int link, int family, double y, double wt, do
         dw_unit[0] = me * (1.0 - 2.0 * mu) if family == 0 else me
         w_obs[0] = w[0]
         return
-    if family == 0:
-        var = mu * (1.0 - mu)
-        dvar = 1.0 - 2.0 * mu
-    else:
-        var = mu
-        dvar = 1.0
+    _variance(family, mu, &var, &dvar)
     d2 = _mu_eta_slope(link, eta, mu, me)
     s[0] = -2.0 * wt * (y - mu) * me / var
     w[0] = wt * me * me / var
     dw_unit[0] = 2.0 * me * d2 / var - me * me * me * dvar / (var * var)
-    w_obs[0] = wt * (me * me / var - (y - mu) * (d2 / var - me * me * dvar / (var * var)))
+    w_obs[0] = wt * _observed_unit(y - mu, me, d2, var, dvar)
 
 
 def gradient_first(int link, int family, const double[::1] y, const double[::1] wt,

@@ -219,7 +219,7 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     when the Newton decrement g^T H^{-1} g of that step is below ``tol``; a
     line search that fails, or no convergence, returns ``converged=False``
     with the best point, for BOBYQA to finish.  ``at_point(x)``, if given, is
-    called at each point before its differences are taken.
+    called at each point before differences in beta are taken.
     """
     from ..errors import LmmError
     from .vcov import gradient_hessian
@@ -230,11 +230,11 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
         if value_gradient is not None:
             fx, g = value_gradient(x)
             evals += 1
-            if at_point is not None:
-                at_point(x)
             if beta_block is None:
+                if at_point is not None:
+                    at_point(x)
                 h0, k = gradient_hessian(value_gradient, x, delta, g0=g)
-            else:
+            else:   # (differences in theta alone: no modes at other betas to predict)
                 nt = len(x) - len(beta_block)
                 h0, k = gradient_hessian(value_gradient, x, delta, g0=g, columns=nt)
                 h0[nt:, nt:] = beta_block

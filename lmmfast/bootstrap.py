@@ -42,7 +42,7 @@ from .arguments import as_choice, as_count, as_flag, as_n_jobs
 from .errors import LmmError, LmmWarning
 from .profile import parameter_names, theta_to_sdcor
 from .simulate import Simulator, seed_sequence, spawn_seeds
-from .threads import allowed_cores, blas_threads, limit_blas, set_blas_threads
+from .threads import allowed_cores, blas_threads, limit_blas, set_blas_threads, set_num_threads
 
 __all__ = ["bootstrap", "run_replicates"]
 
@@ -152,8 +152,10 @@ def _process_block(indices):
 
 
 def _worker_init() -> None:
-    """A forked worker: its BLAS on one thread (the workers share the cores)."""
+    """A forked worker: its BLAS and a GLMM's passes over rows on one thread (the
+    workers share the cores)."""
     set_blas_threads(1)
+    set_num_threads(1)
 
 
 def _blocks(n: int, n_jobs: int) -> list[np.ndarray]:

@@ -24,12 +24,17 @@ and dtrsm round differently, so a larger fit on 2 threads agrees with one on
 1 thread only to rounding.  The timings behind the threshold (2 cores,
 idle, InstEval's dense block 1128 x 1128 and a 2500-level crossed term:
 two threads did not shorten the fit): benchmarks/README.md, "Threads".
+
+A GLMM's passes over rows in several chunks run on threads of their own
+(``row_workers``, ``glmm.rows.LocalRows``) by the same rule, with one chunk
+as the least work, and on one thread in a bootstrap's workers.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 
 from ._factor import BLOCK_DENSE
@@ -37,7 +42,8 @@ from .arguments import as_count, describe
 from .errors import DataError
 
 __all__ = ["set_num_threads", "get_num_threads", "as_n_threads", "dense_entries", "choose",
-           "blas_threads", "limit_blas", "set_blas_threads", "allowed_cores", "free_cores"]
+           "blas_threads", "limit_blas", "set_blas_threads", "allowed_cores", "free_cores",
+           "row_workers"]
 
 BLAS_SERIAL_ENTRIES = 64 * 64
 BLAS_MIN_ENTRIES = 4096 * 4096   # below, two threads did not shorten a fit (benchmarks/README.md)
@@ -164,6 +170,20 @@ def choose(layout, n_threads: int | None = None) -> int:
         return 1
     cap = n_threads if n_threads is not None else _override
     n = allowed_cores()
+    if cap is not None:
+        n = min(n, cap)
+    return free_cores(n) if n > 1 else 1
+
+
+def row_workers(n_chunks: int, n_threads: int | None = None) -> int:
+    """Threads for a pass over rows in ``n_chunks`` chunks: 1 for one chunk or off
+    the main thread (a bootstrap's threads), else the least of the chunks, the
+    allowed cores, the free cores and the override (``n_threads``, else
+    ``set_num_threads``, which a bootstrap's worker processes set to 1)."""
+    if n_chunks < 2 or threading.current_thread() is not threading.main_thread():
+        return 1
+    cap = n_threads if n_threads is not None else _override
+    n = min(allowed_cores(), n_chunks)
     if cap is not None:
         n = min(n, cap)
     return free_cores(n) if n > 1 else 1

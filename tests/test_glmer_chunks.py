@@ -118,3 +118,57 @@ def test_pirls_from_the_last_mode_starts_with_the_factor_it_has(monkeypatch):
     # no start from b where a Lambda's diagonal is at the boundary
     boundary = p.mode_joint(np.array([f.theta[0], 0.0]))
     assert np.isfinite(boundary.u).all()
+
+
+@pytest.mark.parametrize("name,rows", [("cbpp_probit", 11), ("verbagg_main", 1500),
+                                       ("epil_slope", 45), ("epil_agq9", 40)])
+def test_threaded_partitions_give_the_one_partition_fit(name, rows, monkeypatch):
+    """Rows in several chunks passed over on threads (``LocalRows.set_workers``,
+    chosen by ``threads.row_workers`` where cores are free): each partition's
+    double-double A merged exactly, the deviance, gradient and fit those of one
+    partition (sums of other partitions round differently before the mode)."""
+    from lmmfast import threads
+    monkeypatch.setattr(threads, "allowed_cores", lambda: 3)
+    monkeypatch.setattr(threads, "free_cores", lambda n: 1)   # a busy machine
+    one = _chunked(name, rows, monkeypatch)
+    monkeypatch.setattr(threads, "free_cores", lambda n: n)   # an idle one
+    several = _chunked(name, rows, monkeypatch)
+    assert one.pirls.rows.workers == 1 and several.pirls.rows.workers == 3
+    assert several.objective == pytest.approx(one.objective, rel=1e-12)
+    np.testing.assert_allclose(several.theta, one.theta, rtol=1e-7)
+    np.testing.assert_allclose(several.beta, one.beta, rtol=1e-7)
+    np.testing.assert_allclose(several.stderr, one.stderr, rtol=1e-5)
+    x = np.concatenate([one.theta, one.beta]) * 1.05 + 0.01
+    nt = one.n_theta
+    modes = [f.pirls.mode(x[:nt], x[nt:], np.zeros_like(f.pirls.last_u)) for f in (one, several)]
+    assert modes[1].dev_sum == pytest.approx(modes[0].dev_sum, rel=1e-13)
+    factors = [f.pirls.factor(False) for f in (one, several)]
+    np.testing.assert_allclose(factors[1].a, factors[0].a, rtol=1e-13, atol=1e-13)
+    if gradient_available(one.pirls) and one.n_agq == 1:
+        g = [laplace_gradient(f.pirls, md) for f, md in zip((one, several), modes)]
+        np.testing.assert_allclose(g[1], g[0], rtol=1e-8, atol=1e-11 * one.objective)
+
+
+def test_row_workers_follow_the_cores_and_the_caller(monkeypatch):
+    """One thread for one chunk, off the main thread (a bootstrap's threads) and
+    under ``set_num_threads(1)`` (a bootstrap's worker processes); else the least
+    of the chunks and the free cores."""
+    import threading
+
+    from lmmfast import threads
+    monkeypatch.setattr(threads, "allowed_cores", lambda: 4)
+    monkeypatch.setattr(threads, "free_cores", lambda n: min(n, 3))
+    assert threads.row_workers(1) == 1
+    assert threads.row_workers(2) == 2
+    assert threads.row_workers(10) == 3
+    assert threads.row_workers(10, n_threads=2) == 2
+    out = []
+    t = threading.Thread(target=lambda: out.append(threads.row_workers(10)))
+    t.start()
+    t.join()
+    assert out == [1]
+    threads.set_num_threads(1)
+    try:
+        assert threads.row_workers(10) == 1
+    finally:
+        threads.set_num_threads(None)

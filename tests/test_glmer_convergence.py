@@ -152,6 +152,26 @@ def test_newton_steps_stay_within_the_bounds_and_converge_on_them():
     assert r.n_evals <= 8
 
 
+def test_newton_steps_stop_where_the_deviance_rounds():
+    """On a deviance of 1e6 whose gradient carries noise of 3e-6 (sums over many
+    rows), the Newton decrement stays near 1e-11, above ``tol`` but below the
+    deviance's rounding, where no line search can see a decrease: stage 2
+    stops there, converged, instead of halving steps to its end."""
+    from lmmfast.glmm import stages
+    target = np.array([0.5, -0.3])
+
+    def value_gradient(x):
+        noise = 3e-6 * np.sin(1e7 * x)
+        return 1e6 + float(((x - target) ** 2).sum()), 2.0 * (x - target) + noise
+
+    r = stages.minimize_newton(lambda x: value_gradient(x)[0], np.zeros(2),
+                               np.array([True, True]), 1e-4, None,
+                               value_gradient=value_gradient)
+    assert r.converged and r.n_evals <= 6
+    np.testing.assert_allclose(r.x, target, atol=1e-5)
+    assert stages.ROUNDING_DECREMENT * 1e6 > 1e-12
+
+
 def test_a_theta_that_stage_1_leaves_on_its_bound_does_not_hold_stage_2(monkeypatch):
     """The deviance is even in a diagonal theta at 0, so its derivative there is 0:
     stage 2 starts it at ``OFF_BOUND`` and reaches the optimum off the bound."""

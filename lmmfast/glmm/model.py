@@ -154,8 +154,11 @@ class GeneralizedLinearMixedModel:
 
         ``start``: a theta (lme4 order), or a dict with ``theta`` and/or
         ``fixef``/``beta``, as lme4's ``start``.  The BLAS runs one thread
-        unless the factor has large dense blocks (``pirls.blas_count``).
+        unless the factor has large dense blocks (``pirls.blas_count``); rows in
+        several chunks are passed over on threads where cores are free
+        (``Pirls.set_row_workers``).
         """
+        self.pirls.set_row_workers()
         with limit_blas(self.pirls.blas_count()):
             return self._fit(start)
 

@@ -150,6 +150,13 @@ class Pirls:
                              mode.beta, self.b(mode.u, self.lambdas(mode.theta)),
                              merge=operator.add)
 
+    def set_row_workers(self, n_threads: int | None = None) -> None:
+        """Threads for the passes over rows held in this process: one a partition of
+        consecutive chunks (``threads.row_workers``, ``rows.LocalRows.set_workers``)."""
+        if isinstance(self.rows, LocalRows):
+            from .. import threads
+            self.rows.set_workers(threads.row_workers(len(self.rows.chunks), n_threads))
+
     def blas_count(self) -> int:
         """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
         to gain from threads and lose much on a busy machine), unless the joint

@@ -14,11 +14,13 @@ a zero offset) is one shared chunk of its value.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _pirls
+from .. import _crossprod, _pirls
 from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
 
@@ -247,7 +249,9 @@ def whole_counts(m: np.ndarray, y: np.ndarray) -> bool:
 
 
 class LocalRows:
-    """The rows of a model held in this process, in chunks: one partition."""
+    """The rows of a model held in this process, in chunks: one partition, or
+    with ``set_workers(n)`` n partitions of consecutive chunks that threads pass
+    over at once (the compiled loops release the GIL), merged as a cluster's."""
 
     def __init__(self, design, chunk_rows: int | None = None):
         self.chunks = split_rows(design, chunk_rows)
@@ -257,11 +261,35 @@ class LocalRows:
         d = design
         self.trials_given = bool((d.trials > 1).any())
         self.whole = whole_counts(d.trials if self.trials_given else d.prior_weights, d.y)
+        self._parts = [(self.chunks, self.ws)]
+
+    @property
+    def workers(self) -> int:
+        return len(self._parts)
+
+    def set_workers(self, n: int) -> None:
+        """Pass over the rows in ``n`` partitions (at most one a chunk), each with its
+        workspace, on as many threads."""
+        n = max(1, min(int(n), len(self.chunks)))
+        if n == self.workers:
+            return
+        bounds = np.linspace(0, len(self.chunks), n + 1).round().astype(int)
+        groups = [self.chunks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self._parts = [(groups[0], self.ws)] + [
+            (g, Workspace(max(c.size for c in g))) for g in groups[1:]]
+
+    def _map(self, call):
+        """``call(chunks, workspace, index)`` on every partition, on threads."""
+        if len(self._parts) == 1:
+            return [call(*self._parts[0], 0)]
+        return list(_pool().map(lambda i: call(*self._parts[i], i), range(len(self._parts))))
 
     def run(self, fn, *args, merge=None):
-        """``fn(chunks, workspace, *args)`` over the rows (``merge``: how two
-        partitions' results combine, unused here)."""
-        return fn(self.chunks, self.ws, *args)
+        """``fn(chunks, workspace, *args)`` over the rows, the partitions' results
+        combined by ``merge``."""
+        if len(self._parts) == 1:
+            return fn(self.chunks, self.ws, *args)
+        return functools.reduce(merge, self._map(lambda ch, ws, i: fn(ch, ws, *args)))
 
     def series(self, fn, *args, name: str) -> np.ndarray:
         """``fn(chunks, workspace, *args)``, one value per row (an array here)."""
@@ -269,5 +297,29 @@ class LocalRows:
 
     def run_into(self, acc: np.ndarray, work: dict, fn, *args):
         """``fn(chunks, workspace, acc, work, *args)``: ``fn`` adds the rows' part of
-        an accumulator to ``acc`` (``work``: its reusable row buffers)."""
-        return fn(self.chunks, self.ws, acc, work, *args)
+        an accumulator to ``acc`` (``work``: its reusable row buffers); a further
+        partition adds to an accumulator and buffers of its own, merged into
+        ``acc`` in order (double-double sums exactly: ``_crossprod.dd_merge``)."""
+        if len(self._parts) == 1:
+            return fn(self.chunks, self.ws, acc, work, *args)
+        from .pirls import merge_pass
+        accs = [acc] + [np.zeros_like(acc) for _ in self._parts[1:]]
+
+        def call(chunks, ws, i):
+            return fn(chunks, ws, accs[i], work if i == 0 else work.setdefault(("part", i), {}),
+                      *args)
+
+        results = self._map(call)
+        for other in accs[1:]:
+            if acc.shape[1] == 2:
+                _crossprod.dd_merge(acc, other)
+            else:
+                acc += other
+        return functools.reduce(merge_pass, results)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """The threads of ``LocalRows``' partitions (one per allowed core)."""
+    from ..threads import allowed_cores
+    return ThreadPoolExecutor(max_workers=allowed_cores(), thread_name_prefix="lmmfast-rows")

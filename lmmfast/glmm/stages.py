@@ -50,6 +50,9 @@ class Stage1(NamedTuple):
 STAGE1 = {"nAGQ=0": Stage1(1e-9, 1e-5, False), "newton": Stage1(1.0, 1e-3, True),
           "differences": Stage1(1e-6, 1e-5, False)}
 OFF_BOUND = 0.01       # stage 2's start of a diagonal theta that stage 1 left at 0
+# a Newton decrement below this part of |deviance| is within the deviance's rounding
+# (10 ulps): the line search cannot see the step's decrease, and stage 2 stops
+ROUNDING_DECREMENT = 10 * np.finfo(np.float64).eps
 
 
 def stage1_tolerances(n_agq: int, gradient: bool) -> Stage1:
@@ -218,7 +221,8 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     and a step that would take one below 0 is shortened to reach it.  Stops
     when the Newton decrement g^T H^{-1} g of that step is below ``tol``; a
     line search that fails, or no convergence, returns ``converged=False``
-    with the best point, for BOBYQA to finish.  ``at_point(x)``, if given, is
+    with the best point, for BOBYQA to finish.  (On a deviance so large that
+    ``tol`` is below its rounding, the stop is at ``ROUNDING_DECREMENT |f|``.)  ``at_point(x)``, if given, is
     called at each point before differences in beta are taken.
     """
     from ..errors import LmmError
@@ -249,7 +253,7 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
         for _ in range(maxit):
             p = _bounded_step(b, g, x, free)
             decrement = float(-g @ p)
-            if decrement < tol:
+            if decrement < max(tol, ROUNDING_DECREMENT * abs(fx)):
                 return NewtonResult(x, fx, evals, True)
             if decrement < 0:
                 break

@@ -9,7 +9,8 @@ Usage::
 The data (seed 1): x ~ N(0, 1), group g uniform over the groups,
 eta = 0.5 + 0.3 x + b_0g + b_1g x with (b_0, b_1) ~ N(0, [[0.25, 0.05],
 [0.05, 0.09]]), y ~ Poisson(exp(eta)).  Reported, never asserted: the
-seconds of ``lmmfast.glmer`` end to end (build and fit), the evaluations
+seconds of ``lmmfast.glmer`` end to end (build and fit), with the threads
+it chooses for its passes over the rows and on one thread, the evaluations
 of each stage, -2 log L and theta, and the peak memory of the fit
 (tracemalloc: numpy arrays included) against the bytes of the input
 columns (y, x and g: 24 bytes a row).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tracemalloc
@@ -52,10 +54,19 @@ def run(n_rows: int, n_groups: int) -> dict:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     t0 = time.perf_counter()
-    lmmfast.glmer(formula, data, family="poisson")
+    untraced = lmmfast.glmer(formula, data, family="poisson")
     seconds_untraced = time.perf_counter() - t0
+    lmmfast.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        lmmfast.glmer(formula, data, family="poisson")
+        seconds_one = time.perf_counter() - t0
+    finally:
+        lmmfast.set_num_threads(None)
     return {"rows": n_rows, "groups": n_groups, "formula": formula,
             "seconds": seconds_untraced, "seconds_traced": seconds,
+            "row_threads": untraced.pirls.rows.workers, "row_threads_traced": fit.pirls.rows.workers,
+            "seconds_one_thread": seconds_one, "load_average": os.getloadavg()[0],
             "n_evals": int(fit.n_evals), "stage_evals": list(fit.stage_evals),
             "minus2loglik": float(fit.objective), "theta": fit.theta.tolist(),
             "fixef": fit.fixef.to_dict(),
@@ -71,8 +82,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     res = run(args.rows, args.groups)
     print(f"{res['formula']}: {res['rows']:,} rows, {res['groups']:,} groups")
-    print(f"  {res['seconds']:.2f} s end to end ({res['seconds_traced']:.2f} s under "
-          f"tracemalloc), {res['n_evals']} evaluations (stages {res['stage_evals']})")
+    print(f"  {res['seconds']:.2f} s end to end on {res['row_threads']} thread(s) for the "
+          f"rows ({res['seconds_one_thread']:.2f} s on one; {res['seconds_traced']:.2f} s on "
+          f"{res['row_threads_traced']} under tracemalloc), {res['n_evals']} evaluations "
+          f"(stages {res['stage_evals']}), load average {res['load_average']:.2f}")
     print(f"  -2 log L = {res['minus2loglik']:.4f}, theta = "
           f"{np.round(res['theta'], 5).tolist()}")
     print(f"  peak memory {res['peak_mb']:.1f} MB = {res['peak_over_input']:.2f} x the "

@@ -124,15 +124,20 @@ def test_pirls_from_the_last_mode_starts_with_the_factor_it_has(monkeypatch):
                                        ("epil_slope", 45), ("epil_agq9", 40)])
 def test_threaded_partitions_give_the_one_partition_fit(name, rows, monkeypatch):
     """Rows in several chunks passed over on threads (``LocalRows.set_workers``,
-    chosen by ``threads.row_workers`` where cores are free): each partition's
+    chosen by ``threads.row_workers`` where cores are free and the rows outweigh
+    the further threads' buffers): each partition's
     double-double A merged exactly, the deviance, gradient and fit those of one
     partition (sums of other partitions round differently before the mode)."""
     from lmmfast import threads
+    from lmmfast.glmm import pirls
     monkeypatch.setattr(threads, "allowed_cores", lambda: 3)
-    monkeypatch.setattr(threads, "free_cores", lambda n: 1)   # a busy machine
-    one = _chunked(name, rows, monkeypatch)
-    monkeypatch.setattr(threads, "free_cores", lambda n: n)   # an idle one
+    monkeypatch.setattr(threads, "free_cores", lambda n: n)   # an idle machine
+    # small rows: a further thread's buffers outweigh them (ROW_WORKER_MEMORY)
+    assert _chunked(name, rows, monkeypatch).pirls.rows.workers == 1
+    monkeypatch.setattr(pirls, "ROW_WORKER_MEMORY", 1e9)
     several = _chunked(name, rows, monkeypatch)
+    monkeypatch.setattr(threads, "free_cores", lambda n: 1)   # a busy one
+    one = _chunked(name, rows, monkeypatch)
     assert one.pirls.rows.workers == 1 and several.pirls.rows.workers == 3
     assert several.objective == pytest.approx(one.objective, rel=1e-12)
     np.testing.assert_allclose(several.theta, one.theta, rtol=1e-7)

@@ -54,6 +54,9 @@ TOL_U_SEARCH = 1e-5
 TOL_U_FISHER = 1e-10
 STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
 #                        or Fisher scoring's steps close to the mode)
+# a further thread's buffers for the passes over rows, at most this part of the rows'
+# values (y, X, Z's codes and values): 200,000 rows in 13 chunks keep one thread
+ROW_WORKER_MEMORY = 1 / 8
 PLAIN_ITERATIONS = True   # A summed in plain double before the mode (double-double at it)
 
 
@@ -152,10 +155,22 @@ class Pirls:
 
     def set_row_workers(self, n_threads: int | None = None) -> None:
         """Threads for the passes over rows held in this process: one a partition of
-        consecutive chunks (``threads.row_workers``, ``rows.LocalRows.set_workers``)."""
-        if isinstance(self.rows, LocalRows):
-            from .. import threads
-            self.rows.set_workers(threads.row_workers(len(self.rows.chunks), n_threads))
+        consecutive chunks (``threads.row_workers``, ``rows.LocalRows.set_workers``),
+        and only while the further partitions' buffers (a chunk's workspace and row
+        buffers, an accumulator of A) stay within ``ROW_WORKER_MEMORY`` of the rows'
+        values, as ``design.crossprod.default_workers``'s."""
+        if not isinstance(self.rows, LocalRows):
+            return
+        from .. import threads
+        chunks = self.rows.chunks
+        n = threads.row_workers(len(chunks), n_threads)
+        p1, k = self.x.shape[1] + 1, sum(self.k)
+        extra = 8 * max(c.size for c in chunks) * (7 + p1 + 4 * k) \
+            + 16 * self.factor(True).layout.n_a
+        values = 8 * self.rows.nobs * (p1 + 2 * k)
+        while n > 1 and extra * (n - 1) > ROW_WORKER_MEMORY * values:
+            n -= 1
+        self.rows.set_workers(n)
 
     def blas_count(self) -> int:
         """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small

@@ -28,7 +28,7 @@ from ..design.reduce import reduce_structure
 from ..design.spec import DesignSpec, piece_columns
 from ..errors import DataError
 from .predictor import Design, glm_response, model_offset, response_form
-from .rows import Workspace, split_rows, whole_counts
+from .rows import Workspace, merge_pass, split_rows, whole_counts
 
 __all__ = ["DaskRows", "dask_design"]
 
@@ -99,7 +99,6 @@ def _run_group(fn, merge, args, *parts: Partition):
 def _run_into_group(fn, shape, args, *parts: Partition):
     """``fn`` on the partitions one worker holds, all adding to one accumulator of
     their own (``rows.pass_partition``)."""
-    from .pirls import merge_pass
     chunks = [c for p in parts for c in p.chunks]
     if not chunks:
         return None
@@ -233,7 +232,6 @@ class DaskRows:
         """``fn(chunks, workspace, acc, work, *args)`` on every partition, each worker's
         partitions adding to an accumulator of their own; the merged accumulator
         is written to ``acc``."""
-        from .pirls import merge_pass
         if self.client is not None:   # (the layout of A, args[0], is the same every pass)
             args = (self.held(args[0]),) + args[1:]
         out = self._reduce(self._submit(_run_into_group, fn, acc.shape, args),

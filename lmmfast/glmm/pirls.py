@@ -35,10 +35,10 @@ from .. import _pirls
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
-from .rows import (Kernel, LocalRows, aic_partition, extreme_partition,
+from .rows import (Kernel, LocalRows, aic_partition, extreme_partition, merge_pass,
                    merge_start, pass_partition, start_partition, values_partition)
 
-__all__ = ["Mode", "Pirls", "merge_pass"]
+__all__ = ["Mode", "Pirls"]
 
 MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
 MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
@@ -78,11 +78,6 @@ class Mode:
     @property
     def pdev(self) -> float:
         return self.dev_sum + self.sqr_u
-
-
-def merge_pass(a: tuple, b: tuple) -> tuple:
-    """Two partitions' results of ``rows.pass_partition`` combined."""
-    return (a[0] + b[0], a[1] and b[1], a[2] and b[2], a[3] and b[3])
 
 
 def _max_abs(v: np.ndarray) -> float:

@@ -25,7 +25,8 @@ from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
 
 __all__ = ["Kernel", "LocalRows", "PASS_ROWS", "RowChunk", "Workspace", "aic_partition",
-           "at_rows", "extreme_partition", "merge_start", "merge_sums", "pass_partition",
+           "at_rows", "extreme_partition", "merge_pass", "merge_start", "merge_sums",
+           "pass_partition",
            "split_rows", "start_partition", "values_partition", "whole_counts", "working_at"]
 
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
@@ -233,6 +234,11 @@ def start_partition(chunks: list[RowChunk], ws: Workspace, family) -> np.ndarray
     return reduced_rows(scaled(), chunks[0].x.shape[1] + 1)
 
 
+def merge_pass(a: tuple, b: tuple) -> tuple:
+    """Two partitions' results of ``pass_partition`` combined."""
+    return (a[0] + b[0], a[1] and b[1], a[2] and b[2], a[3] and b[3])
+
+
 def merge_start(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return reduced_rows([a, b], a.shape[1])
 
@@ -302,7 +308,6 @@ class LocalRows:
         ``acc`` in order (double-double sums exactly: ``_crossprod.dd_merge``)."""
         if len(self._parts) == 1:
             return fn(self.chunks, self.ws, acc, work, *args)
-        from .pirls import merge_pass
         accs = [acc] + [np.zeros_like(acc) for _ in self._parts[1:]]
 
         def call(chunks, ws, i):

@@ -177,3 +177,31 @@ def test_row_workers_follow_the_cores_and_the_caller(monkeypatch):
         assert threads.row_workers(10) == 1
     finally:
         threads.set_num_threads(None)
+
+
+def test_a_forked_process_passes_over_threaded_partitions(monkeypatch):
+    """A model whose rows are on threads, used in a forked process (a bootstrap's
+    worker before its refit): the child makes its own threads."""
+    import multiprocessing
+
+    from lmmfast import threads
+    from lmmfast.glmm import pirls
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork")
+    monkeypatch.setattr(threads, "free_cores", lambda n: n)
+    monkeypatch.setattr(threads, "allowed_cores", lambda: 2)
+    monkeypatch.setattr(pirls, "ROW_WORKER_MEMORY", 1e9)
+    f = _chunked("epil_int", 50, monkeypatch)
+    assert f.pirls.rows.workers == 2
+    expected = f.deviance_at(f.theta * 1.1, f.beta)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(f.deviance_at(f.theta * 1.1, f.beta)))
+    child.start()
+    try:
+        got = queue.get(timeout=60)   # (a child waiting on its parent's threads: Empty)
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+    assert got == pytest.approx(expected, rel=1e-12)

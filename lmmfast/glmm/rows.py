@@ -15,6 +15,7 @@ a zero offset) is one shared chunk of its value.
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -325,6 +326,11 @@ class LocalRows:
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    """The threads of ``LocalRows``' partitions (one per allowed core)."""
+    """The threads of ``LocalRows``' partitions (one per allowed core; a forked
+    process makes its own)."""
     from ..threads import allowed_cores
     return ThreadPoolExecutor(max_workers=allowed_cores(), thread_name_prefix="lmmfast-rows")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.cache_clear)

@@ -159,6 +159,9 @@ class Pirls:
         from .. import threads
         chunks = self.rows.chunks
         n = threads.row_workers(len(chunks), n_threads)
+        if n == 1:
+            self.rows.set_workers(1)
+            return
         p1, k = self.x.shape[1] + 1, sum(self.k)
         extra = 8 * max(c.size for c in chunks) * (7 + p1 + 4 * k) \
             + 16 * self.factor(True).layout.n_a

@@ -326,11 +326,13 @@ class GeneralizedLinearMixedModel:
         if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
             self._anchor_at(x)
-            fd_before = self.fd_gradient_evals
-            if self._has_gradient():
+            analytic = self._has_gradient()
+            if analytic:
+                fd_before = self.fd_gradient_evals
                 g = self._value_gradient(x)[1]
                 h = gradient_hessian(self._value_gradient, x, GRADIENT_DELTA, g0=g)[0]
-            if not self._has_gradient() or self.fd_gradient_evals > fd_before:
+                analytic = self.fd_gradient_evals == fd_before   # (no point fell back)
+            if not analytic:
                 h, _, g = fd_hessian(self._deviance_x, x, self._objective)
             self.pirls.anchor(None)
             self.hessian = h

@@ -83,18 +83,24 @@ class _Rule:
 
 
 def agq_partition(chunks, ws, kern, beta, b, lam: float, shift: np.ndarray, nl: int,
-                  at_mode: bool = False):
+                  at_mode: bool = False, gradient: bool = False):
     """A partition's level sums of the unit deviances at the mode (c0) and at every
     node's shifted linear predictor (K x nl, eq. 101), all nodes in one compiled
-    pass (``_pirls.agq_sums``; ``at_mode``: the workspace holds the mode's one chunk)."""
-    c0, ck = np.zeros(nl), np.zeros((len(shift), nl))
+    pass (``_pirls.agq_sums``; ``at_mode``: the workspace holds the mode's one
+    chunk); with ``gradient`` also those ``agq_gradient`` takes (eq. 101a): of
+    s z, s x, w z^2, w z x, w' z^2 x, w' z^3 at the mode and s x, s z at each node."""
+    nk, p = len(shift), chunks[0].x.shape[1]
+    out = (np.zeros(nl), np.zeros((nk, nl)))
+    if gradient:
+        out += (np.zeros((nl, p)), np.zeros(nl), np.zeros(nl), np.zeros((nl, p)),
+                np.zeros((nl, p)), np.zeros(nl), np.zeros((nk, nl, p)), np.zeros((nk, nl)))
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
         eta, mu, dev = ws.take(c.size)[:3]
         _pirls.agq_sums(kern.link, kern.family, c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt,
-                        eta, mu, dev, lam, shift, c0, ck)
-    return c0, ck
+                        eta, mu, dev, lam, shift, *out[:2], gradient, *out[2:])
+    return out
 
 
 def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarray]:
@@ -111,7 +117,7 @@ def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarra
     """
     rule = _Rule(pirls, mode, n_agq)
     (c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z) = pirls.run_rows(
-        agq_gradient_partition, *rule.args(pirls, mode), merge=merge_sums)
+        agq_partition, *rule.args(pirls, mode), True, merge=merge_sums)
     value, e, uk, mult = rule.integrals(c0, ck, mode)
     u, theta, l2, sd, zk = mode.u, float(mode.theta[0]), rule.l2, rule.sd, rule.zk
     weights = rule.weights[rule.off]
@@ -128,23 +134,3 @@ def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarra
     grad = part_mode.sum(axis=0) + (dl2 / l2[:, None]).sum(axis=0) \
         + np.einsum("k,kj,kjn->n", weights, e / mult[None, :], g_k)
     return value, grad
-
-
-def agq_gradient_partition(chunks, ws, kern, beta, b, lam: float, shift: np.ndarray,
-                           nl: int, at_mode: bool = False):
-    """A partition's level sums for ``agq_gradient``: the unit deviances at the mode
-    and at each node (as ``agq_partition``), and of s z, s x, w z^2, w z x, w' z^2 x,
-    w' z^3 at the mode and s x, s z at each node (``_pirls.agq_sums``)."""
-    nk = len(shift)
-    p = chunks[0].x.shape[1]
-    out = (np.zeros(nl), np.zeros((nk, nl)), np.zeros((nl, p)), np.zeros(nl), np.zeros(nl),
-           np.zeros((nl, p)), np.zeros((nl, p)), np.zeros(nl), np.zeros((nk, nl, p)),
-           np.zeros((nk, nl)))
-    c0, ck = out[:2]
-    for c in chunks:
-        if not at_mode:
-            at_rows(c, kern, beta, b, ws)
-        eta, mu, dev = ws.take(c.size)[:3]
-        _pirls.agq_sums(kern.link, kern.family, c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt,
-                        eta, mu, dev, lam, shift, c0, ck, True, *out[2:])
-    return out

@@ -221,9 +221,10 @@ def minimize_newton(fun, x0: np.ndarray, free: np.ndarray, delta: float, hessian
     and a step that would take one below 0 is shortened to reach it.  Stops
     when the Newton decrement g^T H^{-1} g of that step is below ``tol``; a
     line search that fails, or no convergence, returns ``converged=False``
-    with the best point, for BOBYQA to finish.  (On a deviance so large that
-    ``tol`` is below its rounding, the stop is at ``ROUNDING_DECREMENT |f|``.)  ``at_point(x)``, if given, is
-    called at each point before differences in beta are taken.
+    with the best point, for BOBYQA to finish (on a deviance so large that
+    ``tol`` is below its rounding, the stop is at ``ROUNDING_DECREMENT |f|``).
+    ``at_point(x)``, if given, is called at each point before differences in
+    beta are taken.
     """
     from ..errors import LmmError
     from .vcov import gradient_hessian

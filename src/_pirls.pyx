@@ -313,13 +313,13 @@ def gradient_columns(list refs, list z, list lams, const cnp.int64_t[::1] q_off,
 
 
 cdef inline void _gradient_weights(int link, int family, double y, double wt, double eta,
-                                   double mu, double* s, double* w, double* dw_unit,
-                                   double* w_obs) noexcept nogil:
-    """A row's terms of the Laplace gradient: s = d d_i / d eta, the Fisher weight
-    w = a mu'^2 / V, d w / d eta = a dw_unit, and the observed information's
-    weight w_obs = (d^2 d_i / d eta^2) / 2; for the canonical links w_obs = w."""
-    cdef double m, me, var, dvar, d2
-    _link(link, eta, &m, &me)
+                                   double mu, double me, double* s, double* w,
+                                   double* dw_unit, double* w_obs) noexcept nogil:
+    """A row's terms of the Laplace gradient at ``evaluate``'s mu and mu' = ``me``:
+    s = d d_i / d eta, the Fisher weight w = a mu'^2 / V, d w / d eta = a dw_unit,
+    and the observed information's weight w_obs = (d^2 d_i / d eta^2) / 2; for the
+    canonical links w_obs = w."""
+    cdef double var, dvar, d2
     if (family == 0 and link == 0) or (family == 1 and link == 4):
         s[0] = -2.0 * wt * (y - mu)
         w[0] = wt * me
@@ -335,7 +335,7 @@ cdef inline void _gradient_weights(int link, int family, double y, double wt, do
 
 
 def gradient_first(int link, int family, const double[::1] y, const double[::1] wt,
-                   const double[::1] eta, const double[::1] mu,
+                   const double[::1] eta, const double[::1] mu, const double[::1] mu_eta,
                    const cnp.int64_t[:, ::1] cols, const double[:, ::1] gv, Py_ssize_t q1,
                    Py_ssize_t k1, cnp.ndarray s11, cnp.ndarray s12, cnp.ndarray s22,
                    double[::1] gtv):
@@ -349,15 +349,17 @@ def gradient_first(int link, int family, const double[::1] y, const double[::1] 
     cdef double v, s, w, dw, w_obs
     with nogil:
         for r in range(n):
-            _gradient_weights(link, family, y[r], wt[r], eta[r], mu[r], &s, &w, &dw, &w_obs)
+            _gradient_weights(link, family, y[r], wt[r], eta[r], mu[r], mu_eta[r], &s, &w, &dw,
+                              &w_obs)
             v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] * dw
             for a in range(K):
                 gtv[cols[r, a]] += gv[r, a] * v
 
 
 def gradient_second(int link, int family, const double[::1] y, const double[::1] wt,
-                    const double[::1] eta, const double[::1] mu, const double[:, ::1] x,
-                    const cnp.int64_t[:, ::1] cols, const double[:, ::1] gv,
+                    const double[::1] eta, const double[::1] mu, const double[::1] mu_eta,
+                    const double[:, ::1] x, const cnp.int64_t[:, ::1] cols,
+                    const double[:, ::1] gv,
                     const double[:, ::1] zall, Py_ssize_t q1, Py_ssize_t k1, cnp.ndarray s11,
                     cnp.ndarray s12, cnp.ndarray s22, const double[::1] rv,
                     const double[::1] u, const cnp.int64_t[::1] ent_z,
@@ -375,7 +377,8 @@ def gradient_second(int link, int family, const double[::1] y, const double[::1]
     cdef double v, w, s, dw, w_obs, gr, e, zr, sg
     with nogil:
         for r in range(n):
-            _gradient_weights(link, family, y[r], wt[r], eta[r], mu[r], &s, &w, &dw, &w_obs)
+            _gradient_weights(link, family, y[r], wt[r], eta[r], mu[r], mu_eta[r], &s, &w, &dw,
+                              &w_obs)
             v = _h_of(r, cols, gv, q1, k1, q2, p11, p12, p22) * wt[r] * dw
             gr = 0.0
             for a in range(K):
@@ -399,7 +402,8 @@ def gradient_second(int link, int family, const double[::1] y, const double[::1]
 
 def agq_sums(int link, int family, const cnp.int64_t[::1] refs, const double[::1] z,
              const double[:, ::1] x, const double[::1] y, const double[::1] wt,
-             const double[::1] eta, const double[::1] mu, const double[::1] dev, double lam,
+             const double[::1] eta, const double[::1] mu, const double[::1] mu_eta,
+             const double[::1] dev, double lam,
              const double[:, ::1] shift, double[::1] c0, double[:, ::1] ck,
              bint gradient=False, double[:, ::1] s_x=None, double[::1] s_z=None,
              double[::1] w_z2=None, double[:, ::1] w_zx=None, double[:, ::1] w1_z2x=None,
@@ -418,9 +422,8 @@ def agq_sums(int link, int family, const cnp.int64_t[::1] refs, const double[::1
             zr = z[r]
             c0[level] += dev[r]
             if gradient:
-                _link(link, eta[r], &mk, &mek)
                 s = -2.0 * wt[r] * (y[r] - mu[r])
-                w = wt[r] * mek
+                w = wt[r] * mu_eta[r]
                 w1 = w * (1.0 - 2.0 * mu[r]) if family == 0 else w
                 s_z[level] += s * zr
                 w_z2[level] += w * zr * zr

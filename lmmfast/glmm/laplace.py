@@ -209,19 +209,19 @@ class _GradientTerms:
             + self.u.nbytes + sum(v.nbytes for v in self.b)
 
     def chunk(self, c, ws):
-        """A chunk's eta and mu at the mode, and its rows' columns, G = Z Lambda
-        values and z (m x K, eqs. 2, 3; ``_pirls.gradient_columns``)."""
+        """A chunk's eta, mu and d mu / d eta at the mode, and its rows' columns,
+        G = Z Lambda values and z (m x K, eqs. 2, 3; ``_pirls.gradient_columns``)."""
         kept = self.kept.get(id(c))
         if kept is not None:
             return kept
         if not self.at_mode:
             at_rows(c, self.kern, self.beta, self.b, ws)
-        eta, mu = ws.take(c.size)[:2]
+        eta, mu, *_, mu_eta = ws.take(c.size)
         K = int(sum(self.k))
         cols = np.empty((c.size, K), dtype=np.int64)
         gv, zall = np.empty((c.size, K)), np.empty((c.size, K))
         _pirls.gradient_columns(c.refs, c.z, self.lams, self.q_off, cols, gv, zall)
-        return eta, mu, cols, gv, zall
+        return eta, mu, mu_eta, cols, gv, zall
 
     def inverse(self):
         """(q1, k1, S_11, S_12, S_22) as the compiled passes take them."""
@@ -233,10 +233,10 @@ def gradient_first(chunks, ws, g: _GradientTerms) -> np.ndarray:
     """A partition's G^T v (the gradient's first pass over rows)."""
     gtv = np.zeros(g.q)
     for c in chunks:
-        eta, mu, cols, gv, zall = terms = g.chunk(c, ws)
+        eta, mu, mu_eta, cols, gv, zall = g.chunk(c, ws)
         if len(chunks) == 1:
-            g.kept[id(c)] = (eta.copy(), mu.copy(), cols, gv, zall)
-        _pirls.gradient_first(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, cols, gv,
+            g.kept[id(c)] = (eta.copy(), mu.copy(), mu_eta.copy(), cols, gv, zall)
+        _pirls.gradient_first(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, mu_eta, cols, gv,
                               *g.inverse(), gtv)
     return gtv
 
@@ -247,8 +247,8 @@ def gradient_second(chunks, ws, g: _GradientTerms, r: np.ndarray):
     g_theta = np.zeros(len(g.ent_z))
     grad_beta = np.zeros(chunks[0].x.shape[1])
     for c in chunks:
-        eta, mu, cols, gv, zall = g.chunk(c, ws)
-        _pirls.gradient_second(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, c.x, cols, gv,
-                               zall, *g.inverse(), r, g.u, g.ent_z, g.ent_col, g_theta,
-                               grad_beta)
+        eta, mu, mu_eta, cols, gv, zall = g.chunk(c, ws)
+        _pirls.gradient_second(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, mu_eta, c.x,
+                               cols, gv, zall, *g.inverse(), r, g.u, g.ent_z, g.ent_col,
+                               g_theta, grad_beta)
     return g_theta, grad_beta

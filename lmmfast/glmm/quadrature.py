@@ -97,9 +97,9 @@ def agq_partition(chunks, ws, kern, beta, b, lam: float, shift: np.ndarray, nl: 
     for c in chunks:
         if not at_mode:
             at_rows(c, kern, beta, b, ws)
-        eta, mu, dev = ws.take(c.size)[:3]
+        eta, mu, dev, *_, mu_eta = ws.take(c.size)
         _pirls.agq_sums(kern.link, kern.family, c.refs[0], c.z[0][:, 0], c.x, c.y, c.wt,
-                        eta, mu, dev, lam, shift, *out[:2], gradient, *out[2:])
+                        eta, mu, mu_eta, dev, lam, shift, *out[:2], gradient, *out[2:])
     return out
 
 

@@ -309,11 +309,11 @@ class LocalRows:
         ``acc`` in order (double-double sums exactly: ``_crossprod.dd_merge``)."""
         if len(self._parts) == 1:
             return fn(self.chunks, self.ws, acc, work, *args)
-        accs = [acc] + [np.zeros_like(acc) for _ in self._parts[1:]]
+        works = [work] + [work.setdefault(("part", i), {}) for i in range(1, len(self._parts))]
+        accs = [acc] + [_zeroed(w, acc) for w in works[1:]]
 
         def call(chunks, ws, i):
-            return fn(chunks, ws, accs[i], work if i == 0 else work.setdefault(("part", i), {}),
-                      *args)
+            return fn(chunks, ws, accs[i], works[i], *args)
 
         results = self._map(call)
         for other in accs[1:]:
@@ -322,6 +322,17 @@ class LocalRows:
             else:
                 acc += other
         return functools.reduce(merge_pass, results)
+
+
+def _zeroed(work: dict, like: np.ndarray) -> np.ndarray:
+    """A further partition's accumulator shaped as ``like``, kept in its ``work``
+    from pass to pass, zeroed."""
+    acc = work.get(("acc", like.shape))
+    if acc is None:
+        acc = work[("acc", like.shape)] = np.zeros_like(like)
+    else:
+        acc.fill(0.0)
+    return acc
 
 
 @functools.cache

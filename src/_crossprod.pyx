@@ -55,19 +55,6 @@ def set_response(double[::1] a, const cnp.int64_t[::1] off_zy, const cnp.int64_t
         fixed_response(&a[0], off_xy, n, p, &x[0, 0] if p else NULL, &wy[0], &y_raw[0])
 
 
-def scale_rows(const double[:, :] x, const double[::1] y, const double[::1] sqrt_w,
-               double[:, ::1] xy):
-    """xy = W^(1/2) [X y]: row r of [X y] times sqrt_w[r], in one pass (eq. 12)."""
-    cdef Py_ssize_t n = x.shape[0], p = x.shape[1], r, j
-    cdef double s
-    with nogil:
-        for r in range(n):
-            s = sqrt_w[r]
-            for j in range(p):
-                xy[r, j] = x[r, j] * s
-            xy[r, p] = y[r] * s
-
-
 def householder_r(double[:, ::1] a):
     """QR of the rows of ``a`` (m x p, row-major) by Householder reflections, in
     place: R on and above the diagonal, as LAPACK's dgeqrf leaves it (its
@@ -415,6 +402,131 @@ def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
             stopped = _xy_xy(&plain, xy, acc, ix, v)
     if stopped:
         raise_pending()
+
+
+# ------------------------------------------------------------ a chunk's every block
+
+# the kinds of block of A's accumulation plan (``design.layout.BlockLayout.accumulation_codes``)
+PLAN_KINDS = ("xy_xy", "xy_z", "diag", "sparse", "dense")
+_NO_CODES = np.zeros(0, dtype=np.int64)   # (the operands a block's kind does not use)
+_NO_Z = np.zeros((0, 1))
+
+cdef enum:
+    PLAN_XY_XY, PLAN_XY_Z, PLAN_DIAG, PLAN_SPARSE, PLAN_DENSE
+
+
+cdef Py_ssize_t _plan_block(acc_mode* mode, Py_ssize_t kind, const cnp.int64_t[::1] refs_s,
+                            const double[:, ::1] z_s, const cnp.int64_t[::1] refs_t,
+                            const double[:, ::1] z_t, const double[:, ::1] xy,
+                            const cnp.int64_t[::1] colptr, const cnp.int64_t[::1] rowidx,
+                            Py_ssize_t q_s, double[:, ::1] blk, Py_ssize_t* ix,
+                            double* v) noexcept nogil:
+    """One block of the plan: its kernel's return (-1: interrupted; else the rows
+    whose level pair is missing from a sparse pattern)."""
+    if kind == PLAN_XY_XY:
+        return -1 if _xy_xy(mode, xy, blk, ix, v) else 0
+    if kind == PLAN_XY_Z:
+        return -1 if _xy_z(mode, refs_t, z_t, xy, blk) else 0
+    if kind == PLAN_DIAG:
+        _diag(mode, refs_t, z_t, blk)
+        return 0
+    if kind == PLAN_SPARSE:
+        return _offdiag_sparse(mode, refs_s, z_s, refs_t, z_t, colptr, rowidx, blk)
+    _offdiag_dense(mode, refs_s, z_s, refs_t, z_t, q_s, blk)
+    return 0
+
+
+cdef void _scaled_rows(list z, const double[:, :] x, const double[::1] y, sqrt_w,
+                       double[:, ::1] xy, list scaled) except *:
+    """xy = W^(1/2) [X y] and scaled[t] = W^(1/2) z_t (row r times sqrt_w[r]); without
+    ``sqrt_w``, xy = [X y] (eq. 12)."""
+    cdef Py_ssize_t n = x.shape[0], p = x.shape[1], t, r, j, k
+    cdef const double[::1] sw
+    cdef const double[:, ::1] zt
+    cdef double[:, ::1] out
+    cdef double w
+    if sqrt_w is None:
+        with nogil:
+            for r in range(n):
+                for j in range(p):
+                    xy[r, j] = x[r, j]
+                xy[r, p] = y[r]
+        return
+    sw = sqrt_w
+    with nogil:
+        for r in range(n):
+            w = sw[r]
+            for j in range(p):
+                xy[r, j] = x[r, j] * w
+            xy[r, p] = y[r] * w
+    for t in range(len(z)):
+        zt = z[t]
+        out = scaled[t]
+        k = zt.shape[1]
+        with nogil:
+            for r in range(n):
+                w = sw[r]
+                for j in range(k):
+                    out[r, j] = zt[r, j] * w
+
+
+def add_chunk(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc, list refs,
+              list z, const double[:, :] x, const double[::1] y, sqrt_w, double[:, ::1] xy,
+              list scaled):
+    """One chunk's rows W^(1/2) [Z X y] added to A's accumulator ``acc`` (eq. 12), every
+    block in one call.  The rows are first scaled by ``sqrt_w`` (None: unit weights)
+    into ``xy`` (n x p1, [X y]) and ``scaled`` (per term, shaped as z).  Row (kind,
+    s, t, start, end, q_s) of ``plan`` then adds the kernel of its kind
+    (``PLAN_KINDS``: those of ``add_xy_xy_dd`` ... ``add_offdiag_dense_dd``) for
+    terms s, t (s = T: [X y]) to ``acc[start:end]``; ``patterns[s]`` is the
+    (colptr, rowidx) of a sparse block (s, 0).  Returns the number of rows whose
+    level pair was missing from a sparse pattern (0 when complete)."""
+    cdef Py_ssize_t i, kind, s, t, n_terms = len(refs), missing = 0, got
+    cdef DoubleDouble dd
+    cdef PlainDouble plain
+    cdef bint double_double = _double_double(acc)
+    cdef const cnp.int64_t[::1] refs_s = _NO_CODES, refs_t = _NO_CODES
+    cdef const cnp.int64_t[::1] colptr = _NO_CODES, rowidx = _NO_CODES
+    cdef const double[:, ::1] z_s = _NO_Z, z_t = _NO_Z
+    cdef double[:, ::1] blk
+    cdef Py_ssize_t ix_few[SMALL_ROW]
+    cdef double v_few[SMALL_ROW]
+    cdef Py_ssize_t* ix = ix_few
+    cdef double* v = v_few
+    cdef Py_ssize_t[::1] ix_many
+    cdef double[::1] v_many
+    if xy.shape[1] > SMALL_ROW:
+        ix_many = np.empty(xy.shape[1], dtype=np.intp)
+        v_many = np.empty(xy.shape[1])
+        ix = &ix_many[0]
+        v = &v_many[0]
+    if xy.shape[0] != x.shape[0] or xy.shape[1] != x.shape[1] + 1:
+        raise ValueError(f"xy must be {x.shape[0]} x {x.shape[1] + 1}")
+    _scaled_rows(z, x, y, sqrt_w, xy, scaled)
+    if sqrt_w is not None:
+        z = scaled
+    for i in range(plan.shape[0]):
+        kind, s, t = plan[i, 0], plan[i, 1], plan[i, 2]
+        blk = acc[plan[i, 3]:plan[i, 4]]
+        if t < n_terms:
+            refs_t = refs[t]
+            z_t = z[t]
+        if kind == PLAN_SPARSE or kind == PLAN_DENSE:
+            refs_s = refs[s]
+            z_s = z[s]
+        if kind == PLAN_SPARSE:
+            colptr, rowidx = patterns[s]
+        with nogil:
+            if double_double:
+                got = _plan_block(&dd, kind, refs_s, z_s, refs_t, z_t, xy, colptr, rowidx,
+                                  plan[i, 5], blk, ix, v)
+            else:
+                got = _plan_block(&plain, kind, refs_s, z_s, refs_t, z_t, xy, colptr, rowidx,
+                                  plan[i, 5], blk, ix, v)
+        if got < 0:
+            raise_pending()
+        missing += got
+    return missing
 
 
 def add_sum_dd(const double[::1] values, double[::1] acc):

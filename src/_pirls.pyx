@@ -1,11 +1,14 @@
 # cython: language_level=3
 """The passes over the rows of a GLMM (docs/theory.md, eqs. 92-93), compiled.
 
-``evaluate`` forms a chunk's eta = o + X beta + Z Lambda u from X, each
-term's level codes and per-row z (eqs. 2, 3, 91), maps it to mu and gives
-the unit deviances (eq. 92) and their sum; ``linear_predictor`` is its
-Z Lambda u alone; ``working`` forms the square roots of the working weights
-and the working response (eq. 93).  ``gradient_columns``, ``gradient_first``
+``RowPass`` binds a chunk of rows to its workspace's buffers once, so each
+step of a pass over it is one call: ``evaluate`` forms the chunk's eta = o +
+X beta + Z Lambda u from X, each term's level codes and per-row z (eqs. 2,
+3, 91), maps it to mu and gives the unit deviances (eq. 92) and their sum;
+``working`` forms the square roots of the working weights and the working
+response (eq. 93); ``pass_rows`` does both and adds the weighted rows'
+cross-products to A (``_crossprod.add_chunk``, eq. 12).
+``linear_predictor`` is Z Lambda u alone.  ``gradient_columns``, ``gradient_first``
 and ``gradient_second`` are the two passes of the Laplace deviance's
 gradient (``lmmfast.glmm.laplace``, eq. 98a); ``agq_sums`` the level sums of
 adaptive quadrature and its gradient (eqs. 101, 101a).  One nogil loop each, no
@@ -17,6 +20,8 @@ scale, so the numbers are the numpy ones to rounding.
 import numpy as np
 cimport numpy as cnp
 from libc.math cimport exp, expm1, log, sqrt, fabs, erf, erfc, atan, fmin, fmax, isfinite, M_PI
+
+from lmmfast._crossprod import add_chunk
 
 cnp.import_array()
 
@@ -128,10 +133,10 @@ def linear_predictor(double[::1] out, const double[::1] base, list refs, list z,
     _add_zb(out, refs, z, b, unit)
 
 
-def evaluate(int link, int family, const double[:, ::1] x, const double[::1] beta,
-             const double[::1] offset, list refs, list z, list b, list unit,
-             const double[::1] y, const double[::1] wt, double[::1] fixed, double[::1] eta,
-             double[::1] mu, double[::1] dev, double[::1] mu_eta):
+cdef tuple _evaluate(int link, int family, const double[:, ::1] x, const double[::1] beta,
+                     const double[::1] offset, list refs, list z, list b, list unit,
+                     const double[::1] y, const double[::1] wt, double[::1] fixed,
+                     double[::1] eta, double[::1] mu, double[::1] dev, double[::1] mu_eta):
     """A chunk of rows at (beta, b): fixed = o + X beta, eta = fixed + Z b (eqs. 2, 3,
     91), mu = g^{-1}(eta), d mu / d eta and the unit deviances (eq. 92).  Returns
     (their sum, compensated (Neumaier), and whether every mu is in the family's
@@ -162,9 +167,9 @@ def evaluate(int link, int family, const double[:, ::1] x, const double[::1] bet
     return total + comp, bool(valid)
 
 
-def working(int family, const double[::1] eta, const double[::1] mu,
-            const double[::1] mu_eta, const double[::1] y, const double[::1] wt,
-            const double[::1] fixed, double[::1] sqrt_w, double[::1] zwork):
+cdef bint _working(int family, const double[::1] eta, const double[::1] mu,
+                   const double[::1] mu_eta, const double[::1] y, const double[::1] wt,
+                   const double[::1] fixed, double[::1] sqrt_w, double[::1] zwork):
     """sqrt of the working weights w = a mu'^2 / V(mu) and the working response
     z = eta - fixed + (y - mu) / mu' (eq. 93), at ``evaluate``'s mu and mu';
     returns whether all are finite."""
@@ -179,7 +184,7 @@ def working(int family, const double[::1] eta, const double[::1] mu,
             sqrt_w[r] = sqrt(wt[r] * me * me / var)
             zwork[r] = eta[r] - fixed[r] + (y[r] - m) / me
             finite = finite and isfinite(sqrt_w[r]) and isfinite(zwork[r])
-    return bool(finite)
+    return finite
 
 
 cdef inline double _mu_eta_slope(int link, double eta, double mu, double me) noexcept nogil:
@@ -220,9 +225,11 @@ cdef inline double _observed_unit(double resid, double me, double d2, double var
     return me * me / var - resid * (d2 / var - me * me * dvar / (var * var))
 
 
-def working_observed(int link, int family, const double[::1] eta, const double[::1] mu,
-                     const double[::1] mu_eta, const double[::1] y, const double[::1] wt,
-                     const double[::1] fixed, double[::1] sqrt_w, double[::1] zwork):
+cdef bint _working_observed(int link, int family, const double[::1] eta,
+                            const double[::1] mu, const double[::1] mu_eta,
+                            const double[::1] y, const double[::1] wt,
+                            const double[::1] fixed, double[::1] sqrt_w,
+                            double[::1] zwork):
     """A Newton step's working weights and response for a non-canonical link: eq. 93
     with the observed information, w = a [mu'^2 / V - (y - mu)(mu'' / V - mu'^2 V' / V^2)],
     sqrt(w) and z = eta - fixed + a (y - mu) mu' / (V w), at ``evaluate``'s mu and
@@ -251,7 +258,80 @@ def working_observed(int link, int family, const double[::1] eta, const double[:
             if not isfinite(zwork[r]):
                 ok = False
                 break
-    return bool(ok)
+    return ok
+
+
+# ------------------------------------------------------------ a chunk bound to its workspace
+
+cdef class RowPass:
+    """One chunk of rows bound to its workspace's buffers (``glmm.rows.Workspace``):
+    each step of a PIRLS pass over it (eqs. 91-93) is one call.
+
+    ``views``: the workspace's (eta, mu, dev, sqrt_w, zwork, fixed, mu_eta) for the
+    chunk; ``xy``: its [X y] buffers for a u-only system (m x 1) and a joint one
+    (m x (p + 1)); ``scaled``: per term, a buffer shaped as z.
+    """
+
+    cdef int link, family
+    cdef const double[:, ::1] x
+    cdef const double[::1] y, wt, offset
+    cdef list refs, z, unit, scaled
+    cdef double[::1] eta, mu, dev, sqrt_w, zwork, fixed, mu_eta
+    cdef object x_arr, x_none, sw_arr, zwork_arr, xy_u, xy_joint
+
+    def __init__(self, int link, int family, x, y, wt, offset, list refs, list z, list unit,
+                 tuple views, xy_u, xy_joint, list scaled):
+        self.link, self.family = link, family
+        self.x_arr, self.x_none = x, x[:, :0]
+        self.x, self.y, self.wt, self.offset = x, y, wt, offset
+        self.refs, self.z, self.unit = refs, z, unit
+        self.eta, self.mu, self.dev, self.sqrt_w, self.zwork, self.fixed, self.mu_eta = views
+        self.sw_arr, self.zwork_arr = views[3], views[4]
+        self.xy_u, self.xy_joint, self.scaled = xy_u, xy_joint, scaled
+
+    def evaluate(self, const double[::1] beta, list b):
+        """fixed = o + X beta, eta = fixed + Z b (eqs. 2, 3, 91), mu = g^{-1}(eta),
+        d mu / d eta and the unit deviances (eq. 92) into the workspace.  Returns
+        (their sum, compensated (Neumaier), and whether every mu is in the
+        family's range)."""
+        return _evaluate(self.link, self.family, self.x, beta, self.offset, self.refs, self.z,
+                         b, self.unit, self.y, self.wt, self.fixed, self.eta, self.mu,
+                         self.dev, self.mu_eta)
+
+    def working(self, bint joint, bint newton):
+        """sqrt of the working weights and the working response (eq. 93) at the
+        evaluated eta: with ``newton`` the observed information's where all of
+        them are positive, else Fisher's; the response net of the offset
+        (``joint``: beta in the system, eq. 95) or of o + X beta.  Returns
+        (whether the observed information's were used, whether all are finite)."""
+        cdef const double[::1] base = self.offset if joint else self.fixed
+        cdef bint observed = newton and _working_observed(
+            self.link, self.family, self.eta, self.mu, self.mu_eta, self.y, self.wt, base,
+            self.sqrt_w, self.zwork)
+        cdef bint finite = observed or _working(self.family, self.eta, self.mu, self.mu_eta,
+                                                self.y, self.wt, base, self.sqrt_w, self.zwork)
+        return observed, finite
+
+    def pass_rows(self, const double[::1] beta, list b, bint joint, bint newton, acc=None,
+                  plan=None, list patterns=None):
+        """``evaluate``; with ``acc`` (A's accumulator) and a valid mu, ``working`` and
+        the weighted cross-products of [Z X z] (X where ``joint``) added to ``acc``
+        by ``_crossprod.add_chunk``'s ``plan`` (eq. 12).  Returns (sum of the unit
+        deviances, whether every mu is in range, whether the observed information's
+        weights were used, whether the working weights and response are finite)."""
+        dsum, valid = self.evaluate(beta, b)
+        if not valid or acc is None:
+            return dsum, valid, newton, True
+        observed, finite = self.working(joint, newton)
+        if not finite:
+            return dsum, True, False, False
+        missing = add_chunk(plan, patterns, acc, self.refs, self.z,
+                            self.x_arr if joint else self.x_none, self.zwork_arr, self.sw_arr,
+                            self.xy_joint if joint else self.xy_u, self.scaled)
+        if missing:
+            raise ValueError(f"{missing} rows have level pairs outside the sparsity "
+                             f"pattern of A's sparse blocks")
+        return dsum, True, observed, True
 
 
 # ------------------------------------------------------------ the Laplace gradient's passes

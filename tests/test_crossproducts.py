@@ -133,3 +133,54 @@ def test_householder_r_is_lapacks_r(m, p):
     _crossprod.householder_r(mine)
     k = min(m, p)
     np.testing.assert_allclose(np.triu(mine[:k]), np.triu(ref[:k]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dataset,formula", [CASES[0], CASES[2], CASES[3]],
+                         ids=["sleepstudy", "Pastes", "InstEval"])
+@pytest.mark.parametrize("columns", [1, 2], ids=["plain", "double-double"])
+def test_one_call_adds_every_block_as_its_kernel(dataset, formula, columns):
+    """``_crossprod.add_chunk`` (every block of a chunk, scaled by sqrt(w)) adds to
+    each block what that block's kernel adds, called alone on pre-scaled rows."""
+    from lmmfast import _crossprod
+    from lmmfast._crossprod import PLAN_KINDS
+    model = LinearMixedModel(formula, lmmfast.datasets.load(dataset))
+    lay = model._layout
+    inner = [model.remats[i] for i in model._internal]
+    refs = [np.ascontiguousarray(r.refs, dtype=np.int64) for r in inner]
+    z = [np.ascontiguousarray(r.z, dtype=np.float64) for r in inner]
+    sw = np.random.default_rng(1).uniform(0.5, 2.0, model.nobs)
+    x, y = np.ascontiguousarray(model.x), np.ascontiguousarray(model._y_eff)
+    acc = np.zeros((lay.n_a, columns))
+    blocks.add_rows(lay, acc, refs, z, x, y, sw, {})
+    xy = np.column_stack([x, y]) * sw[:, None]
+    zs = [zz * sw[:, None] for zz in z]
+    expected = np.zeros_like(acc)
+    kinds = set()
+    for kind, s, t, start, end, q_s in lay.accumulation_codes.tolist():
+        blk = expected[start:end]
+        name = PLAN_KINDS[kind]
+        kinds.add(name)
+        if name == "xy_xy":
+            _crossprod.add_xy_xy_dd(xy, blk)
+        elif name == "xy_z":
+            _crossprod.add_xy_z_dd(refs[t], zs[t], xy, blk)
+        elif name == "diag":
+            _crossprod.add_diag_dd(refs[t], zs[t], blk)
+        elif name == "sparse":
+            colptr, rowidx = lay.pattern(s)
+            assert _crossprod.add_offdiag_sparse_dd(refs[s], zs[s], refs[t], zs[t], colptr,
+                                                    rowidx, blk) == 0
+        else:
+            _crossprod.add_offdiag_dense_dd(refs[s], zs[s], refs[t], zs[t], q_s, blk)
+    np.testing.assert_array_equal(acc, expected)
+    assert {"xy_xy", "xy_z", "diag"} <= kinds
+    if dataset == "InstEval":
+        assert {"sparse", "dense"} <= kinds
+        # a level pair outside a sparse pattern is counted, not added
+        bad = [r.copy() for r in refs]
+        s = next(s for s in range(1, len(refs)) if lay.patterns[s] is not None)
+        pair = set(zip(refs[s].tolist(), refs[0].tolist()))
+        j = next(j for j in range(lay.nlev[s]) if (j, int(refs[0][0])) not in pair)
+        bad[s][0] = j
+        with pytest.raises(ValueError, match="1 rows have level pairs outside"):
+            blocks.add_rows(lay, np.zeros((lay.n_a, columns)), bad, z, x, y, sw, {})

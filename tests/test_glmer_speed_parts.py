@@ -45,15 +45,15 @@ def test_compiled_means_and_working_equal_numpy(fam, link):
     wt = rng.integers(1, 6, n).astype(float)
     y = rng.integers(0, 2, n).astype(float) if fam == "binomial" else \
         rng.poisson(3.0, n).astype(float)
-    fixed = rng.normal(0, 1, n)
     code, fcode = _pirls.LINK_CODES[link], _pirls.FAMILY_CODES[fam]
     # eta = o + X beta: X's two columns and the offset make up the test's eta
     x = np.column_stack([np.ones(n), rng.normal(0, 1, n)])
     beta = np.array([0.25, -0.5])
     offset = eta - x @ beta
-    fixed_c, eta_c, mu, dev, mu_eta_c = (np.empty(n) for _ in range(5))
-    total, valid = _pirls.evaluate(code, fcode, x, beta, offset, [], [], [], [], y, wt,
-                                   fixed_c, eta_c, mu, dev, mu_eta_c)
+    eta_c, mu, dev, sw, zw, fixed_c, mu_eta_c = views = tuple(np.empty((7, n)))
+    rows = _pirls.RowPass(code, fcode, x, y, wt, offset, [], [], [], views, np.empty((n, 1)),
+                          np.empty((n, 3)), [])
+    total, valid = rows.evaluate(beta, [])
     np.testing.assert_allclose(eta_c, eta, rtol=1e-13, atol=1e-13)
     assert np.array_equal(eta_c, fixed_c)
     mu_np = f.linkinv(eta_c)
@@ -65,12 +65,15 @@ def test_compiled_means_and_working_equal_numpy(fam, link):
     assert total == float(np.sum(dev.astype(np.longdouble)))   # compensated
     mu_eta = f.mu_eta(eta_c)
     np.testing.assert_allclose(mu_eta_c, mu_eta, rtol=1e-13, atol=0)
-    sw, zw = np.empty(n), np.empty(n)
-    assert _pirls.working(fcode, eta_c, mu, mu_eta_c, y, wt, fixed, sw, zw)
+    assert rows.working(False, False) == (False, True)   # (Fisher's weights, all finite)
     np.testing.assert_allclose(sw, np.sqrt(wt * mu_eta ** 2 / f.variance(mu_np)),
                                rtol=1e-13)
-    np.testing.assert_allclose(zw, eta_c - fixed + (y - mu_np) / mu_eta, rtol=1e-12,
+    # the working response net of o + X beta (u alone, eq. 94) or of the offset (eq. 95)
+    np.testing.assert_allclose(zw, eta_c - fixed_c + (y - mu_np) / mu_eta, rtol=1e-12,
                                atol=1e-12)
+    assert rows.working(True, False) == (False, True)
+    np.testing.assert_allclose(zw, eta_c - offset + (y - mu_np) / mu_eta, rtol=1e-12,
+                               atol=1e-11)
 
 
 def test_linear_predictor_equals_dense_z_lambda_u():

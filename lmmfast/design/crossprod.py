@@ -21,39 +21,10 @@ import numpy as np
 from .. import _crossprod
 from .layout import BlockLayout
 
-__all__ = ["CHUNK_ROWS", "accumulate", "add_rows", "crossproducts", "default_workers",
+__all__ = ["CHUNK_ROWS", "add_rows", "crossproducts", "default_workers",
            "dd_sum", "row_chunks", "set_response"]
 
 CHUNK_ROWS = 65536        # rows per chunk of a pass over rows (A, X's QR, fitted values)
-
-
-def accumulate(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
-               z: list[np.ndarray], xy: np.ndarray) -> None:
-    """Add one chunk's contribution to A's double-double accumulator ``acc``
-    (``n_a x 2``, see ``_crossprod``; ``_crossprod.dd_round`` gives A) in place (eq. 12).
-
-    ``refs``/``z`` are the chunk's rows of each term (internal order), ``xy`` its
-    rows of [X y] (C-contiguous), all already scaled by sqrt(prior weights).
-    """
-    cp = _crossprod
-    for s, t, start, end, kind in layout.accumulation_plan:
-        blk = acc[start:end]
-        if kind == "xy_xy":
-            cp.add_xy_xy_dd(xy, blk)
-        elif kind == "xy_z":
-            cp.add_xy_z_dd(refs[t], z[t], xy, blk)
-        elif kind == "diag":
-            cp.add_diag_dd(refs[t], z[t], blk)
-        elif kind == "sparse":
-            colptr, rowidx = layout.pattern(s)
-            missing = cp.add_offdiag_sparse_dd(refs[s], z[s], refs[t], z[t], colptr,
-                                               rowidx, blk)
-            if missing:
-                raise ValueError(f"{missing} rows have level pairs outside the "
-                                 f"sparsity pattern of block ({s}, {t})")
-        else:
-            cp.add_offdiag_dense_dd(refs[s], z[s], refs[t], z[t],
-                                    int(layout.nlev[s] * layout.k[s]), blk)
 
 
 def _buffer(work: dict | None, key, shape: tuple) -> np.ndarray:
@@ -81,20 +52,15 @@ def add_rows(layout: BlockLayout, acc: np.ndarray, refs: list[np.ndarray],
     re-forms A over the same rows at every iteration).
     """
     xy = _buffer(work, "xy", (len(y), layout.p1))
-    if sqrt_w is None:
-        xy[:, :-1] = x
-        xy[:, -1] = y
-    else:
-        _crossprod.scale_rows(x, np.ascontiguousarray(y, dtype=np.float64),
-                              np.ascontiguousarray(sqrt_w, dtype=np.float64), xy)
-        sw = sqrt_w[:, None]
-        scaled = []
-        for t, zz in enumerate(z):
-            zs = _buffer(work, ("z", t), zz.shape)
-            np.multiply(zz, sw, out=zs)
-            scaled.append(zs)
-        z = scaled
-    accumulate(layout, acc, refs, z, xy)
+    scaled = None
+    if sqrt_w is not None:
+        sqrt_w = np.ascontiguousarray(sqrt_w, dtype=np.float64)
+        scaled = [_buffer(work, ("z", t), zz.shape) for t, zz in enumerate(z)]
+    missing = _crossprod.add_chunk(layout.accumulation_codes, layout.patterns, acc, refs, z, x,
+                                   np.ascontiguousarray(y, dtype=np.float64), sqrt_w, xy, scaled)
+    if missing:
+        raise ValueError(f"{missing} rows have level pairs outside the sparsity "
+                         f"pattern of A's sparse blocks")
 
 
 def row_chunks(a: np.ndarray, chunk_rows: int = CHUNK_ROWS):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._crossprod import PLAN_KINDS
 from .._factor import BLOCK_BLOCKDIAG, BLOCK_DENSE, BLOCK_SPARSE
 
 __all__ = ["BlockLayout", "sparsity_pattern", "block_index", "SPARSE_MIN_SIZE",
@@ -148,11 +149,13 @@ class BlockLayout:
                 np.ascontiguousarray(self.nlev * self.k), int(self.off_a[block_index(T, T)]))
 
     @functools.cached_property
-    def accumulation_plan(self) -> tuple:
-        """Each block (s, t) of A, s >= t, as (s, t, start, end, kind) with its flat
-        slice of A and its kind: "xy_xy", "xy_z", "diag", "sparse" or "dense"
-        (what ``design.crossprod.accumulate`` adds to it)."""
+    def accumulation_codes(self) -> np.ndarray:
+        """Each block (s, t) of A, s >= t, as a row (kind, s, t, start, end, q_s):
+        its kind (an index into ``_crossprod.PLAN_KINDS``: [X y] with itself or
+        with term t, a diagonal block, a sparse or a dense off-diagonal one), its
+        flat slice of A and the rows of term s (``_crossprod.add_chunk``'s plan)."""
         T = self.n_terms
+        kinds = {name: i for i, name in enumerate(PLAN_KINDS)}
         plan = []
         for s in range(T + 1):
             for t in range(s + 1):
@@ -164,8 +167,15 @@ class BlockLayout:
                     kind = "diag"
                 else:
                     kind = "sparse" if self.kind_a[b] == BLOCK_SPARSE else "dense"
-                plan.append((s, t, int(self.off_a[b]), end, kind))
-        return tuple(plan)
+                q_s = int(self.nlev[s] * self.k[s]) if s < T else int(self.p1)
+                plan.append((kinds[kind], s, t, int(self.off_a[b]), end, q_s))
+        return np.array(plan, dtype=np.int64).reshape(-1, 6)
+
+    @functools.cached_property
+    def patterns(self) -> list:
+        """(colptr, rowidx) of each term's sparse block (s, 0) (``pattern``), else None."""
+        return [self.pattern(s) if s > 0 and self.kind_a[block_index(s, 0)] == BLOCK_SPARSE
+                else None for s in range(self.n_terms)]
 
     def block_a(self, a: np.ndarray, s: int, t: int) -> np.ndarray:
         """The flat slice of ``a`` holding block (s, t)."""

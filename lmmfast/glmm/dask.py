@@ -104,11 +104,10 @@ def _run_into_group(fn, shape, args, *parts: Partition):
         return None
     acc = np.zeros(shape)
     ws = Workspace(max(c.size for c in chunks))
-    work: dict = {}
     out = None
     for p in parts:
         if p.chunks:
-            res = fn(p.chunks, ws, acc, work, *args)
+            res = fn(p.chunks, ws, acc, *args)
             out = res if out is None else merge_pass(out, res)
     return out + (acc,)
 
@@ -229,7 +228,7 @@ class DaskRows:
         return self._reduce(self._submit(_run_group, fn, merge, args), merge)
 
     def run_into(self, acc: np.ndarray, work: dict, fn, *args):
-        """``fn(chunks, workspace, acc, work, *args)`` on every partition, each worker's
+        """``fn(chunks, workspace, acc, *args)`` on every partition, each worker's
         partitions adding to an accumulator of their own; the merged accumulator
         is written to ``acc``."""
         if self.client is not None:   # (the layout of A, args[0], is the same every pass)

@@ -109,6 +109,7 @@ class GeneralizedLinearMixedModel:
         self.hessian: np.ndarray | None = None
         # deviances for central-difference gradients where the analytic one failed
         self.fd_gradient_evals = 0
+        self._last_gradient = None   # (x, the analytic gradient there) of _value_gradient
 
     # ------------------------------------------------------------ criteria
     def _deviance(self, mode: Mode, exact: bool = False) -> float:
@@ -133,13 +134,25 @@ class GeneralizedLinearMixedModel:
         """The deviance and its analytic gradient in (theta, beta) at x: Laplace's
         (eq. 98) or the quadrature's (eq. 101a)."""
         mode = self.pirls.mode(x[:self.n_theta], x[self.n_theta:])
+        self._last_gradient = None
         if self.n_agq > 1:
-            return agq_gradient(self.pirls, mode, self.n_agq)
-        value, g = laplace_deviance(self.pirls, mode), laplace_gradient(self.pirls, mode)
-        if g is None:   # (a non-canonical link's observed weights not all positive here)
-            g, k = stages.fd_gradient(self._deviance_x, x, DELTA)
-            self.fd_gradient_evals += k
+            value, g = agq_gradient(self.pirls, mode, self.n_agq)
+        else:
+            value, g = laplace_deviance(self.pirls, mode), laplace_gradient(self.pirls, mode)
+            if g is None:   # (a non-canonical link's observed weights not all positive here)
+                g, k = stages.fd_gradient(self._deviance_x, x, DELTA)
+                self.fd_gradient_evals += k
+                return value, g
+        self._last_gradient = (x.copy(), g)
         return value, g
+
+    def _gradient_at(self, x) -> np.ndarray:
+        """The analytic gradient at x: the last one ``_value_gradient`` computed where
+        that was at x (stage 2's last point), else ``_value_gradient``'s."""
+        last = self._last_gradient
+        if last is not None and np.array_equal(last[0], x):
+            return last[1]
+        return self._value_gradient(x)[1]
 
     def _has_gradient(self) -> bool:
         """Whether stage 2 and the Hessian use the analytic gradient: nAGQ = 1
@@ -167,6 +180,7 @@ class GeneralizedLinearMixedModel:
         theta0, beta0 = self._start(start)
         pirls = self.pirls
         pirls.last_u = np.zeros_like(pirls.last_u)
+        self._last_gradient = None   # (a refit's response is new)
         step1 = np.where(self.theta_lower == 0, np.maximum(0.2 * np.abs(theta0), 0.05), 0.1)
         s1 = stages.minimize_bobyqa(
             self.deviance_theta, theta0, self.theta_lower, step1,
@@ -325,11 +339,11 @@ class GeneralizedLinearMixedModel:
         theta = mode.theta
         if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
             x = np.concatenate([theta, mode.beta])
-            self._anchor_at(x)
+            self.pirls.anchor(mode)   # (mode is the caller's PIRLS at x)
             analytic = self._has_gradient()
             if analytic:
                 fd_before = self.fd_gradient_evals
-                g = self._value_gradient(x)[1]
+                g = self._gradient_at(x)
                 h = gradient_hessian(self._value_gradient, x, GRADIENT_DELTA, g0=g)[0]
                 analytic = self.fd_gradient_evals == fd_before   # (no point fell back)
             if not analytic:

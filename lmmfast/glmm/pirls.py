@@ -255,7 +255,7 @@ class Pirls:
         self._ws_mode = None
         args = (self.kern, beta, b, joint, newton)
         if factor is None:
-            dsum, valid, observed, _ = self.run_rows(pass_partition, None, None, None, *args,
+            dsum, valid, observed, _ = self.run_rows(pass_partition, None, None, *args,
                                                      merge=merge_pass)
             return dsum, valid, observed
         acc = factor.reset(plain and PLAIN_ITERATIONS)

@@ -251,7 +251,7 @@ class Factor:
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
     A is re-formed chunk by chunk of rows with the working weights and
-    response (``reset``, then ``rows.pass_partition``'s ``design.crossprod.add_rows``,
+    response (``reset``, then ``rows.pass_partition``'s ``_crossprod.add_chunk``,
     eqs. 12, 105) and factored at theta (``update``, eqs. 13-15).
     """
 
@@ -267,7 +267,7 @@ class Factor:
         self._acc_plain = self._acc.reshape(-1)[:len(self.a)].reshape(-1, 1)
         self._plain = False
         self.at = None   # where A was formed: (beta, b, sum of unit deviances, observed)
-        self.work: dict = {}   # add_rows' arrays, reused at every iteration
+        self.work: dict = {}   # further row partitions' accumulators (``LocalRows.run_into``)
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _crossprod, _pirls
-from ..design.crossprod import add_rows
 from ..design.fixed import reduced_rows
 
 __all__ = ["Kernel", "LocalRows", "PASS_ROWS", "RowChunk", "Workspace", "aic_partition",
            "at_rows", "extreme_partition", "merge_pass", "merge_start", "merge_sums",
-           "pass_partition",
-           "split_rows", "start_partition", "values_partition", "whole_counts", "working_at"]
+           "pass_partition", "split_rows", "start_partition", "values_partition",
+           "whole_counts"]
 
 PASS_ROWS = 16384   # rows per chunk of a pass (its workspace stays in cache)
 
@@ -104,11 +103,16 @@ def split_rows(design, chunk_rows: int | None = None) -> list[RowChunk]:
 
 class Workspace:
     """Per-row buffers of one chunk (eta, mu, unit deviances, working weights and
-    response), allocated once at the largest chunk's size and reused by every pass."""
+    response; the weighted rows whose cross-products a pass adds to A), allocated
+    once at the largest chunk's size and reused by every pass; and each chunk
+    bound to them (``bound``)."""
 
     def __init__(self, rows: int):
+        self.rows = rows
         self._buf = np.empty((7, rows))
         self._views: dict[int, tuple] = {}
+        self._wide: dict = {}
+        self._bound: dict[int, tuple] = {}
 
     def take(self, m: int):
         """(eta, mu, dev, sqrt_w, zwork, fixed, mu_eta) of a chunk of ``m`` rows."""
@@ -117,60 +121,63 @@ class Workspace:
             views = self._views[m] = tuple(self._buf[:, :m])
         return views
 
+    def _rows(self, key, m: int, cols: int) -> np.ndarray:
+        """The first ``m`` rows of the buffer ``key`` (``rows`` x ``cols``)."""
+        buf = self._wide.get(key)
+        if buf is None or buf.shape[1] != cols:
+            buf = self._wide[key] = np.empty((self.rows, cols))
+        return buf[:m]
+
+    def bound(self, c: RowChunk, kern: Kernel) -> _pirls.RowPass:
+        """The chunk ``c`` bound to these buffers: the steps of a pass over it, one
+        compiled call each (made once per chunk and kernel)."""
+        entry = self._bound.get(id(c))
+        if entry is not None and entry[0] is c and entry[1] is kern:
+            return entry[2]
+        m = c.size
+        rp = _pirls.RowPass(kern.link, kern.family, c.x, c.y, c.wt, c.offset, c.refs, c.z,
+                            kern.unit, self.take(m), self._rows("xy_u", m, 1),
+                            self._rows("xy_joint", m, c.x.shape[1] + 1),
+                            [self._rows(("z", t), m, zz.shape[1]) for t, zz in enumerate(c.z)])
+        self._bound[id(c)] = (c, kern, rp)
+        return rp
+
 
 def at_rows(c: RowChunk, kern: Kernel, beta: np.ndarray, b: list[np.ndarray],
             ws: Workspace):
     """eta = o + X beta + Z b, mu and the unit deviances of the chunk (eqs. 91, 92)
     into ``ws``, in one compiled loop; returns (sum of the unit deviances, whether
     every mu is in the family's range)."""
-    eta, mu, dev, _, _, fixed, mu_eta = ws.take(c.size)
-    return _pirls.evaluate(kern.link, kern.family, c.x, beta, c.offset, c.refs, c.z, b,
-                           kern.unit, c.y, c.wt, fixed, eta, mu, dev, mu_eta)
-
-
-def working_at(c: RowChunk, kern: Kernel, joint: bool, newton: bool, ws: Workspace):
-    """sqrt of the working weights and the working response (eq. 93) at the chunk's
-    eta in ``ws`` (after ``at_rows``): with ``newton`` the observed information's
-    where all of them are positive, else Fisher's.  The response is taken net of
-    the offset (``joint``: beta in the system, eq. 95) or of o + X beta.  Returns
-    (whether the observed information's were used, whether all are finite)."""
-    eta, mu, _, sw, zwork, fixed, mu_eta = ws.take(c.size)
-    base = c.offset if joint else fixed
-    family = kern.family
-    observed = newton and _pirls.working_observed(kern.link, family, eta, mu, mu_eta, c.y,
-                                                  c.wt, base, sw, zwork)
-    finite = observed or _pirls.working(family, eta, mu, mu_eta, c.y, c.wt, base, sw, zwork)
-    return observed, finite
+    return ws.bound(c, kern).evaluate(beta, b)
 
 
 # ------------------------------------------------------------ what a partition computes
 # Each function below works on one partition of the rows (a list of chunks) with a
 # workspace; the partitions' results are summed (``LocalRows`` has one partition).
 
-def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, work: dict, layout,
-                   kern: Kernel, beta: np.ndarray, b: list[np.ndarray], joint: bool,
-                   newton: bool):
+def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, layout, kern: Kernel,
+                   beta: np.ndarray, b: list[np.ndarray], joint: bool, newton: bool):
     """A PIRLS pass over the partition at (beta, b): (sum of the unit deviances,
     whether every mu is in the family's range, whether the observed information's
     weights were used, whether the working weights and response are finite).
 
     With ``acc`` (A's accumulator: one column plain, two double-double), the
     weighted cross-products of [Z X z] (X where ``joint``) at the working weights
-    are added to it (eq. 12).  Stops at the first chunk with a mu off the range.
+    are added to it (eq. 12).  Stops at the first chunk with a mu off the range
+    (``_pirls.RowPass.pass_rows``, one call a chunk).
     """
     dsum, observed = 0.0, newton
+    plan, patterns = (layout.accumulation_codes, layout.patterns) if acc is not None \
+        else (None, None)
     for c in chunks:
-        d, valid = at_rows(c, kern, beta, b, ws)
+        d, valid, obs, finite = ws.bound(c, kern).pass_rows(beta, b, joint, newton, acc, plan,
+                                                            patterns)
         if not valid:
             return np.nan, False, False, True
         dsum += d
-        if acc is not None:
-            obs, finite = working_at(c, kern, joint, newton, ws)
-            if not finite:
-                return dsum, True, False, False
-            observed = observed and obs
-            sw, zwork = ws.take(c.size)[3:5]
-            add_rows(layout, acc, c.refs, c.z, c.x if joint else c.x[:, :0], zwork, sw, work)
+        if not finite:
+            return dsum, True, False, False
+        observed = observed and obs
     return dsum, True, observed, True
 
 
@@ -303,17 +310,17 @@ class LocalRows:
         return fn(self.chunks, self.ws, *args)
 
     def run_into(self, acc: np.ndarray, work: dict, fn, *args):
-        """``fn(chunks, workspace, acc, work, *args)``: ``fn`` adds the rows' part of
-        an accumulator to ``acc`` (``work``: its reusable row buffers); a further
-        partition adds to an accumulator and buffers of its own, merged into
-        ``acc`` in order (double-double sums exactly: ``_crossprod.dd_merge``)."""
+        """``fn(chunks, workspace, acc, *args)``: ``fn`` adds the rows' part of an
+        accumulator to ``acc``; a further partition adds to an accumulator of its
+        own (kept in ``work``), merged into ``acc`` in order (double-double sums
+        exactly: ``_crossprod.dd_merge``)."""
         if len(self._parts) == 1:
-            return fn(self.chunks, self.ws, acc, work, *args)
-        works = [work] + [work.setdefault(("part", i), {}) for i in range(1, len(self._parts))]
-        accs = [acc] + [_zeroed(w, acc) for w in works[1:]]
+            return fn(self.chunks, self.ws, acc, *args)
+        accs = [acc] + [_zeroed(work.setdefault(("part", i), {}), acc)
+                        for i in range(1, len(self._parts))]
 
         def call(chunks, ws, i):
-            return fn(chunks, ws, accs[i], works[i], *args)
+            return fn(chunks, ws, accs[i], *args)
 
         results = self._map(call)
         for other in accs[1:]:

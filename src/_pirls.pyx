@@ -11,8 +11,8 @@ cross-products to A (``_crossprod.add_chunk``, eq. 12).
 ``linear_predictor`` is Z Lambda u alone.  ``gradient_columns``, ``gradient_first``
 and ``gradient_second`` are the two passes of the Laplace deviance's
 gradient (``lmmfast.glmm.laplace``, eq. 98a); ``agq_sums`` the level sums of
-adaptive quadrature and its gradient (eqs. 101, 101a).  One nogil loop each, no
-temporaries.  The links and families are those of ``lmmfast.family`` (R's
+adaptive quadrature and its gradient, ``agq_combine`` the deviance and gradient
+from them (eqs. 101, 101a).  One nogil loop each, no temporaries.  The links and families are those of ``lmmfast.family`` (R's
 ``binomial()`` and ``poisson()``) with R's clamps near the ends of the
 scale, so the numbers are the numpy ones to rounding.
 """
@@ -521,3 +521,73 @@ def agq_sums(int link, int family, const cnp.int64_t[::1] refs, const double[::1
                     t_z[k, level] += sk * zr
                     for j in range(p):
                         t_x[k, level, j] += sk * x[r, j]
+
+
+def agq_combine(const double[::1] c0, const double[:, ::1] ck, const double[::1] u,
+                const double[:, ::1] shift, const double[::1] zk, const double[::1] wk,
+                double w0, double ld_l2, bint gradient=False, double theta=0.0,
+                const double[::1] l2=None, const double[::1] sd=None,
+                const double[:, ::1] s_x=None, const double[::1] s_z=None,
+                const double[::1] w_z2=None, const double[:, ::1] w_zx=None,
+                const double[:, ::1] w1_z2x=None, const double[::1] w1_z3=None,
+                const double[:, :, ::1] t_x=None, const double[:, ::1] t_z=None,
+                double[::1] grad=None):
+    """-2 log L of eq. 101 from ``agq_sums``' level sums: c0 and ck (K x nl) at the
+    mode u and the nodes u + shift[k] (nodes zk off 0 with weights wk, w0 the
+    weight at 0), log|L_Z|^2 ``ld_l2``; None where a level's integral is not
+    finite and positive.  With ``gradient``, also its gradient in (theta, beta)
+    (eq. 101a, a canonical link) into ``grad``, from the level's L_jj^2 (l2),
+    s_j = 1 / L_jj (sd) and the gradient's sums of ``agq_sums``."""
+    cdef Py_ssize_t nl = c0.shape[0], nk = ck.shape[0], p = 0, j, k, i, n
+    cdef double total = 0.0, logs = 0.0, cj, ukj, mult, e, th = theta, q
+    cdef double slope, fac
+    cdef bint failed = False
+    cdef double[::1] du, dl2, dsd, ej
+    if gradient:
+        p = s_x.shape[1]
+        n = p + 1
+        du, dl2, dsd, ej = np.empty(n), np.empty(n), np.empty(n), np.empty(nk)
+        grad[:] = 0.0
+    with nogil:
+        for j in range(nl):
+            cj = c0[j] + u[j] * u[j]
+            total += cj
+            mult = w0
+            for k in range(nk):
+                ukj = u[j] + shift[k, j]
+                e = exp(0.5 * zk[k] * zk[k] - 0.5 * (ck[k, j] + ukj * ukj - cj))
+                mult += wk[k] * e
+                if gradient:
+                    ej[k] = e
+            if not (isfinite(mult) and mult > 0.0):
+                failed = True
+                break
+            logs += log(mult)
+            if not gradient:
+                continue
+            # the mode's and the scale's derivatives (eq. 101a): [theta, beta...]
+            du[0] = -(0.5 * s_z[j] + th * u[j] * w_z2[j]) / l2[j]
+            for i in range(p):
+                du[i + 1] = -th * w_zx[j, i] / l2[j]
+            dl2[0] = 2.0 * th * w_z2[j] + th * th * w1_z3[j] * (u[j] + th * du[0])
+            for i in range(p):
+                dl2[i + 1] = th * th * (w1_z2x[j, i] + th * w1_z3[j] * du[i + 1])
+            for i in range(n):
+                dsd[i] = -0.5 * sd[j] * sd[j] * sd[j] * dl2[i]
+                grad[i] += dl2[i] / l2[j]
+            # d c_j(u~) / d phi
+            grad[0] += s_z[j] * u[j]
+            for i in range(p):
+                grad[i + 1] += s_x[j, i]
+            for k in range(nk):
+                ukj = u[j] + shift[k, j]
+                fac = wk[k] * ej[k] / mult
+                slope = 2.0 * ukj + th * t_z[k, j]
+                grad[0] += fac * (t_z[k, j] * ukj + slope * (du[0] + zk[k] * dsd[0])
+                                  - s_z[j] * u[j])
+                for i in range(p):
+                    grad[i + 1] += fac * (t_x[k, j, i] + slope * (du[i + 1] + zk[k] * dsd[i + 1])
+                                          - s_x[j, i])
+    if failed:
+        return None
+    return total + ld_l2 - 2.0 * logs

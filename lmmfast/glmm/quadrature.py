@@ -44,8 +44,8 @@ def check_agq(pirls: Pirls, n_agq: int) -> None:
 def agq_deviance(pirls: Pirls, mode: Mode, n_agq: int) -> float:
     """-2 log L by adaptive Gauss-Hermite quadrature with ``n_agq`` nodes (eq. 101)."""
     rule = _Rule(pirls, mode, n_agq)
-    c0, ck = pirls.run_rows(agq_partition, *rule.args(pirls, mode), merge=merge_sums)
-    return rule.integrals(c0, ck, mode)[0]
+    return rule.combine(pirls.run_rows(agq_partition, *rule.args(pirls, mode), merge=merge_sums),
+                        mode)
 
 
 class _Rule:
@@ -66,20 +66,20 @@ class _Rule:
         return (pirls.kern, mode.beta, pirls.b(mode.u, pirls.lambdas(mode.theta)),
                 float(mode.theta[0]), self.shift, pirls.nl[0], pirls.rows_at_mode(mode))
 
-    def integrals(self, c0: np.ndarray, ck: np.ndarray, mode: Mode):
-        """(-2 log L, the summands E_jk, u_jk, their sums M_j) from the level sums of
-        the unit deviances at the mode (c0) and at the nodes (ck)."""
-        u = mode.u
-        c0 = c0 + u * u
-        uk = u[None, :] + self.shift
-        ck = ck + uk * uk
-        e = np.exp(0.5 * self.zk[:, None] ** 2 - 0.5 * (ck - c0[None, :]))
-        w = self.weights
-        mult = np.sum(w[self.off][:, None] * e, axis=0) + w[~self.off].sum()
-        if not (np.isfinite(mult).all() and (mult > 0).all()):
+    def combine(self, sums: tuple, mode: Mode, grad: np.ndarray | None = None) -> float:
+        """-2 log L from the level sums of the unit deviances at the mode and at the
+        nodes (``agq_partition``'s first two); with ``grad``, its gradient into it
+        from the rest (eq. 101a; compiled, ``_pirls.agq_combine``)."""
+        off = self.off
+        gradient = grad is not None
+        value = _pirls.agq_combine(
+            sums[0], sums[1], mode.u, self.shift, self.zk, self.weights[off],
+            float(self.weights[~off].sum()), mode.ld_l2, gradient, float(mode.theta[0]),
+            self.l2, self.sd, *sums[2:], grad=grad)
+        if value is None:
             raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
                            f"theta = {mode.theta.tolist()}")
-        return float(c0.sum() + mode.ld_l2 - 2.0 * np.log(mult).sum()), e, uk, mult
+        return value
 
 
 def agq_partition(chunks, ws, kern, beta, b, lam: float, shift: np.ndarray, nl: int,
@@ -116,21 +116,6 @@ def agq_gradient(pirls: Pirls, mode: Mode, n_agq: int) -> tuple[float, np.ndarra
     (d: partial in phi at fixed u, plus c_j'(u_jk) (u~' + z_k s_j')).
     """
     rule = _Rule(pirls, mode, n_agq)
-    (c0, ck, s_x, s_z, w_z2, w_zx, w1_z2x, w1_z3, t_x, t_z) = pirls.run_rows(
-        agq_partition, *rule.args(pirls, mode), True, merge=merge_sums)
-    value, e, uk, mult = rule.integrals(c0, ck, mode)
-    u, theta, l2, sd, zk = mode.u, float(mode.theta[0]), rule.l2, rule.sd, rule.zk
-    weights = rule.weights[rule.off]
-    # the mode's and the scale's derivatives, per level: [theta, beta...]
-    du = np.column_stack([-(0.5 * s_z + theta * u * w_z2), -theta * w_zx]) / l2[:, None]
-    dl2 = np.column_stack([2.0 * theta * w_z2 + theta ** 2 * w1_z3 * (u + theta * du[:, 0]),
-                           theta ** 2 * (w1_z2x + theta * w1_z3[:, None] * du[:, 1:])])
-    dsd = -0.5 * (sd ** 3)[:, None] * dl2
-    part_mode = np.column_stack([s_z * u, s_x])               # d c_j(u~) / d phi
-    part_k = np.concatenate([(t_z * uk)[:, :, None], t_x], axis=2)   # at u_jk (K x nl x n)
-    slope_k = 2.0 * uk + theta * t_z                           # c_j'(u_jk)
-    g_k = part_k + slope_k[:, :, None] * (du[None, :, :] + zk[:, None, None] * dsd[None, :, :]) \
-        - part_mode[None, :, :]
-    grad = part_mode.sum(axis=0) + (dl2 / l2[:, None]).sum(axis=0) \
-        + np.einsum("k,kj,kjn->n", weights, e / mult[None, :], g_k)
-    return value, grad
+    sums = pirls.run_rows(agq_partition, *rule.args(pirls, mode), True, merge=merge_sums)
+    grad = np.empty(1 + len(mode.beta))
+    return rule.combine(sums, mode, grad), grad

@@ -28,7 +28,7 @@ from .design import crossprod as blocks
 from .design.crossprod import row_chunks
 from .design.dask import DaskReducer, DaskRows, as_dask_frame, exact_quantiles, is_partitioned
 from .design.dask import predict as predict_dask
-from .design.fixed import back_substitution, build_xymat, r_diagonal
+from .design.fixed import build_xymat, r_diagonal
 from .design.frame import Factor, is_table, model_frame, used_frame
 from .design.layout import BlockLayout
 from .design.reduce import (ChunkReducer, Reduced, check_rank, reduce_design, reweighted,
@@ -679,7 +679,7 @@ class LinearMixedModel:
         working basis, from the current factor (eqs. 21, 73, 74)."""
         lxx_w = self._core.lxx()
         p = lxx_w.shape[0] - 1
-        beta_w = back_substitution(lxx_w[:p, :p], lxx_w[p, :p])
+        beta_w = self._core.solve_beta()
         if self._basis.identity:
             return lxx_w[:p, :p], beta_w, beta_w
         return self._basis.lxx(lxx_w)[:p, :p], self._basis.beta(beta_w), beta_w

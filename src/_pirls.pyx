@@ -19,9 +19,11 @@ scale, so the numbers are the numpy ones to rounding.
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport exp, expm1, log, sqrt, fabs, erf, erfc, atan, fmin, fmax, isfinite, M_PI
+from libc.math cimport exp, expm1, log, sqrt, fabs, erf, erfc, atan, fmin, fmax, isfinite, M_PI, NAN
 
 from lmmfast._crossprod import add_chunk
+from lmmfast._factor cimport BlockedFactor, INTERRUPTED
+from lmmfast._kernels cimport raise_pending
 
 cnp.import_array()
 
@@ -319,19 +321,415 @@ cdef class RowPass:
         by ``_crossprod.add_chunk``'s ``plan`` (eq. 12).  Returns (sum of the unit
         deviances, whether every mu is in range, whether the observed information's
         weights were used, whether the working weights and response are finite)."""
-        dsum, valid = self.evaluate(beta, b)
+        cdef double dsum
+        cdef bint observed, finite
+        cdef bint valid = self._pass_rows(beta, b, joint, newton, acc, plan, patterns, &dsum,
+                                          &observed, &finite)
+        return dsum, valid, observed, finite
+
+    cdef bint _pass_rows(self, const double[::1] beta, list b, bint joint, bint newton, acc,
+                         plan, list patterns, double* dsum, bint* observed,
+                         bint* finite) except? False:
+        """``pass_rows`` with its results through pointers; returns whether mu is valid."""
+        cdef bint valid
+        dsum[0], valid = _evaluate(self.link, self.family, self.x, beta, self.offset, self.refs,
+                                   self.z, b, self.unit, self.y, self.wt, self.fixed, self.eta,
+                                   self.mu, self.dev, self.mu_eta)
+        observed[0], finite[0] = newton, True
         if not valid or acc is None:
-            return dsum, valid, newton, True
-        observed, finite = self.working(joint, newton)
-        if not finite:
-            return dsum, True, False, False
+            return valid
+        observed[0], finite[0] = self.working(joint, newton)
+        if not finite[0]:
+            observed[0] = False
+            return True
         missing = add_chunk(plan, patterns, acc, self.refs, self.z,
                             self.x_arr if joint else self.x_none, self.zwork_arr, self.sw_arr,
                             self.xy_joint if joint else self.xy_u, self.scaled)
         if missing:
             raise ValueError(f"{missing} rows have level pairs outside the sparsity "
                              f"pattern of A's sparse blocks")
-        return dsum, True, observed, True
+        return True
+
+
+# ------------------------------------------------------------ PIRLS's iterations
+
+cdef enum:
+    C_MAX_ITER = 100       # PIRLS iterations (lme4's maxit)
+    C_MAX_HALVINGS = 20    # step-halvings per iteration (lme4's maxstephalfit)
+# Converged when no coordinate of u (and beta) moves by more than this.  For the
+# canonical links PIRLS is Newton's method, and for the others too where the
+# observed information's weights are positive: after a step of 1e-7 the error
+# is of order 1e-14.  Fisher scoring converges linearly: a tighter bound.
+cdef double C_TOL_U = 1e-7
+cdef double C_STEP_CHECK = 1e-3   # steps longer than this must decrease pdev (shorter
+#                                   ones are Newton's or Fisher scoring's close to the mode)
+MAX_ITER, MAX_HALVINGS, TOL_U, STEP_CHECK = C_MAX_ITER, C_MAX_HALVINGS, C_TOL_U, C_STEP_CHECK
+TOL_U_FISHER = 1e-10
+
+# how ``PirlsLoop.run`` ended
+RUN_DONE, RUN_FACTOR, RUN_HALVINGS, RUN_MAX_ITER, RUN_START, RUN_WORKING = range(6)
+
+
+cdef class PirlsLoop:
+    """PIRLS on one factor (eqs. 94, 95): the passes over the rows that re-form its A
+    at the working weights (eq. 93), its Cholesky factor at theta (eq. 15), the
+    solves for beta and u (eqs. 21, 22), the step-halvings and the stopping rule,
+    all in compiled code.
+
+    The rows of one partition in this process pass by their ``RowPass`` (``bind``);
+    rows in several partitions (threads, a cluster) by a Python function
+    ``pass_fn(beta, b, acc, joint, newton)`` with ``RowPass.pass_rows``' results.
+    The factor keeps where its A was last formed (beta, b = Lambda u, the sum of
+    the unit deviances, whether the observed information's weights were used):
+    a run at the same beta starts there without a pass.
+    """
+
+    cdef BlockedFactor core
+    cdef double[::1] a
+    cdef double[:, ::1] acc_dd, acc_plain
+    cdef object acc_dd_arr, acc_plain_arr, plan, patterns, pass_fn
+    cdef list passes
+    cdef readonly bint plain            # the accumulator of the last pass was plain double
+    cdef readonly Py_ssize_t n_terms, q, p
+    cdef cnp.int64_t[::1] uoff, nl, k
+    cdef double[::1] lam                # each term's k x k lambda, row-major, at lam_off[t]
+    cdef cnp.int64_t[::1] lam_off
+    # where A was formed
+    cdef readonly bint at_valid, at_observed
+    cdef readonly double at_dsum
+    cdef double[::1] at_beta, at_b
+    # the iterate and its buffers (the model's beta: p_model values)
+    cdef readonly object u_arr, beta_arr, u_new_arr, beta_new_arr, b_arr
+    cdef double[::1] u, beta, u_new, beta_new, bflat, rhs
+    cdef list b_terms
+    cdef readonly int info, iterations
+    cdef readonly double dsum, pdev
+    cdef readonly Py_ssize_t n_passes   # passes over the rows so far
+    # A summed in plain double before the mode (double-double at it)
+    cdef public bint plain_iterations
+
+    def __init__(self, BlockedFactor core, double[::1] a, acc_dd, acc_plain, plan, list patterns,
+                 Py_ssize_t p_model, nl, k, bint plain_iterations=True):
+        cdef Py_ssize_t t, q = 0
+        self.plain_iterations = plain_iterations
+        self.core, self.a = core, a
+        self.acc_dd_arr, self.acc_plain_arr = acc_dd, acc_plain
+        self.acc_dd, self.acc_plain = acc_dd, acc_plain
+        self.plan, self.patterns = plan, patterns
+        self.n_terms = len(nl)
+        self.p = core.p1 - 1
+        self.nl = np.ascontiguousarray(nl, dtype=np.int64)
+        self.k = np.ascontiguousarray(k, dtype=np.int64)
+        self.uoff = np.zeros(self.n_terms + 1, dtype=np.int64)
+        self.lam_off = np.zeros(self.n_terms + 1, dtype=np.int64)
+        for t in range(self.n_terms):
+            self.uoff[t + 1] = self.uoff[t] + self.nl[t] * self.k[t]
+            self.lam_off[t + 1] = self.lam_off[t] + self.k[t] * self.k[t]
+        self.q = q = self.uoff[self.n_terms]
+        self.lam = np.zeros(max(self.lam_off[self.n_terms], 1))
+        self.u_arr, self.u_new_arr = np.zeros(q), np.zeros(q)
+        self.beta_arr, self.beta_new_arr = np.zeros(p_model), np.zeros(p_model)
+        self.u, self.u_new = self.u_arr, self.u_new_arr
+        self.beta, self.beta_new = self.beta_arr, self.beta_new_arr
+        self.at_beta, self.at_b = np.zeros(p_model), np.zeros(q)
+        self.b_arr = np.zeros(q)
+        self.bflat = self.b_arr
+        self.b_terms = [self.b_arr[self.uoff[t]:self.uoff[t + 1]].reshape(self.nl[t], self.k[t])
+                        for t in range(self.n_terms)]
+        self.rhs = np.zeros(core.p1)
+        self.passes = None
+        self.pass_fn = None
+
+    def bind(self, list passes=None, pass_fn=None):
+        """The rows' passes: ``RowPass`` objects of one partition, or ``pass_fn``; the
+        point of the last pass forgotten (the rows may hold a new response)."""
+        self.passes, self.pass_fn = passes, pass_fn
+        self.at_valid = False
+
+    # ------------------------------------------------------------ the factor
+    def reset(self, bint plain=False):
+        """A new A's accumulator, zeroed (plain double, or double-double summed and
+        rounded once); the point of the last pass forgotten."""
+        self.plain = plain
+        self.at_valid = False
+        acc = self.acc_plain_arr if plain else self.acc_dd_arr
+        acc.fill(0.0)
+        return acc
+
+    cdef void _form_a(self) noexcept nogil:
+        cdef Py_ssize_t i, n = self.a.shape[0]
+        if self.plain:
+            for i in range(n):
+                self.a[i] = self.acc_plain[i, 0]
+        else:
+            for i in range(n):
+                self.a[i] = self.acc_dd[i, 0] + self.acc_dd[i, 1]
+
+    def form_a(self):
+        """A from its accumulator (rounded once where summed in double-double)."""
+        self._form_a()
+
+    cdef int _update(self, const double* theta) except? -1:
+        cdef int info
+        self._form_a()
+        with nogil:
+            info = self.core._update(theta)
+        self.core.last_info = info
+        if info == INTERRUPTED:
+            raise_pending()
+        return info
+
+    def update(self, const double[::1] theta_internal):
+        """A from its accumulator, factored at theta (internal order); LAPACK's info."""
+        return self._update(&theta_internal[0] if theta_internal.shape[0] else NULL)
+
+    # ------------------------------------------------------------ a pass
+    cdef void _set_lambdas(self, list lams) except *:
+        cdef Py_ssize_t t, i, j, kt
+        cdef const double[:, ::1] lam_t
+        for t in range(self.n_terms):
+            lam_t = lams[t]
+            kt = self.k[t]
+            for i in range(kt):
+                for j in range(kt):
+                    self.lam[self.lam_off[t] + i * kt + j] = lam_t[i, j]
+
+    cdef void _b_of(self, const double[::1] u) noexcept nogil:
+        """b = Lambda u per term (b_t[l, i] = sum_j lambda_t[i, j] u_t[l, j])."""
+        cdef Py_ssize_t t, l, i, j, kt, base
+        cdef double s
+        cdef const double* lam
+        for t in range(self.n_terms):
+            kt = self.k[t]
+            lam = &self.lam[self.lam_off[t]]
+            if kt == 1:
+                for l in range(self.uoff[t], self.uoff[t + 1]):
+                    self.bflat[l] = u[l] * lam[0]
+                continue
+            for l in range(self.nl[t]):
+                base = self.uoff[t] + l * kt
+                for i in range(kt):
+                    s = 0.0
+                    for j in range(i + 1):
+                        s = s + lam[i * kt + j] * u[base + j]
+                    self.bflat[base + i] = s
+
+    cdef int _pass(self, const double[::1] beta, const double[::1] u, bint joint, bint newton,
+                   bint plain, double* dsum, bint* valid, bint* observed) except -1:
+        """A pass at (beta, u): A re-formed at its working weights (eq. 93).  Returns
+        0, or RUN_WORKING where a working weight or response is not finite."""
+        cdef Py_ssize_t i
+        cdef double d
+        cdef bint v, obs, fin
+        cdef RowPass rp
+        self.n_passes += 1
+        self._b_of(u)
+        acc = self.reset(plain)
+        if self.passes is not None:
+            dsum[0], observed[0], fin = 0.0, newton, True
+            valid[0] = True
+            for rp in self.passes:
+                v = rp._pass_rows(beta, self.b_terms, joint, newton, acc, self.plan,
+                                  self.patterns, &d, &obs, &fin)
+                if not v:
+                    dsum[0], valid[0], observed[0], fin = NAN, False, False, True
+                    break
+                dsum[0] += d
+                if not fin:
+                    observed[0] = False
+                    break
+                observed[0] = observed[0] and obs
+        else:
+            dsum[0], valid[0], observed[0], fin = self.pass_fn(
+                np.asarray(beta), self.b_terms, acc, joint, newton)
+        if not fin:
+            return RUN_WORKING
+        if valid[0]:
+            self.at_valid, self.at_dsum, self.at_observed = True, dsum[0], observed[0]
+            for i in range(beta.shape[0]):
+                self.at_beta[i] = beta[i]
+            for i in range(self.q):
+                self.at_b[i] = self.bflat[i]
+        return 0
+
+    def pass_at(self, const double[::1] beta, const double[::1] u, list lams, bint joint,
+                bint newton, bint plain):
+        """One pass at (beta, u) with A re-formed (not factored): (the sum of the unit
+        deviances, whether every mu is in range, whether the observed information's
+        weights were used, whether the working weights and response are finite)."""
+        cdef double dsum
+        cdef bint valid, observed
+        self._set_lambdas(lams)
+        finite = self._pass(beta, u, joint, newton, plain, &dsum, &valid, &observed) == 0
+        return dsum, valid, observed, finite
+
+    cdef bint _u_from_at(self, const double[::1] beta) noexcept nogil:
+        """u with Lambda u = b of the point where A was formed, at its beta (then the
+        factor's A is that of the start, eq. 93); False where there is none, beta
+        differs or some lambda's diagonal is near 0 (lme4's singular tolerance, 1e-4)."""
+        cdef Py_ssize_t t, l, i, j, kt, base
+        cdef double s
+        cdef const double* lam
+        if not self.at_valid:
+            return False
+        for i in range(beta.shape[0]):
+            if self.at_beta[i] != beta[i]:
+                return False
+        for t in range(self.n_terms):
+            kt = self.k[t]
+            for i in range(kt):
+                if self.lam[self.lam_off[t] + i * kt + i] < 1e-4:
+                    return False
+        for t in range(self.n_terms):
+            kt = self.k[t]
+            lam = &self.lam[self.lam_off[t]]
+            for l in range(self.nl[t]):
+                base = self.uoff[t] + l * kt
+                for i in range(kt):   # lambda_t u = b: forward substitution
+                    s = self.at_b[base + i]
+                    for j in range(i):
+                        s = s - lam[i * kt + j] * self.u[base + j]
+                    self.u[base + i] = s / lam[i * kt + i]
+        return True
+
+    # ------------------------------------------------------------ the iterations
+    cdef double _max_step(self, bint joint) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double step = 0.0
+        for i in range(self.q):
+            step = fmax(step, fabs(self.u_new[i] - self.u[i]))
+        if joint:
+            for i in range(self.beta.shape[0]):
+                step = fmax(step, fabs(self.beta_new[i] - self.beta[i]))
+        return step
+
+    cdef double _sqr(self, const double[::1] v) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double s = 0.0
+        for i in range(v.shape[0]):
+            s = s + v[i] * v[i]
+        return s
+
+    cdef void _solve(self, bint joint) noexcept nogil:
+        """beta_new (joint: R_X^T beta = l_yX, eq. 21; else beta) and u_new (eq. 22)."""
+        cdef Py_ssize_t i, p = self.p
+        if joint:
+            self.core._solve_beta(&self.beta_new[0])
+        else:
+            for i in range(self.beta.shape[0]):
+                self.beta_new[i] = self.beta[i]
+        for i in range(p):
+            self.rhs[i] = self.beta_new[i]
+        self.rhs[p] = -1.0
+        self.core._back_solve(&self.rhs[0], &self.uoff[0], &self.u_new[0])
+
+    def run(self, const double[::1] theta_internal, list lams, bint joint, bint newton,
+            double tol, bint exact, bint settle, bint from_at):
+        """PIRLS at theta from (``beta_arr``, ``u_arr``), which the caller sets (from
+        the point where A was formed where ``from_at`` and that is at the same beta),
+        to the mode (eqs. 94, 95; ``settle``: stop before the last step, at the point
+        whose pass the factor holds).  Returns a ``RUN_*`` code; the mode is in
+        ``u_arr``, ``beta_arr``, ``dsum`` and ``iterations``, the factor there."""
+        self._set_lambdas(lams)
+        return self._run(&theta_internal[0] if theta_internal.shape[0] else NULL, joint,
+                         newton, tol, exact, settle, from_at)
+
+    cdef int _run(self, const double* ti, bint joint, bint newton, double tol, bint exact,
+                  bint settle, bint from_at) except -1:
+        cdef Py_ssize_t i, nb = self.beta.shape[0]
+        cdef bint valid, observed, last, rounding
+        cdef double dsum, dsum_new, pdev, pdev_new, step
+        cdef int it = 0, halvings, code
+        if from_at and self._u_from_at(self.beta):
+            dsum, valid, observed = self.at_dsum, True, self.at_observed
+        else:
+            code = self._pass(self.beta, self.u, joint, newton, self.plain_iterations, &dsum, &valid,
+                              &observed)
+            if code:
+                return code
+            if not valid:   # a start off the family's range: from u = 0
+                for i in range(self.q):
+                    self.u[i] = 0.0
+                code = self._pass(self.beta, self.u, joint, newton, self.plain_iterations, &dsum,
+                                  &valid, &observed)
+                if code:
+                    return code
+                if not valid:
+                    return RUN_START
+        self.info = self._update(ti)
+        if self.info:
+            return RUN_FACTOR
+        pdev = dsum + self._sqr(self.u)
+        while True:
+            self._solve(joint)
+            step = self._max_step(joint)
+            # a step this short is the last: the factor at its point with the Fisher
+            # weights, in double-double (eq. 96)
+            last = step <= (C_TOL_U if observed else tol)
+            if last and settle and not newton:   # (u, beta) and its factor as they are
+                break
+            code = self._pass(self.beta_new, self.u_new, joint, newton and not last,
+                              self.plain_iterations and not (last and exact), &dsum_new, &valid,
+                              &observed)
+            if code:
+                return code
+            pdev_new = dsum_new + self._sqr(self.u_new)
+            halvings = 0
+            rounding = False
+            if step > C_STEP_CHECK or not valid:
+                # a long step (or one off the family's range) must decrease pdev (eq. 92)
+                while not (valid and pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (and NaN)
+                    if halvings == C_MAX_HALVINGS:
+                        if valid and isfinite(pdev_new) \
+                                and fabs(pdev_new - pdev) <= 1e-10 * fabs(pdev):
+                            rounding = True   # rounding level at the mode
+                            break
+                        self.pdev = pdev
+                        return RUN_HALVINGS
+                    for i in range(self.q):
+                        self.u_new[i] = 0.5 * (self.u[i] + self.u_new[i])
+                    if joint:
+                        for i in range(nb):
+                            self.beta_new[i] = 0.5 * (self.beta[i] + self.beta_new[i])
+                    code = self._pass(self.beta_new, self.u_new, joint, newton,
+                                      self.plain_iterations, &dsum_new, &valid, &observed)
+                    if code:
+                        return code
+                    pdev_new = dsum_new + self._sqr(self.u_new)
+                    halvings += 1
+            for i in range(self.q):
+                self.u[i] = self.u_new[i]
+            if joint:
+                for i in range(nb):
+                    self.beta[i] = self.beta_new[i]
+            dsum, pdev = dsum_new, pdev_new
+            it += 1
+            # (a step shortened by halving is no sign of convergence)
+            if rounding or (halvings == 0 and last):
+                if rounding:   # the factor at the mode, as above
+                    code = self._pass(self.beta, self.u, joint, False,
+                                      self.plain_iterations and not exact, &dsum_new, &valid,
+                                      &observed)
+                    if code:
+                        return code
+                self.info = self._update(ti)
+                if self.info:
+                    return RUN_FACTOR
+                break
+            if it == C_MAX_ITER:
+                self.iterations = it
+                return RUN_MAX_ITER
+            self.info = self._update(ti)
+            if self.info:
+                return RUN_FACTOR
+        self.dsum, self.pdev, self.iterations = dsum, pdev, it
+        return RUN_DONE
+
+    def log_det(self):
+        """log |L_Z|^2 of the current factor (eq. 16)."""
+        cdef double ld_l2, ld_rx2, pwrss
+        self.core._components(&ld_l2, &ld_rx2, &pwrss)
+        return ld_l2
 
 
 # ------------------------------------------------------------ the Laplace gradient's passes

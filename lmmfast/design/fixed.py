@@ -266,20 +266,3 @@ def build_xymat(parsed: ParsedFormula, frame, check_rank: bool = True) -> XyMat:
     if names == ["(Intercept)"] and isinstance(frame, Columns):
         x = frame.ones
     return XyMat(np.ascontiguousarray(x), y, names, dropped, resp, spec)
-
-
-def back_substitution(rx: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """beta with R_X^T beta = rhs, R_X lower-triangular (eq. 21): plain floats for a
-    few columns (numpy's solve costs more than the arithmetic), LAPACK beyond."""
-    p = len(rhs)
-    if p > 16:
-        from scipy.linalg import solve_triangular
-        return solve_triangular(rx, rhs, trans="T", lower=True)
-    r = rx.tolist()
-    beta = rhs.tolist()
-    for i in range(p - 1, -1, -1):
-        acc = beta[i]
-        for j in range(i + 1, p):
-            acc -= r[j][i] * beta[j]
-        beta[i] = acc / r[i][i]
-    return np.array(beta, dtype=np.float64)

@@ -651,10 +651,10 @@ class GeneralizedLinearMixedModel:
                             "family (binomial: proportions in [0, 1], poisson: counts >= 0)")
         if start is None and self._mode is not None:
             start = {"theta": self._mode.theta.copy(), "fixef": self._mode.beta.copy()}
-        factors = self.pirls._factors
+        factors = self.pirls.factors()
         self.design = dataclasses.replace(self.design, y=y)
         self.pirls = Pirls(self.design, self.family)
-        self.pirls._factors = factors   # they depend on X and Z only
+        self.pirls.adopt(factors)   # they depend on X and Z only
         return self.fit(start)
 
     def simulate(self, nsim: int = 1, seed=None, re_form="NA") -> pd.DataFrame:

@@ -26,12 +26,16 @@ its per-row values are formed again where asked (``Pirls.row_values``).
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _pirls
+from .._pirls import (MAX_ITER, RUN_FACTOR, RUN_HALVINGS, RUN_MAX_ITER, RUN_START,
+                      RUN_WORKING, TOL_U, TOL_U_FISHER)
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
@@ -40,24 +44,13 @@ from .rows import (Kernel, LocalRows, aic_partition, extreme_partition, merge_pa
 
 __all__ = ["Mode", "Pirls"]
 
-MAX_ITER = 100         # PIRLS iterations (lme4's maxit)
-MAX_HALVINGS = 20      # step-halvings per iteration (lme4's maxstephalfit)
-# Converged when no coordinate of u (and beta) moves by more than this.  For the
-# canonical links PIRLS is Newton's method, and for the others too where the
-# observed information's weights are positive: after a step of 1e-7 the error
-# is of order 1e-14.  Fisher scoring converges linearly: a tighter bound.
-TOL_U = 1e-7
 # Stage 1's search (``exact=False``, a canonical link): Newton's error after a step
 # of 1e-5 is of order 1e-10, below what BOBYQA's tolerance there resolves (a
 # looser bound where that tolerance is loose: ``stages.stage1_tolerances``).
 TOL_U_SEARCH = 1e-5
-TOL_U_FISHER = 1e-10
-STEP_CHECK = 1e-3      # steps longer than this must decrease pdev (shorter ones are Newton's
-#                        or Fisher scoring's steps close to the mode)
 # a further thread's buffers for the passes over rows, at most this part of the rows'
 # values (y, X, Z's codes and values): 200,000 rows in 13 chunks keep one thread
 ROW_WORKER_MEMORY = 1 / 8
-PLAIN_ITERATIONS = True   # A summed in plain double before the mode (double-double at it)
 
 
 @dataclass
@@ -78,11 +71,6 @@ class Mode:
     @property
     def pdev(self) -> float:
         return self.dev_sum + self.sqr_u
-
-
-def _max_abs(v: np.ndarray) -> float:
-    """max |v_i| (0 for an empty v)."""
-    return float(np.abs(v).max()) if v.size else 0.0
 
 
 def family_has_no_constant(family: Family) -> bool:
@@ -159,16 +147,17 @@ class Pirls:
         from .. import threads
         chunks = self.rows.chunks
         n = threads.row_workers(len(chunks), n_threads)
-        if n == 1:
-            self.rows.set_workers(1)
-            return
-        p1, k = self.x.shape[1] + 1, sum(self.k)
-        extra = 8 * max(c.size for c in chunks) * (7 + p1 + 4 * k) \
-            + 16 * self.factor(True).layout.n_a
-        values = 8 * self.rows.nobs * (p1 + 2 * k)
-        while n > 1 and extra * (n - 1) > ROW_WORKER_MEMORY * values:
-            n -= 1
-        self.rows.set_workers(n)
+        if n > 1:
+            p1, k = self.x.shape[1] + 1, sum(self.k)
+            extra = 8 * max(c.size for c in chunks) * (7 + p1 + 4 * k) \
+                + 16 * self.factor(True).layout.n_a
+            values = 8 * self.rows.nobs * (p1 + 2 * k)
+            while n > 1 and extra * (n - 1) > ROW_WORKER_MEMORY * values:
+                n -= 1
+        if n != self.rows.workers:
+            self.rows.set_workers(n)
+            for factor in self._factors.values():
+                self._bind(factor)
 
     def blas_count(self) -> int:
         """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
@@ -181,11 +170,39 @@ class Pirls:
             return 1
         return threads.choose(layout, None)
 
-    def factor(self, with_x: bool) -> Factor:
+    def factor(self, with_x: bool | str) -> Factor:
+        """The factor with X's columns (True), without (False), or the u-only one at
+        the observed information's weights ("observed"), made on first need."""
         f = self._factors.get(with_x)
         if f is None:
-            f = self._factors[with_x] = Factor(self.design, with_x)
+            f = self._factors[with_x] = Factor(self.design, with_x is True)
+            self._bind(f)
         return f
+
+    def factors(self) -> dict:
+        """The factors made so far (``factor``), by key."""
+        return dict(self._factors)
+
+    def adopt(self, factors: dict) -> None:
+        """Take another Pirls's factors of the same X and Z (a refit to a new
+        response), their passes bound to these rows."""
+        self._factors = dict(factors)
+        for factor in self._factors.values():
+            self._bind(factor)
+
+    def _bind(self, factor: Factor) -> None:
+        """The factor's compiled PIRLS passes over the rows: by the chunks' ``RowPass``
+        where the rows are one partition in this process, else by the partitions'
+        ``rows.pass_partition`` (threads, a cluster)."""
+        rows = self.rows
+        if isinstance(rows, LocalRows) and rows.workers == 1:
+            factor.loop.bind(passes=[rows.ws.bound(c, self.kern) for c in rows.chunks])
+        else:
+            factor.loop.bind(pass_fn=functools.partial(self._pass_partitions, factor))
+
+    def _pass_partitions(self, factor: Factor, beta, b, acc, joint: bool, newton: bool):
+        return self.rows.run_into(acc, factor.work, pass_partition, factor.layout, self.kern,
+                                  beta, b, joint, newton)
 
     # ------------------------------------------------------------ pieces
     def theta_internal(self, theta: np.ndarray) -> np.ndarray:
@@ -244,40 +261,20 @@ class Pirls:
                 for t, lam in enumerate(lams)]
 
     # ------------------------------------------------------------ a pass over the rows
-    def _pass(self, beta, u, lams, factor: Factor | None = None, joint: bool = False,
-              newton: bool = False, plain: bool = True):
-        """One pass over the rows at (beta, u) (eqs. 91-93, ``rows.pass_partition``):
-        (the sum of the unit deviances, whether every mu is in the family's range,
-        whether the observed information's weights were used).  With ``factor``,
-        its A is re-formed at the working weights there (it is factored by
-        ``Factor.update``)."""
-        b = self.b(u, lams)
+    def _pass(self, beta, u, lams, factor: Factor, joint: bool = False, newton: bool = False,
+              plain: bool = True):
+        """One pass over the rows at (beta, u) (eqs. 91-93, ``_pirls.PirlsLoop.pass_at``)
+        with the factor's A re-formed at the working weights there (it is factored by
+        ``Factor.update``): (the sum of the unit deviances, whether every mu is in
+        the family's range, whether the observed information's weights were used)."""
         self._ws_mode = None
-        args = (self.kern, beta, b, joint, newton)
-        if factor is None:
-            dsum, valid, observed, _ = self.run_rows(pass_partition, None, None, *args,
-                                                     merge=merge_pass)
-            return dsum, valid, observed
-        acc = factor.reset(plain and PLAIN_ITERATIONS)
-        dsum, valid, observed, finite = self.rows.run_into(acc, factor.work, pass_partition,
-                                                           factor.layout, *args)
+        dsum, valid, observed, finite = factor.loop.pass_at(
+            np.ascontiguousarray(beta, dtype=np.float64), np.ascontiguousarray(u), lams, joint,
+            newton, plain)
         if not finite:
             raise FitError(f"PIRLS: non-finite working weights or response at theta = "
                            f"{self._theta_now.tolist()}")
-        if valid:   # where A was formed: (beta, b, sum of unit deviances, observed)
-            factor.at = (beta.copy(), b, dsum, observed)
         return dsum, valid, observed
-
-    def _u_of(self, at, beta: np.ndarray, lams: list[np.ndarray]) -> np.ndarray | None:
-        """u with Lambda u = b of the point ``at`` where the factor's A was formed, at
-        its beta; None where there is none, beta differs or some Lambda's diagonal is
-        near 0 (lme4's singular tolerance, 1e-4)."""
-        if at is None or at[0].tolist() != beta.tolist() \
-                or any(np.diag(lam).min(initial=1.0) < 1e-4 for lam in lams):
-            return None
-        return np.concatenate([(b / lam[0, 0] if len(lam) == 1 else
-                                np.linalg.solve(lam, b.T).T).ravel()
-                               for lam, b in zip(lams, at[1])])
 
     def _update(self, factor: Factor, ti: np.ndarray, theta: np.ndarray) -> None:
         info = factor.update(ti)
@@ -299,9 +296,7 @@ class Pirls:
         """A u-only factor whose A (not factored) holds the cross-products at the
         observed information's weights of ``mode`` (a non-canonical link's Hessian
         of eq. 92 in u, eq. 98a); None where a weight is not positive there."""
-        factor = self._factors.get("observed")
-        if factor is None:
-            factor = self._factors["observed"] = Factor(self.design, False)
+        factor = self.factor("observed")
         self._theta_now = mode.theta
         _, valid, observed = self._pass(mode.beta, mode.u, self.lambdas(mode.theta), factor,
                                         newton=True)
@@ -373,96 +368,54 @@ class Pirls:
 
     def _run(self, theta, beta, u0, joint: bool, exact: bool = True,
              search_tol: float = TOL_U_SEARCH, settle: bool = False) -> Mode:
+        """PIRLS at theta from beta (and u0), compiled (``_pirls.PirlsLoop.run``): by
+        default from the last mode's b = Lambda u (the same eta, so the factor's A
+        is already that of the start, eq. 93; for a canonical link, whose first
+        step it is), else from the last u."""
         if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
         if not np.isfinite(beta).all():
             raise FitError(f"beta must be finite, got {beta}")
         self._theta_now = theta
-        beta = np.ascontiguousarray(beta, dtype=np.float64)
         factor = self.factor(joint)
-        ti = self.theta_internal(theta)
+        loop = factor.loop
         lams = self.lambdas(theta)
         newton = self.family.link.name != self.family.canonical
-        tol = self.tol_u if exact or newton else search_tol
-        # by default from the last mode's b = Lambda u (the same eta, so the factor's
-        # A is already that of the start, eq. 93; for a canonical link, whose first
-        # step it is), else from the last u
-        u = self._u_of(factor.at, beta, lams) if u0 is None and not newton else None
-        if u is not None:
-            dsum, valid, observed = factor.at[2], True, factor.at[3]
-        else:
-            u = self.last_u.copy() if u0 is None else np.array(u0, dtype=np.float64)
-            if not np.isfinite(u).all():
-                u = np.zeros_like(u)
-            dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)
-        if not valid:   # a start off the family's range: from u = 0
-            u = np.zeros_like(u)
-            dsum, valid, observed = self._pass(beta, u, lams, factor, joint, newton)
-            if not valid:
-                raise FitError(f"PIRLS: the means at the start (u = 0) leave the "
-                               f"{self.family.name} family's range at theta = "
-                               f"{theta.tolist()}, beta = {beta.tolist()}")
-        self._update(factor, ti, theta)
-        pdev = dsum + float(u @ u)
-        it = 0
-        while True:
-            beta_new = factor.beta() if joint else beta
-            u_new = factor.u(beta_new if joint else np.zeros(0))
-            step = _max_abs(u_new - u)
-            if joint:
-                step = max(step, _max_abs(beta_new - beta))
-            # a step this short is the last: the factor at its point with the Fisher
-            # weights, in double-double (eq. 96)
-            last = step <= (TOL_U if observed else tol)
-            if last and settle and not newton:   # (u, beta) and its factor as they are
-                break
-            dsum_new, valid, observed = self._pass(beta_new, u_new, lams, factor, joint,
-                                                   newton and not last, plain=not (last and exact))
-            pdev_new = dsum_new + float(u_new @ u_new)
-            halvings = 0
-            rounding = False
-            if step > STEP_CHECK or not valid:
-                # a long step (or one off the family's range) must decrease pdev (eq. 92)
-                while not (valid and pdev_new <= pdev * (1 + 1e-15) + 1e-300):   # (and NaN)
-                    if halvings == MAX_HALVINGS:
-                        if valid and np.isfinite(pdev_new) \
-                                and abs(pdev_new - pdev) <= 1e-10 * abs(pdev):
-                            rounding = True   # rounding level at the mode
-                            break
-                        raise FitError(
-                            f"PIRLS step-halvings failed to reduce the penalised deviance "
-                            f"({pdev!r}) at theta = {theta.tolist()}, beta = {beta.tolist()}")
-                    u_new = 0.5 * (u + u_new)
-                    if joint:
-                        beta_new = 0.5 * (beta + beta_new)
-                    dsum_new, valid, observed = self._pass(beta_new, u_new, lams, factor, joint,
-                                                           newton)
-                    pdev_new = dsum_new + float(u_new @ u_new)
-                    halvings += 1
-                step = _max_abs(u_new - u)
-                if joint:
-                    step = max(step, _max_abs(beta_new - beta))
-            u, dsum, pdev = u_new, dsum_new, pdev_new
-            if joint:
-                beta = beta_new
-            it += 1
-            # (a step shortened by halving is no sign of convergence)
-            if rounding or (halvings == 0 and last):
-                if rounding:   # the factor at the mode, as above
-                    self._pass(beta, u, lams, factor, joint, plain=not exact)
-                self._update(factor, ti, theta)
-                break
-            if it == MAX_ITER:
-                raise FitError(f"PIRLS did not converge in {MAX_ITER} iterations at theta = "
-                               f"{theta.tolist()}, beta = {beta.tolist()}"
-                               + self._separation_note(beta, u, lams))
-            self._update(factor, ti, theta)
-        if not np.isfinite(dsum):
+        loop.beta_arr[:] = beta
+        u = self.last_u if u0 is None else np.asarray(u0, dtype=np.float64)
+        loop.u_arr[:] = u if np.isfinite(u).all() else 0.0
+        self._ws_mode = None
+        code = loop.run(self.theta_internal(theta), lams, joint, newton,
+                        self.tol_u if exact or newton else search_tol, exact, settle,
+                        u0 is None and not newton)
+        if code:
+            raise self._failure(code, loop, theta, lams)
+        if not math.isfinite(loop.dsum):
             raise FitError(f"PIRLS: non-finite unit deviances at theta = {theta.tolist()}, "
-                           f"beta = {beta.tolist()}")
+                           f"beta = {loop.beta_arr.tolist()}")
+        u, beta = loop.u_arr.copy(), loop.beta_arr.copy()
         self.last_u = u.copy()
         if joint:
             self.last_beta = beta.copy()
-        mode = Mode(theta.copy(), beta.copy(), u, dsum, factor.log_det_lz(), it)
+        mode = Mode(theta.copy(), beta, u, loop.dsum, loop.log_det(), loop.iterations)
         self._ws_mode = mode if self.rows.single else None   # (the last pass was at it)
         return mode
+
+    def _failure(self, code: int, loop, theta, lams) -> FitError:
+        """The error of a PIRLS run that ended with ``code`` (``_pirls.RUN_*``)."""
+        where = f"theta = {theta.tolist()}, beta = {loop.beta_arr.tolist()}"
+        if code == RUN_WORKING:
+            return FitError(f"PIRLS: non-finite working weights or response at theta = "
+                            f"{theta.tolist()}")
+        if code == RUN_START:
+            return FitError(f"PIRLS: the means at the start (u = 0) leave the "
+                            f"{self.family.name} family's range at {where}")
+        if code == RUN_FACTOR:
+            return FitError(f"PIRLS: the Cholesky factor failed (info {loop.info}) at theta = "
+                            f"{theta.tolist()}")
+        if code == RUN_HALVINGS:
+            return FitError(f"PIRLS step-halvings failed to reduce the penalised deviance "
+                            f"({loop.pdev!r}) at {where}")
+        assert code == RUN_MAX_ITER
+        return FitError(f"PIRLS did not converge in {MAX_ITER} iterations at {where}"
+                        + self._separation_note(loop.beta_arr.copy(), loop.u_arr.copy(), lams))

@@ -19,9 +19,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .. import _crossprod
+from .. import _pirls
 from .._cholesky import BlockedCholesky
-from ..design.fixed import back_substitution, build_xymat, response_vector
+from ..design.fixed import build_xymat, response_vector
 from ..design.frame import model_frame, used_frame
 from ..design.layout import BlockLayout
 from ..design.terms import ReMat, build_remat
@@ -251,8 +251,9 @@ class Factor:
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
     A is re-formed chunk by chunk of rows with the working weights and
-    response (``reset``, then ``rows.pass_partition``'s ``_crossprod.add_chunk``,
-    eqs. 12, 105) and factored at theta (``update``, eqs. 13-15).
+    response (``reset``, then ``_pirls.RowPass.pass_rows``' ``_crossprod.add_chunk``,
+    eqs. 12, 105) and factored at theta (``update``, eqs. 13-15); PIRLS's
+    iterations on it are compiled (``loop``, ``_pirls.PirlsLoop``).
     """
 
     def __init__(self, design: Design, with_x: bool):
@@ -262,35 +263,31 @@ class Factor:
                                         [r.k for r in inner], self.p + 1, design.patterns)
         lay = self.layout
         self.a = np.zeros(max(lay.n_a, 1))
-        self._acc = np.zeros((len(self.a), 2))   # A's double-double accumulator
+        acc = np.zeros((len(self.a), 2))   # A's double-double accumulator
         # A's plain-double accumulator: the same memory (a factor sums one way at a time)
-        self._acc_plain = self._acc.reshape(-1)[:len(self.a)].reshape(-1, 1)
-        self._plain = False
-        self.at = None   # where A was formed: (beta, b, sum of unit deviances, observed)
+        acc_plain = acc.reshape(-1)[:len(self.a)].reshape(-1, 1)
         self.work: dict = {}   # further row partitions' accumulators (``LocalRows.run_into``)
         self.core = BlockedCholesky(
             lay.nlev, lay.k, lay.p1, lay.kind_a, lay.kind_l, lay.off_a, lay.off_l,
             lay.sp_colptr_off, lay.sp_rowidx_off, lay.colptr, lay.rowidx, self.a,
             lay.n_l, float(design.nobs), 0.0)
+        # PIRLS on this factor, compiled (the rows' passes bound by ``Pirls``)
+        self.loop = _pirls.PirlsLoop(self.core, self.a, acc, acc_plain, lay.accumulation_codes,
+                                     lay.patterns, design.p, lay.nlev, lay.k)
 
     def reset(self, plain: bool = False) -> np.ndarray:
         """A new A's accumulator, zeroed: summed in double-double and rounded once, or
         with ``plain`` in plain double (PIRLS iterations before the mode;
         ``_crossprod``'s one template).  The rows add to it (``rows.pass_partition``)."""
-        self._plain = plain
-        self.at = None   # (the point of the rows' pass: set by PIRLS)
-        acc = self._acc_plain if plain else self._acc
-        acc.fill(0.0)
-        return acc
+        return self.loop.reset(plain)
 
     def form_a(self) -> None:
         """A from its accumulator (rounded once where summed in double-double)."""
-        self.a[:] = self._acc_plain[:, 0] if self._plain else _crossprod.dd_round(self._acc)
+        self.loop.form_a()
 
     def update(self, theta_internal: np.ndarray) -> int:
         """A from its accumulator, factored at theta; LAPACK's info (0: success)."""
-        self.form_a()
-        return self.core.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
+        return self.loop.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
     def log_det_lz(self) -> float:
         """log |L_Z|^2 (eq. 16)."""
@@ -298,10 +295,7 @@ class Factor:
 
     def beta(self) -> np.ndarray:
         """beta from R_X^T beta = l_yX (eq. 21)."""
-        if self.p == 0:
-            return np.zeros(0)
-        lxx = self.core.lxx()
-        return back_substitution(lxx[:self.p, :self.p], lxx[self.p, :self.p])
+        return self.core.solve_beta()
 
     def u(self, beta: np.ndarray) -> np.ndarray:
         """Spherical modes u (internal order) from L_Z^T u = l_yZ - L_XZ^T beta (eq. 22)."""

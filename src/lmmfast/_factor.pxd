@@ -67,5 +67,7 @@ cdef class BlockedFactor:
     @cython.final
     cdef double _value(self, const double* theta, bint reml) noexcept nogil
     @cython.final
+    cdef void _solve_beta(self, double* beta) noexcept nogil
+    @cython.final
     cdef void _back_solve(self, const double* rhs, const cnp.int64_t* uoff,
                           double* u) noexcept nogil

@@ -831,6 +831,24 @@ cdef class BlockedFactor:
         return out
 
     @cython.final
+    cdef void _solve_beta(self, double* beta) noexcept nogil:
+        """beta from R_X^T beta = l_yX (eq. 21), R_X and l_yX the lower-triangular
+        last block of L ([[R_X, 0], [l_yX, r]]), into ``beta`` (p values)."""
+        cdef Py_ssize_t n = self.p1, p = self.p1 - 1, i
+        cdef const double* last = &self.l[self.off_l[bidx(self.n_terms, self.n_terms)]]
+        for i in range(p):
+            beta[i] = last[p + i * n]
+        trsv_lt(<blas_int>p, last, <blas_int>n, beta)
+
+    def solve_beta(self):
+        """beta-hat of the current factor (eq. 21), in the working basis of its X."""
+        out = np.empty(self.p1 - 1)
+        cdef double[::1] beta = out
+        if self.p1 > 1:
+            self._solve_beta(&beta[0])
+        return out
+
+    @cython.final
     cdef void _back_solve(self, const double* rhs, const cnp.int64_t* uoff,
                           double* u) noexcept nogil:
         """Spherical conditional modes u (eq. 22) into ``u``, term t at ``uoff[t]``.

@@ -306,13 +306,18 @@ cdef class RowPass:
         them are positive, else Fisher's; the response net of the offset
         (``joint``: beta in the system, eq. 95) or of o + X beta.  Returns
         (whether the observed information's were used, whether all are finite)."""
+        cdef bint observed
+        cdef bint finite = self._working_rows(joint, newton, &observed)
+        return observed, finite
+
+    cdef bint _working_rows(self, bint joint, bint newton, bint* observed):
+        """``working`` with ``observed`` through a pointer; returns whether all are finite."""
         cdef const double[::1] base = self.offset if joint else self.fixed
-        cdef bint observed = newton and _working_observed(
+        observed[0] = newton and _working_observed(
             self.link, self.family, self.eta, self.mu, self.mu_eta, self.y, self.wt, base,
             self.sqrt_w, self.zwork)
-        cdef bint finite = observed or _working(self.family, self.eta, self.mu, self.mu_eta,
-                                                self.y, self.wt, base, self.sqrt_w, self.zwork)
-        return observed, finite
+        return observed[0] or _working(self.family, self.eta, self.mu, self.mu_eta, self.y,
+                                       self.wt, base, self.sqrt_w, self.zwork)
 
     def pass_rows(self, const double[::1] beta, list b, bint joint, bint newton, acc=None,
                   plan=None, list patterns=None):
@@ -338,7 +343,7 @@ cdef class RowPass:
         observed[0], finite[0] = newton, True
         if not valid or acc is None:
             return valid
-        observed[0], finite[0] = self.working(joint, newton)
+        finite[0] = self._working_rows(joint, newton, observed)
         if not finite[0]:
             observed[0] = False
             return True
@@ -450,11 +455,20 @@ cdef class PirlsLoop:
     def reset(self, bint plain=False):
         """A new A's accumulator, zeroed (plain double, or double-double summed and
         rounded once); the point of the last pass forgotten."""
+        return self._reset(plain)
+
+    cdef object _reset(self, bint plain):
+        cdef Py_ssize_t i, n = self.a.shape[0]
         self.plain = plain
         self.at_valid = False
-        acc = self.acc_plain_arr if plain else self.acc_dd_arr
-        acc.fill(0.0)
-        return acc
+        if plain:
+            for i in range(n):
+                self.acc_plain[i, 0] = 0.0
+            return self.acc_plain_arr
+        for i in range(n):
+            self.acc_dd[i, 0] = 0.0
+            self.acc_dd[i, 1] = 0.0
+        return self.acc_dd_arr
 
     cdef void _form_a(self) noexcept nogil:
         cdef Py_ssize_t i, n = self.a.shape[0]
@@ -524,7 +538,7 @@ cdef class PirlsLoop:
         cdef RowPass rp
         self.n_passes += 1
         self._b_of(u)
-        acc = self.reset(plain)
+        acc = self._reset(plain)
         if self.passes is not None:
             dsum[0], observed[0], fin = 0.0, newton, True
             valid[0] = True

@@ -52,6 +52,20 @@ def _logit_mu_eta(eta):
     return np.where(np.abs(eta) > THRESH, EPS, e / ((1.0 + e) * (1.0 + e)))
 
 
+def _norm_pdf(eta):
+    """The standard normal density (``scipy.stats.norm.pdf``'s formula, without its
+    argument checks)."""
+    eta = np.asarray(eta, dtype=np.float64)
+    return np.exp(-eta ** 2 / 2.0) / np.sqrt(2.0 * np.pi)
+
+
+def _cauchy_pdf(eta):
+    """The standard Cauchy density (``scipy.stats.cauchy.pdf``'s formula)."""
+    eta = np.asarray(eta, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return 1.0 / np.pi / (1.0 + eta * eta)
+
+
 def _cloglog_mu_eta(eta):
     e = np.minimum(eta, 700.0)
     return np.maximum(np.exp(e) * np.exp(-np.exp(e)), EPS)
@@ -61,14 +75,14 @@ LINKS: dict[str, Link] = {
     "logit": Link("logit", lambda mu: np.log(mu / (1.0 - mu)), _logit_linkinv, _logit_mu_eta),
     "probit": Link("probit", special.ndtri,
                    lambda eta: special.ndtr(np.clip(eta, -PROBIT_THRESH, PROBIT_THRESH)),
-                   lambda eta: np.maximum(stats.norm.pdf(eta), EPS)),
+                   lambda eta: np.maximum(_norm_pdf(eta), EPS)),
     "cloglog": Link("cloglog", lambda mu: np.log(-np.log(1.0 - mu)),
                     lambda eta: np.clip(-np.expm1(-np.exp(eta)), EPS, 1.0 - EPS),
                     _cloglog_mu_eta),
     "cauchit": Link("cauchit", stats.cauchy.ppf,
-                    lambda eta: stats.cauchy.cdf(np.clip(eta, -CAUCHIT_THRESH,
-                                                         CAUCHIT_THRESH)),
-                    lambda eta: np.maximum(stats.cauchy.pdf(eta), EPS)),
+                    lambda eta: np.arctan2(1.0, -np.clip(eta, -CAUCHIT_THRESH,
+                                                         CAUCHIT_THRESH)) / np.pi,
+                    lambda eta: np.maximum(_cauchy_pdf(eta), EPS)),
     "log": Link("log", np.log, lambda eta: np.maximum(np.exp(eta), EPS),
                 lambda eta: np.maximum(np.exp(eta), EPS)),
     "identity": Link("identity", lambda mu: np.asarray(mu, dtype=np.float64),

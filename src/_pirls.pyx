@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""The passes over the rows of a GLMM (docs/theory.md, eqs. 92-93), compiled.
+"""PIRLS for a GLMM (docs/theory.md, eqs. 91-96), compiled, and the passes over
+rows of its deviances' gradients.
 
 ``RowPass`` binds a chunk of rows to its workspace's buffers once, so each
 step of a pass over it is one call: ``evaluate`` forms the chunk's eta = o +
@@ -7,12 +8,15 @@ X beta + Z Lambda u from X, each term's level codes and per-row z (eqs. 2,
 3, 91), maps it to mu and gives the unit deviances (eq. 92) and their sum;
 ``working`` forms the square roots of the working weights and the working
 response (eq. 93); ``pass_rows`` does both and adds the weighted rows'
-cross-products to A (``_crossprod.add_chunk``, eq. 12).
-``linear_predictor`` is Z Lambda u alone.  ``gradient_columns``, ``gradient_first``
-and ``gradient_second`` are the two passes of the Laplace deviance's
-gradient (``lmmfast.glmm.laplace``, eq. 98a); ``agq_sums`` the level sums of
-adaptive quadrature and its gradient, ``agq_combine`` the deviance and gradient
-from them (eqs. 101, 101a).  One nogil loop each, no temporaries.  The links and families are those of ``lmmfast.family`` (R's
+cross-products to A (``_crossprod.add_chunk``, eq. 12).  ``PirlsLoop`` runs
+PIRLS's iterations on one factor: passes, factorisations, the solves for
+beta and u, step-halving and the stopping rule (eqs. 94-96).
+``linear_predictor`` is Z Lambda u alone.  ``gradient_columns``,
+``gradient_first`` and ``gradient_second`` are the two passes of the Laplace
+deviance's gradient (``lmmfast.glmm.laplace``, eq. 98a); ``agq_sums`` the
+level sums of adaptive quadrature and its gradient, ``agq_combine`` the
+deviance and gradient from them (eqs. 101, 101a).  One nogil loop each, no
+temporaries.  The links and families are those of ``lmmfast.family`` (R's
 ``binomial()`` and ``poisson()``) with R's clamps near the ends of the
 scale, so the numbers are the numpy ones to rounding.
 """
@@ -657,8 +661,8 @@ cdef class PirlsLoop:
         if from_at and self._u_from_at(self.beta):
             dsum, valid, observed = self.at_dsum, True, self.at_observed
         else:
-            code = self._pass(self.beta, self.u, joint, newton, self.plain_iterations, &dsum, &valid,
-                              &observed)
+            code = self._pass(self.beta, self.u, joint, newton, self.plain_iterations, &dsum,
+                              &valid, &observed)
             if code:
                 return code
             if not valid:   # a start off the family's range: from u = 0

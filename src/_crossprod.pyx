@@ -368,42 +368,6 @@ cdef bint _xy_xy(acc_mode* mode, const double[:, ::1] xy, double[:, ::1] acc,
     return False
 
 
-def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
-    """Lower triangle of [X y]^T [X y] (p1 x p1, column-major); the strict
-    upper triangle is not touched.
-
-    Only the products of a row's nonzero entries are added: a factor's
-    indicator columns have one nonzero a row, so the work is O(n nnz^2) rather
-    than O(n p1^2).  Adding an exact zero leaves a double-double as it is, so
-    the sums are those of every product, whatever the rows' split.  A plain
-    accumulator of at most ``DENSE_XY`` columns is summed by BLAS's dsyrk.
-    """
-    cdef Py_ssize_t p1 = xy.shape[1]
-    cdef DoubleDouble dd
-    cdef PlainDouble plain
-    cdef bint stopped
-    # a row's nonzero entries: on the stack for a few columns, else in arrays
-    cdef Py_ssize_t ix_few[SMALL_ROW]
-    cdef double v_few[SMALL_ROW]
-    cdef Py_ssize_t* ix = ix_few
-    cdef double* v = v_few
-    cdef Py_ssize_t[::1] ix_many
-    cdef double[::1] v_many
-    if p1 > SMALL_ROW:
-        ix_many = np.empty(p1, dtype=np.intp)
-        v_many = np.empty(p1)
-        ix = &ix_many[0]
-        v = &v_many[0]
-    if _double_double(acc):
-        with nogil:
-            stopped = _xy_xy(&dd, xy, acc, ix, v)
-    else:
-        with nogil:
-            stopped = _xy_xy(&plain, xy, acc, ix, v)
-    if stopped:
-        raise_pending()
-
-
 # ------------------------------------------------------------ a chunk's every block
 
 # the kinds of block of A's accumulation plan (``design.layout.BlockLayout.accumulation_codes``)
@@ -481,6 +445,17 @@ def add_chunk(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,
     terms s, t (s = T: [X y]) to ``acc[start:end]``; ``patterns[s]`` is the
     (colptr, rowidx) of a sparse block (s, 0).  Returns the number of rows whose
     level pair was missing from a sparse pattern (0 when complete)."""
+    if xy.shape[0] != x.shape[0] or xy.shape[1] != x.shape[1] + 1:
+        raise ValueError(f"xy must be {x.shape[0]} x {x.shape[1] + 1}")
+    _scaled_rows(z, x, y, sqrt_w, xy, scaled)
+    return _add_blocks(plan, patterns, acc, refs, z if sqrt_w is None else scaled, xy)
+
+
+cdef Py_ssize_t _add_blocks(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,
+                            list refs, list z, const double[:, ::1] xy) except -1:
+    """``add_chunk``'s blocks once the rows are scaled: each row of ``plan`` by the
+    kernel of its kind; returns the rows whose level pair was missing from a
+    sparse pattern."""
     cdef Py_ssize_t i, kind, s, t, n_terms = len(refs), missing = 0, got
     cdef DoubleDouble dd
     cdef PlainDouble plain
@@ -500,11 +475,6 @@ def add_chunk(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,
         v_many = np.empty(xy.shape[1])
         ix = &ix_many[0]
         v = &v_many[0]
-    if xy.shape[0] != x.shape[0] or xy.shape[1] != x.shape[1] + 1:
-        raise ValueError(f"xy must be {x.shape[0]} x {x.shape[1] + 1}")
-    _scaled_rows(z, x, y, sqrt_w, xy, scaled)
-    if sqrt_w is not None:
-        z = scaled
     for i in range(plan.shape[0]):
         kind, s, t = plan[i, 0], plan[i, 1], plan[i, 2]
         blk = acc[plan[i, 3]:plan[i, 4]]
@@ -527,6 +497,20 @@ def add_chunk(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,
             raise_pending()
         missing += got
     return missing
+
+
+def add_xy_xy_dd(const double[:, ::1] xy, double[:, ::1] acc):
+    """Lower triangle of [X y]^T [X y] (p1 x p1, column-major); the strict
+    upper triangle is not touched.
+
+    Only the products of a row's nonzero entries are added: a factor's
+    indicator columns have one nonzero a row, so the work is O(n nnz^2) rather
+    than O(n p1^2).  Adding an exact zero leaves a double-double as it is, so
+    the sums are those of every product, whatever the rows' split.  A plain
+    accumulator of at most ``DENSE_XY`` columns is summed by BLAS's dsyrk.
+    """
+    _add_blocks(np.array([[PLAN_XY_XY, 0, 0, 0, acc.shape[0], xy.shape[1]]], dtype=np.int64),
+                [], acc, [], [], xy)
 
 
 def add_sum_dd(const double[::1] values, double[::1] acc):

@@ -498,8 +498,10 @@ cdef class PirlsLoop:
         return info
 
     def update(self, const double[::1] theta_internal):
-        """A from its accumulator, factored at theta (internal order); LAPACK's info."""
-        return self._update(&theta_internal[0] if theta_internal.shape[0] else NULL)
+        """A from its accumulator, factored at theta (internal order); LAPACK's info
+        (also ``info``)."""
+        self.info = self._update(&theta_internal[0] if theta_internal.shape[0] else NULL)
+        return self.info
 
     # ------------------------------------------------------------ a pass
     cdef void _set_lambdas(self, list lams) except *:

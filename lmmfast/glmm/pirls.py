@@ -272,15 +272,12 @@ class Pirls:
             np.ascontiguousarray(beta, dtype=np.float64), np.ascontiguousarray(u), lams, joint,
             newton, plain)
         if not finite:
-            raise FitError(f"PIRLS: non-finite working weights or response at theta = "
-                           f"{self._theta_now.tolist()}")
+            raise self._failure(RUN_WORKING, factor.loop, self._theta_now)
         return dsum, valid, observed
 
     def _update(self, factor: Factor, ti: np.ndarray, theta: np.ndarray) -> None:
-        info = factor.update(ti)
-        if info != 0:
-            raise FitError(f"PIRLS: the Cholesky factor failed (info {info}) at theta = "
-                           f"{theta.tolist()}")
+        if factor.update(ti) != 0:
+            raise self._failure(RUN_FACTOR, factor.loop, theta)
 
     def factor_at(self, mode: Mode, joint: bool) -> Factor:
         """The factor (with beta's columns where ``joint``) at the Fisher weights of
@@ -401,21 +398,20 @@ class Pirls:
         self._ws_mode = mode if self.rows.single else None   # (the last pass was at it)
         return mode
 
-    def _failure(self, code: int, loop, theta, lams) -> FitError:
+    def _failure(self, code: int, loop, theta, lams=None) -> FitError:
         """The error of a PIRLS run that ended with ``code`` (``_pirls.RUN_*``)."""
-        where = f"theta = {theta.tolist()}, beta = {loop.beta_arr.tolist()}"
-        if code == RUN_WORKING:
-            return FitError(f"PIRLS: non-finite working weights or response at theta = "
-                            f"{theta.tolist()}")
-        if code == RUN_START:
-            return FitError(f"PIRLS: the means at the start (u = 0) leave the "
-                            f"{self.family.name} family's range at {where}")
-        if code == RUN_FACTOR:
-            return FitError(f"PIRLS: the Cholesky factor failed (info {loop.info}) at theta = "
-                            f"{theta.tolist()}")
-        if code == RUN_HALVINGS:
-            return FitError(f"PIRLS step-halvings failed to reduce the penalised deviance "
-                            f"({loop.pdev!r}) at {where}")
+        at = f"theta = {theta.tolist()}"
+        where = f"{at}, beta = {loop.beta_arr.tolist()}"
+        message = {
+            RUN_WORKING: f"non-finite working weights or response at {at}",
+            RUN_START: f"the means at the start (u = 0) leave the {self.family.name} "
+                       f"family's range at {where}",
+            RUN_FACTOR: f"the Cholesky factor failed (info {loop.info}) at {at}",
+            RUN_HALVINGS: f"step-halvings failed to reduce the penalised deviance "
+                          f"({loop.pdev!r}) at {where}",
+        }.get(code)
+        if message is not None:
+            return FitError(f"PIRLS: {message}")
         assert code == RUN_MAX_ITER
         return FitError(f"PIRLS did not converge in {MAX_ITER} iterations at {where}"
                         + self._separation_note(loop.beta_arr.copy(), loop.u_arr.copy(), lams))

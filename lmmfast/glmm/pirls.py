@@ -39,8 +39,8 @@ from .._pirls import (MAX_ITER, RUN_FACTOR, RUN_HALVINGS, RUN_MAX_ITER, RUN_STAR
 from ..errors import FitError
 from ..family import Family
 from .predictor import Design, Factor
-from .rows import (Kernel, LocalRows, aic_partition, extreme_partition, merge_pass,
-                   merge_start, pass_partition, start_partition, values_partition)
+from .rows import (Kernel, LocalRows, aic_partition, extreme_partition, merge_start,
+                   pass_partition, start_partition, values_partition)
 
 __all__ = ["Mode", "Pirls"]
 

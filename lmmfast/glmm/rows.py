@@ -161,14 +161,13 @@ def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, layout, kern: Ker
     whether every mu is in the family's range, whether the observed information's
     weights were used, whether the working weights and response are finite).
 
-    With ``acc`` (A's accumulator: one column plain, two double-double), the
-    weighted cross-products of [Z X z] (X where ``joint``) at the working weights
-    are added to it (eq. 12).  Stops at the first chunk with a mu off the range
+    The weighted cross-products of [Z X z] (X where ``joint``) at the working
+    weights are added to ``acc`` (A's accumulator: one column plain, two
+    double-double, eq. 12).  Stops at the first chunk with a mu off the range
     (``_pirls.RowPass.pass_rows``, one call a chunk).
     """
     dsum, observed = 0.0, newton
-    plan, patterns = (layout.accumulation_codes, layout.patterns) if acc is not None \
-        else (None, None)
+    plan, patterns = layout.accumulation_codes, layout.patterns
     for c in chunks:
         d, valid, obs, finite = ws.bound(c, kern).pass_rows(beta, b, joint, newton, acc, plan,
                                                             patterns)

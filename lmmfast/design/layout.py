@@ -155,20 +155,21 @@ class BlockLayout:
         with term t, a diagonal block, a sparse or a dense off-diagonal one), its
         flat slice of A and the rows of term s (``_crossprod.add_chunk``'s plan)."""
         T = self.n_terms
-        kinds = {name: i for i, name in enumerate(PLAN_KINDS)}
+        xy_xy, xy_z, diag, sparse, dense = range(len(PLAN_KINDS))
+        off = self.off_a.tolist() + [int(self.n_a)]
+        kinds = self.kind_a.tolist()
+        rows = (self.nlev * self.k).tolist() + [int(self.p1)]
         plan = []
         for s in range(T + 1):
             for t in range(s + 1):
                 b = block_index(s, t)
-                end = int(self.off_a[b + 1]) if b + 1 < len(self.off_a) else int(self.n_a)
                 if s == T:
-                    kind = "xy_xy" if t == T else "xy_z"
+                    kind = xy_xy if t == T else xy_z
                 elif s == t:
-                    kind = "diag"
+                    kind = diag
                 else:
-                    kind = "sparse" if self.kind_a[b] == BLOCK_SPARSE else "dense"
-                q_s = int(self.nlev[s] * self.k[s]) if s < T else int(self.p1)
-                plan.append((kinds[kind], s, t, int(self.off_a[b]), end, q_s))
+                    kind = sparse if kinds[b] == BLOCK_SPARSE else dense
+                plan.append((kind, s, t, off[b], off[b + 1], rows[s]))
         return np.array(plan, dtype=np.int64).reshape(-1, 6)
 
     @functools.cached_property

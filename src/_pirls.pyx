@@ -534,6 +534,15 @@ cdef class PirlsLoop:
                         s = s + lam[i * kt + j] * u[base + j]
                     self.bflat[base + i] = s
 
+    def lambda_u(self, const double[::1] u, list lams):
+        """b = Lambda u per term (internal order, arrays nl x k; ``lams``: each term's
+        lambda), new arrays."""
+        cdef Py_ssize_t t
+        self._set_lambdas(lams)
+        self._b_of(u)
+        return [self.b_arr[self.uoff[t]:self.uoff[t + 1]].reshape(self.nl[t], self.k[t]).copy()
+                for t in range(self.n_terms)]
+
     cdef int _pass(self, const double[::1] beta, const double[::1] u, bint joint, bint newton,
                    bint plain, double* dsum, bint* valid, bint* observed) except -1:
         """A pass at (beta, u): A re-formed at its working weights (eq. 93).  Returns

@@ -253,12 +253,9 @@ class Pirls:
         return self._ws_mode is mode
 
     def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
-        """b = Lambda u per term (internal order), arrays (nl, k)."""
-        q_off = self.q_off
-        return [(u[q_off[t]:q_off[t + 1]] * lam[0, 0]).reshape(-1, 1) if len(lam) == 1 else
-                np.ascontiguousarray(u[q_off[t]:q_off[t + 1]].reshape(self.nl[t], self.k[t])
-                                     @ lam.T)
-                for t, lam in enumerate(lams)]
+        """b = Lambda u per term (internal order), arrays (nl, k): PIRLS's own
+        (``_pirls.PirlsLoop.lambda_u``)."""
+        return self.factor(False).loop.lambda_u(np.ascontiguousarray(u, dtype=np.float64), lams)
 
     # ------------------------------------------------------------ a pass over the rows
     def _pass(self, beta, u, lams, factor: Factor, joint: bool = False, newton: bool = False,

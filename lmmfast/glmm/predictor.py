@@ -289,14 +289,6 @@ class Factor:
         """A from its accumulator, factored at theta; LAPACK's info (0: success)."""
         return self.loop.update(np.ascontiguousarray(theta_internal, dtype=np.float64))
 
-    def log_det_lz(self) -> float:
-        """log |L_Z|^2 (eq. 16)."""
-        return float(self.core.components()[0])
-
-    def beta(self) -> np.ndarray:
-        """beta from R_X^T beta = l_yX (eq. 21)."""
-        return self.core.solve_beta()
-
     def u(self, beta: np.ndarray) -> np.ndarray:
         """Spherical modes u (internal order) from L_Z^T u = l_yZ - L_XZ^T beta (eq. 22)."""
         return np.array(self.core.solve_u(np.ascontiguousarray(beta, dtype=np.float64)))

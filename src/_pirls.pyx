@@ -7,8 +7,8 @@ step of a pass over it is one call: ``evaluate`` forms the chunk's eta = o +
 X beta + Z Lambda u from X, each term's level codes and per-row z (eqs. 2,
 3, 91), maps it to mu and gives the unit deviances (eq. 92) and their sum;
 ``working`` forms the square roots of the working weights and the working
-response (eq. 93); ``pass_rows`` does both and adds the weighted rows'
-cross-products to A (``_crossprod.add_chunk``, eq. 12).  ``PirlsLoop`` runs
+response (eq. 93); ``pass_chunks`` does both over chunks and adds the
+weighted rows' cross-products to A (``_crossprod.add_chunk``, eq. 12).  ``PirlsLoop`` runs
 PIRLS's iterations on one factor: passes, factorisations, the solves for
 beta and u, step-halving and the stopping rule (eqs. 94-96).
 ``linear_predictor`` is Z Lambda u alone.  ``gradient_columns``,
@@ -323,23 +323,15 @@ cdef class RowPass:
         return observed[0] or _working(self.family, self.eta, self.mu, self.mu_eta, self.y,
                                        self.wt, base, self.sqrt_w, self.zwork)
 
-    def pass_rows(self, const double[::1] beta, list b, bint joint, bint newton, acc=None,
-                  plan=None, list patterns=None):
-        """``evaluate``; with ``acc`` (A's accumulator) and a valid mu, ``working`` and
-        the weighted cross-products of [Z X z] (X where ``joint``) added to ``acc``
-        by ``_crossprod.add_chunk``'s ``plan`` (eq. 12).  Returns (sum of the unit
-        deviances, whether every mu is in range, whether the observed information's
-        weights were used, whether the working weights and response are finite)."""
-        cdef double dsum
-        cdef bint observed, finite
-        cdef bint valid = self._pass_rows(beta, b, joint, newton, acc, plan, patterns, &dsum,
-                                          &observed, &finite)
-        return dsum, valid, observed, finite
-
     cdef bint _pass_rows(self, const double[::1] beta, list b, bint joint, bint newton, acc,
                          plan, list patterns, double* dsum, bint* observed,
                          bint* finite) except? False:
-        """``pass_rows`` with its results through pointers; returns whether mu is valid."""
+        """``evaluate``; with ``acc`` (A's accumulator) and a valid mu, ``working`` and
+        the weighted cross-products of [Z X z] (X where ``joint``) added to ``acc``
+        by ``_crossprod.add_chunk``'s ``plan`` (eq. 12).  The sum of the unit
+        deviances, whether the observed information's weights were used and whether
+        the working values are finite go through the pointers; returns whether every
+        mu is in range."""
         cdef bint valid
         dsum[0], valid = _evaluate(self.link, self.family, self.x, beta, self.offset, self.refs,
                                    self.z, b, self.unit, self.y, self.wt, self.fixed, self.eta,
@@ -358,6 +350,42 @@ cdef class RowPass:
             raise ValueError(f"{missing} rows have level pairs outside the sparsity "
                              f"pattern of A's sparse blocks")
         return True
+
+
+cdef bint _pass_chunks(list passes, const double[::1] beta, list b, bint joint, bint newton,
+                       acc, plan, list patterns, double* dsum, bint* observed,
+                       bint* finite) except? False:
+    """A pass over the chunks of ``passes`` (``RowPass``) with A re-formed in ``acc``:
+    the sum of the unit deviances, whether the observed information's weights were
+    used and whether all working values are finite through the pointers; returns
+    whether every mu is in range.  Stops at the first chunk off the range (sum NaN)
+    or with a working value that is not finite."""
+    cdef RowPass rp
+    cdef double d
+    cdef bint obs
+    dsum[0], observed[0], finite[0] = 0.0, newton, True
+    for rp in passes:
+        if not rp._pass_rows(beta, b, joint, newton, acc, plan, patterns, &d, &obs, finite):
+            dsum[0], observed[0], finite[0] = NAN, False, True
+            return False
+        dsum[0] += d
+        if not finite[0]:
+            observed[0] = False
+            return True
+        observed[0] = observed[0] and obs
+    return True
+
+
+def pass_chunks(list passes, const double[::1] beta, list b, bint joint, bint newton, acc,
+                plan, list patterns):
+    """A PIRLS pass over the chunks of ``passes`` (``RowPass``), A re-formed in ``acc``
+    (eq. 12): (sum of the unit deviances, whether every mu is in range, whether the
+    observed information's weights were used, whether the working values are finite)."""
+    cdef double dsum
+    cdef bint observed, finite
+    cdef bint valid = _pass_chunks(passes, beta, b, joint, newton, acc, plan, patterns, &dsum,
+                                   &observed, &finite)
+    return dsum, valid, observed, finite
 
 
 # ------------------------------------------------------------ PIRLS's iterations
@@ -387,7 +415,7 @@ cdef class PirlsLoop:
 
     The rows of one partition in this process pass by their ``RowPass`` (``bind``);
     rows in several partitions (threads, a cluster) by a Python function
-    ``pass_fn(beta, b, acc, joint, newton)`` with ``RowPass.pass_rows``' results.
+    ``pass_fn(beta, b, acc, joint, newton)`` with ``pass_chunks``' results.
     The factor keeps where its A was last formed (beta, b = Lambda u, the sum of
     the unit deviances, whether the observed information's weights were used):
     a run at the same beta starts there without a pass.
@@ -408,7 +436,7 @@ cdef class PirlsLoop:
     cdef readonly double at_dsum
     cdef double[::1] at_beta, at_b
     # the iterate and its buffers (the model's beta: p_model values)
-    cdef readonly object u_arr, beta_arr, u_new_arr, beta_new_arr, b_arr
+    cdef readonly object u_arr, beta_arr, b_arr
     cdef double[::1] u, beta, u_new, beta_new, bflat, rhs
     cdef list b_terms
     cdef readonly int info, iterations
@@ -436,10 +464,9 @@ cdef class PirlsLoop:
             self.lam_off[t + 1] = self.lam_off[t] + self.k[t] * self.k[t]
         self.q = q = self.uoff[self.n_terms]
         self.lam = np.zeros(max(self.lam_off[self.n_terms], 1))
-        self.u_arr, self.u_new_arr = np.zeros(q), np.zeros(q)
-        self.beta_arr, self.beta_new_arr = np.zeros(p_model), np.zeros(p_model)
-        self.u, self.u_new = self.u_arr, self.u_new_arr
-        self.beta, self.beta_new = self.beta_arr, self.beta_new_arr
+        self.u_arr, self.beta_arr = np.zeros(q), np.zeros(p_model)
+        self.u, self.u_new = self.u_arr, np.zeros(q)
+        self.beta, self.beta_new = self.beta_arr, np.zeros(p_model)
         self.at_beta, self.at_b = np.zeros(p_model), np.zeros(q)
         self.b_arr = np.zeros(q)
         self.bflat = self.b_arr
@@ -548,26 +575,13 @@ cdef class PirlsLoop:
         """A pass at (beta, u): A re-formed at its working weights (eq. 93).  Returns
         0, or RUN_WORKING where a working weight or response is not finite."""
         cdef Py_ssize_t i
-        cdef double d
-        cdef bint v, obs, fin
-        cdef RowPass rp
+        cdef bint fin
         self.n_passes += 1
         self._b_of(u)
         acc = self._reset(plain)
         if self.passes is not None:
-            dsum[0], observed[0], fin = 0.0, newton, True
-            valid[0] = True
-            for rp in self.passes:
-                v = rp._pass_rows(beta, self.b_terms, joint, newton, acc, self.plan,
-                                  self.patterns, &d, &obs, &fin)
-                if not v:
-                    dsum[0], valid[0], observed[0], fin = NAN, False, False, True
-                    break
-                dsum[0] += d
-                if not fin:
-                    observed[0] = False
-                    break
-                observed[0] = observed[0] and obs
+            valid[0] = _pass_chunks(self.passes, beta, self.b_terms, joint, newton, acc,
+                                    self.plan, self.patterns, dsum, observed, &fin)
         else:
             dsum[0], valid[0], observed[0], fin = self.pass_fn(
                 np.asarray(beta), self.b_terms, acc, joint, newton)

@@ -251,7 +251,7 @@ class Factor:
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
     A is re-formed chunk by chunk of rows with the working weights and
-    response (``reset``, then ``_pirls.RowPass.pass_rows``' ``_crossprod.add_chunk``,
+    response (``reset``, then ``_pirls.pass_chunks``' ``_crossprod.add_chunk``,
     eqs. 12, 105) and factored at theta (``update``, eqs. 13-15); PIRLS's
     iterations on it are compiled (``loop``, ``_pirls.PirlsLoop``).
     """

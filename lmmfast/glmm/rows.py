@@ -164,20 +164,10 @@ def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, layout, kern: Ker
     The weighted cross-products of [Z X z] (X where ``joint``) at the working
     weights are added to ``acc`` (A's accumulator: one column plain, two
     double-double, eq. 12).  Stops at the first chunk with a mu off the range
-    (``_pirls.RowPass.pass_rows``, one call a chunk).
+    (``_pirls.pass_chunks``, the compiled PIRLS loop's own pass).
     """
-    dsum, observed = 0.0, newton
-    plan, patterns = layout.accumulation_codes, layout.patterns
-    for c in chunks:
-        d, valid, obs, finite = ws.bound(c, kern).pass_rows(beta, b, joint, newton, acc, plan,
-                                                            patterns)
-        if not valid:
-            return np.nan, False, False, True
-        dsum += d
-        if not finite:
-            return dsum, True, False, False
-        observed = observed and obs
-    return dsum, True, observed, True
+    return _pirls.pass_chunks([ws.bound(c, kern) for c in chunks], beta, b, joint, newton,
+                              acc, layout.accumulation_codes, layout.patterns)
 
 
 def aic_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family,

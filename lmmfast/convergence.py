@@ -26,7 +26,7 @@ from .errors import SINGULAR_MESSAGE
 from .optimize import GRADIENT_TOL, OPTIMIZER_ALIASES, OPTIMIZERS
 
 __all__ = ["Convergence", "check_convergence", "checks_apply", "convergence_of",
-           "within_check_limits", "warn_convergence",
+           "passes", "within_check_limits", "warn_convergence",
            "derivative_messages", "allfit", "GRADIENT_TOL", "HESSIAN_TOL"]
 
 HESSIAN_TOL = 1e-6
@@ -105,11 +105,12 @@ def _derivatives(fit, factored: bool) -> tuple[list[float], list[list[float]]]:
     return g, h
 
 
-def _passes(g: list[float], h: list[list[float]]) -> bool:
+def passes(g: list[float], h: list[list[float]]) -> bool:
     """A sufficient condition for passing every check (eqs. 86-88) without the
     eigenvalues: H = L L^T exists, max |g| <= GRADIENT_TOL (which bounds the
     scaled gradient), and the bounds lambda_max <= tr H and
-    lambda_min >= det H / (tr H)^(n-1) keep the eigenvalues inside the limits."""
+    lambda_min >= det H / (tr H)^(n-1) keep the eigenvalues inside the limits
+    (also those of any principal block of H, which lie between H's)."""
     lower = _cholesky(h)
     if lower is None or not max(map(abs, g)) <= GRADIENT_TOL:
         return False
@@ -248,12 +249,12 @@ def convergence_of(g: list[float], h: list[list[float]], singular: bool,
 def warn_convergence(fit) -> None:
     """At the end of a fit: where lme4 checks (``checks_apply``), check g and H on
     the factor at the fitted theta and, unless they pass at a glance
-    (``_passes``), keep the checks as ``fit.convergence`` and issue a
+    (``passes``), keep the checks as ``fit.convergence`` and issue a
     ``ConvergenceWarning`` for each message."""
     if not checks_apply(fit):
         return
     g, h = _derivatives(fit, factored=True)
-    if g and _passes(g, h):
+    if g and passes(g, h):
         return
     conv = fit.__dict__["convergence"] = _convergence(fit, g, h)
     for message in derivative_messages_of(conv):

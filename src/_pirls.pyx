@@ -131,6 +131,15 @@ cdef void _add_zb(double[::1] out, list refs, list z, list b, list unit):
                     out[r] += s
 
 
+def all_finite(const double[:] v):
+    """Whether every value of v is finite."""
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        if not isfinite(v[i]):
+            return False
+    return True
+
+
 def linear_predictor(double[::1] out, const double[::1] base, list refs, list z, list b,
                      list unit):
     """out = base + Z Lambda u: row r gets sum_t z_t[r, :] . b_t[refs_t[r], :]
@@ -430,7 +439,9 @@ cdef class PirlsLoop:
     cdef readonly Py_ssize_t n_terms, q, p
     cdef cnp.int64_t[::1] uoff, nl, k
     cdef double[::1] lam                # each term's k x k lambda, row-major, at lam_off[t]
+    cdef object lam_arr
     cdef cnp.int64_t[::1] lam_off
+    cdef readonly Py_ssize_t n_theta
     # where A was formed
     cdef readonly bint at_valid, at_observed
     cdef readonly double at_dsum
@@ -463,7 +474,9 @@ cdef class PirlsLoop:
             self.uoff[t + 1] = self.uoff[t] + self.nl[t] * self.k[t]
             self.lam_off[t + 1] = self.lam_off[t] + self.k[t] * self.k[t]
         self.q = q = self.uoff[self.n_terms]
-        self.lam = np.zeros(max(self.lam_off[self.n_terms], 1))
+        self.lam_arr = np.zeros(max(self.lam_off[self.n_terms], 1))
+        self.lam = self.lam_arr
+        self.n_theta = sum(self.k[t] * (self.k[t] + 1) // 2 for t in range(self.n_terms))
         self.u_arr, self.beta_arr = np.zeros(q), np.zeros(p_model)
         self.u, self.u_new = self.u_arr, np.zeros(q)
         self.beta, self.beta_new = self.beta_arr, np.zeros(p_model)
@@ -531,15 +544,33 @@ cdef class PirlsLoop:
         return self.info
 
     # ------------------------------------------------------------ a pass
-    cdef void _set_lambdas(self, list lams) except *:
-        cdef Py_ssize_t t, i, j, kt
-        cdef const double[:, ::1] lam_t
+    cdef void _set_theta(self, const double* ti) noexcept nogil:
+        """Each term's lambda (row-major at lam_off[t]) from theta in internal order:
+        its lower triangle column by column (eq. 7)."""
+        cdef Py_ssize_t t, i, j, kt, base, pos = 0
         for t in range(self.n_terms):
-            lam_t = lams[t]
             kt = self.k[t]
-            for i in range(kt):
-                for j in range(kt):
-                    self.lam[self.lam_off[t] + i * kt + j] = lam_t[i, j]
+            base = self.lam_off[t]
+            for j in range(kt):
+                for i in range(j):
+                    self.lam[base + i * kt + j] = 0.0
+                for i in range(j, kt):
+                    self.lam[base + i * kt + j] = ti[pos]
+                    pos += 1
+
+    cdef void _set_theta_of(self, const double[::1] theta_internal) except *:
+        if theta_internal.shape[0] != self.n_theta:
+            raise ValueError(f"theta must have {self.n_theta} values, got "
+                             f"{theta_internal.shape[0]}")
+        if self.n_theta:
+            self._set_theta(&theta_internal[0])
+
+    def lambdas(self, const double[::1] theta_internal):
+        """Each term's k x k lambda from theta in internal order (eq. 7), new arrays."""
+        cdef Py_ssize_t t
+        self._set_theta_of(theta_internal)
+        return [self.lam_arr[self.lam_off[t]:self.lam_off[t + 1]].reshape(
+            self.k[t], self.k[t]).copy() for t in range(self.n_terms)]
 
     cdef void _b_of(self, const double[::1] u) noexcept nogil:
         """b = Lambda u per term (b_t[l, i] = sum_j lambda_t[i, j] u_t[l, j])."""
@@ -561,11 +592,10 @@ cdef class PirlsLoop:
                         s = s + lam[i * kt + j] * u[base + j]
                     self.bflat[base + i] = s
 
-    def lambda_u(self, const double[::1] u, list lams):
-        """b = Lambda u per term (internal order, arrays nl x k; ``lams``: each term's
-        lambda), new arrays."""
+    def lambda_u(self, const double[::1] u, const double[::1] theta_internal):
+        """b = Lambda u per term (internal order, arrays nl x k), new arrays."""
         cdef Py_ssize_t t
-        self._set_lambdas(lams)
+        self._set_theta_of(theta_internal)
         self._b_of(u)
         return [self.b_arr[self.uoff[t]:self.uoff[t + 1]].reshape(self.nl[t], self.k[t]).copy()
                 for t in range(self.n_terms)]
@@ -595,14 +625,14 @@ cdef class PirlsLoop:
                 self.at_b[i] = self.bflat[i]
         return 0
 
-    def pass_at(self, const double[::1] beta, const double[::1] u, list lams, bint joint,
-                bint newton, bint plain):
+    def pass_at(self, const double[::1] beta, const double[::1] u,
+                const double[::1] theta_internal, bint joint, bint newton, bint plain):
         """One pass at (beta, u) with A re-formed (not factored): (the sum of the unit
         deviances, whether every mu is in range, whether the observed information's
         weights were used, whether the working weights and response are finite)."""
         cdef double dsum
         cdef bint valid, observed
-        self._set_lambdas(lams)
+        self._set_theta_of(theta_internal)
         finite = self._pass(beta, u, joint, newton, plain, &dsum, &valid, &observed) == 0
         return dsum, valid, observed, finite
 
@@ -666,14 +696,14 @@ cdef class PirlsLoop:
         self.rhs[p] = -1.0
         self.core._back_solve(&self.rhs[0], &self.uoff[0], &self.u_new[0])
 
-    def run(self, const double[::1] theta_internal, list lams, bint joint, bint newton,
+    def run(self, const double[::1] theta_internal, bint joint, bint newton,
             double tol, bint exact, bint settle, bint from_at):
         """PIRLS at theta from (``beta_arr``, ``u_arr``), which the caller sets (from
         the point where A was formed where ``from_at`` and that is at the same beta),
         to the mode (eqs. 94, 95; ``settle``: stop before the last step, at the point
         whose pass the factor holds).  Returns a ``RUN_*`` code; the mode is in
         ``u_arr``, ``beta_arr``, ``dsum`` and ``iterations``, the factor there."""
-        self._set_lambdas(lams)
+        self._set_theta_of(theta_internal)
         return self._run(&theta_internal[0] if theta_internal.shape[0] else NULL, joint,
                          newton, tol, exact, settle, from_at)
 

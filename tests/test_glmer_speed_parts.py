@@ -76,17 +76,32 @@ def test_compiled_means_and_working_equal_numpy(fam, link):
                                atol=1e-11)
 
 
+@pytest.mark.parametrize("formula", [
+    "y ~ lbase * trt + (1 + V4 + lage | subject) + (1 | period)",
+    "y ~ lbase + (1 + V4 | subject) + (0 + lage | subject)",
+    "y ~ lbase + (1 | subject)"])
+def test_compiled_lambdas_are_the_terms_lambdas(formula):
+    """The compiled loop's lambda from theta (eq. 7) is each term's ``lambda_``."""
+    from lmmfast.glmm.model import GeneralizedLinearMixedModel
+    f = GeneralizedLinearMixedModel(formula, dataset("epil"), family="poisson")
+    p = f.pirls
+    theta = np.random.default_rng(5).uniform(-2, 2, f.n_theta)
+    split = np.split(theta, np.cumsum([r.n_theta for r in f.design.remats])[:-1])
+    want = [f.design.remats[i].lambda_(split[i]) for i in f.design.internal]
+    for got, lam in zip(p.lambdas(theta), want):
+        np.testing.assert_array_equal(got, lam)
+
+
 def test_linear_predictor_equals_dense_z_lambda_u():
     f = fit("verbagg_slope")
     p = f.pirls
     rng = np.random.default_rng(3)
     u = rng.normal(size=len(p.last_u))
-    lams = p.lambdas(f.theta)
     fixed = rng.normal(size=f.nobs)
     dense = fixed.copy()
-    for r, b in zip(f.design.inner, p.b(u, lams)):
+    for r, b in zip(f.design.inner, p.b(u, f.theta)):
         dense += np.einsum("nk,nk->n", r.z, b[r.refs])
-    np.testing.assert_allclose(fixed + p.z_lambda_u(u, lams), dense, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(fixed + p.z_lambda_u(u, f.theta), dense, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("name", ["verbagg_slope", "epil_slope"])

@@ -102,6 +102,43 @@ def test_small_fit_leaves_blas_untouched(monkeypatch, record_fit_threads):
     assert fit.objective == pytest.approx(1743.6283, abs=1e-4)
 
 
+@pytest.fixture
+def record_glmer_threads(monkeypatch):
+    """The BLAS threads seen inside each glmer fit."""
+    from lmmfast.glmm.model import GeneralizedLinearMixedModel
+    seen = []
+    inner = GeneralizedLinearMixedModel._fit
+
+    def spy(self, start):
+        seen.append(scipy_blas_threads())
+        return inner(self, start)
+
+    monkeypatch.setattr(GeneralizedLinearMixedModel, "_fit", spy)
+    return seen
+
+
+def test_small_glmer_leaves_blas_untouched(monkeypatch, record_glmer_threads):
+    def fail(*args):
+        raise AssertionError("the BLAS was limited for a small fit")
+
+    monkeypatch.setattr(threads, "_blas_libraries", fail)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        fit = lmmfast.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                            lmmfast.datasets.load("cbpp"), family="binomial")
+    assert record_glmer_threads == [2]
+    assert fit.objective == pytest.approx(184.0526, abs=1e-4)
+
+
+def test_glmer_on_many_rows_runs_one_blas_thread_and_restores(record_glmer_threads):
+    """VerbAgg's chunk of rows, 7584 x 9 for [X z], is past what the BLAS keeps on
+    one thread by itself: one thread inside the fit, the count restored after."""
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        lmmfast.glmer("r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)",
+                      lmmfast.datasets.load("VerbAgg"), family="binomial")
+        assert scipy_blas_threads() == 2
+    assert record_glmer_threads == [1]
+
+
 def test_n_threads_results_bit_identical(crossed):
     formula, df = crossed
     with threadpoolctl.threadpool_limits(1, user_api="blas"):   # OPENBLAS_NUM_THREADS=1

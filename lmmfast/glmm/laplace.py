@@ -176,7 +176,7 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
         s_observed = _Inverse(observed, lams)
     g = _GradientTerms(s_fisher, pirls.kern, int(pirls.q_off[-1]), lams, pirls.k,
                        pirls.q_off64, *pirls.theta_columns,
-                       mode.beta, mode.u, pirls.b(mode.u, lams), pirls.rows_at_mode(mode))
+                       mode.beta, mode.u, pirls.b(mode.u, mode.theta), pirls.rows_at_mode(mode))
     r = s_observed.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
     g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=merge_sums)
     grad = np.empty(pirls.n_theta)

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from ..arguments import as_choice
-from ..convergence import (Convergence, convergence_of, derivative_messages_of,
+from ..convergence import (Convergence, convergence_of, derivative_messages_of, passes,
                            within_check_limits)
 from ..design.dask import SPLIT_EVERY, is_partitioned
 from ..errors import ConvergenceWarning, DataError, FitError
@@ -23,7 +23,6 @@ from ..family import Family
 from ..family import family as make_family
 from ..formula import parse_formula
 from ..summary import data_name, warn_if_singular
-from ..threads import limit_blas
 from . import stages
 from .laplace import gradient_available, laplace_deviance, laplace_gradient
 from .pirls import Mode, Pirls
@@ -167,12 +166,13 @@ class GeneralizedLinearMixedModel:
 
         ``start``: a theta (lme4 order), or a dict with ``theta`` and/or
         ``fixef``/``beta``, as lme4's ``start``.  The BLAS runs one thread
-        unless the factor has large dense blocks (``pirls.blas_count``); rows in
+        unless the factor has large dense blocks, and is left as it is for small
+        work (``Pirls.blas_threads``); rows in
         several chunks are passed over on threads where cores are free
         (``Pirls.set_row_workers``).
         """
         self.pirls.set_row_workers()
-        with limit_blas(self.pirls.blas_count()):
+        with self.pirls.blas_threads():
             return self._fit(start)
 
     def _fit(self, start) -> GeneralizedLinearMixedModel:
@@ -220,7 +220,7 @@ class GeneralizedLinearMixedModel:
                     pirls.mode(x[:nt], x[nt:])
                     self.stage_evals, self.n_evals = (evals1, evals2), evals1 + evals2
         warn_if_singular(self)
-        for message in derivative_messages_of(self._convergence):
+        for message in self._derivative_messages():
             warnings.warn(message, ConvergenceWarning, stacklevel=4)   # the caller of glmer
         return self
 
@@ -334,7 +334,8 @@ class GeneralizedLinearMixedModel:
         self.n_evals = evals1 + evals2
         self._vcov = None
         self.hessian = None
-        self._convergence = convergence_of([], [], self.is_singular, False)
+        self._convergence = None
+        self._derivatives = None   # (g, H, whether lme4 checks them, the free parameters)
         nt = self.n_theta
         theta = mode.theta
         if self.n_agq > 0:   # as lme4, also at a singular fit (the deviance is even in theta)
@@ -351,8 +352,7 @@ class GeneralizedLinearMixedModel:
             self.pirls.anchor(None)
             self.hessian = h
             free = (theta - self.theta_lower >= SINGULAR_TOL).tolist() + [True] * len(mode.beta)
-            self._convergence = convergence_of(g.tolist(), h.tolist(), self.is_singular,
-                                               within_check_limits(self), n_theta=nt, free=free)
+            self._derivatives = (g.tolist(), h.tolist(), within_check_limits(self), free)
             self._vcov = vcov_from_hessian(h, nt)
             self.pirls.mode(theta, mode.beta)   # the factor back at the optimum
         if self._vcov is None:
@@ -438,7 +438,23 @@ class GeneralizedLinearMixedModel:
         Hessian of the deviance in (theta, beta) that the covariance of beta-hat
         is computed from (eq. 104); not run for nAGQ = 0, as lme4."""
         self._require_fit()
+        if self._convergence is None:
+            if self._derivatives is None:
+                self._convergence = convergence_of([], [], self.is_singular, False)
+            else:
+                g, h, checked, free = self._derivatives
+                self._convergence = convergence_of(g, h, self.is_singular, checked,
+                                                   n_theta=self.n_theta, free=free)
         return self._convergence
+
+    def _derivative_messages(self) -> list[str]:
+        """The messages of ``convergence``'s gradient and Hessian checks: none,
+        without the eigenvalues, where g and H pass them at a glance
+        (``convergence.passes``)."""
+        d = self._derivatives
+        if d is not None and d[2] and not self.is_singular and passes(d[0], d[1]):
+            return []
+        return derivative_messages_of(self.convergence)
 
     @property
     def is_singular(self) -> bool:
@@ -456,8 +472,7 @@ class GeneralizedLinearMixedModel:
         standard deviations in ``.attrs["condsd"]`` (lme4's ``condVar``)."""
         mode = self._require_fit()
         d = self.design
-        lams = self.pirls.lambdas(mode.theta)
-        b_inner = self.pirls.b(mode.u, lams)
+        b_inner = self.pirls.b(mode.u, mode.theta)
         b = [None] * len(d.remats)
         for pos, i in enumerate(d.internal):
             b[i] = b_inner[pos]

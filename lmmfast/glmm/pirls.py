@@ -133,7 +133,7 @@ class Pirls:
     def _family_aic(self, mode: Mode) -> float:
         """The family's aic at the mode, summed chunk by chunk of rows."""
         return self.run_rows(aic_partition, self.kern, self.family, self.rows.trials_given,
-                             mode.beta, self.b(mode.u, self.lambdas(mode.theta)),
+                             mode.beta, self.b(mode.u, mode.theta),
                              merge=operator.add)
 
     def set_row_workers(self, n_threads: int | None = None) -> None:
@@ -159,16 +159,21 @@ class Pirls:
             for factor in self._factors.values():
                 self._bind(factor)
 
-    def blas_count(self) -> int:
-        """BLAS threads for a fit: one (its BLAS calls on rows, n x p, are too small
-        to gain from threads and lose much on a busy machine), unless the joint
-        factor has dense blocks as large as the LMM gives threads
-        (``threads.choose``)."""
+    def blas_threads(self):
+        """Context for a fit's BLAS: nothing changed where every call is small (the
+        joint factor's L and a chunk's rows [X z] below ``threads.BLAS_SERIAL_ENTRIES``:
+        the BLAS runs them on one thread by itself); else one thread (its calls on
+        rows, m x p, are too small to gain from threads and lose much on a busy
+        machine), unless the joint factor has dense blocks as large as the LMM
+        gives threads (``threads.choose``)."""
         from .. import threads
         layout = self.factor(True).layout
+        if isinstance(self.rows, LocalRows) and layout.n_l < threads.BLAS_SERIAL_ENTRIES \
+                and max(c.size for c in self.chunks) * layout.p1 < threads.BLAS_SERIAL_ENTRIES:
+            return threads.blas_threads(layout)
         if threads.dense_entries(layout) < threads.BLAS_MIN_ENTRIES:
-            return 1
-        return threads.choose(layout, None)
+            return threads.limit_blas(1)
+        return threads.limit_blas(threads.choose(layout, None))
 
     def factor(self, with_x: bool | str) -> Factor:
         """The factor with X's columns (True), without (False), or the u-only one at
@@ -209,26 +214,21 @@ class Pirls:
         return np.ascontiguousarray(np.asarray(theta, dtype=np.float64)[self.perm])
 
     def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
-        """Each term's k x k lambda (internal order) from theta in lme4's order (eq. 7);
-        the last theta's are kept (every pass of a PIRLS run takes them)."""
+        """Each term's k x k lambda (internal order) from theta in lme4's order (eq. 7,
+        ``_pirls.PirlsLoop.lambdas``); the last theta's are kept."""
         key = np.asarray(theta, dtype=np.float64).tobytes()
         if key == self._lams_key:
             return self._lams
-        ti = self.theta_internal(theta)
-        out, pos = [], 0
-        for k, (rows, cols) in zip(self.k, self._tril):
-            lam = np.zeros((k, k))
-            lam[rows, cols] = ti[pos:pos + len(rows)]
-            pos += len(rows)
+        out = self.factor(False).loop.lambdas(self.theta_internal(theta))
+        for lam in out:
             lam.flags.writeable = False
-            out.append(lam)
         self._lams_key, self._lams = key, out
         return out
 
-    def z_lambda_u(self, u: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+    def z_lambda_u(self, u: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """Z Lambda u (eqs. 2, 3): each row's effects of its own levels."""
         out = np.empty(self.rows.nobs)
-        b = self.b(u, lams)
+        b = self.b(u, theta)
         for c in self.chunks:
             _pirls.linear_predictor(out[c.rows], np.zeros(c.size), c.refs, c.z, b,
                                     self.kern.unit)
@@ -240,7 +240,7 @@ class Pirls:
         cluster."""
         self._ws_mode = None
         return self.rows.series(values_partition, self.kern, self.family, mode.beta,
-                                self.b(mode.u, self.lambdas(mode.theta)), what, name=what)
+                                self.b(mode.u, mode.theta), what, name=what)
 
     def run_rows(self, fn, *args, merge):
         """``fn(chunks, workspace, *args)`` over every partition of the rows, the
@@ -252,13 +252,14 @@ class Pirls:
         """Whether the workspace holds ``mode``'s rows (one chunk, PIRLS's last pass)."""
         return self._ws_mode is mode
 
-    def b(self, u: np.ndarray, lams: list[np.ndarray]) -> list[np.ndarray]:
-        """b = Lambda u per term (internal order), arrays (nl, k): PIRLS's own
-        (``_pirls.PirlsLoop.lambda_u``)."""
-        return self.factor(False).loop.lambda_u(np.ascontiguousarray(u, dtype=np.float64), lams)
+    def b(self, u: np.ndarray, theta: np.ndarray) -> list[np.ndarray]:
+        """b = Lambda u per term (internal order; theta in lme4's), arrays (nl, k):
+        PIRLS's own (``_pirls.PirlsLoop.lambda_u``)."""
+        return self.factor(False).loop.lambda_u(np.ascontiguousarray(u, dtype=np.float64),
+                                                self.theta_internal(theta))
 
     # ------------------------------------------------------------ a pass over the rows
-    def _pass(self, beta, u, lams, factor: Factor, joint: bool = False, newton: bool = False,
+    def _pass(self, beta, u, theta, factor: Factor, joint: bool = False, newton: bool = False,
               plain: bool = True):
         """One pass over the rows at (beta, u) (eqs. 91-93, ``_pirls.PirlsLoop.pass_at``)
         with the factor's A re-formed at the working weights there (it is factored by
@@ -266,8 +267,8 @@ class Pirls:
         the family's range, whether the observed information's weights were used)."""
         self._ws_mode = None
         dsum, valid, observed, finite = factor.loop.pass_at(
-            np.ascontiguousarray(beta, dtype=np.float64), np.ascontiguousarray(u), lams, joint,
-            newton, plain)
+            np.ascontiguousarray(beta, dtype=np.float64), np.ascontiguousarray(u),
+            self.theta_internal(theta), joint, newton, plain)
         if not finite:
             raise self._failure(RUN_WORKING, factor.loop, self._theta_now)
         return dsum, valid, observed
@@ -281,8 +282,7 @@ class Pirls:
         ``mode``, summed in double-double (eqs. 95, 96)."""
         factor = self.factor(joint)
         self._theta_now = mode.theta
-        self._pass(mode.beta, mode.u, self.lambdas(mode.theta), factor, joint=joint,
-                   plain=False)
+        self._pass(mode.beta, mode.u, mode.theta, factor, joint=joint, plain=False)
         self._update(factor, self.theta_internal(mode.theta), mode.theta)
         return factor
 
@@ -292,8 +292,7 @@ class Pirls:
         of eq. 92 in u, eq. 98a); None where a weight is not positive there."""
         factor = self.factor("observed")
         self._theta_now = mode.theta
-        _, valid, observed = self._pass(mode.beta, mode.u, self.lambdas(mode.theta), factor,
-                                        newton=True)
+        _, valid, observed = self._pass(mode.beta, mode.u, mode.theta, factor, newton=True)
         if not (valid and observed):
             return None
         factor.form_a()
@@ -347,10 +346,10 @@ class Pirls:
         beta, *_ = np.linalg.lstsq(rows[:, :-1], rows[:, -1], rcond=None)
         return beta
 
-    def _separation_note(self, beta, u, lams) -> str:
+    def _separation_note(self, beta, u, theta) -> str:
         """A hint where fitted probabilities are numerically 0 or 1 (or means 0)."""
         binomial = self.family.name == "binomial"
-        n = self.run_rows(extreme_partition, self.kern, binomial, beta, self.b(u, lams),
+        n = self.run_rows(extreme_partition, self.kern, binomial, beta, self.b(u, theta),
                           merge=operator.add)
         if not n:
             return ""
@@ -366,24 +365,23 @@ class Pirls:
         default from the last mode's b = Lambda u (the same eta, so the factor's A
         is already that of the start, eq. 93; for a canonical link, whose first
         step it is), else from the last u."""
-        if theta.shape != (self.n_theta,) or not np.isfinite(theta).all():
+        if theta.shape != (self.n_theta,) or not _pirls.all_finite(theta):
             raise FitError(f"theta must be {self.n_theta} finite values, got {theta}")
-        if not np.isfinite(beta).all():
+        if not _pirls.all_finite(beta):
             raise FitError(f"beta must be finite, got {beta}")
         self._theta_now = theta
         factor = self.factor(joint)
         loop = factor.loop
-        lams = self.lambdas(theta)
         newton = self.family.link.name != self.family.canonical
         loop.beta_arr[:] = beta
         u = self.last_u if u0 is None else np.asarray(u0, dtype=np.float64)
-        loop.u_arr[:] = u if np.isfinite(u).all() else 0.0
+        loop.u_arr[:] = u if _pirls.all_finite(u) else 0.0
         self._ws_mode = None
-        code = loop.run(self.theta_internal(theta), lams, joint, newton,
+        code = loop.run(self.theta_internal(theta), joint, newton,
                         self.tol_u if exact or newton else search_tol, exact, settle,
                         u0 is None and not newton)
         if code:
-            raise self._failure(code, loop, theta, lams)
+            raise self._failure(code, loop, theta)
         if not math.isfinite(loop.dsum):
             raise FitError(f"PIRLS: non-finite unit deviances at theta = {theta.tolist()}, "
                            f"beta = {loop.beta_arr.tolist()}")
@@ -395,7 +393,7 @@ class Pirls:
         self._ws_mode = mode if self.rows.single else None   # (the last pass was at it)
         return mode
 
-    def _failure(self, code: int, loop, theta, lams=None) -> FitError:
+    def _failure(self, code: int, loop, theta) -> FitError:
         """The error of a PIRLS run that ended with ``code`` (``_pirls.RUN_*``)."""
         at = f"theta = {theta.tolist()}"
         where = f"{at}, beta = {loop.beta_arr.tolist()}"
@@ -411,4 +409,4 @@ class Pirls:
             return FitError(f"PIRLS: {message}")
         assert code == RUN_MAX_ITER
         return FitError(f"PIRLS did not converge in {MAX_ITER} iterations at {where}"
-                        + self._separation_note(loop.beta_arr.copy(), loop.u_arr.copy(), lams))
+                        + self._separation_note(loop.beta_arr.copy(), loop.u_arr.copy(), theta))

@@ -63,7 +63,7 @@ class _Rule:
 
     def args(self, pirls: Pirls, mode: Mode) -> tuple:
         """A partition function's arguments after the rows (``agq_partition``)."""
-        return (pirls.kern, mode.beta, pirls.b(mode.u, pirls.lambdas(mode.theta)),
+        return (pirls.kern, mode.beta, pirls.b(mode.u, mode.theta),
                 float(mode.theta[0]), self.shift, pirls.nl[0], pirls.rows_at_mode(mode))
 
     def combine(self, sums: tuple, mode: Mode, grad: np.ndarray | None = None) -> float:

@@ -57,7 +57,7 @@ class GlmmSimulator:
         self.family = fit.family
         self.fixed = d.offset + d.x @ mode.beta
         self.eta_modes = pirls.row_values(mode, "eta")
-        self.lams = pirls.lambdas(mode.theta)
+        self.theta = mode.theta
         self.q = int(pirls.q_off[-1])
         self.nobs = d.nobs
         if self.family.name == "binomial":
@@ -71,7 +71,7 @@ class GlmmSimulator:
         """The conditional means of one simulation: new random effects (or the modes)."""
         if self.new_re:
             u = rng.standard_normal(self.q)
-            eta = self.fixed + self.pirls.z_lambda_u(u, self.lams)
+            eta = self.fixed + self.pirls.z_lambda_u(u, self.theta)
         else:
             eta = self.eta_modes
         return self.family.linkinv(eta)

@@ -47,7 +47,7 @@ class Stage1(NamedTuple):
     settle: bool       # PIRLS stops before its last step, without a pass at its end
 
 
-STAGE1 = {"nAGQ=0": Stage1(1e-9, 1e-5, False), "newton": Stage1(1.0, 1e-3, True),
+STAGE1 = {"nAGQ=0": Stage1(1e-8, 1e-5, False), "newton": Stage1(1.0, 1e-3, True),
           "differences": Stage1(1e-6, 1e-5, False)}
 OFF_BOUND = 0.01       # stage 2's start of a diagonal theta that stage 1 left at 0
 # a Newton decrement below this part of |deviance| is within the deviance's rounding

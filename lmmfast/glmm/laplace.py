@@ -49,30 +49,33 @@ class _Inverse:
     S_11 = D^{-1} + D^{-1} B S_22 B^T D^{-1}, the only ones of S_11 a row touches.
     """
 
+    _NONE = np.zeros((0, 0))
+
     def __init__(self, factor, lams: list[np.ndarray]):
         lay = factor.layout
         a = factor.a
         T = lay.n_terms
+        nl1, k1 = int(lay.nlev[0]), int(lay.k[0])
+        self.q1, self.k1 = q1, k1 = nl1 * k1, k1
+        l0 = lams[0]
+        if k1 == 1:   # D and its inverse level by level, without einsum's set-up
+            self.dinv = 1.0 / (lay.block_a(a, 0, 0) * (l0[0, 0] * l0[0, 0]) + 1.0)
+        else:   # (A's block-diagonal blocks: [level, col, row])
+            blocks = lay.block_a(a, 0, 0).reshape(nl1, k1, k1).transpose(0, 2, 1)
+            self.dinv = np.linalg.inv(np.einsum("ia,lij,jb->lab", l0, blocks, l0) + np.eye(k1))
+        self.dinv = self.dinv.reshape(nl1, k1, k1)
+        if T == 1:   # one term: S = D^{-1}
+            self.dinv_b = self.s12 = self._NONE.reshape(q1, 0)
+            self.s22 = self._NONE
+            self.s11 = self.dinv
+            self.s11_flat = self.dinv.reshape(-1)
+            return
         nl = [int(v) for v in lay.nlev]
         k = [int(v) for v in lay.k]
-        self.q1, self.k1 = q1, k1 = nl[0] * k[0], k[0]
-        nl1 = nl[0]
 
         def level_blocks(s):   # A's block-diagonal (s, s): (nl, k, k), [level, row, col]
             return lay.block_a(a, s, s).reshape(nl[s], k[s], k[s]).transpose(0, 2, 1)
 
-        l0 = lams[0]
-        if k1 == 1:   # D and its inverse level by level, without einsum's set-up
-            self.dinv = 1.0 / (level_blocks(0) * (l0[0, 0] * l0[0, 0]) + 1.0)
-        else:
-            self.dinv = np.linalg.inv(np.einsum("ia,lij,jb->lab", l0, level_blocks(0), l0)
-                                      + np.eye(k1))
-        if T == 1:   # one term: S = D^{-1}
-            self.dinv_b = self.s12 = np.zeros((q1, 0))
-            self.s22 = np.zeros((0, 0))
-            self.s11 = self.dinv
-            self.s11_flat = np.ascontiguousarray(self.s11).ravel()
-            return
         q = [n * kk for n, kk in zip(nl, k)]
         off = np.concatenate([[0], np.cumsum(q[1:])]).astype(np.intp)   # terms 1.. in C
         q2 = int(off[-1])
@@ -208,9 +211,11 @@ class _GradientTerms:
         return sum(v.nbytes for v in vars(self.S).values() if isinstance(v, np.ndarray)) \
             + self.u.nbytes + sum(v.nbytes for v in self.b)
 
-    def chunk(self, c, ws):
+    def chunk(self, c, ws, keep: bool = False):
         """A chunk's eta, mu and d mu / d eta at the mode, and its rows' columns,
-        G = Z Lambda values and z (m x K, eqs. 2, 3; ``_pirls.gradient_columns``)."""
+        G = Z Lambda values and z (m x K, eqs. 2, 3; ``_pirls.gradient_columns``);
+        ``keep``: kept for the second pass (the chunk is its partition's only one;
+        the rows are copied unless the workspace is the mode's own, ``at_mode``)."""
         kept = self.kept.get(id(c))
         if kept is not None:
             return kept
@@ -221,6 +226,9 @@ class _GradientTerms:
         cols = np.empty((c.size, K), dtype=np.int64)
         gv, zall = np.empty((c.size, K)), np.empty((c.size, K))
         _pirls.gradient_columns(c.refs, c.z, self.lams, self.q_off, cols, gv, zall)
+        if keep:
+            rows = (eta, mu, mu_eta) if self.at_mode else (eta.copy(), mu.copy(), mu_eta.copy())
+            self.kept[id(c)] = rows + (cols, gv, zall)
         return eta, mu, mu_eta, cols, gv, zall
 
     def inverse(self):
@@ -233,9 +241,7 @@ def gradient_first(chunks, ws, g: _GradientTerms) -> np.ndarray:
     """A partition's G^T v (the gradient's first pass over rows)."""
     gtv = np.zeros(g.q)
     for c in chunks:
-        eta, mu, mu_eta, cols, gv, zall = g.chunk(c, ws)
-        if len(chunks) == 1:
-            g.kept[id(c)] = (eta.copy(), mu.copy(), mu_eta.copy(), cols, gv, zall)
+        eta, mu, mu_eta, cols, gv, zall = g.chunk(c, ws, keep=len(chunks) == 1)
         _pirls.gradient_first(g.kern.link, g.kern.family, c.y, c.wt, eta, mu, mu_eta, cols, gv,
                               *g.inverse(), gtv)
     return gtv

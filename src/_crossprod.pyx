@@ -372,8 +372,10 @@ cdef bint _xy_xy(acc_mode* mode, const double[:, ::1] xy, double[:, ::1] acc,
 
 # the kinds of block of A's accumulation plan (``design.layout.BlockLayout.accumulation_codes``)
 PLAN_KINDS = ("xy_xy", "xy_z", "diag", "sparse", "dense")
-_NO_CODES = np.zeros(0, dtype=np.int64)   # (the operands a block's kind does not use)
-_NO_Z = np.zeros((0, 1))
+# the operands a block's kind does not use (typed once: a view from them is a copy of
+# the view, not a buffer request)
+cdef const cnp.int64_t[::1] _NO_CODES = np.zeros(0, dtype=np.int64)
+cdef const double[:, ::1] _NO_Z = np.zeros((0, 1))
 
 cdef enum:
     PLAN_XY_XY, PLAN_XY_Z, PLAN_DIAG, PLAN_SPARSE, PLAN_DENSE

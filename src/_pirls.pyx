@@ -25,7 +25,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport exp, expm1, log, sqrt, fabs, erf, erfc, atan, fmin, fmax, isfinite, M_PI, NAN
 
-from lmmfast._crossprod import add_chunk
+from lmmfast._crossprod cimport add_rows
 from lmmfast._factor cimport BlockedFactor, INTERRUPTED
 from lmmfast._kernels cimport raise_pending
 
@@ -292,16 +292,16 @@ cdef class RowPass:
     cdef const double[::1] y, wt, offset
     cdef list refs, z, unit, scaled
     cdef double[::1] eta, mu, dev, sqrt_w, zwork, fixed, mu_eta
-    cdef object x_arr, x_none, sw_arr, zwork_arr, xy_u, xy_joint
+    cdef const double[:, ::1] x_none
+    cdef double[:, ::1] xy_u, xy_joint
 
     def __init__(self, int link, int family, x, y, wt, offset, list refs, list z, list unit,
                  tuple views, xy_u, xy_joint, list scaled):
         self.link, self.family = link, family
-        self.x_arr, self.x_none = x, x[:, :0]
+        self.x_none = np.empty((x.shape[0], 0))
         self.x, self.y, self.wt, self.offset = x, y, wt, offset
         self.refs, self.z, self.unit = refs, z, unit
         self.eta, self.mu, self.dev, self.sqrt_w, self.zwork, self.fixed, self.mu_eta = views
-        self.sw_arr, self.zwork_arr = views[3], views[4]
         self.xy_u, self.xy_joint, self.scaled = xy_u, xy_joint, scaled
 
     def evaluate(self, const double[::1] beta, list b):
@@ -332,9 +332,9 @@ cdef class RowPass:
         return observed[0] or _working(self.family, self.eta, self.mu, self.mu_eta, self.y,
                                        self.wt, base, self.sqrt_w, self.zwork)
 
-    cdef bint _pass_rows(self, const double[::1] beta, list b, bint joint, bint newton, acc,
-                         plan, list patterns, double* dsum, bint* observed,
-                         bint* finite) except? False:
+    cdef bint _pass_rows(self, const double[::1] beta, list b, bint joint, bint newton,
+                         double[:, ::1] acc, const cnp.int64_t[:, ::1] plan, list patterns,
+                         double* dsum, bint* observed, bint* finite) except? False:
         """``evaluate``; with ``acc`` (A's accumulator) and a valid mu, ``working`` and
         the weighted cross-products of [Z X z] (X where ``joint``) added to ``acc``
         by ``_crossprod.add_chunk``'s ``plan`` (eq. 12).  The sum of the unit
@@ -346,15 +346,15 @@ cdef class RowPass:
                                    self.z, b, self.unit, self.y, self.wt, self.fixed, self.eta,
                                    self.mu, self.dev, self.mu_eta)
         observed[0], finite[0] = newton, True
-        if not valid or acc is None:
+        if not valid:
             return valid
         finite[0] = self._working_rows(joint, newton, observed)
         if not finite[0]:
             observed[0] = False
             return True
-        missing = add_chunk(plan, patterns, acc, self.refs, self.z,
-                            self.x_arr if joint else self.x_none, self.zwork_arr, self.sw_arr,
-                            self.xy_joint if joint else self.xy_u, self.scaled)
+        missing = add_rows(plan, patterns, acc, self.refs, self.z,
+                           self.x if joint else self.x_none, self.zwork, self.sqrt_w, True,
+                           self.xy_joint if joint else self.xy_u, self.scaled)
         if missing:
             raise ValueError(f"{missing} rows have level pairs outside the sparsity "
                              f"pattern of A's sparse blocks")
@@ -362,8 +362,8 @@ cdef class RowPass:
 
 
 cdef bint _pass_chunks(list passes, const double[::1] beta, list b, bint joint, bint newton,
-                       acc, plan, list patterns, double* dsum, bint* observed,
-                       bint* finite) except? False:
+                       double[:, ::1] acc, const cnp.int64_t[:, ::1] plan, list patterns,
+                       double* dsum, bint* observed, bint* finite) except? False:
     """A pass over the chunks of ``passes`` (``RowPass``) with A re-formed in ``acc``:
     the sum of the unit deviances, whether the observed information's weights were
     used and whether all working values are finite through the pointers; returns
@@ -385,8 +385,8 @@ cdef bint _pass_chunks(list passes, const double[::1] beta, list b, bint joint, 
     return True
 
 
-def pass_chunks(list passes, const double[::1] beta, list b, bint joint, bint newton, acc,
-                plan, list patterns):
+def pass_chunks(list passes, const double[::1] beta, list b, bint joint, bint newton,
+                double[:, ::1] acc, const cnp.int64_t[:, ::1] plan, list patterns):
     """A PIRLS pass over the chunks of ``passes`` (``RowPass``), A re-formed in ``acc``
     (eq. 12): (sum of the unit deviances, whether every mu is in range, whether the
     observed information's weights were used, whether the working values are finite)."""
@@ -434,6 +434,7 @@ cdef class PirlsLoop:
     cdef double[::1] a
     cdef double[:, ::1] acc_dd, acc_plain
     cdef object acc_dd_arr, acc_plain_arr, plan, patterns, pass_fn
+    cdef const cnp.int64_t[:, ::1] plan_v
     cdef list passes
     cdef readonly bint plain            # the accumulator of the last pass was plain double
     cdef readonly Py_ssize_t n_terms, q, p
@@ -464,6 +465,7 @@ cdef class PirlsLoop:
         self.acc_dd_arr, self.acc_plain_arr = acc_dd, acc_plain
         self.acc_dd, self.acc_plain = acc_dd, acc_plain
         self.plan, self.patterns = plan, patterns
+        self.plan_v = plan
         self.n_terms = len(nl)
         self.p = core.p1 - 1
         self.nl = np.ascontiguousarray(nl, dtype=np.int64)
@@ -610,8 +612,9 @@ cdef class PirlsLoop:
         self._b_of(u)
         acc = self._reset(plain)
         if self.passes is not None:
-            valid[0] = _pass_chunks(self.passes, beta, self.b_terms, joint, newton, acc,
-                                    self.plan, self.patterns, dsum, observed, &fin)
+            valid[0] = _pass_chunks(self.passes, beta, self.b_terms, joint, newton,
+                                    self.acc_plain if plain else self.acc_dd, self.plan_v,
+                                    self.patterns, dsum, observed, &fin)
         else:
             dsum[0], valid[0], observed[0], fin = self.pass_fn(
                 np.asarray(beta), self.b_terms, acc, joint, newton)

@@ -402,23 +402,22 @@ cdef Py_ssize_t _plan_block(acc_mode* mode, Py_ssize_t kind, const cnp.int64_t[:
     return 0
 
 
-cdef void _scaled_rows(list z, const double[:, :] x, const double[::1] y, sqrt_w,
-                       double[:, ::1] xy, list scaled) except *:
-    """xy = W^(1/2) [X y] and scaled[t] = W^(1/2) z_t (row r times sqrt_w[r]); without
-    ``sqrt_w``, xy = [X y] (eq. 12)."""
+cdef void _scaled_rows(list z, const double[:, :] x, const double[::1] y,
+                       const double[::1] sw, bint weighted, double[:, ::1] xy,
+                       list scaled) except *:
+    """xy = W^(1/2) [X y] and scaled[t] = W^(1/2) z_t (row r times sw[r]); not
+    ``weighted``, xy = [X y] (eq. 12)."""
     cdef Py_ssize_t n = x.shape[0], p = x.shape[1], t, r, j, k
-    cdef const double[::1] sw
     cdef const double[:, ::1] zt
     cdef double[:, ::1] out
     cdef double w
-    if sqrt_w is None:
+    if not weighted:
         with nogil:
             for r in range(n):
                 for j in range(p):
                     xy[r, j] = x[r, j]
                 xy[r, p] = y[r]
         return
-    sw = sqrt_w
     with nogil:
         for r in range(n):
             w = sw[r]
@@ -436,6 +435,9 @@ cdef void _scaled_rows(list z, const double[:, :] x, const double[::1] y, sqrt_w
                     out[r, j] = zt[r, j] * w
 
 
+cdef const double[::1] _NO_W = np.zeros(0)
+
+
 def add_chunk(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc, list refs,
               list z, const double[:, :] x, const double[::1] y, sqrt_w, double[:, ::1] xy,
               list scaled):
@@ -447,10 +449,23 @@ def add_chunk(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,
     terms s, t (s = T: [X y]) to ``acc[start:end]``; ``patterns[s]`` is the
     (colptr, rowidx) of a sparse block (s, 0).  Returns the number of rows whose
     level pair was missing from a sparse pattern (0 when complete)."""
+    if sqrt_w is None:
+        return add_rows(plan, patterns, acc, refs, z, x, y, _NO_W, False, xy, scaled)
+    return add_rows(plan, patterns, acc, refs, z, x, y, sqrt_w, True, xy, scaled)
+
+
+cdef Py_ssize_t add_rows(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,
+                         list refs, list z, const double[:, :] x, const double[::1] y,
+                         const double[::1] sqrt_w, bint weighted, double[:, ::1] xy,
+                         list scaled) except -1:
+    """``add_chunk`` on typed views (``weighted``: ``sqrt_w`` holds the weights),
+    for compiled callers."""
     if xy.shape[0] != x.shape[0] or xy.shape[1] != x.shape[1] + 1:
         raise ValueError(f"xy must be {x.shape[0]} x {x.shape[1] + 1}")
-    _scaled_rows(z, x, y, sqrt_w, xy, scaled)
-    return _add_blocks(plan, patterns, acc, refs, z if sqrt_w is None else scaled, xy)
+    if weighted and sqrt_w.shape[0] != x.shape[0]:
+        raise ValueError(f"sqrt_w must have {x.shape[0]} values")
+    _scaled_rows(z, x, y, sqrt_w, weighted, xy, scaled)
+    return _add_blocks(plan, patterns, acc, refs, scaled if weighted else z, xy)
 
 
 cdef Py_ssize_t _add_blocks(const cnp.int64_t[:, ::1] plan, list patterns, double[:, ::1] acc,

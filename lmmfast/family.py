@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 from scipy import special, stats
 
+from . import _pirls
 from .errors import DataError
 
 __all__ = ["Family", "Link", "family", "FAMILIES", "LINKS"]
@@ -116,19 +117,18 @@ def _binomial_aic(y, n, mu, wt):
 
 
 def _binomial_aic_m(y, m, mu, wt):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-    n, k = np.round(m), np.round(m * y)
-    # scipy.stats.binom.logpmf's formula, without its argument checks (k <= n here)
-    logpmf = special.gammaln(n + 1) - (special.gammaln(k + 1) + special.gammaln(n - k + 1)) \
-        + special.xlogy(k, mu) + special.xlog1py(n - k, -mu)
-    return -2.0 * float(np.sum(scale * logpmf))
+    """-2 sum (wt/m) log dbinom(round(m y); round(m), mu), compiled (``_pirls.aic_sum``)."""
+    return _pirls.aic_sum(0, *_rows(y, m, mu, wt))
 
 
 def _poisson_aic(y, n, mu, wt):
-    # scipy.stats.poisson.logpmf's formula, without its argument checks (y >= 0 here)
-    logpmf = special.xlogy(y, mu) - special.gammaln(y + 1) - mu
-    return -2.0 * float(np.sum(logpmf * wt))
+    """R's ``poisson()$aic``: -2 sum wt log dpois(y; mu), compiled (``_pirls.aic_sum``)."""
+    return _pirls.aic_sum(1, *_rows(y, y, mu, wt))
+
+
+def _rows(*values) -> list[np.ndarray]:
+    """The values as contiguous float64 arrays of one length (scalars broadcast)."""
+    return [np.ascontiguousarray(v, dtype=np.float64) for v in np.broadcast_arrays(*values)]
 
 
 @dataclass(frozen=True)

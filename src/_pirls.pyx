@@ -23,7 +23,8 @@ scale, so the numbers are the numpy ones to rounding.
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport exp, expm1, log, sqrt, fabs, erf, erfc, atan, fmin, fmax, isfinite, M_PI, NAN
+from libc.math cimport (exp, expm1, log, log1p, sqrt, fabs, erf, erfc, atan, fmin, fmax,
+                        isfinite, lgamma, nearbyint, M_PI, NAN)
 
 from lmmfast._crossprod cimport add_rows
 from lmmfast._factor cimport BlockedFactor, INTERRUPTED
@@ -129,6 +130,37 @@ cdef void _add_zb(double[::1] out, list refs, list z, list b, list unit):
                     for a in range(k):
                         s += zt[r, a] * bt[rt[r], a]
                     out[r] += s
+
+
+def aic_sum(int family, const double[::1] y, const double[::1] m, const double[::1] mu,
+            const double[::1] wt):
+    """R's ``family$aic`` (-2 log-likelihood of the response, eq. 99) over rows:
+    binomial -2 sum (wt/m) log dbinom(k; n, mu), n = round(m), k = round(m y) (m
+    the trials, wt where none is given); poisson -2 sum wt log dpois(y; mu)."""
+    cdef Py_ssize_t r, rows = y.shape[0]
+    cdef double total = 0.0, n, k, lp, scale
+    if m.shape[0] != rows or mu.shape[0] != rows or wt.shape[0] != rows:
+        raise ValueError("y, m, mu and wt must have as many values")
+    with nogil:
+        for r in range(rows):
+            if family == 1:   # poisson
+                lp = -mu[r] - lgamma(y[r] + 1.0)
+                if y[r] != 0.0:
+                    lp = lp + y[r] * log(mu[r])
+                total += wt[r] * lp
+                continue
+            if not m[r] > 0.0:
+                continue
+            scale = wt[r] / m[r]
+            n = nearbyint(m[r])   # (R's round: half to even)
+            k = nearbyint(m[r] * y[r])
+            lp = lgamma(n + 1.0) - (lgamma(k + 1.0) + lgamma(n - k + 1.0))
+            if k != 0.0:
+                lp = lp + k * log(mu[r])
+            if n - k != 0.0:
+                lp = lp + (n - k) * log1p(-mu[r])
+            total += scale * lp
+    return -2.0 * total
 
 
 def all_finite(const double[:] v):

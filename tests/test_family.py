@@ -40,6 +40,28 @@ def test_deviance_and_aic_match_r(case):
     assert fam.aic(y, n, mu, wt) == pytest.approx(ref["aic"], rel=1e-13)
 
 
+def test_aic_at_the_edges_is_the_log_pmf():
+    """The compiled aic (``_pirls.aic_sum``) row by row against scipy's log pmf, with
+    the trials m given (``aic_rows``): no trials (a row that counts for nothing), all or no successes at mu 0 or 1,
+    m y half-way between counts (R rounds half to even), zero counts at mu 0."""
+    from scipy import stats
+    binomial, poisson = family("binomial"), family("poisson")
+    y = np.array([0.0, 0.0, 1.0, 0.5, 0.3, 0.625])
+    m = np.array([0.0, 4.0, 3.0, 5.0, 10.0, 4.0])
+    mu = np.array([0.2, 0.0, 1.0, 0.4, 0.35, 0.7])
+    wt = np.array([1.0, 4.0, 3.0, 5.0, 10.0, 8.0])
+    for i in range(len(y)):
+        want = 0.0 if m[i] == 0 else -2.0 * wt[i] / m[i] * stats.binom.logpmf(
+            np.round(m[i] * y[i]), np.round(m[i]), mu[i])
+        assert binomial.aic_rows(y[i:i + 1], m[i:i + 1], mu[i:i + 1], wt[i:i + 1]) \
+            == pytest.approx(want, rel=1e-14, abs=1e-300)
+    assert np.round(5 * 0.5) == 2.0   # (k of the fourth row)
+    counts = np.array([0.0, 0.0, 3.0, 7.0])
+    means = np.array([0.0, 1.5, 2.5, 7.0])
+    assert poisson.aic(counts, 1.0, means, 2.0) == pytest.approx(
+        -2.0 * 2.0 * stats.poisson.logpmf(counts, means).sum(), rel=1e-14)
+
+
 def test_logit_clamps_as_r_beyond_30():
     fam = family("binomial")
     eps = np.finfo(float).eps

@@ -64,7 +64,7 @@ class Mode:
     ld_l2: float            # log |L_Z|^2 at the weights of u~
     iterations: int
 
-    @property
+    @functools.cached_property
     def sqr_u(self) -> float:
         return float(self.u @ self.u)
 
@@ -386,9 +386,9 @@ class Pirls:
             raise FitError(f"PIRLS: non-finite unit deviances at theta = {theta.tolist()}, "
                            f"beta = {loop.beta_arr.tolist()}")
         u, beta = loop.u_arr.copy(), loop.beta_arr.copy()
-        self.last_u = u.copy()
+        self.last_u = u   # (modes are not modified in place)
         if joint:
-            self.last_beta = beta.copy()
+            self.last_beta = beta
         mode = Mode(theta.copy(), beta, u, loop.dsum, loop.log_det(), loop.iterations)
         self._ws_mode = mode if self.rows.single else None   # (the last pass was at it)
         return mode

@@ -32,6 +32,15 @@ def gh_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w / w.sum()
 
 
+@functools.cache
+def _nodes_off_zero(n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The n-point rule's nodes off 0 with their weights, and the weight at 0 (0 for
+    an even n)."""
+    z, w = gh_rule(n)
+    off = z != 0.0
+    return z[off], w[off], float(w[~off].sum())
+
+
 def check_agq(pirls: Pirls, n_agq: int) -> None:
     """nAGQ > 1 needs exactly one random-effects term with one effect per level (as lme4)."""
     remats = pirls.design.remats
@@ -54,12 +63,10 @@ class _Rule:
 
     def __init__(self, pirls: Pirls, mode: Mode, n_agq: int):
         l_diag = pirls.factor(False).l_diag_first()
-        self.l2 = l_diag ** 2
+        self.l2 = l_diag * l_diag
         self.sd = 1.0 / l_diag
-        nodes, self.weights = gh_rule(n_agq)
-        self.off = nodes != 0.0
-        self.zk = nodes[self.off]
-        self.shift = self.zk[:, None] * self.sd[None, :]
+        self.zk, self.wk, self.w0 = _nodes_off_zero(n_agq)
+        self.shift = np.multiply.outer(self.zk, self.sd)
 
     def args(self, pirls: Pirls, mode: Mode) -> tuple:
         """A partition function's arguments after the rows (``agq_partition``)."""
@@ -70,12 +77,10 @@ class _Rule:
         """-2 log L from the level sums of the unit deviances at the mode and at the
         nodes (``agq_partition``'s first two); with ``grad``, its gradient into it
         from the rest (eq. 101a; compiled, ``_pirls.agq_combine``)."""
-        off = self.off
         gradient = grad is not None
         value = _pirls.agq_combine(
-            sums[0], sums[1], mode.u, self.shift, self.zk, self.weights[off],
-            float(self.weights[~off].sum()), mode.ld_l2, gradient, float(mode.theta[0]),
-            self.l2, self.sd, *sums[2:], grad=grad)
+            sums[0], sums[1], mode.u, self.shift, self.zk, self.wk, self.w0, mode.ld_l2,
+            gradient, float(mode.theta[0]), self.l2, self.sd, *sums[2:], grad=grad)
         if value is None:
             raise FitError(f"adaptive quadrature failed (non-finite level integrals) at "
                            f"theta = {mode.theta.tolist()}")

@@ -360,9 +360,7 @@ class GeneralizedLinearMixedModel:
 
     def _rx_vcov(self, mode: Mode) -> np.ndarray:
         """(R_X R_X^T)^{-1} of the joint factor at the mode's weights (eq. 23, sigma = 1)."""
-        rx = self.pirls.factor_at(mode, joint=True).rx()
-        inv = np.linalg.inv(rx)
-        self.pirls.mode(mode.theta, mode.beta, mode.u)   # the u-only factor at the optimum
+        inv = np.linalg.inv(self.pirls.factor_at(mode, joint=True).rx())
         return inv.T @ inv
 
     # ------------------------------------------------------------ results

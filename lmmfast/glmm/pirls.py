@@ -63,10 +63,7 @@ class Mode:
     dev_sum: float          # sum of the unit deviances d_i at the mode
     ld_l2: float            # log |L_Z|^2 at the weights of u~
     iterations: int
-
-    @functools.cached_property
-    def sqr_u(self) -> float:
-        return float(self.u @ self.u)
+    sqr_u: float            # ||u~||^2
 
     @property
     def pdev(self) -> float:
@@ -131,10 +128,12 @@ class Pirls:
         return mode.dev_sum + self._aic_const
 
     def _family_aic(self, mode: Mode) -> float:
-        """The family's aic at the mode, summed chunk by chunk of rows."""
+        """The family's aic at the mode, summed chunk by chunk of rows (from the
+        workspace where it holds the mode's rows)."""
+        at_mode = self.rows_at_mode(mode)
         return self.run_rows(aic_partition, self.kern, self.family, self.rows.trials_given,
-                             mode.beta, self.b(mode.u, mode.theta),
-                             merge=operator.add)
+                             mode.beta, None if at_mode else self.b(mode.u, mode.theta),
+                             at_mode, merge=operator.add)
 
     def set_row_workers(self, n_threads: int | None = None) -> None:
         """Threads for the passes over rows held in this process: one a partition of
@@ -219,7 +218,7 @@ class Pirls:
         key = np.asarray(theta, dtype=np.float64).tobytes()
         if key == self._lams_key:
             return self._lams
-        out = self.factor(False).loop.lambdas(self.theta_internal(theta))
+        out = self._loop().lambdas(self.theta_internal(theta))
         for lam in out:
             lam.flags.writeable = False
         self._lams_key, self._lams = key, out
@@ -255,8 +254,15 @@ class Pirls:
     def b(self, u: np.ndarray, theta: np.ndarray) -> list[np.ndarray]:
         """b = Lambda u per term (internal order; theta in lme4's), arrays (nl, k):
         PIRLS's own (``_pirls.PirlsLoop.lambda_u``)."""
-        return self.factor(False).loop.lambda_u(np.ascontiguousarray(u, dtype=np.float64),
-                                                self.theta_internal(theta))
+        return self._loop().lambda_u(np.ascontiguousarray(u, dtype=np.float64),
+                                     self.theta_internal(theta))
+
+    def _loop(self):
+        """A compiled PIRLS loop of this design (any factor's: theta, lambda and
+        b = Lambda u are the same for all)."""
+        for f in self._factors.values():
+            return f.loop
+        return self.factor(True).loop
 
     # ------------------------------------------------------------ a pass over the rows
     def _pass(self, beta, u, theta, factor: Factor, joint: bool = False, newton: bool = False,
@@ -389,7 +395,8 @@ class Pirls:
         self.last_u = u   # (modes are not modified in place)
         if joint:
             self.last_beta = beta
-        mode = Mode(theta.copy(), beta, u, loop.dsum, loop.log_det(), loop.iterations)
+        mode = Mode(theta.copy(), beta, u, loop.dsum, loop.log_det(), loop.iterations,
+                    float(u @ u))
         self._ws_mode = mode if self.rows.single else None   # (the last pass was at it)
         return mode
 

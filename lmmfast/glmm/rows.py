@@ -171,12 +171,15 @@ def pass_partition(chunks: list[RowChunk], ws: Workspace, acc, layout, kern: Ker
 
 
 def aic_partition(chunks: list[RowChunk], ws: Workspace, kern: Kernel, family,
-                  trials_given: bool, beta: np.ndarray, b: list[np.ndarray]) -> float:
+                  trials_given: bool, beta: np.ndarray, b: list[np.ndarray] | None,
+                  at_mode: bool = False) -> float:
     """The family's aic (eq. 99) summed over the partition at (beta, b), with the
-    binomial's trials m as R takes them from all rows (n where any n > 1, else wt)."""
+    binomial's trials m as R takes them from all rows (n where any n > 1, else wt);
+    ``at_mode``: the workspace holds the one chunk's rows there."""
     total = 0.0
     for c in chunks:
-        at_rows(c, kern, beta, b, ws)
+        if not at_mode:
+            at_rows(c, kern, beta, b, ws)
         total += family.aic_rows(c.y, c.trials if trials_given else c.wt, ws.take(c.size)[1],
                                  c.wt)
     return total

@@ -141,14 +141,16 @@ def response_form(formula: str, family_name: str):
     return parsed, ResponseForm(lhs, pieces, parsed_frame, name)
 
 
-def glm_response(form: ResponseForm, frame, xy_y: np.ndarray, user_w, family_name: str):
+def glm_response(form: ResponseForm, frame, xy_y: np.ndarray, user_w, family_name: str,
+                 successes: np.ndarray | None = None):
     """y on the family's scale, R's prior weights and trials (R's ``family$initialize``)
     of model-frame rows, and the warnings R gives for them; a ``DataError`` for a
-    response outside the family's range."""
+    response outside the family's range.  ``successes``: cbind's first part, where
+    the caller has it."""
     n = len(xy_y)
     trials = _constant(1.0, n)
     if form.pieces is not None:
-        succ = response_vector(form.pieces[0], frame)
+        succ = response_vector(form.pieces[0], frame) if successes is None else successes
         fail = response_vector(form.pieces[1], frame)
         for v, what, expr in ((succ, "successes", form.pieces[0]),
                               (fail, "failures", form.pieces[1])):
@@ -183,14 +185,17 @@ def build_design(formula: str, data, family_name: str, weights=None,
             coded, levels = coded
             frame_data = frame_data.assign(**{form.name: coded})
     frame = model_frame(form.parsed, frame_data, weights, offset)
-    xy = build_xymat(form.parsed, frame.data)
+    # (cbind: X with the successes as its y, which ``glm_response`` takes)
+    xy = build_xymat(form.parsed if form.pieces is None
+                     else dataclasses.replace(form.parsed, response=form.pieces[0]), frame.data)
     remats = [build_remat(frame.data, term) for term in parsed.random]
     order = sorted(range(len(remats)), key=lambda i: -remats[i].nlevels)
     remats = [remats[i] for i in order]
     internal = sorted(range(len(remats)), key=lambda i: -remats[i].q)
     remats = [_sharing_x(r, xy.x, xy.names) for r in remats]
     user_w = None if frame.weights is None else np.asarray(frame.weights, dtype=np.float64)
-    y, prior, trials, notes = glm_response(form, frame.data, xy.y, user_w, family_name)
+    y, prior, trials, notes = glm_response(form, frame.data, xy.y, user_w, family_name,
+                                           xy.y if form.pieces is not None else None)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     n = len(y)

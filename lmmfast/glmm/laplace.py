@@ -177,14 +177,16 @@ def laplace_gradient(pirls: Pirls, mode: Mode) -> np.ndarray | None:
         if observed is None:
             return None
         s_observed = _Inverse(observed, lams)
+    at_mode = pirls.rows_at_mode(mode)
     g = _GradientTerms(s_fisher, pirls.kern, int(pirls.q_off[-1]), lams, pirls.k,
-                       pirls.q_off64, *pirls.theta_columns,
-                       mode.beta, mode.u, pirls.b(mode.u, mode.theta), pirls.rows_at_mode(mode))
+                       pirls.q_off64, *pirls.theta_columns, mode.beta, mode.u,
+                       None if at_mode else pirls.b(mode.u, mode.theta), at_mode)
     r = s_observed.solve(pirls.run_rows(gradient_first, g, merge=operator.add))
     g_theta, grad_beta = pirls.run_rows(gradient_second, g, r, merge=merge_sums)
-    grad = np.empty(pirls.n_theta)
+    grad = np.empty(pirls.n_theta + len(grad_beta))
     grad[pirls.perm] = g_theta
-    return np.concatenate([grad, grad_beta])
+    grad[pirls.n_theta:] = grad_beta
+    return grad
 
 
 @dataclass
@@ -201,7 +203,7 @@ class _GradientTerms:
     ent_col: np.ndarray       # row's random-effects columns (``Pirls.theta_columns``)
     beta: np.ndarray
     u: np.ndarray
-    b: list                   # Lambda u per term
+    b: list | None            # Lambda u per term (None: the workspace holds the mode)
     at_mode: bool = False     # the workspace holds the mode's one chunk
     kept: dict = field(default_factory=dict)   # (one chunk: its rows between the passes)
 
@@ -209,7 +211,7 @@ class _GradientTerms:
     def nbytes(self) -> int:
         """Bytes of its arrays (what sending it to a partition costs)."""
         return sum(v.nbytes for v in vars(self.S).values() if isinstance(v, np.ndarray)) \
-            + self.u.nbytes + sum(v.nbytes for v in self.b)
+            + self.u.nbytes + sum(v.nbytes for v in self.b or [])
 
     def chunk(self, c, ws, keep: bool = False):
         """A chunk's eta, mu and d mu / d eta at the mode, and its rows' columns,

@@ -69,9 +69,11 @@ class _Rule:
         self.shift = np.multiply.outer(self.zk, self.sd)
 
     def args(self, pirls: Pirls, mode: Mode) -> tuple:
-        """A partition function's arguments after the rows (``agq_partition``)."""
-        return (pirls.kern, mode.beta, pirls.b(mode.u, mode.theta),
-                float(mode.theta[0]), self.shift, pirls.nl[0], pirls.rows_at_mode(mode))
+        """A partition function's arguments after the rows (``agq_partition``; no b
+        where the workspace holds the mode's rows)."""
+        at_mode = pirls.rows_at_mode(mode)
+        return (pirls.kern, mode.beta, None if at_mode else pirls.b(mode.u, mode.theta),
+                float(mode.theta[0]), self.shift, pirls.nl[0], at_mode)
 
     def combine(self, sums: tuple, mode: Mode, grad: np.ndarray | None = None) -> float:
         """-2 log L from the level sums of the unit deviances at the mode and at the

@@ -16,8 +16,8 @@ import pytest
 
 import lmmfast
 from conftest import extra_fit, extra_reference, reference, reference_fit
-from lmmfast.convergence import (GRADIENT_TOL, Convergence, _hessian_messages,
-                                 _scaled_gradient, check_convergence)
+from lmmfast.convergence import (GRADIENT_TOL, Convergence, _hessian_messages, _scaled_gradient,
+                                 check_convergence, convergence_of, passes)
 from lmmfast.errors import ConvergenceWarning, DataError
 from lmmfast.summary import SINGULAR_MESSAGE
 
@@ -229,6 +229,27 @@ def test_scaled_gradient_is_lme4s():
 ])
 def test_hessian_messages_are_lme4s(eigen, expected):
     assert _hessian_messages(eigen, all(v > 0 for v in eigen)) == expected
+
+
+def test_what_passes_at_a_glance_passes_every_check():
+    """``passes`` (the fit-time glance that skips the eigenvalues) is sufficient:
+    wherever it holds, the full checks give no message, those of a GLMM's beta
+    block (a principal block of H) included."""
+    rng = np.random.default_rng(11)
+    seen = {True: 0, False: 0}
+    for _ in range(3000):
+        n = int(rng.integers(1, 7))
+        q = np.linalg.qr(rng.normal(size=(n, n)))[0]
+        eig = 10.0 ** rng.uniform(-7.5, 6.5, n)
+        h = (q * eig) @ q.T
+        g = rng.normal(size=n) * 10.0 ** rng.uniform(-6, -1)
+        ok = passes(g.tolist(), h.tolist())
+        nt = int(rng.integers(0, n)) if n > 1 else None
+        conv = convergence_of(g.tolist(), h.tolist(), False, True, n_theta=nt)
+        seen[ok] += 1
+        if ok:
+            assert conv.messages == (), (eig, g)
+    assert min(seen.values()) > 300   # (both outcomes drawn often)
 
 
 def test_singular_fit_gets_only_the_singular_message():

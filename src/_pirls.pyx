@@ -369,7 +369,7 @@ cdef class RowPass:
                          double* dsum, bint* observed, bint* finite) except? False:
         """``evaluate``; with ``acc`` (A's accumulator) and a valid mu, ``working`` and
         the weighted cross-products of [Z X z] (X where ``joint``) added to ``acc``
-        by ``_crossprod.add_chunk``'s ``plan`` (eq. 12).  The sum of the unit
+        by ``_crossprod.add_rows`` with ``plan`` (eq. 12).  The sum of the unit
         deviances, whether the observed information's weights were used and whether
         the working values are finite go through the pointers; returns whether every
         mu is in range."""

@@ -465,8 +465,8 @@ cdef class PirlsLoop:
     cdef BlockedFactor core
     cdef double[::1] a
     cdef double[:, ::1] acc_dd, acc_plain
-    cdef object acc_dd_arr, acc_plain_arr, plan, patterns, pass_fn
-    cdef const cnp.int64_t[:, ::1] plan_v
+    cdef object acc_dd_arr, acc_plain_arr, patterns, pass_fn
+    cdef const cnp.int64_t[:, ::1] plan
     cdef list passes
     cdef readonly bint plain            # the accumulator of the last pass was plain double
     cdef readonly Py_ssize_t n_terms, q, p
@@ -497,7 +497,6 @@ cdef class PirlsLoop:
         self.acc_dd_arr, self.acc_plain_arr = acc_dd, acc_plain
         self.acc_dd, self.acc_plain = acc_dd, acc_plain
         self.plan, self.patterns = plan, patterns
-        self.plan_v = plan
         self.n_terms = len(nl)
         self.p = core.p1 - 1
         self.nl = np.ascontiguousarray(nl, dtype=np.int64)
@@ -530,12 +529,9 @@ cdef class PirlsLoop:
         self.at_valid = False
 
     # ------------------------------------------------------------ the factor
-    def reset(self, bint plain=False):
+    cdef object _reset(self, bint plain):
         """A new A's accumulator, zeroed (plain double, or double-double summed and
         rounded once); the point of the last pass forgotten."""
-        return self._reset(plain)
-
-    cdef object _reset(self, bint plain):
         cdef Py_ssize_t i, n = self.a.shape[0]
         self.plain = plain
         self.at_valid = False
@@ -645,7 +641,7 @@ cdef class PirlsLoop:
         acc = self._reset(plain)
         if self.passes is not None:
             valid[0] = _pass_chunks(self.passes, beta, self.b_terms, joint, newton,
-                                    self.acc_plain if plain else self.acc_dd, self.plan_v,
+                                    self.acc_plain if plain else self.acc_dd, self.plan,
                                     self.patterns, dsum, observed, &fin)
         else:
             dsum[0], valid[0], observed[0], fin = self.pass_fn(

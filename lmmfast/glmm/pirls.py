@@ -92,15 +92,15 @@ class Pirls:
         self.rows = LocalRows(design) if rows is None else rows
         self.kern = Kernel(_pirls.LINK_CODES[family.link.name], _pirls.FAMILY_CODES[family.name],
                            [[name == "(Intercept)" for name in r.cnames] for r in inner])
-        # lambda's lower triangle column by column (eq. 7)
-        self._tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
-                       np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
-                      for k in self.k]
-        # each theta entry's z column and lambda column as positions among a row's
-        # random-effects columns, the terms' k side by side (the Laplace gradient's)
+        # each theta entry's z column and lambda column (lambda's lower triangle column
+        # by column, eq. 7) as positions among a row's random-effects columns, the
+        # terms' k side by side (the Laplace gradient's)
+        tril = [(np.array([i for j in range(k) for i in range(j, k)], dtype=np.intp),
+                 np.array([j for j in range(k) for i in range(j, k)], dtype=np.intp))
+                for k in self.k]
         koff = np.cumsum([0] + self.k[:-1])
         self.theta_columns = tuple(
-            np.concatenate([o + tr[i] for o, tr in zip(koff, self._tril)]).astype(np.int64)
+            np.concatenate([o + tr[i] for o, tr in zip(koff, tril)]).astype(np.int64)
             for i in (0, 1))
         self.perm = design.theta_perm()
         self.n_theta = len(self.perm)

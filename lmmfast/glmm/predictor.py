@@ -256,9 +256,9 @@ class Factor:
     ``with_x``: X's columns are in the system (u and beta solved together,
     eq. 95), else only the working response (u alone at fixed beta, eq. 94).
     A is re-formed chunk by chunk of rows with the working weights and
-    response (``reset``, then ``_pirls.pass_chunks``' ``_crossprod.add_chunk``,
-    eqs. 12, 105) and factored at theta (``update``, eqs. 13-15); PIRLS's
-    iterations on it are compiled (``loop``, ``_pirls.PirlsLoop``).
+    response (``_pirls.pass_chunks``' ``_crossprod.add_rows``, eqs. 12, 105)
+    and factored at theta (``update``, eqs. 13-15); PIRLS's iterations on it
+    are compiled (``loop``, ``_pirls.PirlsLoop``).
     """
 
     def __init__(self, design: Design, with_x: bool):
@@ -280,12 +280,6 @@ class Factor:
         self.loop = _pirls.PirlsLoop(self.core, self.a, acc, acc_plain, lay.accumulation_codes,
                                      lay.patterns, design.p, lay.nlev, lay.k)
 
-    def reset(self, plain: bool = False) -> np.ndarray:
-        """A new A's accumulator, zeroed: summed in double-double and rounded once, or
-        with ``plain`` in plain double (PIRLS iterations before the mode;
-        ``_crossprod``'s one template).  The rows add to it (``rows.pass_partition``)."""
-        return self.loop.reset(plain)
-
     def form_a(self) -> None:
         """A from its accumulator (rounded once where summed in double-double)."""
         self.loop.form_a()
@@ -301,9 +295,6 @@ class Factor:
     def rx(self) -> np.ndarray:
         """The lower-triangular R_X (eq. 11) of the current factor."""
         return self.core.lxx()[:self.p, :self.p]
-
-    def lambda_blocks(self) -> list[np.ndarray]:
-        return self.core.lambda_blocks()
 
     def l_diag_first(self) -> np.ndarray:
         """The diagonal of L_Z for one scalar term (its first block is diagonal)."""
